@@ -1,0 +1,90 @@
+"""Argument helpers shared by the CLI commands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import models, sequences
+from ..errors import InputError
+from ..models.base import SignalModel
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """--model, --sequence, --times, --fix, --free."""
+    parser.add_argument("--model", required=required, metavar="NAME",
+                        help=f"signal model: {', '.join(models.names())}")
+    parser.add_argument("--sequence", metavar="FILE",
+                        help="sequence file (JSON; control-point CSV for mt_hybrid_state)")
+    parser.add_argument("--times", metavar="T1,T2,...",
+                        help="echo/inversion times in s for t2_decay and ir_t1")
+    parser.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE",
+                        help="hold a parameter fixed (SI), repeatable; B1=1 is fixed by default")
+    parser.add_argument("--free", action="append", default=[], metavar="NAME",
+                        help="estimate a parameter that is fixed by default (e.g. B1)")
+
+
+def parse_assignments(items: list[str], what: str = "--param") -> dict[str, float]:
+    """Parse repeated ``name=value`` strings (SI units)."""
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise InputError(f"{what} expects NAME=VALUE, got {item!r}")
+        if name in out:
+            raise InputError(f"{what} {name} given twice")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise InputError(f"{what} {name}: {value!r} is not a number") from None
+    return out
+
+
+def parse_times(text: str) -> sequences.TimesSequence:
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise InputError(f"--times expects comma-separated numbers in s, got {text!r}") from None
+    return sequences.from_times(values)
+
+
+def build_model(args: argparse.Namespace) -> SignalModel:
+    """The model the arguments describe."""
+    name = args.model
+    if name not in models.REGISTRY:
+        raise InputError(f"unknown model {name!r}; available: {', '.join(models.names())}")
+    cls = models.REGISTRY[name]
+    seq: Any = None
+    if getattr(args, "times", None):
+        if cls.sequence_kind != "times":
+            raise InputError(f"--times applies to t2_decay and ir_t1, not {name}")
+        seq = parse_times(args.times)
+    if getattr(args, "sequence", None):
+        if seq is not None:
+            raise InputError("give either --sequence or --times, not both")
+        if not Path(args.sequence).is_file():
+            raise InputError(f"sequence file not found: {args.sequence}")
+        seq = args.sequence
+    fixed = dict(cls.default_fixed)
+    for p in getattr(args, "free", []) or []:
+        if p not in {s.name for s in cls.specs}:
+            raise InputError(f"unknown parameter {p!r} for model {name!r}")
+        fixed.pop(p, None)
+    fixed.update(parse_assignments(getattr(args, "fix", []) or [], "--fix"))
+    return models.get(name, sequence=seq, fixed=fixed)
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """'cpu', 'cuda', 'cuda:1' or None (= cpu)."""
+    name = name or "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown device {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda requested but CUDA is not available")
+    return dev

@@ -1,0 +1,180 @@
+"""Cramér–Rao bounds of signal-model parameters (DESIGN §2).
+
+Measurement ``y = M0·f(θ) + n`` with complex white Gaussian noise (σ² per real and imaginary
+part). With ``φ = (θ, Re M0, Im M0)`` and ``J = ∂(M0 f)/∂φ``, the Fisher information is
+``F = Re(Jᴴ J) / σ²`` and ``CRB(θ_p) = [F⁻¹]_pp``. Including M0 makes the bound honest: an
+estimator must find M0 too. Since ``∂(M0 f)/∂θ = M0·∂f/∂θ`` and the phase of M0 cancels in
+``Re(Jᴴ J)``, the bound is computed once for σ = 1, |M0| = 1 and rescaled by ``σ²/|M0|²``.
+
+Jacobians come from forward-mode autodiff: one ``torch.func.jvp`` per parameter direction,
+batched over directions with ``torch.func.vmap``; the voxel batch passes through the model's
+own batched ``simulate`` (voxels are independent, so a tangent that is the same unit vector in
+every voxel gives every voxel's column at once).
+
+A singular or ill-conditioned Fisher matrix (e.g. T2s when m0s → 0) is detected on its
+diagonally scaled form; parameters in its (numerical) null space get ``inf`` and a
+:class:`SingularFisherWarning` is issued — never a silently wrong number.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch.func import jvp, vmap
+
+from .models.base import SignalModel
+
+
+class SingularFisherWarning(RuntimeWarning):
+    """Some voxels have a singular or ill-conditioned Fisher matrix."""
+
+
+def jacobian(model: SignalModel, theta: torch.Tensor) -> torch.Tensor:
+    """∂f/∂θ for M0 = 1 by forward-mode autodiff.
+
+    Args:
+        model: a signal model.
+        theta: [N, P] parameters (SI).
+
+    Returns:
+        complex tensor [N, T, P].
+    """
+    model.check_theta(theta)
+    P = model.n_parameters
+    directions = torch.eye(P, dtype=theta.dtype, device=theta.device)[:, None, :].expand(
+        P, theta.shape[0], P)
+
+    def column(direction: torch.Tensor) -> torch.Tensor:
+        return jvp(lambda th: model.simulate(th, check=False), (theta,), (direction,))[1]
+
+    return vmap(column)(directions).permute(1, 2, 0)
+
+
+def fisher_information(jac: torch.Tensor, signal: torch.Tensor,
+                       basis: torch.Tensor | None = None) -> torch.Tensor:
+    """Fisher matrix for σ = 1, M0 = 1, with ``(Re M0, Im M0)`` as the last two parameters.
+
+    Args:
+        jac: [N, T, P] complex ∂f/∂θ.
+        signal: [N, T] complex f.
+        basis: optional [T, k] orthonormal subspace U; the data are ``Uᴴ y`` (noise stays
+            white with the same σ), so ``Uᴴ J`` is used.
+
+    Returns:
+        real [N, P+2, P+2].
+    """
+    J = torch.cat((jac, signal[..., None], 1j * signal[..., None]), dim=-1)
+    if basis is not None:
+        basis = basis.to(dtype=J.dtype, device=J.device)
+        J = torch.einsum("tk,ntp->nkp", basis.conj(), J)
+    return (J.mH @ J).real
+
+
+@dataclass
+class CRBResult:
+    """Per-voxel CRB for σ = 1, |M0| = 1, plus which voxels were singular."""
+
+    variance: torch.Tensor        # [N, P]
+    singular: torch.Tensor        # [N] bool
+
+
+def _invert_fisher(F: torch.Tensor, n_theta: int, rcond: float,
+                   param_scale: torch.Tensor) -> CRBResult:
+    """Diagonal of F⁻¹ for the first ``n_theta`` entries, with a null-space check.
+
+    ``param_scale`` [N, n_theta] is a typical magnitude of each parameter (SI). A parameter is
+    dead — the signal does not depend on it — when its scaled information
+    ``F_pp · scale_p²`` is below 1e-20 of the signal energy ``‖f‖² = F[Re M0, Re M0]``: that is
+    the level of floating-point noise in an autodiff derivative that is zero in exact arithmetic.
+    """
+    d = torch.diagonal(F, dim1=-2, dim2=-1)
+    energy = d[:, n_theta:n_theta + 1]
+    scale2 = torch.cat((param_scale.to(F.dtype) ** 2, torch.ones_like(d[:, n_theta:])), -1)
+    dead = d * scale2 <= 1e-20 * energy
+    scale = torch.where(dead, torch.ones_like(d), d).rsqrt()
+    Fs = F * scale[:, :, None] * scale[:, None, :]
+    Fs = torch.where(dead[:, :, None] | dead[:, None, :], torch.zeros_like(Fs), Fs)
+    Fs = Fs + torch.diag_embed(dead.to(Fs.dtype))  # keep dead rows invertible; they get inf below
+    evals, evecs = torch.linalg.eigh(Fs)
+    null = evals < rcond * evals[:, -1:].clamp_min(torch.finfo(Fs.dtype).tiny)
+    inv_evals = torch.where(null, torch.zeros_like(evals), 1 / evals)
+    diag_inv = (evecs * evecs * inv_evals[:, None, :]).sum(-1) * scale * scale
+    # A parameter loads on the null space if a null eigenvector has a visible component on it.
+    loading = (evecs * evecs * null[:, None, :].to(evecs.dtype)).sum(-1)
+    unidentifiable = (loading > 1e-8) | dead
+    variance = torch.where(unidentifiable, torch.full_like(diag_inv, float("inf")), diag_inv)
+    singular = unidentifiable[:, :n_theta].any(-1)
+    return CRBResult(variance=variance[:, :n_theta], singular=singular)
+
+
+def crb(model: SignalModel, theta: torch.Tensor, sigma: float | torch.Tensor = 1.0,
+        m0: float | complex | torch.Tensor = 1.0, basis: torch.Tensor | None = None,
+        chunk_size: int = 2048, rcond: float | None = None, warn: bool = True) -> torch.Tensor:
+    """Cramér–Rao bound (variance) of each estimated parameter.
+
+    Args:
+        model: signal model; its ``parameters`` give the column order.
+        theta: [N, P] parameters in SI units; computed in float64 whatever the dtype.
+        sigma: noise standard deviation per real/imaginary part (scalar or [N]).
+        m0: complex (or real) M0, scalar or [N]; only |M0| matters.
+        basis: optional [T, k] orthonormal subspace the data are projected on.
+        chunk_size: voxels per Jacobian evaluation (bounds memory).
+        rcond: eigenvalue ratio below which the scaled Fisher matrix counts as singular;
+            default 1000·eps of float64.
+        warn: issue a :class:`SingularFisherWarning` when singular voxels are found.
+
+    Returns:
+        [N, P] variances in SI units squared; ``inf`` where a parameter is not identifiable.
+    """
+    result = crb_details(model, theta, basis=basis, chunk_size=chunk_size, rcond=rcond)
+    if warn and result.singular.any():
+        n_bad = int(result.singular.sum())
+        bad_params = [p for j, p in enumerate(model.parameters)
+                      if torch.isinf(result.variance[:, j]).any()]
+        warnings.warn(f"{n_bad} of {theta.shape[0]} voxel(s) have a singular Fisher matrix; "
+                      f"CRB set to inf for: {', '.join(bad_params)}", SingularFisherWarning,
+                      stacklevel=2)
+    return rescale(result.variance, sigma, m0)
+
+
+def rescale(variance: torch.Tensor, sigma: float | torch.Tensor = 1.0,
+            m0: float | complex | torch.Tensor = 1.0) -> torch.Tensor:
+    """Scale a CRB computed for σ = 1, |M0| = 1 to other σ and |M0|: ``× σ²/|M0|²``."""
+    sig = torch.as_tensor(sigma, device=variance.device)
+    mag = torch.as_tensor(m0, device=variance.device).abs()
+    factor = (sig.to(variance.dtype) / mag.to(variance.dtype)) ** 2
+    if factor.ndim == 1:
+        factor = factor[:, None]
+    return variance * factor
+
+
+def crb_details(model: SignalModel, theta: torch.Tensor, basis: torch.Tensor | None = None,
+                chunk_size: int = 2048, rcond: float | None = None) -> CRBResult:
+    """Unscaled CRB (σ = 1, |M0| = 1) and the singular-voxel mask, computed in chunks."""
+    model.check_theta(theta)
+    # Ill-conditioned Fisher matrices amplify Jacobian round-off by their condition number,
+    # so the Jacobian is always computed in float64; the result comes back in theta's dtype.
+    theta64 = theta.to(torch.float64)
+    if rcond is None:
+        rcond = 1000 * torch.finfo(torch.float64).eps
+    width = torch.tensor([hi - lo for lo, hi in model.train_ranges.values()],
+                         dtype=torch.float64, device=theta.device)
+    variances, singular = [], []
+    for start in range(0, theta.shape[0], chunk_size):
+        th = theta64[start:start + chunk_size]
+        jac = jacobian(model, th)
+        sig = model.simulate(th, check=False)
+        F = fisher_information(jac, sig, basis).to(torch.float64)
+        res = _invert_fisher(F, model.n_parameters, rcond, torch.maximum(th.abs(), width))
+        variances.append(res.variance.to(theta.dtype))
+        singular.append(res.singular)
+    return CRBResult(variance=torch.cat(variances), singular=torch.cat(singular))
+
+
+def snr_to_sigma(snr: float, m0: float = 1.0) -> float:
+    """σ for a given SNR, defined as |M0| / σ (DESIGN §1)."""
+    if snr <= 0:
+        raise ValueError("SNR must be positive")
+    return abs(m0) / snr

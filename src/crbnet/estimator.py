@@ -1,0 +1,64 @@
+"""What every estimator (network, NLLS, dictionary matching) offers, and shared helpers.
+
+An estimator has ``model`` (a :class:`~crbnet.models.base.SignalModel`), ``parameters`` (the
+names of the estimated parameters, in column order), ``name`` (short label for reports) and
+``predict(signals) -> Tensor [N, P]`` (SI units), where ``signals`` is a complex tensor or
+array ``[N, T]`` — the full time series as the model simulates it, with arbitrary complex M0.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .models.base import SignalModel
+
+
+@runtime_checkable
+class Estimator(Protocol):
+    model: SignalModel
+    name: str
+
+    @property
+    def parameters(self) -> tuple[str, ...]: ...
+
+    def predict(self, signals: torch.Tensor | np.ndarray) -> torch.Tensor: ...
+
+
+def as_signal_tensor(signals: torch.Tensor | np.ndarray, n_timepoints: int,
+                     dtype: torch.dtype = torch.complex128,
+                     device: torch.device | str | None = None) -> torch.Tensor:
+    """Check and convert measured signals to a complex tensor [N, T].
+
+    Raises :class:`InputError` for a real-valued input, a wrong number of time points, or
+    NaN/Inf values (mask those voxels out first).
+    """
+    if isinstance(signals, np.ndarray):
+        signals = torch.from_numpy(np.ascontiguousarray(signals))
+    if not isinstance(signals, torch.Tensor):
+        raise InputError(f"signals must be a tensor or array, got {type(signals).__name__}")
+    if not signals.is_complex():
+        raise InputError("signals must be complex (real and imaginary part); for magnitude and "
+                         "phase data combine them as magnitude·exp(i·phase) first")
+    if signals.ndim == 1:
+        signals = signals[None]
+    if signals.ndim != 2:
+        raise InputError(f"signals must have shape [N, T], got {list(signals.shape)}")
+    if signals.shape[1] != n_timepoints:
+        raise InputError(f"signals have {signals.shape[1]} time points but the sequence has "
+                         f"{n_timepoints}")
+    if not torch.isfinite(torch.view_as_real(signals)).all():
+        raise InputError("signals contain NaN or Inf")
+    return signals.to(dtype=dtype, device=device if device is not None else signals.device)
+
+
+def fit_m0(model: SignalModel, theta: torch.Tensor, signals: torch.Tensor) -> torch.Tensor:
+    """Least-squares complex M0 given the parameters: ``M0 = fᴴ y / fᴴ f`` per voxel, [N]."""
+    f = model.simulate(theta.to(torch.float64), check=False).to(signals.device)
+    y = signals.to(f.dtype)
+    num = (f.conj() * y).sum(-1)
+    den = (f.conj() * f).real.sum(-1).clamp_min(torch.finfo(torch.float64).tiny)
+    return num / den

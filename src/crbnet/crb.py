@@ -142,9 +142,12 @@ def crb(model: SignalModel, theta: torch.Tensor, sigma: float | torch.Tensor = 1
 def rescale(variance: torch.Tensor, sigma: float | torch.Tensor = 1.0,
             m0: float | complex | torch.Tensor = 1.0) -> torch.Tensor:
     """Scale a CRB computed for σ = 1, |M0| = 1 to other σ and |M0|: ``× σ²/|M0|²``."""
-    sig = torch.as_tensor(sigma, device=variance.device)
-    mag = torch.as_tensor(m0, device=variance.device).abs()
-    factor = (sig.to(variance.dtype) / mag.to(variance.dtype)) ** 2
+    def magnitude(x: float | complex | torch.Tensor) -> torch.Tensor:
+        # Python numbers go straight to float64: they must not pass through float32.
+        t = x if isinstance(x, torch.Tensor) else torch.tensor(complex(x), dtype=torch.complex128)
+        return t.abs().to(device=variance.device, dtype=torch.float64)
+
+    factor = ((magnitude(sigma) / magnitude(m0)) ** 2).to(variance.dtype)
     if factor.ndim == 1:
         factor = factor[:, None]
     return variance * factor

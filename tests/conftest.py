@@ -1,0 +1,19 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Fixed seeds and a predictable thread count keep the suite reproducible on 2 cores.
+torch.set_num_threads(int(os.environ.get("CRBNET_TEST_THREADS", "2")))
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture
+def oct_csv() -> Path:
+    """The seed authors' optimized control points (outside fixture in ../shared/data)."""
+    path = SHARED / "data" / "mt_hybrid_state_oct_control_points.csv"
+    if not path.exists():
+        pytest.skip("../shared/data is not available")
+    return path

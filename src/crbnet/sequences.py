@@ -184,23 +184,28 @@ def hann_interpolate(control_points: np.ndarray, n_out: int) -> np.ndarray:
 def default_mt_sequence() -> MTSequence:
     """crbnet's own hybrid-state MT sequence: 666 TRs of 4.5 ms (a 3 s cycle).
 
-    The flip-angle train alternates slow sweeps, which encode T1 and T2 through the
-    hybrid-state trajectory, with short-pulse, high-angle stretches (TRF = 0.1–0.3 ms) that
-    saturate the semi-solid pool and so encode m0s, T2s and exchange. Values stay in
-    θ ∈ [0, π/2] and TRF ∈ [0.1, 1] ms and vary smoothly enough for the hybrid-state
-    approximation. Control points are Hann-interpolated like the CSV format.
+    32 control points of θ and TRF per cycle, Hann-interpolated like the CSV format
+    (θ ∈ [0, π/2], TRF ∈ [0.1, 1] ms). The pattern alternates low-angle long-pulse stretches,
+    short-pulse (TRF = 0.1 ms) blocks whose high RF power saturates the semi-solid pool (m0s,
+    T2s, exchange), sweeps up to 90° (T2f), and RF-free stretches (θ = 0, no signal) that let
+    the longitudinal magnetization recover (T1f, T1s).
+
+    Design: crbnet's own random search (hill climbing on the control points from a hand-made
+    start) minimizing the mean log relative CRB of the six MT parameters at three white/gray-
+    matter-like points at SNR 50. Median relative CRB std at those points: m0s 16 %, T1f 15 %,
+    T2f 3.4 %, Rx 62 %, T1s 114 %, T2s 27 % (the hand-made start: 34, 36, 6.3, 75, 233, 69 %).
     """
     theta_cp = np.array([
-        0.20, 0.45, 0.80, 1.20, 1.45, 1.10, 0.60, 0.25,   # sweep up/down: T1, T2 weighting
-        0.15, 0.20, 0.35, 0.70, 1.00, 1.10, 1.00, 0.80,   # short pulses: MT saturation block
-        0.50, 0.30, 0.20, 0.25, 0.40, 0.60, 0.90, 1.30,   # recovery, then a second sweep
-        1.55, 1.40, 0.90, 0.45, 0.25, 0.15, 0.12, 0.15,   # long low-angle tail: T1 recovery
+        0.405, 0.346, 1.091, 0.000, 0.000, 0.584, 0.218, 0.269,
+        0.265, 0.298, 0.243, 1.506, 0.781, 0.692, 0.571, 0.304,
+        0.000, 0.000, 0.000, 0.000, 0.000, 0.000, 0.412, np.pi / 2,
+        np.pi / 2, 0.882, 0.000, 1.070, 0.000, 0.000, 0.000, 0.000,
     ])
     trf_ms_cp = np.array([
-        1.00, 1.00, 1.00, 1.00, 1.00, 1.00, 1.00, 1.00,
-        0.60, 0.30, 0.15, 0.10, 0.10, 0.12, 0.20, 0.40,
-        0.80, 1.00, 1.00, 1.00, 1.00, 1.00, 1.00, 1.00,
-        1.00, 1.00, 1.00, 0.60, 0.30, 0.50, 1.00, 1.00,
+        1.000, 1.000, 1.000, 1.000, 1.000, 1.000, 0.100, 0.100,
+        0.100, 0.100, 0.123, 0.487, 0.100, 0.100, 0.100, 1.000,
+        1.000, 0.966, 0.462, 0.868, 0.118, 0.597, 0.100, 0.100,
+        0.100, 0.100, 0.100, 1.000, 1.000, 0.883, 0.534, 1.000,
     ])
     n = 666
     return MTSequence(TR=4.5e-3, theta=hann_interpolate(theta_cp, n),

@@ -31,6 +31,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
                                suffix=suffix)
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp creates owner-only files; results are meant to be shared like any other file.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)
     try:
         yield tmp_path
         os.replace(tmp_path, path)

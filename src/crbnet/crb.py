@@ -9,7 +9,9 @@ estimator must find M0 too. Since ``∂(M0 f)/∂θ = M0·∂f/∂θ`` and the p
 Jacobians come from forward-mode autodiff: one ``torch.func.jvp`` per parameter direction,
 batched over directions with ``torch.func.vmap``; the voxel batch passes through the model's
 own batched ``simulate`` (voxels are independent, so a tangent that is the same unit vector in
-every voxel gives every voxel's column at once).
+every voxel gives every voxel's column at once), and the primal of that pass is the signal.
+Voxels go through in chunks (a model may suggest the size with a ``crb_chunk_size`` attribute);
+Jacobian and Fisher matrix are computed in float64 whatever the input dtype.
 
 A singular or ill-conditioned Fisher matrix (e.g. T2s when m0s → 0) is detected on its
 diagonally scaled form; parameters in its (numerical) null space get ``inf`` and a
@@ -31,6 +33,20 @@ class SingularFisherWarning(RuntimeWarning):
     """Some voxels have a singular or ill-conditioned Fisher matrix."""
 
 
+def _signal_and_jacobian(model: SignalModel, theta: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``f`` [N, T] and ``∂f/∂θ`` as [P, N, T] (one column per direction) from one forward pass:
+    the primal of the ``jvp`` is the signal itself (no batch dimension under ``vmap``)."""
+    P = model.n_parameters
+    directions = torch.eye(P, dtype=theta.dtype, device=theta.device)[:, None, :].expand(
+        P, theta.shape[0], P)
+
+    def column(direction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return jvp(lambda th: model.simulate(th, check=False), (theta,), (direction,))
+
+    return vmap(column, out_dims=(None, 0))(directions)
+
+
 def jacobian(model: SignalModel, theta: torch.Tensor) -> torch.Tensor:
     """∂f/∂θ for M0 = 1 by forward-mode autodiff.
 
@@ -41,15 +57,28 @@ def jacobian(model: SignalModel, theta: torch.Tensor) -> torch.Tensor:
     Returns:
         complex tensor [N, T, P].
     """
+    return signal_and_jacobian(model, theta)[1]
+
+
+def signal_and_jacobian(model: SignalModel, theta: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``f`` [N, T] and ``∂f/∂θ`` [N, T, P] (M0 = 1) from one forward-mode pass — cheaper than
+    ``model.simulate`` plus :func:`jacobian`."""
     model.check_theta(theta)
-    P = model.n_parameters
-    directions = torch.eye(P, dtype=theta.dtype, device=theta.device)[:, None, :].expand(
-        P, theta.shape[0], P)
+    signal, columns = _signal_and_jacobian(model, theta)
+    return signal, columns.permute(1, 2, 0)
 
-    def column(direction: torch.Tensor) -> torch.Tensor:
-        return jvp(lambda th: model.simulate(th, check=False), (theta,), (direction,))[1]
 
-    return vmap(column)(directions).permute(1, 2, 0)
+def _fisher_from_columns(columns: torch.Tensor, signal: torch.Tensor,
+                         basis: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`fisher_information` with the Jacobian as [P, N, T] columns."""
+    J = torch.cat((columns, signal[None], 1j * signal[None]))           # [P+2, N, T]
+    if basis is not None:
+        J = J @ basis.to(dtype=J.dtype, device=J.device).conj()        # Uᴴ y for each column
+    # Re(Jᴴ J) = Re(J)ᵀ Re(J) + Im(J)ᵀ Im(J): one real product over 2T rows, half the flops of
+    # a complex product.
+    R = torch.view_as_real(J).permute(1, 0, 2, 3).reshape(J.shape[1], J.shape[0], -1)
+    return R @ R.mT
 
 
 def fisher_information(jac: torch.Tensor, signal: torch.Tensor,
@@ -65,11 +94,7 @@ def fisher_information(jac: torch.Tensor, signal: torch.Tensor,
     Returns:
         real [N, P+2, P+2].
     """
-    J = torch.cat((jac, signal[..., None], 1j * signal[..., None]), dim=-1)
-    if basis is not None:
-        basis = basis.to(dtype=J.dtype, device=J.device)
-        J = torch.einsum("tk,ntp->nkp", basis.conj(), J)
-    return (J.mH @ J).real
+    return _fisher_from_columns(jac.permute(2, 0, 1), signal, basis)
 
 
 @dataclass
@@ -111,7 +136,8 @@ def _invert_fisher(F: torch.Tensor, n_theta: int, rcond: float,
 
 def crb(model: SignalModel, theta: torch.Tensor, sigma: float | torch.Tensor = 1.0,
         m0: float | complex | torch.Tensor = 1.0, basis: torch.Tensor | None = None,
-        chunk_size: int = 2048, rcond: float | None = None, warn: bool = True) -> torch.Tensor:
+        chunk_size: int | None = None, rcond: float | None = None,
+        warn: bool = True) -> torch.Tensor:
     """Cramér–Rao bound (variance) of each estimated parameter.
 
     Args:
@@ -120,7 +146,8 @@ def crb(model: SignalModel, theta: torch.Tensor, sigma: float | torch.Tensor = 1
         sigma: noise standard deviation per real/imaginary part (scalar or [N]).
         m0: complex (or real) M0, scalar or [N]; only |M0| matters.
         basis: optional [T, k] orthonormal subspace the data are projected on.
-        chunk_size: voxels per Jacobian evaluation (bounds memory).
+        chunk_size: voxels per Jacobian evaluation (bounds memory; results do not depend on
+            it). Default: :func:`default_chunk_size`.
         rcond: eigenvalue ratio below which the scaled Fisher matrix counts as singular;
             default 1000·eps of float64.
         warn: issue a :class:`SingularFisherWarning` when singular voxels are found.
@@ -153,10 +180,22 @@ def rescale(variance: torch.Tensor, sigma: float | torch.Tensor = 1.0,
     return variance * factor
 
 
+def default_chunk_size(model: SignalModel) -> int:
+    """Voxels per Jacobian chunk: the model's ``crb_chunk_size`` hint, else 2048.
+
+    The best size depends on the model: cache-sized chunks suit models whose forward pass holds
+    large [T, N] tensors (mt_hybrid_state: 512), large ones suit models that loop over TRs with
+    small per-step tensors, where per-operation overhead dominates (fisp_mrf: 4096).
+    """
+    return int(getattr(model, "crb_chunk_size", 2048))
+
+
 def crb_details(model: SignalModel, theta: torch.Tensor, basis: torch.Tensor | None = None,
-                chunk_size: int = 2048, rcond: float | None = None) -> CRBResult:
+                chunk_size: int | None = None, rcond: float | None = None) -> CRBResult:
     """Unscaled CRB (σ = 1, |M0| = 1) and the singular-voxel mask, computed in chunks."""
     model.check_theta(theta)
+    if chunk_size is None:
+        chunk_size = default_chunk_size(model)
     # Ill-conditioned Fisher matrices amplify Jacobian round-off by their condition number,
     # so the Jacobian is always computed in float64; the result comes back in theta's dtype.
     theta64 = theta.to(torch.float64)
@@ -167,9 +206,8 @@ def crb_details(model: SignalModel, theta: torch.Tensor, basis: torch.Tensor | N
     variances, singular = [], []
     for start in range(0, theta.shape[0], chunk_size):
         th = theta64[start:start + chunk_size]
-        jac = jacobian(model, th)
-        sig = model.simulate(th, check=False)
-        F = fisher_information(jac, sig, basis).to(torch.float64)
+        sig, columns = _signal_and_jacobian(model, th)
+        F = _fisher_from_columns(columns, sig, basis).to(torch.float64)
         res = _invert_fisher(F, model.n_parameters, rcond, torch.maximum(th.abs(), width))
         variances.append(res.variance.to(theta.dtype))
         singular.append(res.singular)

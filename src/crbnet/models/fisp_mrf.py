@@ -10,6 +10,12 @@ decay shrinks a state of order k by at least ``exp(-k·TR/T2)`` before it can re
 orders beyond ~20 contribute < 1e-4 of the signal for T2 ≤ 0.5 s with the default schedule
 (tests compare against a brute-force isochromat simulation). The RF matrix follows
 Weigel, JMRI 2015;41:266 (eq. 15 with phase 0).
+
+Real arithmetic: with RF phase 0 every ``F±_k`` stays purely imaginary and every ``Z_k`` real
+(the RF mixes ``F±`` with ``±i·sin α·Z``, relaxation is real, and ``F⁺₀ = conj(F⁻₀)`` maps an
+imaginary number to an imaginary one), so the states are kept as ``f± = Im F±`` and ``z``:
+a quarter of the arithmetic of complex states. States are [K, N] (order, voxel) so that the
+per-TR coefficients and the readout are contiguous rows.
 """
 
 from __future__ import annotations
@@ -29,6 +35,11 @@ class FISPMRF(SignalModel):
         ParameterSpec("B1", "", (0.3, 2.0), (0.7, 1.3), 1.0, False, "relative flip-angle scale"),
     )
     default_fixed = {"B1": 1.0}
+    # Voxels per pass of :meth:`_simulate` (bounds memory and keeps the states cache-sized) and
+    # per chunk in crbnet.crb (the TR loop has small per-step tensors, so per-operation overhead
+    # dominates there). Results do not depend on either.
+    chunk_size = 4096
+    crb_chunk_size = 4096
 
     def __init__(self, sequence=None, fixed=None, max_order: int = 25) -> None:
         super().__init__(sequence, fixed)
@@ -41,43 +52,45 @@ class FISPMRF(SignalModel):
         return seqs.default_fisp_sequence()
 
     def _simulate(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
-        seq = self.sequence
-        T1, T2, B1 = p["T1"][:, None], p["T2"][:, None], p["B1"][:, None]
-        rdtype = T1.dtype
-        cdtype = torch.complex128 if rdtype == torch.float64 else torch.complex64
-        dev = T1.device
-        n_states = self.max_order + 1
-        alpha = B1 * torch.as_tensor(seq.flip, dtype=rdtype, device=dev)      # [N, T]
-        cos_a, sin_a = torch.cos(alpha), torch.sin(alpha)
-        cos2 = (0.5 * (1 + cos_a)).to(cdtype)   # cos²(α/2)
-        sin2 = (0.5 * (1 - cos_a)).to(cdtype)   # sin²(α/2)
-        isin = 1j * sin_a.to(cdtype)
-        tr = torch.as_tensor(seq.TR, dtype=rdtype, device=dev)
-        E1_te, E2_te = torch.exp(-seq.TE / T1), torch.exp(-seq.TE / T2)                 # [N,1]
-        E1_rest, E2_rest = torch.exp(-(tr - seq.TE) / T1), torch.exp(-(tr - seq.TE) / T2)  # [N,T]
+        n = p["T1"].shape[0]
+        if n <= self.chunk_size:
+            return self._simulate_chunk(p)
+        return torch.cat([self._simulate_chunk({k: v[i:i + self.chunk_size] for k, v in p.items()})
+                          for i in range(0, n, self.chunk_size)])
 
-        N = T1.shape[0]
-        zeros = torch.zeros(N, n_states, dtype=cdtype, device=dev)
-        order0 = torch.zeros(n_states, dtype=rdtype, device=dev)
-        order0[0] = 1.0
-        order0 = order0.to(cdtype)
+    def _simulate_chunk(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        seq = self.sequence
+        T1, T2 = p["T1"][None, :], p["T2"][None, :]                           # [1, N]
+        dtype, device = T1.dtype, T1.device
+        flip = torch.as_tensor(seq.flip, dtype=dtype, device=device)[:, None]  # [T, 1]
+        tr = torch.as_tensor(seq.TR, dtype=dtype, device=device)[:, None]
+        # A fixed B1 keeps the RF coefficients per TR ([T, 1]) instead of per voxel ([T, N]).
+        alpha = flip * (self.fixed["B1"] if "B1" in self.fixed else p["B1"][None, :])
+        cos_a, sin_a = torch.cos(alpha), torch.sin(alpha)
+        cos2, sin2 = 0.5 * (1 + cos_a), 0.5 * (1 - cos_a)     # cos²(α/2), sin²(α/2)
+        half_sin = 0.5 * sin_a
+        E2_te = torch.exp(-seq.TE / T2)                        # [1, N]: decay until the echo
+        E1_tr, E2_tr = torch.exp(-tr / T1), torch.exp(-tr / T2)   # [T, N]: over a whole TR
+        recovery = 1 - E1_tr
+
+        n_states = self.max_order + 1
+        f_plus = torch.zeros(n_states, T1.shape[1], dtype=dtype, device=device)
+        f_minus = f_plus
+        order0 = torch.zeros(n_states, 1, dtype=dtype, device=device)
+        order0[0] = 1
         # Ideal inversion from equilibrium, then free recovery for TI.
-        E1_ti = torch.exp(-seq.TI / T1)
-        Z = (1 - 2 * E1_ti).to(cdtype) * order0
-        Fp, Fm = zeros, zeros
+        z = (1 - 2 * torch.exp(-seq.TI / T1)) * order0
         out = []
         for n in range(seq.n_timepoints):
-            c2, s2, isn, ca = cos2[:, n:n + 1], sin2[:, n:n + 1], isin[:, n:n + 1], cos_a[:, n:n + 1]
-            Fp, Fm, Z = (c2 * Fp + s2 * Fm - isn * Z,
-                         s2 * Fp + c2 * Fm + isn * Z,
-                         -0.5 * isn * Fp + 0.5 * isn * Fm + ca * Z)
-            Fp, Fm = Fp * E2_te, Fm * E2_te
-            Z = Z * E1_te + (1 - E1_te) * order0
-            out.append(Fp[:, 0])
-            e1, e2 = E1_rest[:, n:n + 1], E2_rest[:, n:n + 1]
-            Fp, Fm = Fp * e2, Fm * e2
-            Z = Z * e1 + (1 - e1) * order0
+            # RF about x. It conserves F⁺ + F⁻, which gives the new f⁻ almost for free.
+            f_rf = cos2[n] * f_plus + sin2[n] * f_minus - sin_a[n] * z
+            f_minus, z = f_plus + f_minus - f_rf, half_sin[n] * (f_plus - f_minus) + cos_a[n] * z
+            out.append(f_rf[0] * E2_te[0])                     # F⁺₀ at TE, relaxed until then
+            # Relaxation over the whole TR (TE, then TR − TE, combined).
+            f_rf, f_minus = f_rf * E2_tr[n], f_minus * E2_tr[n]
+            z = z * E1_tr[n] + recovery[n] * order0
             # Dephase one order: F+ moves up, F- moves down, F+_0 = conj(F-_0).
-            Fm = torch.cat((Fm[:, 1:], zeros[:, :1]), 1)
-            Fp = torch.cat((torch.conj(Fm[:, :1]), Fp[:, :-1]), 1)
-        return torch.stack(out, 1)
+            f_minus = torch.cat((f_minus[1:], torch.zeros_like(f_minus[:1])))
+            f_plus = torch.cat((-f_minus[:1], f_rf[:-1]))
+        signal = torch.stack(out, 1)                           # [N, T], the imaginary part
+        return torch.complex(torch.zeros_like(signal), signal)

@@ -1,0 +1,336 @@
+"""Non-linear least squares (NLLS): the maximum-likelihood estimate under white Gaussian noise.
+
+For each voxel ``y`` (complex, T samples) the fit minimizes ``C(θ, M0) = ‖M0·f(θ) − y‖²`` over
+the estimated parameters ``θ`` (inside their bounds) and the complex ``M0``.
+
+Algorithm — batched, box-constrained Levenberg–Marquardt with M0 projected out:
+
+* The unknowns are ``φ = (θ, Re M0, Im M0)``; the residual ``r = M0·f(θ) − y`` has the
+  Jacobian ``∂r/∂φ = [M0·∂f/∂θ, f, i·f]`` (``∂f/∂θ`` by forward-mode autodiff,
+  :func:`crbnet.crb.jacobian`). Its real normal matrix ``A = Re(Jᴴ J)`` and half-gradient
+  ``b = Re(Jᴴ r)`` are those of the real-valued problem with stacked real and imaginary parts.
+* Step: ``(Â + λ I) z = −b̂`` on the Marquardt-scaled system (``D = √diag A``, ``Â = D⁻¹AD⁻¹``),
+  ``δ = D⁻¹ z``. The θ part is clipped into the bounds; parameters sitting on a bound with the
+  gradient pushing outward are frozen for that step (projected gradient).
+* M0 is then re-set to its exact least-squares value ``fᴴy / fᴴf`` at the trial θ (variable
+  projection), which can only lower the cost. A trial is accepted when the cost decreases;
+  λ follows Nielsen's rule from the gain ratio (actual / predicted reduction).
+* Convergence per voxel (MINPACK-style, all scale-free): the largest cosine between the
+  residual and a free Jacobian column ``|J_pᵀ r| / (‖J_p‖·‖r‖) ≤ gtol``; or an accepted
+  near-Gauss–Newton step with ``‖D δθ‖ ≤ xtol·(‖D θ‖ + xtol)``; or actual and predicted relative
+  cost reductions both ``≤ ftol``; or an (essentially) zero residual; or the round-off floor:
+  no step can lower the cost in float64 any more and the cosine is ``≤ 1e-5``. A cosine c puts
+  the estimate about ``c·‖r‖/σ ≈ c·√(2T)`` CRB standard deviations from the exact optimum, so
+  the default ``gtol = 1e-8`` is far inside the statistical error. Converged voxels leave the
+  batch, so the work shrinks as the fit proceeds.
+
+Starts: the ``n_starts`` best atoms of a coarse dictionary (:class:`DictionaryEstimator`),
+each at least two grid cells from the better ones; every start is fitted and the lowest final
+cost wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from ..crb import jacobian
+from ..errors import InputError
+from ..estimator import as_signal_tensor
+from ..models.base import SignalModel
+from .dictionary import DictionaryEstimator, default_points_per_parameter
+
+#: Total atoms of the coarse dictionary that provides the starting points.
+START_DICTIONARY_ATOMS = 4096
+
+_TINY = torch.finfo(torch.float64).tiny
+_EPS4 = 4 * torch.finfo(torch.float64).eps
+#: Gradient cosine accepted as converged when the cost can no longer decrease in float64: the
+#: cost's round-off limits a resolvable cosine to about √(eps·‖y‖/‖r‖); 1e-5 leaves the estimate
+#: within ~1e-4 CRB standard deviations of the exact optimum.
+ROUNDOFF_GTOL = 1e-5
+
+
+@dataclass
+class NLLSFit:
+    """Result of :meth:`NLLSEstimator.fit` for N voxels (tensors on the signals' device).
+
+    Attributes:
+        theta: [N, P] float64 estimates (SI).
+        m0: [N] complex128 least-squares M0.
+        cost: [N] ``‖M0·f(θ) − y‖²`` at the estimate.
+        converged: [N] bool, a convergence test passed (not just ``max_iter`` reached).
+        n_iter: [N] iterations used by the winning start.
+        gradient_cosine: [N] largest ``|J_pᵀ r| / (‖J_p‖·‖r‖)`` over the free parameters at the
+            estimate (0 at an exact stationary point; 0 also for a zero residual).
+    """
+
+    theta: torch.Tensor
+    m0: torch.Tensor
+    cost: torch.Tensor
+    converged: torch.Tensor
+    n_iter: torch.Tensor
+    gradient_cosine: torch.Tensor
+
+
+def _project_m0(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Least-squares complex M0 per voxel: ``fᴴy / fᴴf``."""
+    return (f.conj() * y).sum(-1) / (f.conj() * f).real.sum(-1).clamp_min(_TINY)
+
+
+def _normal_equations(jac: torch.Tensor, f: torch.Tensor, m0: torch.Tensor, r: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``A = Re(Jᴴ J)`` [n, P+2, P+2] and ``b = Re(Jᴴ r)`` [n, P+2] for φ = (θ, Re M0, Im M0)."""
+    J = torch.cat((m0[:, None, None] * jac, f[..., None], 1j * f[..., None]), dim=-1)
+    A = (J.mH @ J).real
+    b = (J.mH @ r[..., None]).real[..., 0]
+    return A, b
+
+
+def _blocked(theta: torch.Tensor, b_theta: torch.Tensor, lower: torch.Tensor,
+             upper: torch.Tensor) -> torch.Tensor:
+    """Parameters on a bound whose descent direction (−b) points out of the box."""
+    return ((theta <= lower) & (b_theta > 0)) | ((theta >= upper) & (b_theta < 0))
+
+
+def _gradient_cosine(A: torch.Tensor, b: torch.Tensor, cost: torch.Tensor,
+                     blocked: torch.Tensor) -> torch.Tensor:
+    P = blocked.shape[1]
+    col_norm = torch.diagonal(A, dim1=-2, dim2=-1)[:, :P].clamp_min(0).sqrt()
+    cos = b[:, :P].abs() / (col_norm * cost.clamp_min(0).sqrt()[:, None]).clamp_min(_TINY)
+    cos = torch.where(blocked | (col_norm == 0), torch.zeros_like(cos), cos)
+    return cos.amax(1)
+
+
+def levenberg_marquardt(model: SignalModel, signals: torch.Tensor, theta0: torch.Tensor,
+                        lower: torch.Tensor, upper: torch.Tensor, max_iter: int = 200,
+                        gtol: float = 1e-8, xtol: float = 1e-10, ftol: float = 1e-14,
+                        zero_residual: float = 1e-26) -> NLLSFit:
+    """Fit every row of ``signals`` [n, T] (complex128) from ``theta0`` [n, P] (float64).
+
+    ``lower``/``upper`` [P] are the box bounds (SI); see the module docstring for the method
+    and the convergence tests. ``zero_residual`` is the relative cost ``C/‖y‖²`` below which
+    the data are fitted exactly (noiseless input).
+    """
+    y = signals
+    n, P = theta0.shape
+    dev = y.device
+    theta = torch.minimum(torch.maximum(theta0, lower), upper).clone()
+    f = model.simulate(theta, check=False)
+    m0 = _project_m0(f, y)
+    r = m0[:, None] * f - y
+    cost = (r.conj() * r).real.sum(-1)
+    y_energy = (y.conj() * y).real.sum(-1)
+    jac = jacobian(model, theta)
+    lam = torch.full((n,), 1e-3, dtype=torch.float64, device=dev)
+    nu = torch.full((n,), 2.0, dtype=torch.float64, device=dev)
+    done = torch.zeros(n, dtype=torch.bool, device=dev)
+    converged = torch.zeros(n, dtype=torch.bool, device=dev)
+    n_iter = torch.zeros(n, dtype=torch.int64, device=dev)
+    eye = torch.eye(P + 2, dtype=torch.float64, device=dev)
+
+    for _ in range(max_iter):
+        act = (~done).nonzero().squeeze(1)
+        if act.numel() == 0:
+            break
+        A, b = _normal_equations(jac[act], f[act], m0[act], r[act])
+        th = theta[act]
+        blocked = _blocked(th, b[:, :P], lower, upper)
+        cos = _gradient_cosine(A, b, cost[act], blocked)
+        stationary = (cos <= gtol) | (cost[act] <= zero_residual * y_energy[act])
+        converged[act[stationary]] = True
+        done[act[stationary]] = True
+        moving = ~stationary
+        act, th, A, b, blocked, cos = (act[moving], th[moving], A[moving], b[moving],
+                                       blocked[moving], cos[moving])
+        if act.numel() == 0:
+            break
+        ca, lam_a = cost[act], lam[act]
+        n_iter[act] += 1
+
+        # Marquardt-scaled, damped step with blocked parameters frozen.
+        d = torch.diagonal(A, dim1=-2, dim2=-1).clamp_min(0).sqrt()
+        d = torch.where(d > 0, d, torch.ones_like(d))
+        free = torch.cat((~blocked, blocked.new_ones(blocked.shape[0], 2)), 1).to(A.dtype)
+        As = A / (d[:, :, None] * d[:, None, :]) * free[:, :, None] * free[:, None, :]
+        As = As + torch.diag_embed(1 - free) + lam_a[:, None, None] * eye
+        chol, info = torch.linalg.cholesky_ex(As)
+        z = torch.cholesky_solve((-b / d * free)[..., None], chol)[..., 0]
+        step = z / d
+        solved = (info == 0) & torch.isfinite(step).all(1)
+        step = torch.where(solved[:, None], step, torch.zeros_like(step))
+        # Predicted cost drop of the unclipped step: when even that is below the cost's
+        # round-off, no step can make progress (the clipped one may predict a rise instead).
+        predicted_free = -(2 * (b * step).sum(1)
+                           + (step[:, None, :] @ A @ step[..., None])[:, 0, 0])
+        th_trial = torch.minimum(torch.maximum(th + step[:, :P], lower), upper)
+        step_eff = torch.cat((th_trial - th, step[:, P:]), 1)
+        quadratic = (step_eff[:, None, :] @ A @ step_eff[..., None])[:, 0, 0]
+        predicted = -(2 * (b * step_eff).sum(1) + quadratic)     # cost drop of the linear model
+
+        f_trial = model.simulate(th_trial, check=False)
+        m0_trial = _project_m0(f_trial, y[act])
+        r_trial = m0_trial[:, None] * f_trial - y[act]
+        c_trial = (r_trial.conj() * r_trial).real.sum(-1)
+        accept = solved & torch.isfinite(c_trial) & (c_trial < ca)
+        actual = ca - c_trial
+        rho = torch.where(predicted > 0, actual / predicted.clamp_min(_TINY),
+                          torch.zeros_like(actual))
+
+        # Nielsen's damping update.
+        shrink = (1 - (2 * rho - 1) ** 3).clamp_min(1.0 / 3.0)
+        lam_new = torch.where(accept, lam_a * shrink, lam_a * nu[act])
+        nu_new = torch.where(accept, torch.full_like(lam_a, 2.0), nu[act] * 2)
+
+        scaled_step = (d[:, :P] * (th_trial - th)).norm(dim=1)
+        scaled_theta = (d[:, :P] * th_trial).norm(dim=1)
+        small_step = accept & (lam_a < 1e-2) & (scaled_step <= xtol * (scaled_theta + xtol))
+        small_gain = accept & (actual <= ftol * ca) & (predicted <= ftol * ca) & (rho <= 2)
+        exact = accept & (c_trial <= zero_residual * y_energy[act])
+        # No decrease possible: damping exhausted, or the predicted gain is below the cost's
+        # round-off. That is a minimum to working precision if the gradient is also tiny.
+        stalled = ~accept & ((lam_new > 1e16) | (solved & (predicted_free <= _EPS4 * ca)))
+        at_floor = stalled & (cos <= ROUNDOFF_GTOL)
+
+        now_converged = small_step | small_gain | exact | at_floor
+        converged[act] = now_converged
+        done[act] = now_converged | stalled
+
+        acc = act[accept]
+        if acc.numel():
+            theta[acc] = th_trial[accept]
+            f[acc] = f_trial[accept]
+            m0[acc] = m0_trial[accept]
+            r[acc] = r_trial[accept]
+            cost[acc] = c_trial[accept]
+            jac[acc] = jacobian(model, th_trial[accept])
+        lam[act] = lam_new
+        nu[act] = nu_new
+
+    A, b = _normal_equations(jac, f, m0, r)
+    cos = _gradient_cosine(A, b, cost, _blocked(theta, b[:, :P], lower, upper))
+    cos = torch.where(cost <= zero_residual * y_energy, torch.zeros_like(cos), cos)
+    return NLLSFit(theta=theta, m0=m0, cost=cost, converged=converged, n_iter=n_iter,
+                   gradient_cosine=cos)
+
+
+class NLLSEstimator:
+    """Voxel-wise NLLS fit of the full signal model with complex M0 (maximum likelihood).
+
+    Args:
+        model: the signal model.
+        n_starts: starting points per voxel (best distinct atoms of a coarse dictionary); the
+            fit with the lowest cost wins.
+        start_points: grid points per parameter of that coarse dictionary (int or
+            ``{name: n}``); default about 4096 atoms in total, at most 64 per parameter.
+        bounds: ``{name: (low, high)}`` (SI) box for the fit; default the model's bounds.
+        max_iter: Levenberg–Marquardt iterations at most.
+        gtol, xtol, ftol: convergence tolerances (module docstring).
+        chunk_size: voxels fitted together (bounds memory; all their starts are batched).
+        device: where the fit runs (default: the signals' device).
+        progress: tqdm progress bar over chunks (None: only on a terminal).
+    """
+
+    name = "nlls"
+
+    def __init__(self, model: SignalModel, n_starts: int = 2,
+                 start_points: int | Mapping[str, int] | None = None,
+                 bounds: Mapping[str, tuple[float, float]] | None = None, max_iter: int = 200,
+                 gtol: float = 1e-8, xtol: float = 1e-10, ftol: float = 1e-14,
+                 chunk_size: int = 2048, device: torch.device | str | None = None,
+                 progress: bool | None = None) -> None:
+        if n_starts < 1:
+            raise InputError(f"n_starts must be >= 1, got {n_starts}")
+        if max_iter < 1 or chunk_size < 1:
+            raise InputError("max_iter and chunk_size must be >= 1")
+        self.model = model
+        self.n_starts = int(n_starts)
+        self.max_iter = int(max_iter)
+        self.gtol, self.xtol, self.ftol = float(gtol), float(xtol), float(ftol)
+        self.chunk_size = int(chunk_size)
+        self.device = torch.device(device) if device is not None else None
+        self.progress = progress
+        box = dict(model.bounds)
+        for name, value in (bounds or {}).items():
+            if name not in model.parameters:
+                raise InputError(f"unknown parameter {name!r} in bounds; estimated: "
+                                 f"{', '.join(model.parameters)}")
+            lo, hi = (float(v) for v in value)
+            m_lo, m_hi = model.spec(name).bounds
+            if not (m_lo <= lo < hi <= m_hi):
+                raise InputError(f"bounds of {name} [{lo:g}, {hi:g}] must be increasing and "
+                                 f"inside the model's bounds [{m_lo:g}, {m_hi:g}]")
+            box[name] = (lo, hi)
+        self.bounds = box
+        if start_points is None:
+            start_points = min(64, default_points_per_parameter(model.n_parameters,
+                                                                START_DICTIONARY_ATOMS))
+        # The coarse grid covers the training ranges clipped to the fit's box.
+        ranges = {}
+        for p in model.parameters:
+            t_lo, t_hi = model.spec(p).train_range
+            lo, hi = max(t_lo, box[p][0]), min(t_hi, box[p][1])
+            ranges[p] = (lo, hi) if lo < hi else box[p]
+        self.start_dictionary = DictionaryEstimator(model, n_points=start_points, ranges=ranges,
+                                                    device=self.device, progress=False)
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        return self.model.parameters
+
+    def fit(self, signals: torch.Tensor | np.ndarray) -> NLLSFit:
+        """Fit every voxel of ``signals`` [N, T] (complex); results on the signals' device."""
+        from tqdm.auto import tqdm
+
+        out_device = signals.device if isinstance(signals, torch.Tensor) else torch.device("cpu")
+        dev = self.device or out_device
+        y_all = as_signal_tensor(signals, self.model.n_timepoints, device=dev)
+        self.start_dictionary.device = dev
+        if self.start_dictionary.basis is not None and self.start_dictionary.basis.device != dev:
+            self.start_dictionary.basis = None   # rebuild on the new device
+        lower = torch.tensor([self.bounds[p][0] for p in self.parameters], dtype=torch.float64,
+                             device=dev)
+        upper = torch.tensor([self.bounds[p][1] for p in self.parameters], dtype=torch.float64,
+                             device=dev)
+        K, N = self.n_starts, y_all.shape[0]
+        if N == 0:
+            P = self.model.n_parameters
+            empty = torch.zeros(0, dtype=torch.float64, device=out_device)
+            return NLLSFit(theta=torch.zeros(0, P, dtype=torch.float64, device=out_device),
+                           m0=empty.to(torch.complex128), cost=empty,
+                           converged=empty.bool(), n_iter=empty.long(), gradient_cosine=empty)
+        parts: list[NLLSFit] = []
+        starts_of = range(0, N, self.chunk_size)
+        for v0 in tqdm(starts_of, desc="nlls", unit="chunk", leave=False,
+                       disable=(None if self.progress is None else not self.progress)):
+            y = y_all[v0:v0 + self.chunk_size]
+            n = y.shape[0]
+            index = self.start_dictionary.top_matches(y, K, exclusion=2)
+            theta0 = self.start_dictionary.atoms_theta.to(dev)[index.reshape(-1)]
+            res = levenberg_marquardt(self.model, y.repeat_interleave(K, 0), theta0, lower,
+                                      upper, self.max_iter, self.gtol, self.xtol, self.ftol)
+            best = res.cost.view(n, K).argmin(1)
+            pick = torch.arange(n, device=dev) * K + best
+            parts.append(NLLSFit(*(getattr(res, name)[pick] for name in
+                                   ("theta", "m0", "cost", "converged", "n_iter",
+                                    "gradient_cosine"))))
+        fields = {name: torch.cat([getattr(p, name) for p in parts]).to(out_device)
+                  for name in ("theta", "m0", "cost", "converged", "n_iter", "gradient_cosine")}
+        return NLLSFit(**fields)
+
+    def predict_with_m0(self, signals: torch.Tensor | np.ndarray
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Parameters [N, P] (float64, SI) and complex M0 [N]."""
+        res = self.fit(signals)
+        return res.theta, res.m0
+
+    def predict(self, signals: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Parameters [N, P] (float64, SI, order of ``parameters``)."""
+        return self.fit(signals).theta
+
+    def __repr__(self) -> str:
+        return (f"NLLSEstimator(model={self.model.name}, n_starts={self.n_starts}, "
+                f"max_iter={self.max_iter})")

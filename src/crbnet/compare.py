@@ -1,0 +1,260 @@
+"""Side-by-side comparison of estimators (networks, NLLS, dictionary) on the same test signals.
+
+Test set: N parameter points drawn from the model's training distribution, |M0| = 1 with a
+uniformly random phase, complex white Gaussian noise with σ = 1/SNR on the real and on the
+imaginary part — the same noisy signals for every estimator. Per estimator and parameter the
+table reports the mean over voxels of ``(θ̂ − θ)² / CRB(θ)`` (CRB of that voxel at that σ;
+1 for an efficient unbiased estimator — the seed paper's loss used as a metric), its median,
+and the inference speed (``predict`` calls only, after an untimed warm-up).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .crb import SingularFisherWarning, crb
+from .data import ParameterSampler, add_noise, random_m0
+from .errors import InputError
+from .estimator import Estimator
+from .evaluate import SNR_DEFINITION, _json_ready
+from .models.base import SignalModel
+from .sequences import sequence_hash
+
+BASELINE_METHODS = ("nlls", "dictionary")
+
+
+# ---- building estimators from command-line style specifications ---------------------------
+def load_network(path: str | Path, device: torch.device | str | None = None) -> Estimator:
+    """A trained network from a checkpoint file or run directory (``crbnet.load``)."""
+    import crbnet
+
+    return crbnet.load(path, device=device)
+
+
+def same_model(a: SignalModel, b: SignalModel) -> bool:
+    """Same model name, estimated and fixed parameters, and sequence."""
+    return (a.name == b.name and tuple(a.parameters) == tuple(b.parameters)
+            and dict(a.fixed) == dict(b.fixed)
+            and sequence_hash(a.sequence) == sequence_hash(b.sequence))
+
+
+def resolve_estimators(specs: Sequence[str], model: SignalModel | None = None,
+                       device: torch.device | str | None = None,
+                       baseline_options: dict[str, dict[str, Any]] | None = None,
+                       ) -> tuple[SignalModel, list[tuple[str, Estimator]]]:
+    """Turn ``'nlls'``, ``'dictionary'`` or checkpoint paths / run directories into labelled
+    estimators sharing one model (from the first checkpoint, else ``model``).
+
+    Raises :class:`InputError` when no model can be determined or a checkpoint was trained
+    for another model, sequence or parameter set.
+    """
+    from . import baselines
+
+    if not specs:
+        raise InputError("give at least one estimator: a checkpoint path, a run directory, "
+                         "'nlls' or 'dictionary'")
+    networks: dict[int, Estimator] = {}
+    for i, spec in enumerate(specs):
+        if spec in BASELINE_METHODS:
+            continue
+        if not Path(spec).exists():
+            raise InputError(f"{spec!r} is neither a method ({', '.join(BASELINE_METHODS)}) "
+                             "nor an existing checkpoint or run directory")
+        networks[i] = load_network(spec, device=device)
+    if model is None:
+        if not networks:
+            raise InputError("--model is required when no checkpoint is given")
+        model = networks[min(networks)].model
+    for i, net in networks.items():
+        if not same_model(net.model, model):
+            raise InputError(f"{specs[i]} was trained for {net.model!r} with sequence "
+                             f"{sequence_hash(net.model.sequence)}, not for {model!r} with "
+                             f"sequence {sequence_hash(model.sequence)}")
+    out: list[tuple[str, Estimator]] = []
+    used: set[str] = set()
+    for i, spec in enumerate(specs):
+        if i in networks:
+            est = networks[i]
+            label = str(getattr(est, "name", "net"))
+            if label in used:
+                p = Path(spec)
+                label = f"{label} ({p.name if p.is_dir() else p.parent.name or p.stem})"
+        else:
+            options = dict((baseline_options or {}).get(spec, {}))
+            if device is not None:
+                options.setdefault("device", device)
+            est = baselines.get(spec, model, **options)
+            label = spec
+        while label in used:
+            label += "'"
+        used.add(label)
+        out.append((label, est))
+    return model, out
+
+
+def training_snr(estimator: Estimator) -> float | None:
+    """The training SNR recorded in a network's checkpoint (geometric mean of a range), or
+    None for estimators without one."""
+    info = getattr(estimator, "info", None)
+    try:
+        snr = info["training"]["config"]["data"]["snr"]  # type: ignore[index]
+    except (TypeError, KeyError):
+        return None
+    try:
+        if isinstance(snr, (int, float)):
+            return float(snr)
+        lo, hi = (float(v) for v in snr)
+        return math.sqrt(lo * hi)
+    except (TypeError, ValueError):
+        return None
+
+
+# ---- the comparison --------------------------------------------------------------------------
+@dataclass
+class ComparisonSet:
+    """Noisy test signals shared by every estimator."""
+
+    theta: torch.Tensor     # [N, P] truth (SI)
+    signals: torch.Tensor   # [N, T] complex128
+    crb: torch.Tensor       # [N, P] CRB at σ = 1/snr (inf where not identifiable)
+    snr: float
+    seed: int
+
+
+def make_comparison_set(model: SignalModel, n: int, snr: float, seed: int = 0) -> ComparisonSet:
+    """``n`` voxels from the training distribution at SNR ``snr`` (module docstring)."""
+    if n < 1:
+        raise InputError("the test set needs at least one voxel")
+    if not (math.isfinite(snr) and snr > 0):
+        raise InputError(f"SNR must be a positive number, got {snr!r}")
+    gen = torch.Generator().manual_seed(seed)
+    theta = ParameterSampler(model).sample(n, gen)
+    m0 = random_m0(n, generator=gen)
+    clean = torch.cat([model.simulate(theta[s:s + 4096]) for s in range(0, n, 4096)])
+    signals = add_noise(m0[:, None] * clean, 1.0 / snr, gen)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SingularFisherWarning)
+        bound = crb(model, theta, sigma=1.0 / snr)
+    return ComparisonSet(theta=theta, signals=signals, crb=bound, snr=float(snr), seed=seed)
+
+
+def timed_predict(estimator: Estimator, signals: torch.Tensor, batch_size: int = 8192
+                  ) -> tuple[torch.Tensor, float]:
+    """Estimates [N, P] (float64, CPU) and the seconds spent in ``predict`` (after an untimed
+    warm-up call on two voxels, which also triggers lazy setup)."""
+    with torch.no_grad():
+        estimator.predict(signals[:2])
+        seconds, out = 0.0, []
+        for s in range(0, signals.shape[0], batch_size):
+            start = time.perf_counter()
+            est = estimator.predict(signals[s:s + batch_size])
+            seconds += time.perf_counter() - start
+            out.append(torch.as_tensor(est).detach().to("cpu", torch.float64))
+    return torch.cat(out), seconds
+
+
+def score(estimates: torch.Tensor, test: ComparisonSet, parameters: Sequence[str]
+          ) -> dict[str, Any]:
+    """MSE/CRB per parameter (mean and median over voxels with a finite CRB and a finite
+    estimate), plus counts of excluded voxels."""
+    err2 = (estimates - test.theta) ** 2
+    ratio = err2 / test.crb
+    out: dict[str, Any] = {"mse_over_crb": {}, "mse_over_crb_median": {},
+                           "n_infinite_crb": {}, "n_failed": {}}
+    for j, p in enumerate(parameters):
+        finite_crb = torch.isfinite(test.crb[:, j]) & (test.crb[:, j] > 0)
+        ok = finite_crb & torch.isfinite(estimates[:, j])
+        r = ratio[ok, j]
+        out["mse_over_crb"][p] = float(r.mean()) if r.numel() else math.nan
+        out["mse_over_crb_median"][p] = float(r.median()) if r.numel() else math.nan
+        out["n_infinite_crb"][p] = int((~finite_crb).sum())
+        out["n_failed"][p] = int((finite_crb & ~ok).sum())
+    vals = [v for v in out["mse_over_crb"].values() if math.isfinite(v)]
+    out["mse_over_crb_mean_over_parameters"] = float(np.mean(vals)) if vals else math.nan
+    return out
+
+
+@dataclass
+class ComparisonResult:
+    model: str
+    parameters: tuple[str, ...]
+    snr: float
+    n_voxels: int
+    seed: int
+    rows: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return _json_ready({
+            "model": self.model, "parameters": list(self.parameters), "snr": self.snr,
+            "snr_definition": SNR_DEFINITION, "n_voxels": self.n_voxels, "seed": self.seed,
+            "test_set": "parameters drawn from the model's training distribution; the same "
+                        "noisy signals for every estimator",
+            "metric": "mse_over_crb = mean over voxels of (estimate - truth)^2 / CRB (1 = "
+                      "efficient unbiased); voxels/s counts predict() calls only",
+            "rows": self.rows,
+        })
+
+    def to_markdown(self) -> str:
+        params = list(self.parameters)
+        head = ["estimator"] + [f"MSE/CRB {p}" for p in params] + ["voxels/s"]
+        lines = [f"Comparison on {self.n_voxels} test voxels of `{self.model}` at SNR "
+                 f"{self.snr:g} ({SNR_DEFINITION}). MSE/CRB: mean over voxels of "
+                 "(estimate − truth)²/CRB; 1 = efficient unbiased estimator.", "",
+                 "| " + " | ".join(head) + " |",
+                 "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+        for row in self.rows:
+            cells = [row["label"]] + [_fmt(row["mse_over_crb"][p]) for p in params]
+            cells.append(f"{row['voxels_per_second']:,.0f}")
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+    def save(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write ``comparison.json``, ``comparison.md`` and ``comparison.png``."""
+        from . import io
+        from .plots.evaluation import plot_comparison
+
+        out_dir = Path(out_dir)
+        paths = {"json": out_dir / "comparison.json", "md": out_dir / "comparison.md",
+                 "png": out_dir / "comparison.png"}
+        io.write_json(paths["json"], self.to_json())
+        io.write_text(paths["md"], self.to_markdown())
+        plot_comparison(self.rows, self.parameters, paths["png"],
+                        title=f"{self.model}: {self.n_voxels} test voxels, SNR {self.snr:g} "
+                              "(|M0|/σ)")
+        return paths
+
+
+def _fmt(v: float) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:.3g}"
+
+
+def compare(estimators: Sequence[tuple[str, Estimator]], model: SignalModel | None = None,
+            n: int = 1000, snr: float = 100.0, seed: int = 0, batch_size: int = 8192,
+            test: ComparisonSet | None = None) -> ComparisonResult:
+    """Score every ``(label, estimator)`` on one test set (made here unless given)."""
+    if not estimators:
+        raise InputError("nothing to compare")
+    model = model or estimators[0][1].model
+    for label, est in estimators:
+        if not same_model(est.model, model):
+            raise InputError(f"estimator {label!r} is for {est.model!r}, not {model!r}")
+    test = test or make_comparison_set(model, n, snr, seed)
+    rows = []
+    for label, est in estimators:
+        estimates, seconds = timed_predict(est, test.signals, batch_size)
+        row = {"label": label, "estimator": str(getattr(est, "name", type(est).__name__)),
+               **score(estimates, test, model.parameters),
+               "voxels_per_second": test.signals.shape[0] / seconds if seconds > 0 else math.inf,
+               "predict_seconds": seconds}
+        rows.append(row)
+    return ComparisonResult(model=model.name, parameters=tuple(model.parameters),
+                            snr=test.snr, n_voxels=int(test.signals.shape[0]), seed=test.seed,
+                            rows=rows)

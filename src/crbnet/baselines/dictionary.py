@@ -278,8 +278,8 @@ class DictionaryEstimator:
 
     def top_matches(self, signals: torch.Tensor | np.ndarray, k: int,
                     exclusion: int = 1) -> torch.Tensor:
-        """The ``k`` best atoms per voxel, each at least ``exclusion + 1`` grid cells (in every
-        direction's maximum) from the better ones — distinct starting points for a local fit.
+        """The ``k`` best atoms per voxel, each more than ``exclusion`` grid cells (in at least
+        one parameter) from the better ones — distinct starting points for a local fit.
 
         Without a grid (explicit atoms) the ``k`` best distinct atoms are returned. When fewer
         than ``k`` atoms qualify the best one is repeated.

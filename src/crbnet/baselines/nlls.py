@@ -25,8 +25,8 @@ Algorithm — batched, box-constrained Levenberg–Marquardt with M0 projected o
   batch, so the work shrinks as the fit proceeds.
 
 Starts: the ``n_starts`` best atoms of a coarse dictionary (:class:`DictionaryEstimator`),
-each at least two grid cells from the better ones; every start is fitted and the lowest final
-cost wins.
+each more than two grid cells (in at least one parameter) from the better ones; every start is
+fitted and the lowest final cost wins.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="demo_out", metavar="DIR",
                    help="output directory (default: demo_out)")
     p.add_argument("--minutes-per-net", type=float, metavar="T",
-                   help="training budget of each network (default 3)")
+                   help="training budget of each network (default 3.5)")
     p.add_argument("--snr", type=float, help="training and test SNR |M0|/sigma (default 100)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -18,6 +18,17 @@ from crbnet.errors import InputError
 from crbnet.evaluate import evaluate, make_grid
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tests run many small tensor operations (Levenberg–Marquardt iterations, EPG
+    steps), where a second thread gains little and, on a busy machine, thread synchronization
+    can cost ten times the work: run them on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _complex_m0(n: int, seed: int) -> torch.Tensor:
     """Arbitrary complex M0: magnitudes 0.1–10 (log-uniform), uniform phases."""
     g = torch.Generator().manual_seed(seed)

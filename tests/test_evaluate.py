@@ -19,6 +19,17 @@ from crbnet.errors import InputError
 from crbnet.evaluate import Grid, evaluate, make_grid
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tests run many small tensor operations (Levenberg–Marquardt iterations, EPG
+    steps), where a second thread gains little and, on a busy machine, thread synchronization
+    can cost ten times the work: run them on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class KnownErrorEstimator:
     """Truth + β·√CRB + γ·√CRB·N(0, 1) per parameter, so the expected metrics are
     bias/√CRB = β, std/√CRB = γ, MSE/CRB = β² + γ².

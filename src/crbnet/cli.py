@@ -14,7 +14,8 @@ from . import __version__
 from .errors import InputError
 
 # Order = order in ``crbnet --help``. A module that fails to import is a bug, not optional.
-COMMANDS = ["models", "simulate", "crb", "dataset", "train", "phantom", "apply", "fit", "evaluate", "compare", "demo"]
+COMMANDS = ["demo", "models", "simulate", "crb", "dataset", "train", "fit", "evaluate",
+            "compare", "phantom", "apply"]
 
 
 def build_parser() -> argparse.ArgumentParser:

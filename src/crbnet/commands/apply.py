@@ -7,6 +7,7 @@ import math
 
 from ..errors import InputError
 from ._common import add_model_arguments, build_model, resolve_device
+from .fit import parse_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,24 +55,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _parse_options(items: list[str]) -> dict:
-    out: dict = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        name = name.strip()
-        if not sep or not name:
-            raise InputError(f"--option expects NAME=VALUE, got {item!r}")
-        for convert in (int, float):
-            try:
-                out[name] = convert(value)
-                break
-            except ValueError:
-                continue
-        else:
-            out[name] = {"true": True, "false": False}.get(value.lower(), value)
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     from ..apply import apply_to_volume, check_compatible
     from ..nifti import NiftiSignals, check_output_directory, read_mask
@@ -108,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         from .. import baselines
 
         try:
-            estimator = baselines.get(args.method, model, **_parse_options(args.option))
+            estimator = baselines.get(args.method, model, **parse_options(args.option))
         except TypeError as exc:
             raise InputError(f"--option: {exc}") from None
     mask = read_mask(args.mask, source.reference()) if args.mask else None

@@ -83,8 +83,7 @@ def _colorbar(fig: Any, mappable: Any, ax: Any, metric: str) -> None:
 def _norm_and_cmap(metric: str, data: np.ndarray) -> tuple[Any, Any]:
     from matplotlib import colors
 
-    cmap = plt.get_cmap("RdBu_r").copy()
-    cmap.set_bad("0.75")
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.75")
     finite = data[np.isfinite(data)]
     if metric == "bias_over_sqrt_crb":
         v = max(float(np.max(np.abs(finite))) if finite.size else 0.0, 0.1)

@@ -41,7 +41,7 @@ from ..crb import jacobian
 from ..errors import InputError
 from ..estimator import as_signal_tensor
 from ..models.base import SignalModel
-from .dictionary import DictionaryEstimator, default_points_per_parameter
+from .dictionary import DictionaryEstimator, default_points_per_parameter, resolve_ranges
 
 #: Total atoms of the coarse dictionary that provides the starting points.
 START_DICTIONARY_ATOMS = 4096
@@ -253,17 +253,7 @@ class NLLSEstimator:
         self.chunk_size = int(chunk_size)
         self.device = torch.device(device) if device is not None else None
         self.progress = progress
-        box = dict(model.bounds)
-        for name, value in (bounds or {}).items():
-            if name not in model.parameters:
-                raise InputError(f"unknown parameter {name!r} in bounds; estimated: "
-                                 f"{', '.join(model.parameters)}")
-            lo, hi = (float(v) for v in value)
-            m_lo, m_hi = model.spec(name).bounds
-            if not (m_lo <= lo < hi <= m_hi):
-                raise InputError(f"bounds of {name} [{lo:g}, {hi:g}] must be increasing and "
-                                 f"inside the model's bounds [{m_lo:g}, {m_hi:g}]")
-            box[name] = (lo, hi)
+        box = resolve_ranges(model, bounds, base=model.bounds, what="bounds")
         self.bounds = box
         if start_points is None:
             start_points = min(64, default_points_per_parameter(model.n_parameters,

@@ -8,7 +8,13 @@ The test voxels (default 10⁴) are drawn from the model's training distribution
 random phase, SNR = |M0|/σ (default: the network's training SNR, else 100). Every estimator
 sees the same signals; NLLS may be limited to the first ``--nlls-voxels`` of them because it is
 slow (its voxels/s does not depend on how many it gets, beyond batching effects; its MSE/CRB is
-then compared with the others' on that same subset, printed as an extra column). Timing covers
+then compared with the others' on that same subset, printed as an extra column).
+
+Dictionary matching is run at several sizes (``--dictionary-points``: grid points per parameter),
+because its accuracy is limited by the grid spacing: the speed target is judged against the
+*fastest dictionary at least as accurate as the network* (mean MSE/CRB), or, when no size up to
+the largest reaches the network's accuracy, against that largest one (then the network is both
+faster and more accurate, and the JSON says so). Timing covers
 ``predict`` only, after an untimed warm-up call (dictionary simulation and start-dictionary
 building are setup, reported separately).
 
@@ -43,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nlls-voxels", type=int, default=None,
                         help="fit only the first N voxels by NLLS (default: all)")
     parser.add_argument("--snr", type=float, default=None)
+    parser.add_argument("--dictionary-points", default="",
+                        help="comma-separated grid points per parameter for the dictionaries "
+                             "(default: the library default of ~10^4 atoms only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
@@ -78,11 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     estimators = []
     if network is not None:
         estimators.append(("network", network, test))
-    dictionary = baselines.get("dictionary", model, device=args.device)
-    start = time.perf_counter()
-    dictionary.build()
-    dictionary_setup = time.perf_counter() - start
-    estimators.append(("dictionary", dictionary, test))
+    sizes = [int(n) for n in args.dictionary_points.split(",") if n.strip()] or [None]
+    dictionaries = {}
+    for n_points in sizes:
+        dictionary = baselines.get("dictionary", model, device=args.device, n_points=n_points)
+        start = time.perf_counter()
+        dictionary.build()
+        label = "dictionary" if len(sizes) == 1 else f"dictionary {dictionary.n_atoms}"
+        dictionaries[label] = (dictionary, time.perf_counter() - start)
+        estimators.append((label, dictionary, test))
     nlls = baselines.get("nlls", model, device=args.device, progress=True)
     start = time.perf_counter()
     nlls.start_dictionary.build()
@@ -100,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
             row["on_nlls_subset"] = score(estimates[subset], sub_test, model.parameters)
         rows.append(row)
     by = {r["label"]: r for r in rows}
-    by["dictionary"]["setup_seconds"] = dictionary_setup
-    by["dictionary"]["atoms"] = dictionary.n_atoms
+    for label, (dictionary, setup) in dictionaries.items():
+        by[label]["setup_seconds"] = setup
+        by[label]["atoms"] = dictionary.n_atoms
     by["nlls"]["setup_seconds"] = nlls_setup
     by["nlls"]["n_starts"] = nlls.n_starts
 
@@ -112,12 +126,20 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict = {}
     if network is not None:
         net = by["network"]
+        # The reference dictionary: the fastest one at least as accurate as the network, else
+        # the most accurate one.
+        dict_rows = [by[label] for label in dictionaries]
+        as_good = [r for r in dict_rows if mean_ratio(r) <= mean_ratio(net)]
+        ref = (max(as_good, key=lambda r: r["voxels_per_second"]) if as_good
+               else min(dict_rows, key=mean_ratio))
         summary = {
             "speedup_vs_nlls": net["voxels_per_second"] / by["nlls"]["voxels_per_second"],
-            "speedup_vs_dictionary": (net["voxels_per_second"]
-                                      / by["dictionary"]["voxels_per_second"]),
+            "reference_dictionary": ref["label"],
+            "reference_dictionary_atoms": ref["atoms"],
+            "a_dictionary_matches_network_accuracy": bool(as_good),
+            "speedup_vs_dictionary": net["voxels_per_second"] / ref["voxels_per_second"],
             "network_mse_over_crb": mean_ratio(net),
-            "dictionary_mse_over_crb": mean_ratio(by["dictionary"]),
+            "dictionary_mse_over_crb": mean_ratio(ref),
             "nlls_mse_over_crb": mean_ratio(by["nlls"]),
             "network_mse_over_crb_on_nlls_subset": mean_ratio(net, True),
         }
@@ -145,16 +167,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'  (NLLS set)':<12} {n_nlls:>7d} {'':>12} " + " ".join(
                 f"{sub['mse_over_crb'][p]:>14.3g}" for p in params) +
                 f" {sub['mse_over_crb_mean_over_parameters']:>7.3g}")
-    print(f"setup (excluded): dictionary {by['dictionary']['setup_seconds']:.1f} s for "
-          f"{dictionary.n_atoms} atoms; NLLS start dictionary {nlls_setup:.1f} s")
+    for label, (dictionary, setup) in dictionaries.items():
+        print(f"setup (excluded): {label}: {setup:.1f} s for {dictionary.n_atoms} atoms")
+    print(f"setup (excluded): NLLS start dictionary {nlls_setup:.1f} s")
     if summary:
+        how = ("the fastest dictionary at least as accurate" if
+               summary["a_dictionary_matches_network_accuracy"] else
+               "the most accurate dictionary, still less accurate than the network")
         print(f"network speed: {summary['speedup_vs_nlls']:,.0f} x NLLS (target "
-              f"{TARGET_VS_NLLS:,.0f}), {summary['speedup_vs_dictionary']:,.1f} x dictionary "
-              f"(target {TARGET_VS_DICTIONARY:g})")
+              f"{TARGET_VS_NLLS:,.0f}), {summary['speedup_vs_dictionary']:,.1f} x "
+              f"{summary['reference_dictionary']} ({how}; target {TARGET_VS_DICTIONARY:g})")
     record = {
         "model": model.name, "parameters": params, "snr": snr,
         "snr_definition": "|M0| / sigma with |M0| = 1, sigma per real/imaginary part",
         "voxels": args.voxels, "nlls_voxels": n_nlls, "seed": args.seed,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "threads": args.threads, "device": args.device, "checkpoint": args.checkpoint,
         "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()),
         "rows": rows, "summary": summary,

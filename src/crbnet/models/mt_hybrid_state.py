@@ -42,15 +42,19 @@ Implementation notes (speed only; the physics is all above):
 - The prefix maps come from a two-level scan: sequentially over the ~√T positions within
   blocks of consecutive steps, vectorized over the blocks, then a logarithmic scan over the
   block totals: ~√T + log₂√T sequential steps instead of T.
-- Values and derivatives take different routes. The steady state is computed on *detached*
-  maps (no derivative bookkeeping in the 2×2 compositions). When autodiff follows the inputs
-  (the CRB's forward-mode Jacobian, reverse mode, dual tensors), the state is also marched
-  through each block with the differentiable maps from the exact block-start values; an
-  affine map differs from its value at the exact start only through the start, so adding the
-  detached prefix times (u − u0), where u (equal to u0 in value) solves the same periodic
-  problem with the marched block maps, gives exact first derivatives at a quarter of the cost of
-  differentiating the compositions. Second derivatives through the steady state are not exact
-  (nothing in crbnet takes them).
+- Values and derivatives take different routes. The steady state is an
+  ``autograd.Function`` of the per-TR matrix entries ``A h`` and ``b h``: its forward pass runs
+  on plain tensors (no derivative bookkeeping), and its forward-mode rule (``jvp``, used by the
+  CRB's ``torch.func.jvp`` + ``vmap`` Jacobian, by dual tensors and by NLLS) is implicit
+  differentiation of the periodic orbit. A tangent ż of the state obeys the same affine
+  recursion as the state, with the same matrices E and a forcing ``Ė (y − y∞) + (I − E) ẏ∞``
+  per half TR, which is computed for all TRs at once from closed forms (derivatives of
+  ``E = e^μ (cosh r I + sinh(r)/r M)`` in μ and x = r², and ``ẏ∞ = −A⁻¹ (Ȧ y∞ + ḃ)``); the
+  periodic tangent then comes from the value pass's prefix maps plus one march of the
+  offsets through each block — no cycles iterated, exact to round-off. Reverse mode
+  differentiates the value computation itself, marched through each block from the exact
+  block-start values (the periodic solve on detached maps plus a first-order correction);
+  second derivatives through the steady state are not provided (nothing in crbnet takes them).
 """
 
 from __future__ import annotations
@@ -59,7 +63,6 @@ import math
 
 import numpy as np
 import torch
-import torch.autograd.forward_ad as fwAD
 
 from .. import sequences as seqs
 from .base import ParameterSpec, SignalModel
@@ -68,6 +71,9 @@ from .base import ParameterSpec, SignalModel
 # < 1e-21): the quotient is exact in value, but its forward-mode derivative cancels as r → 0
 # (relative error ~ 3·eps/x, so ≤ 1e-9 at the switch, on a term that is multiplied by |M| ≤ √x).
 _TAYLOR_X = 1e-6
+# Below this x, ∂(sinh(r)/r)/∂x comes from its series (the closed form cancels: relative error
+# ~ 3·eps/x, so ≤ 1e-13 here).
+_D_TAYLOR_X = 1e-2
 # cosh(r) and sinh(r) are evaluated at min(r, _R_CLAMP) and the excess goes into the exponential
 # prefactor: exact to e^{-2·_R_CLAMP} and it never overflows (e^μ cosh r ≤ 1 since μ + r ≤ 0).
 _R_CLAMP = 20.0
@@ -77,10 +83,12 @@ Affine = tuple[torch.Tensor, torch.Tensor]
 
 
 def _exp_traceless(mu: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(e^μ cosh r, e^μ sinh(r)/r)`` with ``r = √x``, x ≥ 0: the scalars of ``exp(μ I + M)``.
+    """``(C, S)``: ``C = e^μ cosh r`` and ``S = e^μ sinh(r)/r`` with ``r = √x``, x ≥ 0 — the
+    scalars of ``exp(μ I + M) = C I + S M``.
 
     Both are analytic in x; ``x + tiny`` keeps √ finite at x = 0 so that the derivative of
-    cosh(√x) (a product, no cancellation) stays exact there.
+    cosh(√x) (a product, no cancellation) stays exact there. ``∂C/∂x = S/2``; ``∂S/∂x`` is
+    :func:`_d_sinh_part`.
     """
     r = torch.sqrt(x + torch.finfo(x.dtype).tiny)
     r_c = r.clamp(max=_R_CLAMP)
@@ -89,6 +97,18 @@ def _exp_traceless(mu: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, tor
     sinhc_taylor = 1 + x * (1 / 6 + x * (1 / 120))
     sinhc = torch.where(x < _TAYLOR_X, sinhc_taylor, torch.sinh(r_c) / r)
     return scale * torch.cosh(r_c), scale * sinhc
+
+
+def _d_sinh_part(mu: torch.Tensor, x: torch.Tensor, C: torch.Tensor, S: torch.Tensor
+                 ) -> torch.Tensor:
+    """``∂S/∂x = e^μ (cosh r − sinh(r)/r) / (2x)`` for the C, S of :func:`_exp_traceless`.
+
+    The closed form cancels for small x, where the series of ``d/dx sinh(√x)/√x``
+    (truncation < 1e-15 relative below _D_TAYLOR_X; there r ≪ _R_CLAMP, so the scale is e^μ)
+    is used instead."""
+    series = torch.exp(mu) * (1 / 6 + x * (1 / 60 + x * (1 / 1680 + x * (1 / 90720
+                                                                          + x / 7983360))))
+    return torch.where(x < _D_TAYLOR_X, series, (C - S) / (2 * x))
 
 
 def _compose(outer: Affine, inner: Affine) -> Affine:
@@ -110,39 +130,37 @@ def _apply(m: Affine, y: torch.Tensor) -> torch.Tensor:
     return _linear(m[0], y) + m[1]
 
 
-def _tracks_derivatives(t: torch.Tensor) -> bool:
-    """Whether autodiff follows ``t``: reverse mode, a torch.func transform, or a dual tensor."""
-    is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", lambda _: True)
-    return t.requires_grad or is_wrapped(t) or fwAD.unpack_dual(t).tangent is not None
-
-
 def _block_size(n: int) -> int:
     """Steps per block of the two-level scan: the divisor of n closest to √n from below (1 when
     n is prime: then the logarithmic scan does all the work)."""
     return max(b for b in range(1, math.isqrt(n) + 1) if n % b == 0)
 
 
-def _cycle_steps(half: Affine):
-    """The T steps of one cycle, by position j in the block, vectorized over the blocks.
+def _by_step(t: torch.Tensor):
+    """Per-TR quantities ``t`` [..., T, N] by step of the two-level scan.
 
-    ``half`` holds per-TR quantities with batch dims [T, N] (a half-TR map and its offset or
-    centre). Step n maps mid-TR n to mid-TR n+1: the second half of TR n, then the first half of
-    TR n+1. With ``block`` dividing T the steps form ``nb = T / block`` blocks; this yields, for
-    each j, the TR quantities ``(first, second)`` of step ``b·block + j`` of every block b (batch
-    dims [nb, N]). For the last block's last step, ``second`` is TR 0 of the next cycle; the
-    inversion between them is left to the caller (see :func:`_inversion_after_last`).
+    Step n maps mid-TR n to mid-TR n+1: the second half of TR n, then the first half of TR n+1.
+    With ``block`` dividing T the steps form ``nb = T / block`` blocks; this yields, for each
+    position j in the block, ``(t of TR b·block + j, t of TR b·block + j + 1)`` for every block b
+    (dims [..., nb, N]). For the last block's last step the second is TR 0 of the next cycle;
+    the inversion between them is left to the caller (see :func:`_inversion_after_last`).
     """
-    E, o = half
-    T, n = o.shape[-2:]
+    T, n = t.shape[-2:]
     block = _block_size(T)
-    E, o = E.reshape(2, 2, T // block, block, n), o.reshape(2, T // block, block, n)
+    t = t.reshape(*t.shape[:-2], T // block, block, n)
     for j in range(block):
         if j < block - 1:
-            second = (E[..., j + 1, :], o[..., j + 1, :])
+            following = t[..., j + 1, :]
         else:                                               # the next block's first TR
-            second = (torch.cat((E[..., 1:, 0, :], E[..., :1, 0, :]), -2),
-                      torch.cat((o[:, 1:, 0], o[:, :1, 0]), -2))
-        yield (E[..., j, :], o[..., j, :]), second
+            following = torch.cat((t[..., 1:, 0, :], t[..., :1, 0, :]), -2)
+        yield t[..., j, :], following
+
+
+def _cycle_steps(half: Affine):
+    """:func:`_by_step` of a half-TR map ``(E [2, 2, T, N], o [2, T, N])``: per position j,
+    ``((E, o) of TR n, (E, o) of TR n+1)`` with batch dims [nb, N]."""
+    for (E1, E2), (o1, o2) in zip(_by_step(half[0]), _by_step(half[1])):
+        yield (E1, o1), (E2, o2)
 
 
 def _inversion_after_last(flip: torch.Tensor, n_blocks: int) -> torch.Tensor:
@@ -151,13 +169,12 @@ def _inversion_after_last(flip: torch.Tensor, n_blocks: int) -> torch.Tensor:
     return torch.cat((torch.ones_like(flip)[:, None].expand(2, n_blocks - 1, -1), flip[:, None]), 1)
 
 
-def _scan_cycle(half: Affine, flip: torch.Tensor
-                ) -> tuple[tuple[torch.Tensor, torch.Tensor], Affine]:
+def _scan_cycle(half: Affine, flip: torch.Tensor) -> tuple[Affine, Affine]:
     """Prefix compositions of the steps of one cycle within each block; ``half`` holds the
     half-TR maps ``(E_n, g_n)`` of ``y -> E y + g``.
 
-    Returns the first rows of the within-block prefixes — linear part [2, nb, block, N] and
-    offset [nb, block, N] — and the block totals (batch dims [nb, N]).
+    Returns the first rows (the r_f component) of the within-block prefixes — linear part
+    [2, nb, block, N] and offset [nb, block, N] — and the block totals (batch dims [nb, N]).
     """
     prefix, rows_L, rows_v = None, [], []
     steps = list(_cycle_steps(half))
@@ -217,35 +234,159 @@ def _scan_log(maps: Affine) -> Affine:
     return L, v
 
 
-def _steady_state_r_f(E: torch.Tensor, y_inf: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-    """r_f at every mid-TR of the periodic steady state, [T, N].
-
-    The cycle is T steps mid-TR n -> mid-TR n+1, the last one through the inversion; its
-    prefix maps give every mid-TR state as an affine function of the state z0 at mid-TR 0, and
-    z0 solves the periodic condition.
+def _solve_periodic(rows: Affine, block_totals: Affine) -> tuple[torch.Tensor, torch.Tensor]:
+    """The r_f component of the periodic solution at every mid-TR, [T, N] (mid-TR 0 .. T-1),
+    from the prefix maps of one cycle as :func:`_scan_cycle` returns them (for the state, or
+    for a tangent: the recursion is the same). Also returns the block-start states [2, nb, N].
     """
-    # Values: prefix compositions on detached maps (no derivative bookkeeping there).
-    E0, y_inf0 = E.detach(), y_inf.detach()
-    g0 = y_inf0 - _linear(E0, y_inf0)                      # y -> E y + g, g = (I − E) y∞
-    (rows_L, rows_v), block_totals = _scan_cycle((E0, g0), flip.detach())
     to_block_end = _scan_log(block_totals)                 # mid-TR 0 -> end of block b
     z0 = _periodic_start(to_block_end)
-    u0 = _block_starts(to_block_end, z0)[:, :, None]       # [2, nb, 1, N]
-    if not _tracks_derivatives(E):
-        r_f = rows_L[0] * u0[0] + rows_L[1] * u0[1] + rows_v    # mid-TR 1, 2, ..., T-1, 0
-    else:
-        # Derivatives, exact to first order in any autodiff mode: march the state through each
-        # block with the differentiable maps, from the exact block-start values u0. The true
-        # trajectory differs from that march ŷ only through its start u (equal to u0 in value):
-        # y = ŷ + L0 (u − u0), L0 the detached within-block prefix; and u follows from the
-        # block maps u ↦ ê + L0 (u − u0) by the same periodic solve.
-        march_rows, block_end = _march((E, y_inf), flip, u0[:, :, 0])
-        local = (block_totals[0], block_end - _linear(block_totals[0], u0[:, :, 0]))
-        to_block_end = _scan_log(local)
-        z0 = _periodic_start(to_block_end)
-        delta = _block_starts(to_block_end, z0)[:, :, None] - u0   # value 0
-        r_f = march_rows + rows_L[0] * delta[0] + rows_L[1] * delta[1]
+    u = _block_starts(to_block_end, z0)
+    (L0, v0), u_ = rows, u[:, :, None]
+    r_f = L0[0] * u_[0] + L0[1] * u_[1] + v0               # mid-TR 1, 2, ..., T-1, 0
+    return torch.cat((z0[:1], r_f.reshape(-1, r_f.shape[-1])[:-1])), u
+
+
+def _flow(a11: torch.Tensor, a22: torch.Tensor, a12: torch.Tensor, a21: torch.Tensor,
+          b1: torch.Tensor, b2: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The flow of ``dy/dt = A y + b`` over half a TR from the entries of ``A h`` and ``b h``:
+    ``E = exp(A h)`` [2, 2, T, N], ``y∞ = −A⁻¹ b`` [2, T, N], the scalars C, S of E and
+    ``d = (a11 − a22)/2``, ``1/det(A h)``."""
+    # E = C I + S M with M = A h − μ I = [[d, a12], [a21, −d]] and x = r² = d² + a12·a21.
+    mu, d = 0.5 * (a11 + a22), 0.5 * (a11 - a22)
+    off = a12 * a21                                        # ≥ 0
+    C, S = _exp_traceless(mu, d * d + off)
+    E = torch.stack((C + S * d, S * a12, S * a21, C - S * d)).reshape(2, 2, *C.shape)
+    # y∞ = −A⁻¹ b = (a12 b2 − a22 b1, a21 b1 − a11 b2) / det A (h cancels).
+    inv_det = (a11 * a22 - off).reciprocal()
+    y_inf = torch.stack(((a12 * b2 - a22 * b1) * inv_det, (a21 * b1 - a11 * b2) * inv_det))
+    return {"E": E, "y_inf": y_inf, "C": C, "S": S, "d": d, "inv_det": inv_det}
+
+
+def _differentiable_r_f(E: torch.Tensor, y_inf: torch.Tensor, flip: torch.Tensor
+                        ) -> torch.Tensor:
+    """r_f at every mid-TR [T, N], differentiable in reverse mode through E, y∞ and flip.
+
+    The periodic solve runs on detached maps; the state is then marched through each block
+    with the differentiable maps from the exact block-start values u0. The true trajectory
+    differs from that march ŷ only through its start u (equal to u0 in value):
+    y = ŷ + L0 (u − u0), L0 the detached within-block prefix; and u follows from the block maps
+    u ↦ ê + L0 (u − u0) by the same periodic solve. Exact to first order.
+    """
+    E0, y_inf0 = E.detach(), y_inf.detach()
+    g0 = y_inf0 - _linear(E0, y_inf0)                      # y -> E y + g, g = (I − E) y∞
+    (rows_L, _), block_totals = _scan_cycle((E0, g0), flip.detach())
+    to_block_end = _scan_log(block_totals)
+    z0 = _periodic_start(to_block_end)
+    u0 = _block_starts(to_block_end, z0)
+    march_rows, block_end = _march((E, y_inf), flip, u0)
+    local = (block_totals[0], block_end - _linear(block_totals[0], u0))
+    to_block_end = _scan_log(local)
+    z0 = _periodic_start(to_block_end)
+    delta = (_block_starts(to_block_end, z0) - u0)[:, :, None]   # value 0
+    r_f = march_rows + rows_L[0] * delta[0] + rows_L[1] * delta[1]
     return torch.cat((z0[:1], r_f.reshape(-1, r_f.shape[-1])[:-1]))
+
+
+class _FreePoolSteadyState(torch.autograd.Function):
+    """r_f [T, N] at every mid-TR of the periodic steady state, from the per-TR entries of
+    ``A h`` (a11, a22, a12, a21 [T, N]) and ``b h`` (b1 [T, N], b2 [1, N]) and the inversion's
+    z_s factor beta [N] (DESIGN §4.1; see the module docstring)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(a11, a22, a12, a21, b1, b2, beta):
+        flow = _flow(a11, a22, a12, a21, b1, b2)
+        E, y_inf = flow["E"], flow["y_inf"]
+        flip = torch.stack((-torch.ones_like(beta), beta))  # the inversion, a diagonal matrix
+        g = y_inf - _linear(E, y_inf)                      # y -> E y + g, g = (I − E) y∞
+        rows, block_totals = _scan_cycle((E, g), flip)
+        r_f, u = _solve_periodic(rows, block_totals)
+        # Everything after r_f is kept for the derivative rules only.
+        return (r_f, u, rows[0], block_totals[0], *(flow[k] for k in _FreePoolSteadyState.kept))
+
+    kept = ("E", "y_inf", "C", "S", "d", "inv_det")
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.save_for_forward(*inputs, *output[1:])
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        saved = ctx.saved_tensors
+        a11, a22, a12, a21, b1, b2, beta = primal = saved[:7]
+        u, rows_L, totals_L, E, y_inf, C, S, d, inv_det = saved[7:]
+        da11, da22, da12, da21, db1, db2, dbeta = (
+            torch.zeros_like(x) if t is None else t for x, t in zip(primal, tangents))
+        D = _d_sinh_part(0.5 * (a11 + a22), d * d + a12 * a21, C, S)
+        flip = torch.stack((-torch.ones_like(beta), beta))
+        per_tr = (E, y_inf, S, D, d, a11, a22, a12, a21, inv_det, da11, da22, da12, da21, db1)
+
+        def local(tr):
+            """The state-independent part of the forcing for one TR (slices [nb, N])."""
+            E, y_inf, _, _, d, a11, a22, a12, a21, inv_det, da11, da22, da12, da21, db1 = tr
+            dd = 0.5 * (da11 - da22)
+            # (I − E) ẏ∞ with ẏ∞ = −A⁻¹ (Ȧ y∞ + ḃ)
+            w1 = da11 * y_inf[0] + da12 * y_inf[1] + db1
+            w2 = da21 * y_inf[0] + da22 * y_inf[1] + db2
+            dy_inf = torch.stack(((a12 * w2 - a22 * w1) * inv_det,
+                                  (a21 * w1 - a11 * w2) * inv_det))
+            return (0.5 * (da11 + da22),                               # μ̇
+                    2 * d * dd + a12 * da21 + a21 * da12,              # ẋ
+                    torch.stack((dd, da21)), torch.stack((da12, -dd)),  # columns of Ṁ
+                    dy_inf - _linear(E, dy_inf))
+
+        def half_tr(tr, loc, y, z):
+            """One half TR for the state y and its tangent z: the state moves by
+            ``E (y − y∞) + y∞``, the tangent by ``E z + Ė (y − y∞) + (I − E) ẏ∞`` with
+            Ė = μ̇ E + ẋ (S/2 I + D M) + S Ṁ (E = C I + S M, ∂C/∂x = S/2, ∂S/∂x = D)."""
+            E, y_inf, S, D, d, _, _, a12, a21 = tr[:9]
+            dmu, dx, m_col0, m_col1, ie_dy = loc
+            v = y - y_inf
+            Ev, Sv = _linear(E, v), S * v
+            Mv = torch.stack((d * v[0] + a12 * v[1], a21 * v[0] - d * v[1]))
+            g = dmu * Ev + dx * (0.5 * Sv + D * Mv) + m_col0 * Sv[0] + m_col1 * Sv[1] + ie_dy
+            return Ev + y_inf, g if z is None else _linear(E, z) + g
+
+        # The tangent obeys the state's recursion with that forcing: march state and tangent
+        # offsets (from 0) through every block from the exact block-start states — the forcing
+        # made step by step stays cache-sized — then close the cycle with the value pass's
+        # linear maps.
+        y, z, rows, loc = u, None, [], None
+        steps = list(zip(*(_by_step(t) for t in per_tr)))
+        n_blocks = E.shape[-2] // len(steps)
+        for j, pairs in enumerate(steps):
+            tr, tr_next = [c for c, _ in pairs], [n for _, n in pairs]
+            loc = local(tr) if loc is None else loc
+            y, z = half_tr(tr, loc, y, z)                       # mid-TR -> TR end
+            if j == len(steps) - 1:
+                # The inversion; it also moves with beta: ż_s += β̇ · z_s.
+                inversion = _inversion_after_last(flip, n_blocks)
+                d_flip = torch.cat((torch.zeros_like(dbeta)[None].expand(n_blocks - 1, -1),
+                                    (dbeta * y[1, -1])[None]))
+                z = inversion * z + torch.stack((torch.zeros_like(d_flip), d_flip))
+                y = inversion * y
+            loc = local(tr_next)
+            y, z = half_tr(tr_next, loc, y, z)                  # TR start -> mid-TR
+            rows.append(z[0])
+        dr_f, _ = _solve_periodic((rows_L, torch.stack(rows, -2)), (totals_L, z))
+        return (dr_f,) + (None,) * 9
+
+    @staticmethod
+    def backward(ctx, grad_r_f, *_):
+        primal = ctx.saved_tensors
+        inputs = [t.detach().requires_grad_() for t in primal]
+        with torch.enable_grad():
+            flow = _flow(*inputs[:6])
+            beta = inputs[6]
+            flip = torch.stack((-torch.ones_like(beta), beta))
+            r_f = _differentiable_r_f(flow["E"], flow["y_inf"], flip)
+        grads = torch.autograd.grad(r_f, inputs, grad_r_f, allow_unused=True)
+        return tuple(g if g is None or g.shape == x.shape else g.sum_to_size(x.shape)
+                     for g, x in zip(grads, primal))
 
 
 class MTHybridState(SignalModel):
@@ -315,23 +456,23 @@ class MTHybridState(SignalModel):
                           for i in range(0, n, self.chunk_size)])
 
     def _simulate_chunk(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
-        E, y_inf, flip, sin_alpha = self._half_tr_maps(p)
-        r_f = _steady_state_r_f(E, y_inf, flip)           # [T, N], mid-TR 0 .. T-1
-        signal = (r_f * sin_alpha).T                       # [N, T]
+        entries, beta, sin_alpha = self._half_tr_entries(p)
+        r_f = _FreePoolSteadyState.apply(*entries, beta)[0]   # [T, N], mid-TR 0 .. T-1
+        signal = (r_f * sin_alpha).T                          # [N, T]
         return torch.complex(signal, torch.zeros_like(signal))
 
-    def _half_tr_maps(self, p: dict[str, torch.Tensor]):
-        """The map over half a TR, ``y -> E (y − y∞) + y∞``, of every TR and voxel: E
-        [2, 2, T, N] and y∞ [2, T, N]; with the inversion's diagonal ``flip`` [2, N] and
-        sin(B1·θ) ([T, 1], or [T, N] when B1 is estimated)."""
+    def _half_tr_entries(self, p: dict[str, torch.Tensor]):
+        """``A h`` and ``b h`` over half a TR for every TR and voxel: (a11, a22, a12, a21, b1)
+        [T, N] and b2 [1, N]; the inversion's z_s factor beta [N]; and sin(B1·θ) ([T, 1], or
+        [T, N] when B1 is estimated)."""
         seq = self.sequence
         h = 0.5 * seq.TR                                   # half a TR: TR start -> echo -> TR end
         m0s, T1f, T2f, Rx, T1s, T2s = (p[k][None, :] for k in
                                        ("m0s", "T1f", "T2f", "Rx", "T1s", "T2s"))
         dtype, device = m0s.dtype, m0s.device
 
-        # A·h and b·h are sums of (sequence column [T, 1]) × (voxel row [1, N]) products; kept in
-        # that form, each [T, N] term has a one-product forward-mode tangent.
+        # Each entry is a sum of (sequence column [T, 1]) × (voxel row [1, N]) products, so its
+        # forward-mode tangent costs one product per term.
         x_f = Rx * (1 - m0s) * h                           # a12 = x_f·c  (exchange, times h)
         x_s = Rx * m0s * h                                 # a21 = x_s·c
         k_c2 = -(1 / T1f + Rx * m0s) * h                   # a11 = k_c2·c² + k_s2·s²
@@ -341,29 +482,13 @@ class MTHybridState(SignalModel):
         k_b = (1 - m0s) * h / T1f                          # b1 = k_b·c
         b2 = m0s * h / T1s                                 # b2, one per voxel
         if "B1" in self.fixed:
-            c, s, c2, s2, w, cw = self._sequence_columns(dtype, device, self.fixed["B1"])
+            c, s, c2, s2, w, _ = self._sequence_columns(dtype, device, self.fixed["B1"])
         else:
             theta, w = self._sequence_columns(dtype, device, None)
             B1 = p["B1"][None, :]
             c, s = torch.cos(theta * B1), torch.sin(theta * B1)      # [T, N]
-            c2, s2, cw = c * c, s * s, c * w
+            c2, s2 = c * c, s * s
             k_w = k_w * (B1 * B1)                          # W ∝ (B1 θ)²
-        a11 = c2 * k_c2 + s2 * k_s2                        # [T, N]
-        a22 = w * k_w - k_0
-        off = c2 * (x_f * x_s)                             # a12·a21, ≥ 0
-
-        # E = e^μ (cosh r I + sinh(r)/r M) with M = A h − μ I = [[d, a12], [a21, −d]] and
-        # r² = d² + a12·a21.
-        mu = 0.5 * (a11 + a22)
-        d = 0.5 * (a11 - a22)
-        cosh_part, sinh_part = _exp_traceless(mu, d * d + off)
-        sinh_d, sinh_c = sinh_part * d, sinh_part * c
-        E = torch.stack((cosh_part + sinh_d, sinh_c * x_f,
-                         sinh_c * x_s, cosh_part - sinh_d)).reshape(2, 2, *a11.shape)
-        # y∞ = −A⁻¹ b = (a12 b2 − a22 b1, a21 b1 − a11 b2) / det A (h cancels).
-        inv_det = (a11 * a22 - off).reciprocal()
-        y_inf = torch.stack(((c * (x_f * b2 + k_0 * k_b) - cw * (k_w * k_b)) * inv_det,
-                             (c2 * (x_s * k_b - k_c2 * b2) - s2 * (k_s2 * b2)) * inv_det))
+        entries = (c2 * k_c2 + s2 * k_s2, w * k_w - k_0, c * x_f, c * x_s, c * k_b, b2)
         beta = 1 - math.pi ** 2 * T2s[0] / seq.T_inv
-        flip = torch.stack((-torch.ones_like(beta), beta))  # the inversion, a diagonal matrix
-        return E, y_inf, flip, s
+        return entries, beta, s

@@ -17,3 +17,14 @@ def oct_csv() -> Path:
     if not path.exists():
         pytest.skip("../shared/data is not available")
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for modules of many small tensor operations (Levenberg–Marquardt
+    iterations, EPG steps, tiny phantoms): a second thread gains little there and, on a busy
+    2-core machine, OpenMP hand-offs can cost ten times the work. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

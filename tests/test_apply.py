@@ -19,14 +19,7 @@ from crbnet.nifti import ArraySignals, NiftiSignals
 from crbnet.phantom import make_phantom, save_phantom
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: one thread avoids OpenMP hand-offs, which cost ~15× on a busy
-    2-core machine. The previous setting is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class T2LeastSquares:

@@ -18,15 +18,7 @@ from crbnet.errors import InputError
 from crbnet.evaluate import evaluate, make_grid
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tests run many small tensor operations (Levenberg–Marquardt iterations, EPG
-    steps), where a second thread gains little and, on a busy machine, thread synchronization
-    can cost ten times the work: run them on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _complex_m0(n: int, seed: int) -> torch.Tensor:

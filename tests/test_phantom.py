@@ -16,14 +16,7 @@ from crbnet.phantom import LABELS, PROTON_DENSITY, make_phantom, save_phantom, t
 from crbnet.sequences import sequence_hash
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: one thread avoids OpenMP hand-offs, which cost ~15× on a busy
-    2-core machine. The previous setting is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = {"t2_decay": (24, 24), "ir_t1": (16, 16, 4), "fisp_mrf": (16, 16),
          "mt_hybrid_state": (16, 16)}

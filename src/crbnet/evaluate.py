@@ -32,7 +32,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from .baselines.dictionary import parameter_axis, resolve_ranges
+from .baselines.dictionary import parameter_axis
+from .models.base import resolve_ranges
 from .crb import SingularFisherWarning, crb
 from .data import ParameterSampler, add_noise, random_m0
 from .errors import InputError

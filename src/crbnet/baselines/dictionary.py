@@ -27,7 +27,7 @@ import torch
 
 from ..errors import InputError
 from ..estimator import as_signal_tensor
-from ..models.base import SignalModel
+from ..models.base import SignalModel, resolve_ranges
 
 #: Default dictionary size: about this many atoms in total, spread evenly over the parameters.
 DEFAULT_ATOMS = 10_000
@@ -51,26 +51,6 @@ def parameter_axis(low: float, high: float, n: int, log: bool = False,
             raise InputError("a log-spaced axis needs a positive lower end")
         return np.exp(math.log(low) + u * (math.log(high) - math.log(low)))
     return low + u * (high - low)
-
-
-def resolve_ranges(model: SignalModel, ranges: Mapping[str, tuple[float, float]] | None,
-                   base: Mapping[str, tuple[float, float]] | None = None,
-                   what: str = "range") -> dict[str, tuple[float, float]]:
-    """``base`` (default: the model's training ranges) overridden by ``ranges``; each override
-    must be increasing and inside the parameter's physical bounds. ``what`` names the
-    overrides in error messages ('range', 'bounds')."""
-    out = dict(model.train_ranges if base is None else base)
-    for name, value in (ranges or {}).items():
-        if name not in model.parameters:
-            raise InputError(f"unknown parameter {name!r} in {what}; estimated: "
-                             f"{', '.join(model.parameters)}")
-        lo, hi = (float(v) for v in value)
-        b_lo, b_hi = model.spec(name).bounds
-        if not (b_lo <= lo < hi <= b_hi):
-            raise InputError(f"{what} of {name} [{lo:g}, {hi:g}] must be increasing and inside "
-                             f"the model's bounds [{b_lo:g}, {b_hi:g}]")
-        out[name] = (lo, hi)
-    return out
 
 
 def default_points_per_parameter(n_parameters: int, total: int = DEFAULT_ATOMS) -> int:

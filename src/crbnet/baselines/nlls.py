@@ -40,8 +40,8 @@ import torch
 from ..crb import jacobian
 from ..errors import InputError
 from ..estimator import as_signal_tensor
-from ..models.base import SignalModel
-from .dictionary import DictionaryEstimator, default_points_per_parameter, resolve_ranges
+from ..models.base import SignalModel, resolve_ranges
+from .dictionary import DictionaryEstimator, default_points_per_parameter
 
 #: Total atoms of the coarse dictionary that provides the starting points.
 START_DICTIONARY_ATOMS = 4096

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,31 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) 
                         help="hold a parameter fixed (SI), repeatable; B1=1 is fixed by default")
     parser.add_argument("--free", action="append", default=[], metavar="NAME",
                         help="estimate a parameter that is fixed by default (e.g. B1)")
+
+
+def add_estimator_arguments(parser: argparse.ArgumentParser, checkpoint_help: str) -> None:
+    """--checkpoint CKPT | --method nlls|dictionary (exactly one)."""
+    how = parser.add_mutually_exclusive_group(required=True)
+    how.add_argument("--checkpoint", metavar="CKPT", help=checkpoint_help)
+    how.add_argument("--method", choices=["nlls", "dictionary"],
+                     help="classical estimator instead of a network (needs --model)")
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1 ...")
+
+
+def add_output_folder_arguments(parser: argparse.ArgumentParser) -> None:
+    """--out DIR (new or empty) and --overwrite."""
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty output folder")
+
+
+def check_positive(value: float | None, flag: str) -> None:
+    """A clear error unless ``value`` (if given) is a positive finite number."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise InputError(f"{flag} must be a positive number")
 
 
 def parse_assignments(items: list[str], what: str = "--param") -> dict[str, float]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import math
 
 from ..errors import InputError
-from ._common import add_model_arguments, build_model, resolve_device
+from ._common import (add_device_argument, add_estimator_arguments, add_model_arguments,
+                      add_output_folder_arguments, build_model, check_positive, resolve_device)
 from .fit import parse_options
 
 
@@ -18,10 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "standard deviation at the estimates and the measured noise level. The "
                     "input's last axis is time. Output is written to a temporary folder and "
                     "renamed into place at the end.")
-    how = p.add_mutually_exclusive_group(required=True)
-    how.add_argument("--checkpoint", metavar="CKPT", help="trained network (crbnet train)")
-    how.add_argument("--method", choices=["nlls", "dictionary"],
-                     help="classical estimator instead of a network (needs --model)")
+    add_estimator_arguments(p, "trained network (crbnet train)")
     add_model_arguments(p, required=False)
     p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                    help="keyword option of the --method estimator, repeatable "
@@ -47,11 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="voxels per estimator call (default 4096)")
     p.add_argument("--max-memory", type=float, default=1024, metavar="MIB",
                    help="memory budget for one read block of input data (default 1024 MiB)")
-    p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1 ...")
+    add_device_argument(p)
     p.add_argument("--ignore-sequence-hash", action="store_true",
                    help="accept data whose sidecar names another sequence or model")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    add_output_folder_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -60,8 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from ..nifti import NiftiSignals, check_output_directory, read_mask
 
     device = resolve_device(args.device)
-    if args.sigma is not None and not (math.isfinite(args.sigma) and args.sigma > 0):
-        raise InputError("--sigma must be a positive number")
+    check_positive(args.sigma, "--sigma")
     if args.chunk_size < 1:
         raise InputError("--chunk-size must be >= 1")
     if not args.max_memory > 0:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import math
 
 from ..errors import InputError
-from ._common import add_model_arguments, build_model, resolve_device
+from ._common import (add_device_argument, add_model_arguments, build_model, check_positive,
+                      resolve_device)
 
 DEFAULT_SNR = 100.0
 
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--voxels", type=int, default=1000, metavar="N",
                    help="test voxels (default 1000; NLLS is the slow one)")
     p.add_argument("--seed", type=int, default=0, help="seed of the test set")
-    p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1 ...")
+    add_device_argument(p)
     p.set_defaults(func=run)
 
 
@@ -38,8 +38,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.voxels < 1:
         raise InputError("--voxels must be >= 1")
-    if args.snr is not None and not (math.isfinite(args.snr) and args.snr > 0):
-        raise InputError("--snr must be a positive number")
+    check_positive(args.snr, "--snr")
     model = build_model(args) if args.model else None
     model, estimators = resolve_estimators(args.estimators, model=model, device=device)
     snr = args.snr

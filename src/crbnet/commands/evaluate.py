@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import math
 
 from ..errors import InputError
-from ._common import add_model_arguments, build_model, resolve_device
+from ._common import (add_device_argument, add_estimator_arguments, add_model_arguments,
+                      build_model, check_positive, resolve_device)
 from .fit import add_option_argument, parse_options
 
 DEFAULT_SNR = 100.0
@@ -20,9 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "their defaults) or on samples of the training distribution, with R noise "
                     "realizations per point. Writes DIR/evaluation.json and DIR/evaluation.png. "
                     "SNR = |M0|/sigma with |M0| = 1.")
-    how = p.add_mutually_exclusive_group(required=True)
-    how.add_argument("--checkpoint", metavar="CKPT", help="trained network (file or run dir)")
-    how.add_argument("--method", choices=["nlls", "dictionary"], help="classical estimator")
+    add_estimator_arguments(p, "trained network (file or run dir)")
     add_model_arguments(p, required=False)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--snr", type=float, default=None,
@@ -38,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="noise realizations per point (default 100)")
     p.add_argument("--seed", type=int, default=0, help="seed of noise and M0 phases")
     add_option_argument(p)
-    p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1 ...")
+    add_device_argument(p)
     p.set_defaults(func=run)
 
 
@@ -53,8 +51,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--grid must be >= 1")
     if args.samples is not None and args.samples < 1:
         raise InputError("--samples must be >= 1")
-    if args.snr is not None and not (math.isfinite(args.snr) and args.snr > 0):
-        raise InputError("--snr must be a positive number")
+    check_positive(args.snr, "--snr")
     model = build_model(args) if args.model else None
     if args.method and model is None:
         raise InputError("--method needs --model")

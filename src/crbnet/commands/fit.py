@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import io
 from ..errors import InputError
-from ._common import add_model_arguments, build_model, resolve_device
+from ._common import add_device_argument, add_model_arguments, build_model, resolve_device
 
 
 def add_option_argument(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="ESTIMATES.npy", help="float64 [N, P] (SI)")
     p.add_argument("--m0-out", metavar="M0.npy", help="also write the complex M0 [N]")
     add_option_argument(p)
-    p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1 ...")
+    add_device_argument(p)
     p.set_defaults(func=run)
 
 

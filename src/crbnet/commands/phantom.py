@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import math
 
-from ..errors import InputError
-from ._common import add_model_arguments, build_model
+from ._common import add_model_arguments, add_output_folder_arguments, build_model, check_positive
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,8 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="|M0| of pure water, arbitrary units (default 1000)")
     p.add_argument("--uncompressed", action="store_true",
                    help="write signal.nii instead of signal.nii.gz (memory-mapped when read)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    add_output_folder_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -44,8 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = build_model(args)
     shape = parse_shape(args.shape)
-    if not (math.isfinite(args.snr) and args.snr > 0):
-        raise InputError("--snr must be a positive number")
+    check_positive(args.snr, "--snr")
     check_output_directory(args.out, args.overwrite)
     phantom = make_phantom(model, shape, args.snr, args.seed, field_strength=args.field_strength,
                            variation=args.variation, m0_scale=args.m0_scale)

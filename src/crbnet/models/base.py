@@ -193,3 +193,23 @@ class SignalModel:
     def __repr__(self) -> str:
         fixed = f", fixed={self.fixed}" if self.fixed else ""
         return f"{type(self).__name__}(parameters={list(self.parameters)}{fixed})"
+
+
+def resolve_ranges(model: SignalModel, ranges: Mapping[str, tuple[float, float]] | None,
+                   base: Mapping[str, tuple[float, float]] | None = None,
+                   what: str = "range") -> dict[str, tuple[float, float]]:
+    """``base`` (default: the model's training ranges) overridden by ``ranges``; each override
+    must be increasing and inside the parameter's physical bounds. ``what`` names the
+    overrides in error messages ('range', 'bounds')."""
+    out = dict(model.train_ranges if base is None else base)
+    for name, value in (ranges or {}).items():
+        if name not in model.parameters:
+            raise InputError(f"unknown parameter {name!r} in {what}; estimated: "
+                             f"{', '.join(model.parameters)}")
+        lo, hi = (float(v) for v in value)
+        b_lo, b_hi = model.spec(name).bounds
+        if not (b_lo <= lo < hi <= b_hi):
+            raise InputError(f"{what} of {name} [{lo:g}, {hi:g}] must be increasing and inside "
+                             f"the model's bounds [{b_lo:g}, {b_hi:g}]")
+        out[name] = (lo, hi)
+    return out

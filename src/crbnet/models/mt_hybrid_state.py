@@ -33,25 +33,26 @@ are iterated.
 Implementation notes (speed only; the physics is all above):
 
 - Arrays are time-major, ``[T, N]``, so one TR is a contiguous slice. Per-voxel coefficients
-  are ``[1, N]`` rows and sequence quantities ``[T, 1]`` columns (cached per device, dtype and
-  B1), so every entry of ``A h`` is a sum of outer products, each with a one-product
-  forward-mode tangent. Large batches are simulated in chunks of ``chunk_size`` voxels so that
-  temporaries stay cache-sized.
+  are ``[1, N]`` rows and sequence quantities ``[T, 1]`` columns (θ and θ²/TRF cached per
+  device and dtype), so every entry of ``A h`` is a sum of outer products. Large batches are
+  simulated in chunks of ``chunk_size`` voxels so that temporaries stay cache-sized.
 - 2×2 maps are stacked tensors ``L [2, 2, ...]``, ``v [2, ...]``; composing them is four
   broadcast products (batched matmul on tiny matrices is slow).
 - The prefix maps come from a two-level scan: sequentially over the ~√T positions within
   blocks of consecutive steps, vectorized over the blocks, then a logarithmic scan over the
   block totals: ~√T + log₂√T sequential steps instead of T.
 - Values and derivatives take different routes. The steady state is an
-  ``autograd.Function`` of the per-TR matrix entries ``A h`` and ``b h``: its forward pass runs
+  ``autograd.Function`` of the voxel rows, B1 and the inversion factor: its forward pass runs
   on plain tensors (no derivative bookkeeping), and its forward-mode rule (``jvp``, used by the
   CRB's ``torch.func.jvp`` + ``vmap`` Jacobian, by dual tensors and by NLLS) is implicit
   differentiation of the periodic orbit. A tangent ż of the state obeys the same affine
   recursion as the state, with the same matrices E and a forcing ``Ė (y − y∞) + (I − E) ẏ∞``
-  per half TR, which is computed for all TRs at once from closed forms (derivatives of
-  ``E = e^μ (cosh r I + sinh(r)/r M)`` in μ and x = r², and ``ẏ∞ = −A⁻¹ (Ȧ y∞ + ḃ)``); the
-  periodic tangent then comes from the value pass's prefix maps plus one march of the
-  offsets through each block — no cycles iterated, exact to round-off. Reverse mode
+  per half TR. The forcing is linear in the entry tangents, ``Σ_q G_q q̇``, with coefficients
+  G_q from closed forms (derivatives of ``E = e^μ (cosh r I + sinh(r)/r M)`` in μ and x = r²,
+  and ``ẏ∞ = −A⁻¹ (Ȧ y∞ + ḃ)``) that carry no tangent themselves; it is made step by step
+  while the state and the tangent offsets are marched through every block, and the periodic
+  tangent then follows from the value pass's prefix maps — no cycles iterated, exact to
+  round-off (checked against reverse mode and finite differences in the tests). Reverse mode
   differentiates the value computation itself, marched through each block from the exact
   block-start values (the periodic solve on detached maps plus a first-order correction);
   second derivatives through the steady state are not provided (nothing in crbnet takes them).
@@ -61,7 +62,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from .. import sequences as seqs
@@ -288,23 +288,40 @@ def _differentiable_r_f(E: torch.Tensor, y_inf: torch.Tensor, flip: torch.Tensor
     return torch.cat((z0[:1], r_f.reshape(-1, r_f.shape[-1])[:-1]))
 
 
+def _entries(rows, B1, theta, w0):
+    """Per-TR entries of ``A h`` — (a11, a22, a12, a21) [T, N] — and ``b h`` — b1 [T, N], b2
+    [1, N] — from the voxel rows and the sequence columns θ, w0 = θ²/TRF ([T, 1]); also
+    (cos α, sin α, cos² α, sin² α, w) for α = B1·θ, w = B1²·w0 ([T, 1] when B1 is one number
+    [1, 1], else [T, N])."""
+    k_c2, k_s2, k_w, k_0, x_f, x_s, k_b, b2 = rows
+    alpha = theta * B1
+    c, s = torch.cos(alpha), torch.sin(alpha)
+    c2, s2, w = c * c, s * s, w0 * (B1 * B1)
+    return (c2 * k_c2 + s2 * k_s2, w * k_w - k_0, c * x_f, c * x_s, c * k_b, b2), (c, s, c2, s2, w)
+
+
 class _FreePoolSteadyState(torch.autograd.Function):
-    """r_f [T, N] at every mid-TR of the periodic steady state, from the per-TR entries of
-    ``A h`` (a11, a22, a12, a21 [T, N]) and ``b h`` (b1 [T, N], b2 [1, N]) and the inversion's
-    z_s factor beta [N] (DESIGN §4.1; see the module docstring)."""
+    """r_f [T, N] at every mid-TR of the periodic steady state (DESIGN §4.1; see the module
+    docstring), from per-voxel rows [1, N] — ``A h`` and ``b h`` are sums of their products
+    with sequence columns, see :meth:`MTHybridState._voxel_rows` — the inversion's z_s factor
+    beta [N], B1 ([1, N], or [1, 1] when fixed) and the sequence columns θ, θ²/TRF [T, 1]."""
 
     generate_vmap_rule = True
+    n_rows = 8
 
     @staticmethod
-    def forward(a11, a22, a12, a21, b1, b2, beta):
-        flow = _flow(a11, a22, a12, a21, b1, b2)
+    def forward(*args):
+        rows, (beta, B1, theta, w0) = args[:8], args[8:]
+        entries, _ = _entries(rows, B1, theta, w0)
+        flow = _flow(*entries)
         E, y_inf = flow["E"], flow["y_inf"]
         flip = torch.stack((-torch.ones_like(beta), beta))  # the inversion, a diagonal matrix
         g = y_inf - _linear(E, y_inf)                      # y -> E y + g, g = (I − E) y∞
-        rows, block_totals = _scan_cycle((E, g), flip)
-        r_f, u = _solve_periodic(rows, block_totals)
+        prefix_rows, block_totals = _scan_cycle((E, g), flip)
+        r_f, u = _solve_periodic(prefix_rows, block_totals)
         # Everything after r_f is kept for the derivative rules only.
-        return (r_f, u, rows[0], block_totals[0], *(flow[k] for k in _FreePoolSteadyState.kept))
+        return (r_f, u, prefix_rows[0], block_totals[0], *entries[:4],
+                *(flow[k] for k in _FreePoolSteadyState.kept))
 
     kept = ("E", "y_inf", "C", "S", "d", "inv_det")
 
@@ -317,71 +334,89 @@ class _FreePoolSteadyState(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, *tangents):
         saved = ctx.saved_tensors
-        a11, a22, a12, a21, b1, b2, beta = primal = saved[:7]
-        u, rows_L, totals_L, E, y_inf, C, S, d, inv_det = saved[7:]
-        da11, da22, da12, da21, db1, db2, dbeta = (
-            torch.zeros_like(x) if t is None else t for x, t in zip(primal, tangents))
+        rows, (beta, B1, theta, w0) = saved[:8], saved[8:12]
+        u, prefix_L, totals_L, a11, a22, a12, a21, E, y_inf, C, S, d, inv_det = saved[12:]
+        d_rows = [torch.zeros_like(x) if t is None else t for x, t in zip(rows, tangents)]
+        dk_c2, dk_s2, dk_w, dk_0, dx_f, dx_s, dk_b, db2 = d_rows
+        dbeta = torch.zeros_like(beta) if tangents[8] is None else tangents[8]
+        dB1 = tangents[9]
+        _, (c, s, c2, s2, w) = _entries(rows, B1, theta, w0)
         D = _d_sinh_part(0.5 * (a11 + a22), d * d + a12 * a21, C, S)
-        flip = torch.stack((-torch.ones_like(beta), beta))
-        per_tr = (E, y_inf, S, D, d, a11, a22, a12, a21, inv_det, da11, da22, da12, da21, db1)
+        # −A⁻¹ e1 and −A⁻¹ e2 through (I − E): how y∞ moves the half-TR map.
+        n1 = -inv_det * torch.stack((a22, -a21))
+        n2 = -inv_det * torch.stack((-a12, a11))
+        n1, n2 = n1 - _linear(E, n1), n2 - _linear(E, n2)
+        per_tr = [E, y_inf, S, D, d, a12, a21, n1, n2, c, c2, s2, w]
+        if dB1 is not None:
+            # ∂/∂B1 of (a11, a22, c): B1 moves every entry through α = B1·θ and w = B1²·w0.
+            k_c2, k_s2, k_w, _, x_f, x_s, k_b, _ = rows
+            dc = -s * theta
+            per_tr += [2 * c * s * theta * (k_s2 - k_c2), 2 * B1 * w0 * k_w, dc * x_f,
+                       dc * x_s, dc * k_b]
 
-        def local(tr):
-            """The state-independent part of the forcing for one TR (slices [nb, N])."""
-            E, y_inf, _, _, d, a11, a22, a12, a21, inv_det, da11, da22, da12, da21, db1 = tr
-            dd = 0.5 * (da11 - da22)
-            # (I − E) ẏ∞ with ẏ∞ = −A⁻¹ (Ȧ y∞ + ḃ)
-            w1 = da11 * y_inf[0] + da12 * y_inf[1] + db1
-            w2 = da21 * y_inf[0] + da22 * y_inf[1] + db2
-            dy_inf = torch.stack(((a12 * w2 - a22 * w1) * inv_det,
-                                  (a21 * w1 - a11 * w2) * inv_det))
-            return (0.5 * (da11 + da22),                               # μ̇
-                    2 * d * dd + a12 * da21 + a21 * da12,              # ẋ
-                    torch.stack((dd, da21)), torch.stack((da12, -dd)),  # columns of Ṁ
-                    dy_inf - _linear(E, dy_inf))
+        def entry_tangents(tr):
+            """(ȧ11, ȧ22, ȧ12, ȧ21, ḃ1, ḃ2) of one TR (slices [nb, N])."""
+            c, c2, s2, w = tr[9:13]
+            da = [c2 * dk_c2 + s2 * dk_s2, w * dk_w - dk_0, c * dx_f, c * dx_s, c * dk_b]
+            if dB1 is not None:
+                da = [x + f * dB1 for x, f in zip(da, tr[13:])]
+            return da + [db2]
 
-        def half_tr(tr, loc, y, z):
+        def half_tr(tr, da, y, z):
             """One half TR for the state y and its tangent z: the state moves by
-            ``E (y − y∞) + y∞``, the tangent by ``E z + Ė (y − y∞) + (I − E) ẏ∞`` with
-            Ė = μ̇ E + ẋ (S/2 I + D M) + S Ṁ (E = C I + S M, ∂C/∂x = S/2, ∂S/∂x = D)."""
-            E, y_inf, S, D, d, _, _, a12, a21 = tr[:9]
-            dmu, dx, m_col0, m_col1, ie_dy = loc
+            ``E (y − y∞) + y∞``, the tangent by ``E z + Ė (y − y∞) + (I − E) ẏ∞``, where
+            Ė = μ̇ E + ẋ (S/2 I + D M) + S Ṁ (E = C I + S M, ∂C/∂x = S/2, ∂S/∂x = D) and
+            ẏ∞ = −A⁻¹ (Ȧ y∞ + ḃ). The forcing is Σ_q G_q q̇ over the six entries q; the
+            coefficients G_q carry no tangent, so they cost no derivative bookkeeping."""
+            E, y_inf, S, D, d, a12, a21, n1, n2 = tr[:9]
             v = y - y_inf
             Ev, Sv = _linear(E, v), S * v
-            Mv = torch.stack((d * v[0] + a12 * v[1], a21 * v[0] - d * v[1]))
-            g = dmu * Ev + dx * (0.5 * Sv + D * Mv) + m_col0 * Sv[0] + m_col1 * Sv[1] + ie_dy
+            Q = 0.5 * Sv + D * torch.stack((d * v[0] + a12 * v[1], a21 * v[0] - d * v[1]))
+            zero = torch.zeros_like(Sv[0])
+            h = 0.5 * (Ev + torch.stack((Sv[0], -Sv[1])))
+            dQ = d * Q
+            G = (h + dQ + y_inf[0] * n1,                                  # a11
+                 Ev - h - dQ + y_inf[1] * n2,                             # a22
+                 a21 * Q + torch.stack((Sv[1], zero)) + y_inf[1] * n1,    # a12
+                 a12 * Q + torch.stack((zero, Sv[0])) + y_inf[0] * n2,    # a21
+                 n1, n2)                                                  # b1, b2
+            g = G[0] * da[0]
+            for G_q, da_q in zip(G[1:], da[1:]):
+                g = g + G_q * da_q
             return Ev + y_inf, g if z is None else _linear(E, z) + g
 
         # The tangent obeys the state's recursion with that forcing: march state and tangent
         # offsets (from 0) through every block from the exact block-start states — the forcing
         # made step by step stays cache-sized — then close the cycle with the value pass's
         # linear maps.
-        y, z, rows, loc = u, None, [], None
-        steps = list(zip(*(_by_step(t) for t in per_tr)))
+        y, z, rows_out, da = u, None, [], None
+        steps = list(zip(*(_by_step(t.expand(*t.shape[:-1], E.shape[-1])) for t in per_tr)))
         n_blocks = E.shape[-2] // len(steps)
         for j, pairs in enumerate(steps):
             tr, tr_next = [c for c, _ in pairs], [n for _, n in pairs]
-            loc = local(tr) if loc is None else loc
-            y, z = half_tr(tr, loc, y, z)                       # mid-TR -> TR end
+            da = entry_tangents(tr) if da is None else da
+            y, z = half_tr(tr, da, y, z)                        # mid-TR -> TR end
             if j == len(steps) - 1:
                 # The inversion; it also moves with beta: ż_s += β̇ · z_s.
-                inversion = _inversion_after_last(flip, n_blocks)
+                inversion = _inversion_after_last(torch.stack((-torch.ones_like(beta), beta)),
+                                                  n_blocks)
                 d_flip = torch.cat((torch.zeros_like(dbeta)[None].expand(n_blocks - 1, -1),
                                     (dbeta * y[1, -1])[None]))
                 z = inversion * z + torch.stack((torch.zeros_like(d_flip), d_flip))
                 y = inversion * y
-            loc = local(tr_next)
-            y, z = half_tr(tr_next, loc, y, z)                  # TR start -> mid-TR
-            rows.append(z[0])
-        dr_f, _ = _solve_periodic((rows_L, torch.stack(rows, -2)), (totals_L, z))
-        return (dr_f,) + (None,) * 9
+            da = entry_tangents(tr_next)
+            y, z = half_tr(tr_next, da, y, z)                   # TR start -> mid-TR
+            rows_out.append(z[0])
+        dr_f, _ = _solve_periodic((prefix_L, torch.stack(rows_out, -2)), (totals_L, z))
+        return (dr_f,) + (None,) * 13
 
     @staticmethod
     def backward(ctx, grad_r_f, *_):
         primal = ctx.saved_tensors
         inputs = [t.detach().requires_grad_() for t in primal]
         with torch.enable_grad():
-            flow = _flow(*inputs[:6])
-            beta = inputs[6]
+            rows, (beta, B1, theta, w0) = inputs[:8], inputs[8:]
+            flow = _flow(*_entries(rows, B1, theta, w0)[0])
             flip = torch.stack((-torch.ones_like(beta), beta))
             r_f = _differentiable_r_f(flow["E"], flow["y_inf"], flip)
         grads = torch.autograd.grad(r_f, inputs, grad_r_f, allow_unused=True)
@@ -423,28 +458,18 @@ class MTHybridState(SignalModel):
     def default_sequence(cls) -> seqs.MTSequence:
         return seqs.default_mt_sequence()
 
-    def _sequence_columns(self, dtype: torch.dtype, device: torch.device,
-                          B1: float | None) -> tuple[torch.Tensor, ...]:
-        """Sequence-only quantities as [T, 1] columns, cached per (sequence, dtype, device, B1).
-
-        With B1 fixed: ``(cos α, sin α, cos² α, sin² α, w, w·cos α)`` for α = B1·θ and
-        w = α²/TRF. With B1 estimated (``B1=None``): ``(θ, θ²/TRF)``; the rest is per voxel.
-        """
+    def _sequence_columns(self, dtype: torch.dtype, device: torch.device
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(θ, θ²/TRF)`` as [T, 1] columns, cached per (sequence, dtype, device)."""
         seq = self.sequence
-        key = (id(seq), dtype, device, B1)
+        key = (id(seq), dtype, device)
         entry = self._cache.get(key)
         if entry is not None and entry[0] is seq:           # (a new object may reuse an id)
             return entry[1]
-        theta = seq.theta if B1 is None else B1 * seq.theta
-        w = theta * theta / seq.TRF
-        cols = [theta, w]
-        if B1 is not None:
-            c, s = np.cos(theta), np.sin(theta)
-            cols = [c, s, c * c, s * s, w, c * w]
         # Made outside any inference_mode so that autograd can use the cache later on.
         with torch.inference_mode(False):
             tensors = tuple(torch.as_tensor(col[:, None], dtype=dtype, device=device)
-                            for col in cols)
+                            for col in (seq.theta, seq.theta ** 2 / seq.TRF))
         self._cache = {key: (seq, tensors)}                 # a model runs on one device at a time
         return tensors
 
@@ -456,39 +481,34 @@ class MTHybridState(SignalModel):
                           for i in range(0, n, self.chunk_size)])
 
     def _simulate_chunk(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
-        entries, beta, sin_alpha = self._half_tr_entries(p)
-        r_f = _FreePoolSteadyState.apply(*entries, beta)[0]   # [T, N], mid-TR 0 .. T-1
-        signal = (r_f * sin_alpha).T                          # [N, T]
+        rows, beta = self._voxel_rows(p)
+        theta, w0 = self._sequence_columns(rows[0].dtype, rows[0].device)
+        if "B1" in self.fixed:
+            B1 = torch.full((1, 1), self.fixed["B1"], dtype=theta.dtype, device=theta.device)
+        else:
+            B1 = p["B1"][None, :]
+        r_f = _FreePoolSteadyState.apply(*rows, beta, B1, theta, w0)[0]  # [T, N], mid-TR 0..T-1
+        signal = (r_f * torch.sin(theta * B1)).T                         # [N, T]
         return torch.complex(signal, torch.zeros_like(signal))
 
-    def _half_tr_entries(self, p: dict[str, torch.Tensor]):
-        """``A h`` and ``b h`` over half a TR for every TR and voxel: (a11, a22, a12, a21, b1)
-        [T, N] and b2 [1, N]; the inversion's z_s factor beta [N]; and sin(B1·θ) ([T, 1], or
-        [T, N] when B1 is estimated)."""
+    def _voxel_rows(self, p: dict[str, torch.Tensor]):
+        """Per-voxel rows [1, N] whose products with the sequence columns make ``A h`` and
+        ``b h`` over half a TR (see :func:`_entries`), and the inversion's z_s factor beta [N].
+
+        ``a11 = k_c2·cos²α + k_s2·sin²α``, ``a22 = k_w·w − k_0``, ``a12 = x_f·cos α``,
+        ``a21 = x_s·cos α``, ``b1 = k_b·cos α``, b2 per voxel; α = B1·θ, w = α²/TRF."""
         seq = self.sequence
         h = 0.5 * seq.TR                                   # half a TR: TR start -> echo -> TR end
         m0s, T1f, T2f, Rx, T1s, T2s = (p[k][None, :] for k in
                                        ("m0s", "T1f", "T2f", "Rx", "T1s", "T2s"))
-        dtype, device = m0s.dtype, m0s.device
-
-        # Each entry is a sum of (sequence column [T, 1]) × (voxel row [1, N]) products, so its
-        # forward-mode tangent costs one product per term.
-        x_f = Rx * (1 - m0s) * h                           # a12 = x_f·c  (exchange, times h)
-        x_s = Rx * m0s * h                                 # a21 = x_s·c
-        k_c2 = -(1 / T1f + Rx * m0s) * h                   # a11 = k_c2·c² + k_s2·s²
-        k_s2 = -h / T2f
-        k_w = -seq.k_RF * h / seq.TR * T2s                 # a22 = k_w·w − k_0
-        k_0 = h / T1s + x_f
-        k_b = (1 - m0s) * h / T1f                          # b1 = k_b·c
-        b2 = m0s * h / T1s                                 # b2, one per voxel
-        if "B1" in self.fixed:
-            c, s, c2, s2, w, _ = self._sequence_columns(dtype, device, self.fixed["B1"])
-        else:
-            theta, w = self._sequence_columns(dtype, device, None)
-            B1 = p["B1"][None, :]
-            c, s = torch.cos(theta * B1), torch.sin(theta * B1)      # [T, N]
-            c2, s2 = c * c, s * s
-            k_w = k_w * (B1 * B1)                          # W ∝ (B1 θ)²
-        entries = (c2 * k_c2 + s2 * k_s2, w * k_w - k_0, c * x_f, c * x_s, c * k_b, b2)
+        x_f = Rx * (1 - m0s) * h                           # exchange, times h
+        rows = (-(1 / T1f + Rx * m0s) * h,                 # k_c2
+                -h / T2f,                                  # k_s2
+                -seq.k_RF * h / seq.TR * T2s,              # k_w: W = k_RF·α²·T2s/(TRF·TR)
+                h / T1s + x_f,                             # k_0
+                x_f,
+                Rx * m0s * h,                              # x_s
+                (1 - m0s) * h / T1f,                       # k_b
+                m0s * h / T1s)                             # b2
         beta = 1 - math.pi ** 2 * T2s[0] / seq.T_inv
-        return entries, beta, s
+        return rows, beta

@@ -28,10 +28,18 @@ class Estimator(Protocol):
     def predict(self, signals: torch.Tensor | np.ndarray) -> torch.Tensor: ...
 
 
+def _all_finite(x: torch.Tensor) -> bool:
+    """Whether every element is finite. A NaN or Inf anywhere makes the sum non-finite, so one
+    reduction answers almost always; only a non-finite sum (which huge finite values could
+    also give, by overflow) needs the element-wise check."""
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(torch.view_as_real(x)).all())
+
+
 def as_signal_tensor(signals: torch.Tensor | np.ndarray, n_timepoints: int,
-                     dtype: torch.dtype = torch.complex128,
+                     dtype: torch.dtype | None = torch.complex128,
                      device: torch.device | str | None = None) -> torch.Tensor:
-    """Check and convert measured signals to a complex tensor [N, T].
+    """Check and convert measured signals to a complex tensor [N, T] (``dtype=None`` keeps the
+    input's complex dtype).
 
     Raises :class:`InputError` for a real-valued input, a wrong number of time points, or
     NaN/Inf values (mask those voxels out first).
@@ -50,9 +58,10 @@ def as_signal_tensor(signals: torch.Tensor | np.ndarray, n_timepoints: int,
     if signals.shape[1] != n_timepoints:
         raise InputError(f"signals have {signals.shape[1]} time points but the sequence has "
                          f"{n_timepoints}")
-    if not torch.isfinite(torch.view_as_real(signals)).all():
+    if not _all_finite(signals):
         raise InputError("signals contain NaN or Inf")
-    return signals.to(dtype=dtype, device=device if device is not None else signals.device)
+    return signals.to(dtype=dtype or signals.dtype,
+                      device=device if device is not None else signals.device)
 
 
 def fit_m0(model: SignalModel, theta: torch.Tensor, signals: torch.Tensor) -> torch.Tensor:

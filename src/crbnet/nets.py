@@ -103,7 +103,8 @@ def invariant_features(z: torch.Tensor) -> torch.Tensor:
     r = (z * z).sum(-1, keepdim=True)
     x = z * torch.polar(torch.ones_like(r.real), -0.5 * torch.angle(r))
     sign = torch.where(x[:, :1].real < 0, -1.0, 1.0).to(x.real.dtype)
-    norm = torch.linalg.vector_norm(z, dim=-1, keepdim=True).clamp_min(
+    # ‖z‖ from the real view: the same number, without the slow complex-abs path.
+    norm = torch.view_as_real(z).square().sum((-2, -1)).sqrt()[:, None].clamp_min(
         torch.finfo(x.real.dtype).tiny)
     x = x * (sign / norm)
     return torch.cat((x.real, x.imag), -1)

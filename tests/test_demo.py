@@ -1,0 +1,52 @@
+"""The demo pipeline end to end at a tiny size: both networks, NLLS, grid evaluation, report."""
+
+import json
+import re
+
+import pytest
+
+from crbnet.demo import DemoConfig, run
+from crbnet.errors import InputError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny_config(**changes) -> DemoConfig:
+    cfg = DemoConfig(epochs=3, batches_per_epoch=4, pool_size=64, pool_refresh=16, val_size=32,
+                     test_voxels=6, grid=2, realizations=4)
+    for key, value in changes.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def test_demo_writes_a_report_with_every_figure_it_names(tmp_path):
+    out = tmp_path / "demo"
+    summary = run(out, tiny_config(), progress=False, log=lambda *_: None)
+    report = (out / "report.md").read_text()
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert figures, "the report embeds its figures"
+    for figure in figures:
+        assert (out / figure).is_file(), figure
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["parameters"] == summary["parameters"] == ["m0s", "T1f", "T2f", "Rx", "T2s"]
+    labels = [row["label"] for row in on_disk["comparison"]]
+    assert labels == ["CRB-net", "MSE-net", "NLLS"]
+    assert {n: t["epochs"] for n, t in on_disk["training"].items()} == {"CRB-net": 3, "MSE-net": 3}
+    assert "crbnet train" in report            # how to run the full-scale version
+
+
+def test_mse_net_gets_the_epochs_the_crb_net_completed(tmp_path):
+    """A time guard that stops the CRB-net early (busy machine) must not leave the MSE-net with
+    a different number of epochs: the comparison would then measure the machine."""
+    summary = run(tmp_path / "demo", tiny_config(epochs=50, minutes_per_net=1e-4),
+                  progress=False, log=lambda *_: None)
+    epochs = {n: t["epochs"] for n, t in summary["training"].items()}
+    assert epochs["CRB-net"] < 50
+    assert epochs["MSE-net"] == epochs["CRB-net"]
+
+
+def test_demo_refuses_a_non_empty_output_folder(tmp_path):
+    (tmp_path / "keep.txt").write_text("user data")
+    with pytest.raises(InputError, match="not empty"):
+        run(tmp_path, tiny_config(), progress=False, log=lambda *_: None)
+    assert (tmp_path / "keep.txt").read_text() == "user data"

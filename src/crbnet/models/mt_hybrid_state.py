@@ -304,14 +304,15 @@ class _FreePoolSteadyState(torch.autograd.Function):
     """r_f [T, N] at every mid-TR of the periodic steady state (DESIGN §4.1; see the module
     docstring), from per-voxel rows [1, N] — ``A h`` and ``b h`` are sums of their products
     with sequence columns, see :meth:`MTHybridState._voxel_rows` — the inversion's z_s factor
-    beta [N], B1 ([1, N], or [1, 1] when fixed) and the sequence columns θ, θ²/TRF [T, 1]."""
+    beta [N], B1 ([1, N], or [1, 1] when fixed), the sequence columns θ, θ²/TRF [T, 1], and
+    whether B1 is estimated (if not, its tangent is zero and skipped)."""
 
     generate_vmap_rule = True
     n_rows = 8
 
     @staticmethod
     def forward(*args):
-        rows, (beta, B1, theta, w0) = args[:8], args[8:]
+        rows, (beta, B1, theta, w0) = args[:8], args[8:12]
         entries, _ = _entries(rows, B1, theta, w0)
         flow = _flow(*entries)
         E, y_inf = flow["E"], flow["y_inf"]
@@ -328,8 +329,9 @@ class _FreePoolSteadyState(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.mark_non_differentiable(*output[1:])
-        ctx.save_for_forward(*inputs, *output[1:])
-        ctx.save_for_backward(*inputs)
+        ctx.save_for_forward(*inputs[:12], *output[1:])
+        ctx.save_for_backward(*inputs[:12])
+        ctx.b1_free = inputs[12]
 
     @staticmethod
     def jvp(ctx, *tangents):
@@ -339,7 +341,7 @@ class _FreePoolSteadyState(torch.autograd.Function):
         d_rows = [torch.zeros_like(x) if t is None else t for x, t in zip(rows, tangents)]
         dk_c2, dk_s2, dk_w, dk_0, dx_f, dx_s, dk_b, db2 = d_rows
         dbeta = torch.zeros_like(beta) if tangents[8] is None else tangents[8]
-        dB1 = tangents[9]
+        dB1 = tangents[9] if ctx.b1_free else None
         _, (c, s, c2, s2, w) = _entries(rows, B1, theta, w0)
         D = _d_sinh_part(0.5 * (a11 + a22), d * d + a12 * a21, C, S)
         # −A⁻¹ e1 and −A⁻¹ e2 through (I − E): how y∞ moves the half-TR map.
@@ -421,7 +423,7 @@ class _FreePoolSteadyState(torch.autograd.Function):
             r_f = _differentiable_r_f(flow["E"], flow["y_inf"], flip)
         grads = torch.autograd.grad(r_f, inputs, grad_r_f, allow_unused=True)
         return tuple(g if g is None or g.shape == x.shape else g.sum_to_size(x.shape)
-                     for g, x in zip(grads, primal))
+                     for g, x in zip(grads, primal)) + (None,)
 
 
 class MTHybridState(SignalModel):
@@ -487,7 +489,8 @@ class MTHybridState(SignalModel):
             B1 = torch.full((1, 1), self.fixed["B1"], dtype=theta.dtype, device=theta.device)
         else:
             B1 = p["B1"][None, :]
-        r_f = _FreePoolSteadyState.apply(*rows, beta, B1, theta, w0)[0]  # [T, N], mid-TR 0..T-1
+        # [T, N], mid-TR 0 .. T-1
+        r_f = _FreePoolSteadyState.apply(*rows, beta, B1, theta, w0, "B1" not in self.fixed)[0]
         signal = (r_f * torch.sin(theta * B1)).T                         # [N, T]
         return torch.complex(signal, torch.zeros_like(signal))
 

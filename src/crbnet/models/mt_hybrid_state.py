@@ -308,7 +308,6 @@ class _FreePoolSteadyState(torch.autograd.Function):
     whether B1 is estimated (if not, its tangent is zero and skipped)."""
 
     generate_vmap_rule = True
-    n_rows = 8
 
     @staticmethod
     def forward(*args):

@@ -9,7 +9,7 @@ import torch
 import crbnet
 from crbnet import checkpoint
 from crbnet.errors import InputError
-from crbnet.estimator import Estimator
+from crbnet.estimator import Estimator, as_signal_tensor
 from crbnet.nets import invariant_features
 from crbnet.train import Trainer, build_config
 
@@ -136,3 +136,20 @@ def test_foreign_and_tampered_files_refused(run_dir, tmp_path):
 
     with pytest.raises(InputError, match="not found"):
         crbnet.load(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("bad", [complex(float("nan"), 0.0), complex(0.0, float("inf")),
+                                 complex(float("-inf"), 1.0)])
+def test_signal_check_finds_any_nan_or_inf(bad):
+    signals = torch.randn(5, 7, dtype=torch.complex64)
+    signals[3, 4] = bad
+    with pytest.raises(InputError, match="NaN or Inf"):
+        as_signal_tensor(signals, 7)
+
+
+def test_signal_check_accepts_huge_finite_values_whose_sum_overflows():
+    """The fast check sums the array; a finite sum proves finiteness, an overflowing one must
+    fall back to the element-wise check instead of rejecting valid data."""
+    signals = torch.full((4, 6), complex(3e38, -3e38), dtype=torch.complex64)
+    assert not torch.isfinite(signals.sum())
+    assert as_signal_tensor(signals, 6, dtype=None).dtype == torch.complex64

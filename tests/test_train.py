@@ -183,6 +183,17 @@ def _env() -> dict:
     return env
 
 
+def test_resume_removes_temporaries_left_by_a_killed_write(tmp_path):
+    """SIGKILL during an atomic write leaves its temporary beside the intact file; resuming
+    must not leave it in the run folder."""
+    out = tmp_path / "run"
+    args = ["train", "--model", "t2_decay", "--snr", "50", "--out", str(out), *TINY]
+    assert cli.main([*args, "--epochs", "2"]) == 0
+    (out / ".tmp-summary-x1y2.json").write_text('{"half": ')   # what a killed write leaves
+    assert cli.main([*args, "--epochs", "2", "--resume"]) == 0
+    assert {p.name for p in out.iterdir()} == RUN_FILES
+
+
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     args = ["train", "--model", "t2_decay", "--epochs", "8", "--seed", "3", *TINY,
             "--set", "data.batches_per_epoch=15", "--set", "data.pool_size=256",

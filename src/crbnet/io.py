@@ -43,6 +43,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files :func:`atomic_path` left in ``folder`` when its process was
+    killed mid-write (SIGKILL skips the clean-up). Only for a folder no other process is
+    writing to. Returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(".tmp-*"):
+        if tmp.is_file():
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

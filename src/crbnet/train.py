@@ -716,6 +716,10 @@ class Trainer:
     # ---- resume ----------------------------------------------------------------------------
     def _load_resume(self) -> dict | None:
         path = self.run_dir / "checkpoint.pt"
+        if self.dist.is_main:
+            # A run killed while writing leaves a temporary file beside the intact one.
+            for tmp in cio.remove_stale_temporaries(self.run_dir):
+                self._say(f"removed {tmp.name}, left by the interrupted run")
         if not path.exists():
             self._say(f"no checkpoint in {self.run_dir}: starting from scratch")
             return None

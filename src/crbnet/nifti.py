@@ -110,15 +110,20 @@ def same_grid(a: nib.Nifti1Image, b: nib.Nifti1Image, n_spatial: int, atol: floa
             and np.allclose(a.affine, b.affine, atol=atol))
 
 
-def read_sidecar(path: str | Path) -> dict | None:
-    """The BIDS JSON sidecar of an image (``x.nii.gz`` → ``x.json``), if present and valid."""
-    path = Path(path)
-    name = path.name
+def sidecar_path(image_path: str | Path) -> Path:
+    """Where an image's BIDS JSON sidecar lives: ``x.nii.gz`` or ``x.nii`` → ``x.json``."""
+    image_path = Path(image_path)
+    name = image_path.name
     for ext in (".nii.gz", ".nii"):
         if name.endswith(ext):
             name = name[: -len(ext)]
             break
-    side = path.with_name(name + ".json")
+    return image_path.with_name(name + ".json")
+
+
+def read_sidecar(path: str | Path) -> dict | None:
+    """The BIDS JSON sidecar of an image (``x.nii.gz`` → ``x.json``), if present and valid."""
+    side = sidecar_path(path)
     if not side.is_file():
         return None
     try:
@@ -444,13 +449,7 @@ def write_image(path: str | Path, data: np.ndarray, reference: SpatialReference,
 
 def write_sidecar(image_path: str | Path, metadata: Mapping[str, Any]) -> Path:
     """BIDS-style JSON sidecar beside ``image_path`` (``x.nii.gz`` → ``x.json``)."""
-    image_path = Path(image_path)
-    name = image_path.name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-            break
-    side = image_path.with_name(name + ".json")
+    side = sidecar_path(image_path)
     write_json(side, dict(metadata))
     return side
 

@@ -53,9 +53,10 @@ def check_positive(value: float | None, flag: str) -> None:
         raise InputError(f"{flag} must be a positive number")
 
 
-def parse_assignments(items: list[str], what: str = "--param") -> dict[str, float]:
-    """Parse repeated ``name=value`` strings (SI units)."""
-    out: dict[str, float] = {}
+def split_assignments(items: list[str], what: str) -> list[tuple[str, str]]:
+    """Repeated ``NAME=VALUE`` strings as (name, value text) pairs; ``what`` names the flag in
+    errors (malformed item, name given twice)."""
+    out: dict[str, str] = {}
     for item in items:
         name, sep, value = item.partition("=")
         name = name.strip()
@@ -63,10 +64,33 @@ def parse_assignments(items: list[str], what: str = "--param") -> dict[str, floa
             raise InputError(f"{what} expects NAME=VALUE, got {item!r}")
         if name in out:
             raise InputError(f"{what} {name} given twice")
+        out[name] = value
+    return list(out.items())
+
+
+def parse_assignments(items: list[str], what: str = "--param") -> dict[str, float]:
+    """Parse repeated ``name=value`` strings (SI units)."""
+    out: dict[str, float] = {}
+    for name, value in split_assignments(items, what):
         try:
             out[name] = float(value)
         except ValueError:
             raise InputError(f"{what} {name}: {value!r} is not a number") from None
+    return out
+
+
+def parse_options(items: list[str]) -> dict:
+    """``--option NAME=VALUE`` strings to keyword arguments (int, float, true/false or text)."""
+    out: dict = {}
+    for name, value in split_assignments(items, "--option"):
+        for convert in (int, float):
+            try:
+                out[name] = convert(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[name] = {"true": True, "false": False}.get(value.lower(), value)
     return out
 
 

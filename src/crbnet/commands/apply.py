@@ -6,8 +6,8 @@ import argparse
 
 from ..errors import InputError
 from ._common import (add_device_argument, add_estimator_arguments, add_model_arguments,
-                      add_output_folder_arguments, build_model, check_positive, resolve_device)
-from .fit import parse_options
+                      add_output_folder_arguments, build_model, check_positive, parse_options,
+                      resolve_device)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

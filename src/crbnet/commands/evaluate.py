@@ -6,8 +6,8 @@ import argparse
 
 from ..errors import InputError
 from ._common import (add_device_argument, add_estimator_arguments, add_model_arguments,
-                      build_model, check_positive, resolve_device)
-from .fit import add_option_argument, parse_options
+                      build_model, check_positive, parse_options, resolve_device)
+from .fit import add_option_argument
 
 DEFAULT_SNR = 100.0
 

@@ -9,34 +9,14 @@ import numpy as np
 
 from .. import io
 from ..errors import InputError
-from ._common import add_device_argument, add_model_arguments, build_model, resolve_device
+from ._common import (add_device_argument, add_model_arguments, build_model, parse_options,
+                      resolve_device)
 
 
 def add_option_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                         help="keyword option of the estimator, repeatable, e.g. n_starts=4 "
                              "(nlls) or n_points=200 (dictionary)")
-
-
-def parse_options(items: list[str]) -> dict:
-    """``NAME=VALUE`` strings to keyword arguments (int, float, true/false or text)."""
-    out: dict = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        name = name.strip()
-        if not sep or not name:
-            raise InputError(f"--option expects NAME=VALUE, got {item!r}")
-        if name in out:
-            raise InputError(f"--option {name} given twice")
-        for convert in (int, float):
-            try:
-                out[name] = convert(value)
-                break
-            except ValueError:
-                continue
-        else:
-            out[name] = {"true": True, "false": False}.get(value.lower(), value)
-    return out
 
 
 def load_signals(path: str) -> np.ndarray:

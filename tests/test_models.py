@@ -201,13 +201,16 @@ def test_jacobian_matches_central_finite_differences(name, point, fixed):
         assert err < 1e-6, (p, err.item())
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch.func"])
 @pytest.mark.parametrize("n_tr, fixed", [(97, None), (120, {})])
-def test_mt_derivative_modes_agree(n_tr, fixed):
-    """Three independent derivative routes of the MT steady state agree: forward mode by
-    ``jvp`` + ``vmap`` (the CRB's; implicit differentiation of the periodic orbit), dual
-    tensors (same rule, another entry point) and reverse mode (autodiff of a block march). 97
-    TRs is prime: the two-level scan then has one step per block."""
+def test_mt_derivative_modes_agree(n_tr, fixed, compiled):
+    """Independent derivative routes of the MT steady state agree with reverse mode (autodiff
+    of a block march): the CRB's Jacobian — the compiled CPU kernel, or forward mode by
+    ``jvp`` + ``vmap`` (implicit differentiation of the periodic orbit) — and dual tensors (the
+    ``jvp`` rule through another entry point). 97 TRs is prime: the two-level scan then has one
+    step per block."""
     model = models.get("mt_hybrid_state", sequence=short_mt_sequence(n_tr), fixed=fixed)
+    model.use_compiled_jacobian = compiled
     point = dict(MT_POINT, B1=0.95) if fixed == {} else MT_POINT
     theta = model.theta_from_dict(point) * torch.tensor([[1.0], [1.1], [0.9]], dtype=torch.float64)
     jac = jacobian(model, theta).real                              # [N, T, P]

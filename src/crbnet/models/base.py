@@ -190,6 +190,20 @@ class SignalModel:
     def _simulate(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
+    def explicit_signal_and_jacobian(self, theta: torch.Tensor
+                                     ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Optional: the signal [N, T] and ∂f/∂θ as columns [P, N, T] (complex) by the model's
+        own forward-mode derivative, for inputs where it has one (None otherwise, the default).
+        :mod:`crbnet.crb` uses it in place of ``torch.func.jvp`` + ``vmap`` through
+        :meth:`simulate`; both must agree to round-off (tested)."""
+        return None
+
+    def explicit_real_gram(self, theta: torch.Tensor) -> torch.Tensor | None:
+        """Optional, for models whose signal is real for M0 = 1: the Gram matrix
+        [N, P+1, P+1] of (∂f/∂θ_1, …, ∂f/∂θ_P, f) — all the Fisher information needs without a
+        subspace — or None (the default; crbnet.crb then forms it from the Jacobian)."""
+        return None
+
     def __repr__(self) -> str:
         fixed = f", fixed={self.fixed}" if self.fixed else ""
         return f"{type(self).__name__}(parameters={list(self.parameters)}{fixed})"

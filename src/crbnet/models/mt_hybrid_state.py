@@ -62,9 +62,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .. import sequences as seqs
+from . import _mt_kernel
 from .base import ParameterSpec, SignalModel
 
 # Below this x = r², sinh(r)/r comes from its Taylor series 1 + x/6 + x²/120 (truncation error
@@ -450,6 +452,8 @@ class MTHybridState(SignalModel):
     # slower on CPU. Results do not depend on either.
     chunk_size = 512
     crb_chunk_size = 512
+    # The compiled CPU Jacobian (see explicit_signal_and_jacobian); False: torch.func route.
+    use_compiled_jacobian = True
 
     def __init__(self, sequence: seqs.MTSequence | None = None, fixed=None) -> None:
         super().__init__(sequence, fixed)
@@ -492,6 +496,78 @@ class MTHybridState(SignalModel):
         r_f = _FreePoolSteadyState.apply(*rows, beta, B1, theta, w0, "B1" not in self.fixed)[0]
         signal = (r_f * torch.sin(theta * B1)).T                         # [N, T]
         return torch.complex(signal, torch.zeros_like(signal))
+
+    def explicit_signal_and_jacobian(self, theta: torch.Tensor
+                                     ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Signal [N, T] and Jacobian columns [P, N, T] from the compiled kernel
+        (:mod:`._mt_kernel`): CPU, float64, outside autograd only; None otherwise (then
+        crbnet.crb takes the torch.func route through :meth:`simulate`). Set
+        ``use_compiled_jacobian = False`` to force that route. The signal is real, so both come
+        back as real float64 tensors (the imaginary parts are zero)."""
+        out = self._run_kernel(theta, jacobian=True, gram=False)
+        return None if out is None else out[:2]
+
+    def explicit_real_gram(self, theta: torch.Tensor) -> torch.Tensor | None:
+        """Gram matrix [N, P+1, P+1] of (∂f/∂θ_1, …, ∂f/∂θ_P, f) from the compiled kernel, the
+        Jacobian never stored; None where :meth:`explicit_signal_and_jacobian` is None."""
+        out = self._run_kernel(theta, jacobian=False, gram=True)
+        return None if out is None else out[2]
+
+    def _run_kernel(self, theta: torch.Tensor, jacobian: bool, gram: bool):
+        if (not self.use_compiled_jacobian or not _mt_kernel.available()
+                or theta.device.type != "cpu" or theta.dtype != torch.float64
+                or (theta.requires_grad and torch.is_grad_enabled())):
+            return None
+        theta = theta.detach()
+        n, n_par = theta.shape
+        seq = self.sequence
+        p = self.full_parameters(theta)
+        rows, beta = self._voxel_rows(p)
+        d_rows = self._voxel_row_derivatives(p)                  # [N, 9, 7]
+        # How the rows, beta and B1 move along each estimated parameter.
+        chain = torch.zeros(n, _mt_kernel.N_DIRECTIONS, n_par, dtype=theta.dtype)
+        for j, name in enumerate(self.parameters):
+            chain[:, :9, j] = d_rows[:, :, self._ALL.index(name)]
+        b1_free = "B1" not in self.fixed
+        if b1_free:
+            chain[:, 9, self.parameters.index("B1")] = 1.0
+        signal = torch.empty(n, seq.n_timepoints if jacobian else 1, dtype=theta.dtype)
+        jac = torch.empty(n_par, n, seq.n_timepoints, dtype=theta.dtype) if jacobian else None
+        G = torch.empty(n, n_par + 1, n_par + 1, dtype=theta.dtype) if gram else None
+        _mt_kernel.signal_and_jacobian(
+            torch.cat(rows).T.contiguous().numpy(), beta.contiguous().numpy(),
+            p["B1"].contiguous().numpy(), chain.numpy(), *self._kernel_sequence(), b1_free,
+            signal.numpy(), None if jac is None else jac.numpy(),
+            None if G is None else G.numpy())
+        return signal, jac, G
+
+    def _kernel_sequence(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(θ, θ²/TRF)`` as contiguous float64 arrays [T] for the compiled kernel."""
+        seq = self.sequence
+        return (np.ascontiguousarray(seq.theta, dtype=np.float64),
+                np.ascontiguousarray(seq.theta ** 2 / seq.TRF, dtype=np.float64))
+
+    _ALL = ("m0s", "T1f", "T2f", "Rx", "T1s", "T2s", "B1")
+
+    def _voxel_row_derivatives(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        """∂(rows, beta)/∂(m0s, T1f, T2f, Rx, T1s, T2s, B1) per voxel, [N, 9, 7]: the
+        derivatives of the expressions in :meth:`_voxel_rows` (B1 enters only through the
+        sequence columns, so its column is zero; checked against autodiff in the tests)."""
+        seq = self.sequence
+        h = 0.5 * seq.TR
+        m0s, T1f, T2f, Rx, T1s, T2s = (p[k] for k in self._ALL[:6])
+        out = torch.zeros(m0s.shape[0], 9, 7, dtype=m0s.dtype, device=m0s.device)
+        M0S, T1F, T2F, RX, T1S, T2S = range(6)
+        out[:, 0, M0S], out[:, 0, T1F], out[:, 0, RX] = -Rx * h, h / T1f ** 2, -m0s * h  # k_c2
+        out[:, 1, T2F] = h / T2f ** 2                                                   # k_s2
+        out[:, 2, T2S] = -seq.k_RF * h / seq.TR                                         # k_w
+        out[:, 3, M0S], out[:, 3, RX], out[:, 3, T1S] = -Rx * h, (1 - m0s) * h, -h / T1s ** 2
+        out[:, 4, M0S], out[:, 4, RX] = -Rx * h, (1 - m0s) * h                          # x_f
+        out[:, 5, M0S], out[:, 5, RX] = Rx * h, m0s * h                                 # x_s
+        out[:, 6, M0S], out[:, 6, T1F] = -h / T1f, -(1 - m0s) * h / T1f ** 2             # k_b
+        out[:, 7, M0S], out[:, 7, T1S] = h / T1s, -m0s * h / T1s ** 2                    # b2
+        out[:, 8, T2S] = -math.pi ** 2 / seq.T_inv                                      # beta
+        return out
 
     def _voxel_rows(self, p: dict[str, torch.Tensor]):
         """Per-voxel rows [1, N] whose products with the sequence columns make ``A h`` and

@@ -1,0 +1,147 @@
+"""The compiled CPU route of the MT Jacobian and CRB (crbnet.models._mt_kernel) against the
+torch.func route through ``simulate``, which the other tests check against an ODE solver,
+reverse mode and finite differences."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.func import jacfwd
+
+import crbnet
+from crbnet import models, sequences
+from crbnet.crb import SingularFisherWarning, _invert_fisher, _signal_and_jacobian, crb_details
+
+
+def _sequence(n: int, with_zero_flips: bool) -> sequences.MTSequence:
+    theta = sequences.hann_interpolate(np.array([0.3, 1.2, 0.5, 0.15, 0.9, 1.5, 0.4]), n)
+    if with_zero_flips:
+        theta[n // 3:n // 3 + 5] = 0.0                     # sin θ = 0: no signal there
+    trf = sequences.hann_interpolate(np.array([1.0, 0.3, 0.1, 0.6, 1.0, 0.2, 0.8]), n) * 1e-3
+    return sequences.MTSequence(TR=4.5e-3, theta=theta, TRF=trf, T_inv=10e-3, k_RF=4.0)
+
+
+def _points(model, n: int, seed: int) -> torch.Tensor:
+    """Random points over the training ranges plus corners of the physical bounds (m0s near
+    0, fast exchange, long T2f) where the closed forms switch to their series."""
+    gen = torch.Generator().manual_seed(seed)
+    lo = torch.tensor([r[0] for r in model.train_ranges.values()], dtype=torch.float64)
+    hi = torch.tensor([r[1] for r in model.train_ranges.values()], dtype=torch.float64)
+    theta = lo + (hi - lo) * torch.rand(n, len(lo), generator=gen, dtype=torch.float64)
+    extreme = theta[:3].clone()
+    names = list(model.parameters)
+    extreme[0, names.index("m0s")] = 1e-4
+    extreme[1, names.index("Rx")] = 250.0
+    extreme[2, names.index("T2f")] = 2.0
+    return torch.cat((theta, extreme))
+
+
+def _both_routes(model, theta):
+    fast = model.explicit_signal_and_jacobian(theta)
+    assert fast is not None
+    model.use_compiled_jacobian = False
+    try:
+        assert model.explicit_signal_and_jacobian(theta) is None
+        reference = _signal_and_jacobian(model, theta)
+    finally:
+        model.use_compiled_jacobian = True
+    return fast, reference
+
+
+@pytest.mark.parametrize("fixed", [None, {"T1s": 1.0}, {}], ids=["B1 fixed", "T1s fixed", "all free"])
+@pytest.mark.parametrize("n_tr, zero_flips", [(97, False), (120, True)])
+def test_compiled_jacobian_equals_torch_func_route(fixed, n_tr, zero_flips):
+    model = models.get("mt_hybrid_state", sequence=_sequence(n_tr, zero_flips), fixed=fixed)
+    theta = _points(model, 40, seed=n_tr)
+    (signal, columns), (ref_signal, ref_columns) = _both_routes(model, theta)
+    assert not signal.is_complex() and ref_signal.is_complex()
+    assert ref_signal.imag.abs().max() == 0 and ref_columns.imag.abs().max() == 0
+    torch.testing.assert_close(signal, ref_signal.real, rtol=0,
+                               atol=1e-12 * ref_signal.abs().max().item())
+    for j, name in enumerate(model.parameters):
+        ref = ref_columns[j].real
+        err = ((columns[j] - ref).abs().max() / ref.abs().max()).item()
+        assert err < 1e-10, (name, err)
+
+
+def test_compiled_route_is_used_only_where_it_applies():
+    model = models.get("mt_hybrid_state", sequence=_sequence(60, False))
+    theta = _points(model, 4, seed=1)
+    assert model.explicit_signal_and_jacobian(theta) is not None
+    assert model.explicit_signal_and_jacobian(theta.float()) is None        # float32
+    assert model.explicit_signal_and_jacobian(theta.clone().requires_grad_()) is None
+    # crbnet.jacobian still gives complex [N, T, P] from the real kernel output
+    jac = crbnet.jacobian(model, theta)
+    assert jac.is_complex() and jac.shape == (theta.shape[0], 60, model.n_parameters)
+
+
+@pytest.mark.parametrize("fixed", [None, {}], ids=["B1 fixed", "all free"])
+def test_crb_from_the_kernels_gram_matrix_equals_torch_func_route(fixed):
+    """The CRB through the kernel's Gram matrix (no Jacobian stored, Cholesky inverse) equals
+    the CRB through the torch.func Jacobian, the complex Fisher matrix and eigh."""
+    model = models.get("mt_hybrid_state", fixed=fixed)                    # default 666 TRs
+    theta = _points(model, 30, seed=7)
+    assert model.explicit_real_gram(theta) is not None
+    fast = crbnet.crb(model, theta, sigma=0.02)
+    model.use_compiled_jacobian = False
+    try:
+        reference = crbnet.crb(model, theta, sigma=0.02)
+    finally:
+        model.use_compiled_jacobian = True
+    torch.testing.assert_close(fast, reference, rtol=1e-9, atol=0)
+
+
+def test_gram_route_reports_singular_fisher_like_the_torch_route():
+    """m0s = 0: Rx, T1s and T2s do not move the signal — inf, not a number, on both routes."""
+    model = models.get("mt_hybrid_state")
+    theta = model.theta_from_dict({"m0s": 0.0}, fill_defaults=True)
+    theta = torch.cat((theta, model.theta_from_dict({}, fill_defaults=True)))
+    with pytest.warns(SingularFisherWarning):
+        var = crbnet.crb(model, theta)
+    dead = [model.parameters.index(p) for p in ("Rx", "T1s", "T2s")]
+    assert torch.isinf(var[0, dead]).all() and torch.isfinite(var[1]).all()
+    assert torch.isfinite(var[0, [model.parameters.index(p) for p in ("T1f", "T2f")]]).all()
+    details = crb_details(model, theta)
+    assert details.singular.tolist() == [True, False]
+
+
+def test_voxel_row_derivatives_match_autodiff():
+    model = models.get("mt_hybrid_state", fixed={})
+    theta = _points(model, 5, seed=3)
+    names = ("m0s", "T1f", "T2f", "Rx", "T1s", "T2s", "B1")
+
+    def rows_of(values: torch.Tensor) -> torch.Tensor:
+        p = {k: values[i:i + 1] for i, k in enumerate(names)}
+        rows, beta = model._voxel_rows(p)
+        return torch.cat((*rows, beta[None])).reshape(-1)
+
+    analytic = model._voxel_row_derivatives(model.full_parameters(theta))     # [N, 9, 7]
+    for i in range(theta.shape[0]):
+        values = torch.stack([model.full_parameters(theta)[k][i] for k in names])
+        torch.testing.assert_close(analytic[i], jacfwd(rows_of)(values), rtol=1e-13, atol=0)
+
+
+def test_cholesky_inverse_equals_eigh_and_hands_ill_conditioned_matrices_to_eigh():
+    gen = torch.Generator().manual_seed(0)
+    n_theta, n = 5, 7
+    A = torch.randn(50, n, 30, generator=gen, dtype=torch.float64)
+    F = A @ A.mT
+    # Voxel 0: exactly singular (Cholesky fails). Voxel 1: condition number 1e14 — Cholesky
+    # succeeds, but the eigenvalue 1e-14·λ_max is below rcond·λ_max: it must still be flagged.
+    B = A[0].clone()
+    B[2] = 0.3 * B[0] - 1.1 * B[4]
+    F[0] = B @ B.mT
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    evals = torch.logspace(0, -14, n, dtype=torch.float64)
+    F[1] = (Q * evals) @ Q.T
+    F[1] = 0.5 * (F[1] + F[1].T)
+    s = torch.diagonal(F[1]).rsqrt()
+    assert torch.linalg.cholesky_ex(F[1] * s[:, None] * s[None, :]).info == 0
+    scale = torch.ones(F.shape[0], n_theta, dtype=torch.float64)
+    rcond = 1000 * torch.finfo(torch.float64).eps
+    res = _invert_fisher(F, n_theta, rcond, scale)
+    expected = torch.diagonal(torch.linalg.inv(F[2:]), dim1=-2, dim2=-1)[:, :n_theta]
+    torch.testing.assert_close(res.variance[2:], expected, rtol=1e-9, atol=0)
+    assert res.singular.tolist() == [True, True] + [False] * 48
+    assert torch.isinf(res.variance[0, 2]) and torch.isinf(res.variance[1]).any()

@@ -3,15 +3,19 @@
 For ``mt_hybrid_state`` (default 666-TR sequence, and the seed authors' control-point CSV from
 ``../shared/data`` when present) this measures, in one run:
 
-- ``model.simulate`` in float32 and float64 and ``crbnet.crb`` (float64, forward-mode autodiff
-  Jacobian) at batch sizes 1k, 4k, 16k, 64k voxels (parameters drawn from the training ranges);
+- ``model.simulate`` in float32 and float64 and ``crbnet.crb`` (float64) at batch sizes 1k, 4k,
+  16k, 64k voxels (parameters drawn from the training ranges); the CRB twice: its default CPU
+  route (``crb``: the compiled forward-mode kernel of ``crbnet.models._mt_kernel``) and the
+  generic route it replaces on CPU (``crb:func``: ``torch.func.jvp`` + ``vmap`` through
+  ``simulate``, which is what runs on CUDA); the targets are judged on ``crb``;
 - the reference the seed authors' approach implies: per voxel, ``scipy.integrate.solve_ivp``
   integrates the 2-state ODE of DESIGN §4.1 together with its 2×P forward sensitivity equations
   ``d/dt(∂y/∂θ) = A ∂y/∂θ + (∂A/∂θ) y + ∂b/∂θ``, TR by TR (signal read at mid-TR), for
   ``--ref-cycles`` cycles from equilibrium (2, like the seed), then forms the Fisher matrix and
   the CRB. It is timed on ``--ref-voxels`` voxels;
 - agreement: the ODE reference iterated until the cycle converges, against the fast model's
-  exact periodic steady state (signal) and its autodiff Jacobian — max relative differences.
+  exact periodic steady state (signal), its Jacobian and CRB (default route) — max relative
+  differences.
 
 Targets (printed as PASS/FAIL): CRB ≥ 8,000 voxels/s on 2 CPU cores, and ≥ 10,000× the
 per-voxel ODE reference (ratio measured in this run, on this machine and load).
@@ -23,7 +27,7 @@ Usage::
 
 Writes ``<out-dir>/bench_core.json`` and ``<out-dir>/bench_core.png`` and prints a table.
 ``--quick`` measures batch sizes 1k and 4k only, one repetition, two reference voxels and a
-shorter convergence check (about a minute). Timings depend on the machine and its load; the
+shorter convergence check (under a minute). Timings depend on the machine and its load; the
 JSON records the thread count, CPU count and load average.
 """
 
@@ -44,6 +48,8 @@ TARGET_VS_ODE = 1e4
 SHARED_CSV = (Path(__file__).resolve().parents[1].parent / "shared" / "data"
               / "mt_hybrid_state_oct_control_points.csv")
 PARAMETERS = ("m0s", "T1f", "T2f", "Rx", "T1s", "T2s")
+# Row label of the CRB through torch.func (jvp + vmap) instead of the compiled CPU kernel.
+CRB_TORCH_FUNC = "crb:func"
 
 
 # ---- reference: ODE + forward sensitivities, one voxel at a time (DESIGN §4.1) -------------------
@@ -172,16 +178,20 @@ def bench_sequence(label: str, seq, args, progress) -> dict:
     for n in args.sizes:
         th = theta[:n]
         for what, dtype in (("simulate", torch.float32), ("simulate", torch.float64),
-                            ("crb", torch.float64)):
+                            ("crb", torch.float64), (CRB_TORCH_FUNC, torch.float64)):
             x = th.to(dtype)
             if what == "simulate":
                 run = lambda v: model.simulate(v)                                # noqa: E731
             else:
                 run = lambda v: crbnet.crb(model, v, warn=False)                 # noqa: E731
+            # The compiled CPU route is crbnet.crb's default where it applies; the torch.func
+            # route (jvp + vmap through simulate) is what runs elsewhere (CUDA): both are timed.
+            model.use_compiled_jacobian = what != CRB_TORCH_FUNC
             # Big batches take long enough to time once; small ones are repeated.
-            repeats = 1 if (args.quick or n >= 16384 or what == "crb") else args.repeats
+            repeats = 1 if (args.quick or n >= 16384 or what == CRB_TORCH_FUNC) else args.repeats
             seconds = best_time(lambda: run(x), repeats, args.device,
                                 warmup=lambda: run(x[:256]))
+            model.use_compiled_jacobian = True
             rows.append({"sequence": label, "what": what, "dtype": str(dtype).split(".")[-1],
                          "batch": n, "seconds": seconds, "voxels_per_s": n / seconds})
             progress.update()
@@ -201,7 +211,7 @@ def bench_sequence(label: str, seq, args, progress) -> dict:
                  "voxels": len(th_ref), "seconds": ref_seconds,
                  "voxels_per_s": len(th_ref) / ref_seconds}
 
-    # Agreement: the ODE iterated to convergence vs the fast model and its autodiff Jacobian.
+    # Agreement: the ODE iterated to convergence vs the fast model, its Jacobian and CRB.
     from crbnet.crb import jacobian
 
     th_chk = theta[:args.check_voxels].double().cpu()
@@ -268,12 +278,15 @@ def plot(results: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
     for ax, res in zip(axes[0], results):
-        for (what, dtype), style in {("simulate", "float32"): "o-", ("simulate", "float64"): "s-",
-                                     ("crb", "float64"): "^-"}.items():
+        for (what, dtype), (style, name) in {
+                ("simulate", "float32"): ("o-", "simulate (float32)"),
+                ("simulate", "float64"): ("s-", "simulate (float64)"),
+                ("crb", "float64"): ("^-", "crb (float64, compiled CPU kernel)"),
+                (CRB_TORCH_FUNC, "float64"): ("v--", "crb (float64, torch.func route)")}.items():
             pts = [(r["batch"], r["voxels_per_s"]) for r in res["rows"]
                    if r["what"] == what and r["dtype"] == dtype]
             if pts:
-                ax.plot(*zip(*pts), style, label=f"{what} ({dtype})")
+                ax.plot(*zip(*pts), style, label=name)
         ref = res["reference"]["voxels_per_s"]
         ax.axhline(TARGET_CRB_VOXELS_PER_S, color="k", ls="--", lw=1,
                    label=f"CRB target {TARGET_CRB_VOXELS_PER_S:,.0f}/s")
@@ -327,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     seqs = [("default sequence", sequences.default_mt_sequence())]
     if not args.no_csv and SHARED_CSV.exists():
         seqs.append(("seed CSV", sequences.load(SHARED_CSV, "mt")))
-    n_tasks = len(seqs) * (3 * len(args.sizes) + 1 + args.check_voxels)
+    n_tasks = len(seqs) * (4 * len(args.sizes) + 1 + args.check_voxels)
     results = []
     with tqdm(total=n_tasks, desc="bench_core", file=sys.stderr, disable=None) as progress:
         for label, seq in seqs:

@@ -2,7 +2,6 @@
 torch.func route through ``simulate``, which the other tests check against an ODE solver,
 reverse mode and finite differences."""
 
-import math
 
 import numpy as np
 import pytest

@@ -11,11 +11,15 @@ batched over directions with ``torch.func.vmap``; the voxel batch passes through
 own batched ``simulate`` (voxels are independent, so a tangent that is the same unit vector in
 every voxel gives every voxel's column at once), and the primal of that pass is the signal.
 Voxels go through in chunks (a model may suggest the size with a ``crb_chunk_size`` attribute);
-Jacobian and Fisher matrix are computed in float64 whatever the input dtype.
+Jacobian and Fisher matrix are computed in float64 whatever the input dtype. A model may supply
+its own forward-mode derivative where it has a faster one (``explicit_signal_and_jacobian``,
+and for a real signal ``explicit_real_gram``, which is all the Fisher matrix needs without a
+subspace): mt_hybrid_state does on CPU (a compiled kernel, tested against this module's route).
 
 A singular or ill-conditioned Fisher matrix (e.g. T2s when m0s → 0) is detected on its
 diagonally scaled form; parameters in its (numerical) null space get ``inf`` and a
-:class:`SingularFisherWarning` is issued — never a silently wrong number.
+:class:`SingularFisherWarning` is issued — never a silently wrong number. Voxels whose scaled
+Fisher matrix is provably well conditioned are inverted by Cholesky; the others by eigh.
 """
 
 from __future__ import annotations

@@ -48,7 +48,8 @@ def _both_routes(model, theta):
     return fast, reference
 
 
-@pytest.mark.parametrize("fixed", [None, {"T1s": 1.0}, {}], ids=["B1 fixed", "T1s fixed", "all free"])
+@pytest.mark.parametrize("fixed", [None, {"T1s": 1.0}, {}],
+                         ids=["B1 fixed", "T1s fixed", "all free"])
 @pytest.mark.parametrize("n_tr, zero_flips", [(97, False), (120, True)])
 def test_compiled_jacobian_equals_torch_func_route(fixed, n_tr, zero_flips):
     model = models.get("mt_hybrid_state", sequence=_sequence(n_tr, zero_flips), fixed=fixed)

@@ -23,14 +23,17 @@ Per voxel, three steps, none of them iterating cycles:
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 
 import numpy as np
 
-try:
-    import numba
-except ImportError:                                       # pragma: no cover - numba is a dependency
-    numba = None
+# numba is imported, and the kernel compiled (or loaded from numba's on-disk cache), on first
+# use: importing numba alone would add a quarter of a second to every crbnet start.
+numba = None
+_gram = None
+_compiled = None
 
 # The constants of mt_hybrid_state (see there for why): Taylor switch of sinh(r)/r, of its
 # x-derivative, and the clamp of r in cosh/sinh.
@@ -237,22 +240,23 @@ def _signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal, jac,
                         fb9 = d11 * g11b + d22 * g22b + dc * (x_f * g12b + x_s * g21b + k_b * n1b)
                         za9, zb9 = e11 * za9 + e12 * zb9 + fa9, e21 * za9 + e22 * zb9 + fb9
                     ya, yb = ev1 + yi1, ev2 + yi2
-                    if half == 0 and n == T - 1:                # the inversion, and ∂(beta·z_s)/∂beta
+                    if half == 0 and n == T - 1:     # the inversion, and ∂(beta·z_s)/∂beta
                         bi = beta[i]
                         za0, za1, za2, za3, za4, za5, za6, za7, za8, za9 = (
                             -za0, -za1, -za2, -za3, -za4, -za5, -za6, -za7, -za8, -za9)
                         zb0, zb1, zb2, zb3, zb4 = bi * zb0, bi * zb1, bi * zb2, bi * zb3, bi * zb4
-                        zb5, zb6, zb7, zb8, zb9 = bi * zb5, bi * zb6, bi * zb7, bi * zb8 + yb, bi * zb9
+                        zb5, zb6, zb7, zb9 = bi * zb5, bi * zb6, bi * zb7, bi * zb9
+                        zb8 = bi * zb8 + yb
                         ya, yb = -ya, bi * yb
                 if n + 1 < T:
                     zrow[0, n + 1], zrow[1, n + 1], zrow[2, n + 1] = za0, za1, za2
                     zrow[3, n + 1], zrow[4, n + 1], zrow[5, n + 1] = za3, za4, za5
                     zrow[6, n + 1], zrow[7, n + 1], zrow[8, n + 1] = za6, za7, za8
                     zrow[9, n + 1] = za9
-            # ---- 4. periodic tangent starts, and the chain to the parameters --------------------
-            # Tangent q at mid-TR n = zrow[q, n] + l0[n]·t1_q + l1[n]·t2_q, (t1, t2)_q = (I − K)⁻¹ ż_q
-            # at the cycle end; the parameters' columns are Σ_q chain[q, p] × that, times sin(B1·θ)
-            # (and B1 moves sin(B1·θ) itself).
+            # ---- 4. periodic tangent starts, and the chain to the parameters -----------------
+            # Tangent q at mid-TR n = zrow[q, n] + l0[n]·t1_q + l1[n]·t2_q, with
+            # (t1, t2)_q = (I − K)⁻¹ ż_q at the cycle end; the parameters' columns are
+            # Σ_q chain[q, p] × that, times sin(B1·θ) (and B1 moves sin(B1·θ) itself).
             end_a = (za0, za1, za2, za3, za4, za5, za6, za7, za8, za9)
             end_b = (zb0, zb1, zb2, zb3, zb4, zb5, zb6, zb7, zb8, zb9)
             for p in range(n_par):
@@ -297,26 +301,35 @@ def _gram_python(cols, out):  # pragma: no cover
             out[b, a] = acc
 
 
-if numba is not None:
-    _gram = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})(_gram_python)
-    _compiled = numba.njit(parallel=True, cache=True, nogil=True)(_signal_and_jacobian)
-else:                                                     # pragma: no cover
-    _compiled = None
+def _load():
+    """The compiled kernel (compiling or loading it on the first call)."""
+    global numba, _gram, _compiled
+    if _compiled is None:
+        import numba as numba_module
+
+        numba = numba_module
+        _gram = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})(
+            _gram_python)
+        _compiled = numba.njit(parallel=True, cache=True, nogil=True)(_signal_and_jacobian)
+    return _compiled
 
 
 def signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal, jac=None,
                         gram=None) -> None:
     """Run the kernel (arguments as :func:`_signal_and_jacobian`; ``signal`` and ``jac`` are
-    filled when ``jac`` is given, ``gram`` when given) with as many threads as PyTorch uses (numba keeps its own pool)."""
+    filled when ``jac`` is given, ``gram`` when given) with as many threads as PyTorch uses
+    (numba keeps its own pool)."""
     import torch
 
+    kernel = _load()
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     empty = np.empty((1, 1, 1))
-    _compiled(rows, beta, B1, chain, theta, w0, b1_free, signal,
-              empty if jac is None else jac, jac is not None,
-              empty if gram is None else gram, gram is not None)
+    kernel(rows, beta, B1, chain, theta, w0, b1_free, signal,
+           empty if jac is None else jac, jac is not None,
+           empty if gram is None else gram, gram is not None)
 
 
+@functools.cache
 def available() -> bool:
-    """Whether the compiled kernel can be used (numba is importable)."""
-    return _compiled is not None
+    """Whether the compiled kernel can be used (numba is installed)."""
+    return importlib.util.find_spec("numba") is not None

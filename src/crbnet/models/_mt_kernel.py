@@ -33,6 +33,7 @@ import numpy as np
 # use: importing numba alone would add a quarter of a second to every crbnet start.
 numba = None
 _gram = None
+_half_tr_map = None
 _compiled = None
 
 # The constants of mt_hybrid_state (see there for why): Taylor switch of sinh(r)/r, of its
@@ -155,9 +156,7 @@ def _signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal, jac,
             for n in range(T):
                 for half in range(2):
                     m = n if half == 0 else (n + 1) % T
-                    e11, e12 = flow[m, _E11], flow[m, _E12]
-                    e21, e22 = flow[m, _E21], flow[m, _E22]
-                    yi1, yi2 = flow[m, _YI1], flow[m, _YI2]
+                    e11, e12, e21, e22, yi1, yi2 = _half_tr_map(flow, m)
                     L11, L12, L21, L22 = (e11 * L11 + e12 * L21, e11 * L12 + e12 * L22,
                                           e21 * L11 + e22 * L21, e21 * L12 + e22 * L22)
                     u1, u2 = v1 - yi1, v2 - yi2
@@ -188,9 +187,7 @@ def _signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal, jac,
             for n in range(T):
                 for half in range(2):
                     m = n if half == 0 else (n + 1) % T
-                    e11, e12 = flow[m, _E11], flow[m, _E12]
-                    e21, e22 = flow[m, _E21], flow[m, _E22]
-                    yi1, yi2 = flow[m, _YI1], flow[m, _YI2]
+                    e11, e12, e21, e22, yi1, yi2 = _half_tr_map(flow, m)
                     S, D, d = flow[m, _S], flow[m, _D], flow[m, _DD]
                     a12, a21 = flow[m, _A12], flow[m, _A21]
                     n1a, n1b = flow[m, _N1A], flow[m, _N1B]
@@ -288,6 +285,13 @@ def _signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal, jac,
                 _gram(cols, gram[i])
 
 
+def _half_tr_map_python(flow, m):  # pragma: no cover
+    """``(E11, E12, E21, E22, y∞1, y∞2)`` of TR m: half a TR maps y to E (y − y∞) + y∞.
+    Step n of a march (mid-TR n to mid-TR n+1) is TR n, then TR n+1."""
+    return (flow[m, _E11], flow[m, _E12], flow[m, _E21], flow[m, _E22],
+            flow[m, _YI1], flow[m, _YI2])
+
+
 def _gram_python(cols, out):  # pragma: no cover
     """``out = cols · colsᵀ`` for cols [K, T] (dot products; compiled with reassociation so
     that the sums vectorize)."""
@@ -303,11 +307,12 @@ def _gram_python(cols, out):  # pragma: no cover
 
 def _load():
     """The compiled kernel (compiling or loading it on the first call)."""
-    global numba, _gram, _compiled
+    global numba, _gram, _half_tr_map, _compiled
     if _compiled is None:
         import numba as numba_module
 
         numba = numba_module
+        _half_tr_map = numba.njit(cache=True, nogil=True, inline="always")(_half_tr_map_python)
         _gram = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})(
             _gram_python)
         _compiled = numba.njit(parallel=True, cache=True, nogil=True)(_signal_and_jacobian)

@@ -34,6 +34,7 @@ import numpy as np
 numba = None
 _gram = None
 _half_tr_map = None
+_propagate = None
 _compiled = None
 
 # The constants of mt_hybrid_state (see there for why): Taylor switch of sinh(r)/r, of its
@@ -208,25 +209,18 @@ def _signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal, jac,
                     g21a = a12 * Q1 + yi1 * n2a
                     g21b = a12 * Q2 + sv1 + yi1 * n2b
                     c, c2, s2, w = flow[m, _C], flow[m, _C2], flow[m, _S2], flow[m, _W]
-                    # each row's forcing is its entry's coefficient × the row's column at this TR
-                    za0, zb0 = (e11 * za0 + e12 * zb0 + c2 * g11a,   # k_c2
-                              e21 * za0 + e22 * zb0 + c2 * g11b)
-                    za1, zb1 = (e11 * za1 + e12 * zb1 + s2 * g11a,   # k_s2
-                              e21 * za1 + e22 * zb1 + s2 * g11b)
-                    za2, zb2 = (e11 * za2 + e12 * zb2 + w * g22a,    # k_w
-                              e21 * za2 + e22 * zb2 + w * g22b)
-                    za3, zb3 = (e11 * za3 + e12 * zb3 + -g22a,       # k_0
-                              e21 * za3 + e22 * zb3 + -g22b)
-                    za4, zb4 = (e11 * za4 + e12 * zb4 + c * g12a,    # x_f
-                              e21 * za4 + e22 * zb4 + c * g12b)
-                    za5, zb5 = (e11 * za5 + e12 * zb5 + c * g21a,    # x_s
-                              e21 * za5 + e22 * zb5 + c * g21b)
-                    za6, zb6 = (e11 * za6 + e12 * zb6 + c * n1a,     # k_b
-                              e21 * za6 + e22 * zb6 + c * n1b)
-                    za7, zb7 = (e11 * za7 + e12 * zb7 + n2a,         # b2
-                              e21 * za7 + e22 * zb7 + n2b)
+                    # each row's forcing is its entry's coefficient × the row's column at this TR;
+                    # rows 0-7: k_c2, k_s2, k_w, k_0, x_f, x_s, k_b, b2
+                    za0, zb0 = _propagate(e11, e12, e21, e22, za0, zb0, c2 * g11a, c2 * g11b)
+                    za1, zb1 = _propagate(e11, e12, e21, e22, za1, zb1, s2 * g11a, s2 * g11b)
+                    za2, zb2 = _propagate(e11, e12, e21, e22, za2, zb2, w * g22a, w * g22b)
+                    za3, zb3 = _propagate(e11, e12, e21, e22, za3, zb3, -g22a, -g22b)
+                    za4, zb4 = _propagate(e11, e12, e21, e22, za4, zb4, c * g12a, c * g12b)
+                    za5, zb5 = _propagate(e11, e12, e21, e22, za5, zb5, c * g21a, c * g21b)
+                    za6, zb6 = _propagate(e11, e12, e21, e22, za6, zb6, c * n1a, c * n1b)
+                    za7, zb7 = _propagate(e11, e12, e21, e22, za7, zb7, n2a, n2b)
                     # beta: no forcing before the inversion, so its tangent starts there
-                    za8, zb8 = e11 * za8 + e12 * zb8, e21 * za8 + e22 * zb8
+                    za8, zb8 = _propagate(e11, e12, e21, e22, za8, zb8, 0.0, 0.0)
                     if b1_free:
                         # ∂/∂B1 of the entries through α = B1·θ and w = B1²·w0
                         sn, th = flow[m, _SN], theta[m]
@@ -235,7 +229,7 @@ def _signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal, jac,
                         d22 = 2.0 * b1v * w0[m] * k_w
                         fa9 = d11 * g11a + d22 * g22a + dc * (x_f * g12a + x_s * g21a + k_b * n1a)
                         fb9 = d11 * g11b + d22 * g22b + dc * (x_f * g12b + x_s * g21b + k_b * n1b)
-                        za9, zb9 = e11 * za9 + e12 * zb9 + fa9, e21 * za9 + e22 * zb9 + fb9
+                        za9, zb9 = _propagate(e11, e12, e21, e22, za9, zb9, fa9, fb9)
                     ya, yb = ev1 + yi1, ev2 + yi2
                     if half == 0 and n == T - 1:     # the inversion, and ∂(beta·z_s)/∂beta
                         bi = beta[i]
@@ -292,6 +286,11 @@ def _half_tr_map_python(flow, m):  # pragma: no cover
             flow[m, _YI1], flow[m, _YI2])
 
 
+def _propagate_python(e11, e12, e21, e22, za, zb, fa, fb):  # pragma: no cover
+    """``E z + f`` for one tangent ``z = (za, zb)``."""
+    return e11 * za + e12 * zb + fa, e21 * za + e22 * zb + fb
+
+
 def _gram_python(cols, out):  # pragma: no cover
     """``out = cols · colsᵀ`` for cols [K, T] (dot products; compiled with reassociation so
     that the sums vectorize)."""
@@ -307,12 +306,13 @@ def _gram_python(cols, out):  # pragma: no cover
 
 def _load():
     """The compiled kernel (compiling or loading it on the first call)."""
-    global numba, _gram, _half_tr_map, _compiled
+    global numba, _gram, _half_tr_map, _propagate, _compiled
     if _compiled is None:
         import numba as numba_module
 
         numba = numba_module
         _half_tr_map = numba.njit(cache=True, nogil=True, inline="always")(_half_tr_map_python)
+        _propagate = numba.njit(cache=True, nogil=True, inline="always")(_propagate_python)
         _gram = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})(
             _gram_python)
         _compiled = numba.njit(parallel=True, cache=True, nogil=True)(_signal_and_jacobian)

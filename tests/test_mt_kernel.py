@@ -145,3 +145,12 @@ def test_cholesky_inverse_equals_eigh_and_hands_ill_conditioned_matrices_to_eigh
     torch.testing.assert_close(res.variance[2:], expected, rtol=1e-9, atol=0)
     assert res.singular.tolist() == [True, True] + [False] * 48
     assert torch.isinf(res.variance[0, 2]) and torch.isinf(res.variance[1]).any()
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch.func"])
+def test_no_voxels_give_empty_results(compiled):
+    model = models.get("mt_hybrid_state")
+    model.use_compiled_jacobian = compiled
+    theta = torch.zeros(0, model.n_parameters, dtype=torch.float64)
+    assert crbnet.crb(model, theta).shape == (0, model.n_parameters)
+    assert crbnet.jacobian(model, theta).shape == (0, model.n_timepoints, model.n_parameters)

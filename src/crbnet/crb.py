@@ -42,10 +42,14 @@ def _signal_and_jacobian(model: SignalModel, theta: torch.Tensor
     """``f`` [N, T] and ``∂f/∂θ`` as [P, N, T] (one column per direction) from one forward pass:
     the primal of the ``jvp`` is the signal itself (no batch dimension under ``vmap``). A model
     that has its own forward-mode Jacobian for this input (a compiled kernel) supplies it."""
+    P = model.n_parameters
+    if theta.shape[0] == 0:
+        cdtype = torch.complex128 if theta.dtype == torch.float64 else torch.complex64
+        return (torch.zeros(0, model.n_timepoints, dtype=cdtype, device=theta.device),
+                torch.zeros(P, 0, model.n_timepoints, dtype=cdtype, device=theta.device))
     explicit = model.explicit_signal_and_jacobian(theta)
     if explicit is not None:
         return explicit
-    P = model.n_parameters
     directions = torch.eye(P, dtype=theta.dtype, device=theta.device)[:, None, :].expand(
         P, theta.shape[0], P)
 
@@ -269,6 +273,9 @@ def crb_details(model: SignalModel, theta: torch.Tensor, basis: torch.Tensor | N
         res = _invert_fisher(F, model.n_parameters, rcond, torch.maximum(th.abs(), width))
         variances.append(res.variance.to(theta.dtype))
         singular.append(res.singular)
+    if not variances:                                       # no voxels
+        return CRBResult(variance=theta.new_zeros(0, model.n_parameters),
+                         singular=torch.zeros(0, dtype=torch.bool, device=theta.device))
     return CRBResult(variance=torch.cat(variances), singular=torch.cat(singular))
 
 

@@ -11,14 +11,16 @@ whose products with the sequence columns make ``A h`` and ``b h``, the inversion
 ``beta``, and (optionally) ``B1``. The caller chains these to the model parameters; that chain
 is a tiny per-voxel matrix.
 
-Per voxel, three steps, none of them iterating cycles:
+Per voxel, four steps, none of them iterating cycles:
 
 1. the flow of every TR (``E``, ``y∞`` and the closed-form coefficients the tangents need);
 2. the state as an affine function of the unknown state ``z₀`` at mid-TR 0: marching the map
    ``(L_n, v_n)`` around the cycle gives the cycle map ``(K, k)`` and ``z₀ = (I − K)⁻¹ k``;
 3. the tangents, marched from zero along the now known trajectory with the forcing
    ``Σ_q G_q q̇`` per half TR (as in the PyTorch ``jvp`` rule); the periodic tangent start is
-   ``(I − K)⁻¹`` times the cycle-end tangent, and adding ``L_n`` times it gives every mid-TR.
+   ``(I − K)⁻¹`` times the cycle-end tangent, and adding ``L_n`` times it gives every mid-TR;
+4. the chain to the parameters and the factor sin(B1·θ) of the signal, giving the Jacobian's
+   columns, and, if asked for, their Gram matrix with the signal.
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ _TAYLOR_X = 1e-6
 _D_TAYLOR_X = 1e-2
 _R_CLAMP = 20.0
 
-N_ROWS = 8
 # Directions: the eight rows, then beta, then B1.
 N_DIRECTIONS = 10
 
@@ -59,7 +60,7 @@ def _signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal, jac,
                          gram, want_gram):  # pragma: no cover
     """Fill ``signal`` [N, T] (``r_f · sin(B1·θ)`` at every mid-TR) and ``jac`` [P, N, T] if
     ``want_jac``, and ``gram`` [N, P+1, P+1] — the Gram matrix of the Jacobian's columns and the
-    signal, all a real signal's Fisher information needs — if ``want_gram``.
+    signal, all a real signal's Fisher information needs — if ``want_gram``. N ≥ 1.
 
     ``rows`` [N, 8], ``beta`` [N], ``B1`` [N]; ``chain`` [N, 10, P]: how the eight rows, beta
     and B1 move along each parameter (the B1 row is ignored unless ``b1_free``; if B1 is not

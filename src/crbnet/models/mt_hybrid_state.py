@@ -528,6 +528,10 @@ class MTHybridState(SignalModel):
         theta = theta.detach()
         n, n_par = theta.shape
         seq = self.sequence
+        if n == 0:
+            return (theta.new_zeros(0, seq.n_timepoints),
+                    theta.new_zeros(n_par, 0, seq.n_timepoints),
+                    theta.new_zeros(0, n_par + 1, n_par + 1))
         p = self.full_parameters(theta)
         rows, beta = self._voxel_rows(p)
         d_rows = self._voxel_row_derivatives(p)                  # [N, 9, 7]

@@ -186,12 +186,12 @@ def bench_sequence(label: str, seq, args, progress) -> dict:
                 run = lambda v: crbnet.crb(model, v, warn=False)                 # noqa: E731
             # The compiled CPU route is crbnet.crb's default where it applies; the torch.func
             # route (jvp + vmap through simulate) is what runs elsewhere (CUDA): both are timed.
-            model.use_compiled_jacobian = what != CRB_TORCH_FUNC
+            model.use_compiled_kernel = what != CRB_TORCH_FUNC
             # Big batches take long enough to time once; small ones are repeated.
             repeats = 1 if (args.quick or n >= 16384 or what == CRB_TORCH_FUNC) else args.repeats
             seconds = best_time(lambda: run(x), repeats, args.device,
                                 warmup=lambda: run(x[:256]))
-            model.use_compiled_jacobian = True
+            model.use_compiled_kernel = True
             rows.append({"sequence": label, "what": what, "dtype": str(dtype).split(".")[-1],
                          "batch": n, "seconds": seconds, "voxels_per_s": n / seconds})
             progress.update()

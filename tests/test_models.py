@@ -210,7 +210,7 @@ def test_mt_derivative_modes_agree(n_tr, fixed, compiled):
     ``jvp`` rule through another entry point). 97 TRs is prime: the two-level scan then has one
     step per block."""
     model = models.get("mt_hybrid_state", sequence=short_mt_sequence(n_tr), fixed=fixed)
-    model.use_compiled_jacobian = compiled
+    model.use_compiled_kernel = compiled
     point = dict(MT_POINT, B1=0.95) if fixed == {} else MT_POINT
     theta = model.theta_from_dict(point) * torch.tensor([[1.0], [1.1], [0.9]], dtype=torch.float64)
     jac = jacobian(model, theta).real                              # [N, T, P]

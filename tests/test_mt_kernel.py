@@ -39,12 +39,12 @@ def _points(model, n: int, seed: int) -> torch.Tensor:
 def _both_routes(model, theta):
     fast = model.explicit_signal_and_jacobian(theta)
     assert fast is not None
-    model.use_compiled_jacobian = False
+    model.use_compiled_kernel = False
     try:
         assert model.explicit_signal_and_jacobian(theta) is None
         reference = _signal_and_jacobian(model, theta)
     finally:
-        model.use_compiled_jacobian = True
+        model.use_compiled_kernel = True
     return fast, reference
 
 
@@ -65,12 +65,38 @@ def test_compiled_jacobian_equals_torch_func_route(fixed, n_tr, zero_flips):
         assert err < 1e-10, (name, err)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_compiled_simulate_equals_tensor_code(dtype):
+    model = models.get("mt_hybrid_state", sequence=_sequence(120, True), fixed={})
+    theta = _points(model, 30, seed=5).to(dtype)
+    fast = model.simulate(theta)
+    model.use_compiled_kernel = False
+    try:
+        reference = model.simulate(theta)
+    finally:
+        model.use_compiled_kernel = True
+    assert fast.dtype == reference.dtype == (torch.complex128 if dtype == torch.float64
+                                              else torch.complex64)
+    tol = 1e-13 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(fast, reference, rtol=0, atol=tol * reference.abs().max().item())
+
+
 def test_compiled_route_is_used_only_where_it_applies():
     model = models.get("mt_hybrid_state", sequence=_sequence(60, False))
     theta = _points(model, 4, seed=1)
     assert model.explicit_signal_and_jacobian(theta) is not None
     assert model.explicit_signal_and_jacobian(theta.float()) is None        # float32
     assert model.explicit_signal_and_jacobian(theta.clone().requires_grad_()) is None
+    # simulate under autograd, dual tensors and torch.func keeps the tensor code (and its
+    # derivatives); outside them it uses the kernel
+    assert model._compiled_applies(theta)
+    assert not model._compiled_applies(theta.clone().requires_grad_())
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(theta, torch.ones_like(theta))
+        assert not model._compiled_applies(dual)
+    seen = []
+    torch.func.vmap(lambda t: seen.append(model._compiled_applies(t)) or t)(theta)
+    assert seen == [False]
     # crbnet.jacobian still gives complex [N, T, P] from the real kernel output
     jac = crbnet.jacobian(model, theta)
     assert jac.is_complex() and jac.shape == (theta.shape[0], 60, model.n_parameters)
@@ -84,11 +110,11 @@ def test_crb_from_the_kernels_gram_matrix_equals_torch_func_route(fixed):
     theta = _points(model, 30, seed=7)
     assert model.explicit_real_gram(theta) is not None
     fast = crbnet.crb(model, theta, sigma=0.02)
-    model.use_compiled_jacobian = False
+    model.use_compiled_kernel = False
     try:
         reference = crbnet.crb(model, theta, sigma=0.02)
     finally:
-        model.use_compiled_jacobian = True
+        model.use_compiled_kernel = True
     torch.testing.assert_close(fast, reference, rtol=1e-9, atol=0)
 
 
@@ -150,7 +176,7 @@ def test_cholesky_inverse_equals_eigh_and_hands_ill_conditioned_matrices_to_eigh
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch.func"])
 def test_no_voxels_give_empty_results(compiled):
     model = models.get("mt_hybrid_state")
-    model.use_compiled_jacobian = compiled
+    model.use_compiled_kernel = compiled
     theta = torch.zeros(0, model.n_parameters, dtype=torch.float64)
     assert crbnet.crb(model, theta).shape == (0, model.n_parameters)
     assert crbnet.jacobian(model, theta).shape == (0, model.n_timepoints, model.n_parameters)

@@ -56,11 +56,12 @@ _N_FLOW = 20
 _BLOCK = 16
 
 
-def _signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal, jac, want_jac,
-                         gram, want_gram):  # pragma: no cover
-    """Fill ``signal`` [N, T] (``r_f · sin(B1·θ)`` at every mid-TR) and ``jac`` [P, N, T] if
-    ``want_jac``, and ``gram`` [N, P+1, P+1] — the Gram matrix of the Jacobian's columns and the
-    signal, all a real signal's Fisher information needs — if ``want_gram``. N ≥ 1.
+def _signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal, want_signal,
+                         jac, want_jac, gram, want_gram):  # pragma: no cover
+    """Fill ``signal`` [N, T] (``r_f · sin(B1·θ)`` at every mid-TR) if ``want_signal``,
+    ``jac`` [P, N, T] if ``want_jac``, and ``gram`` [N, P+1, P+1] — the Gram matrix of the
+    Jacobian's columns and the signal, all a real signal's Fisher information needs — if
+    ``want_gram``; without the last two, steps 3 and 4 are skipped. N ≥ 1.
 
     ``rows`` [N, 8], ``beta`` [N], ``B1`` [N]; ``chain`` [N, 10, P]: how the eight rows, beta
     and B1 move along each parameter (the B1 row is ignored unless ``b1_free``; if B1 is not
@@ -176,8 +177,10 @@ def _signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal, jac,
             for n in range(T):
                 r_f[n] = l0[n] * z1 + l1[n] * z2 + lv[n]
                 cols[n_par, n] = r_f[n] * flow[n, _SN]
-                if want_jac:
+                if want_signal:
                     signal[i, n] = cols[n_par, n]
+            if not (want_jac or want_gram):
+                continue
             # ---- 3. tangents from zero along the trajectory ------------------------------------
             # One (r_f, z_s) pair per direction, in scalars so that they stay in registers.
             za0 = za1 = za2 = za3 = za4 = za5 = za6 = za7 = za8 = za9 = 0.0
@@ -320,19 +323,19 @@ def _load():
     return _compiled
 
 
-def signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal, jac=None,
+def signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal=None, jac=None,
                         gram=None) -> None:
-    """Run the kernel (arguments as :func:`_signal_and_jacobian`; ``signal`` and ``jac`` are
-    filled when ``jac`` is given, ``gram`` when given) with as many threads as PyTorch uses
-    (numba keeps its own pool)."""
+    """Run the kernel (arguments as :func:`_signal_and_jacobian`; each output is filled when
+    given) with as many threads as PyTorch uses (numba keeps its own pool)."""
     import torch
 
     kernel = _load()
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    empty = np.empty((1, 1, 1))
-    kernel(rows, beta, B1, chain, theta, w0, b1_free, signal,
-           empty if jac is None else jac, jac is not None,
-           empty if gram is None else gram, gram is not None)
+    empty2, empty3 = np.empty((1, 1)), np.empty((1, 1, 1))
+    kernel(rows, beta, B1, chain, theta, w0, b1_free,
+           empty2 if signal is None else signal, signal is not None,
+           empty3 if jac is None else jac, jac is not None,
+           empty3 if gram is None else gram, gram is not None)
 
 
 @functools.cache

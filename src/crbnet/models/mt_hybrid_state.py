@@ -56,13 +56,14 @@ Implementation notes (speed only; the physics is all above):
   differentiates the value computation itself, marched through each block from the exact
   block-start values (the periodic solve on detached maps plus a first-order correction);
   second derivatives through the steady state are not provided (nothing in crbnet takes them).
-- On CPU in float64 outside autograd, the CRB and the Jacobian take a compiled route instead
-  (:meth:`MTHybridState.explicit_signal_and_jacobian`, kernel in :mod:`._mt_kernel`): the same
-  forward-mode rule, one voxel at a time with the state and its tangents in registers, along
-  the eight voxel rows, beta and B1, chained to the parameters by
+- On CPU, where no autodiff is tracking the input, ``simulate``, the Jacobian and the CRB take
+  a compiled route instead (kernel in :mod:`._mt_kernel`; see
+  :meth:`MTHybridState.explicit_signal_and_jacobian`): the same value pass and forward-mode
+  rule, one voxel at a time with the state and its tangents in registers, along the eight
+  voxel rows, beta and B1, chained to the parameters by
   :meth:`MTHybridState._voxel_row_derivatives`. The tensor version streams ``[T, N]`` tangents
-  through memory and is bound by that; the kernel is ~13× faster. Both are tested against each
-  other. ``use_compiled_jacobian = False`` forces the tensor route.
+  through memory and is bound by that; for the CRB the kernel is ~12× faster. Both are tested
+  against each other. ``use_compiled_kernel = False`` forces the tensor code.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ import math
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as fwAD
 
 from .. import sequences as seqs
 from . import _mt_kernel
@@ -459,8 +461,9 @@ class MTHybridState(SignalModel):
     # slower on CPU. Results do not depend on either.
     chunk_size = 512
     crb_chunk_size = 512
-    # The compiled CPU Jacobian (see explicit_signal_and_jacobian); False: torch.func route.
-    use_compiled_jacobian = True
+    # The compiled CPU kernel for simulate, the Jacobian and the CRB where no autodiff is
+    # tracking the input (see _compiled_applies); False: always the tensor code.
+    use_compiled_kernel = True
 
     def __init__(self, sequence: seqs.MTSequence | None = None, fixed=None) -> None:
         super().__init__(sequence, fixed)
@@ -486,6 +489,10 @@ class MTHybridState(SignalModel):
         return tensors
 
     def _simulate(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self._compiled_applies(*p.values()):
+            # Computed in float64 whatever the dtype (it costs the kernel nothing extra).
+            signal = self._run_kernel(p)[0].to(p["m0s"].dtype)
+            return torch.complex(signal, torch.zeros_like(signal))
         n = p["m0s"].shape[0]
         if n <= self.chunk_size:
             return self._simulate_chunk(p)
@@ -507,44 +514,62 @@ class MTHybridState(SignalModel):
     def explicit_signal_and_jacobian(self, theta: torch.Tensor
                                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Signal [N, T] and Jacobian columns [P, N, T] from the compiled kernel
-        (:mod:`._mt_kernel`): CPU, float64, outside autograd only; None otherwise (then
+        (:mod:`._mt_kernel`): CPU, float64, outside autodiff only; None otherwise (then
         crbnet.crb takes the torch.func route through :meth:`simulate`). Set
-        ``use_compiled_jacobian = False`` to force that route. The signal is real, so both come
+        ``use_compiled_kernel = False`` to force that route. The signal is real, so both come
         back as real float64 tensors (the imaginary parts are zero)."""
-        out = self._run_kernel(theta, jacobian=True, gram=False)
-        return None if out is None else out[:2]
+        if theta.dtype != torch.float64 or not self._compiled_applies(theta):
+            return None
+        out = self._run_kernel(self.full_parameters(theta.detach()), jacobian=True)
+        return out[0], out[1]
 
     def explicit_real_gram(self, theta: torch.Tensor) -> torch.Tensor | None:
         """Gram matrix [N, P+1, P+1] of (∂f/∂θ_1, …, ∂f/∂θ_P, f) from the compiled kernel, the
         Jacobian never stored; None where :meth:`explicit_signal_and_jacobian` is None."""
-        out = self._run_kernel(theta, jacobian=False, gram=True)
-        return None if out is None else out[2]
-
-    def _run_kernel(self, theta: torch.Tensor, jacobian: bool, gram: bool):
-        if (not self.use_compiled_jacobian or not _mt_kernel.available()
-                or theta.device.type != "cpu" or theta.dtype != torch.float64
-                or (theta.requires_grad and torch.is_grad_enabled())):
+        if theta.dtype != torch.float64 or not self._compiled_applies(theta):
             return None
-        theta = theta.detach()
-        n, n_par = theta.shape
+        return self._run_kernel(self.full_parameters(theta.detach()), gram=True)[2]
+
+    def _compiled_applies(self, *tensors: torch.Tensor) -> bool:
+        """Whether the compiled kernel may replace the tensor code for these inputs: enabled,
+        numba installed, CPU tensors that no autodiff is tracking (autograd, forward-mode dual
+        tensors, torch.func transforms — the kernel's numbers carry no derivative)."""
+        if not self.use_compiled_kernel or not _mt_kernel.available():
+            return False
+        for t in tensors:
+            if t.device.type != "cpu" or (t.requires_grad and torch.is_grad_enabled()):
+                return False
+            if fwAD.unpack_dual(t).tangent is not None:
+                return False
+            try:
+                if torch._C._functorch.is_functorch_wrapped_tensor(t):
+                    return False
+            except AttributeError:                     # pragma: no cover - other torch version
+                return False
+        return True
+
+    def _run_kernel(self, p: dict[str, torch.Tensor], jacobian: bool = False,
+                    gram: bool = False) -> tuple:
+        """(signal [N, T], Jacobian [P, N, T] or None, Gram [N, P+1, P+1] or None), float64,
+        from the full parameter set ``p`` (detached CPU tensors)."""
         seq = self.sequence
+        p = {k: v.detach().to(torch.float64) for k, v in p.items()}
+        n, n_par, T = p["m0s"].shape[0], self.n_parameters, seq.n_timepoints
+        signal = torch.empty(n, T, dtype=torch.float64)
+        jac = torch.empty(n_par, n, T, dtype=torch.float64) if jacobian else None
+        G = torch.empty(n, n_par + 1, n_par + 1, dtype=torch.float64) if gram else None
         if n == 0:
-            return (theta.new_zeros(0, seq.n_timepoints),
-                    theta.new_zeros(n_par, 0, seq.n_timepoints),
-                    theta.new_zeros(0, n_par + 1, n_par + 1))
-        p = self.full_parameters(theta)
+            return signal, jac, G
         rows, beta = self._voxel_rows(p)
-        d_rows = self._voxel_row_derivatives(p)                  # [N, 9, 7]
         # How the rows, beta and B1 move along each estimated parameter.
-        chain = torch.zeros(n, _mt_kernel.N_DIRECTIONS, n_par, dtype=theta.dtype)
-        for j, name in enumerate(self.parameters):
-            chain[:, :9, j] = d_rows[:, :, self._ALL.index(name)]
+        chain = torch.zeros(n, _mt_kernel.N_DIRECTIONS, n_par, dtype=torch.float64)
+        if jacobian or gram:
+            d_rows = self._voxel_row_derivatives(p)              # [N, 9, 7]
+            for j, name in enumerate(self.parameters):
+                chain[:, :9, j] = d_rows[:, :, self._ALL.index(name)]
         b1_free = "B1" not in self.fixed
-        if b1_free:
+        if b1_free and (jacobian or gram):
             chain[:, 9, self.parameters.index("B1")] = 1.0
-        signal = torch.empty(n, seq.n_timepoints if jacobian else 1, dtype=theta.dtype)
-        jac = torch.empty(n_par, n, seq.n_timepoints, dtype=theta.dtype) if jacobian else None
-        G = torch.empty(n, n_par + 1, n_par + 1, dtype=theta.dtype) if gram else None
         _mt_kernel.signal_and_jacobian(
             torch.cat(rows).T.contiguous().numpy(), beta.contiguous().numpy(),
             p["B1"].contiguous().numpy(), chain.numpy(), *self._kernel_sequence(), b1_free,

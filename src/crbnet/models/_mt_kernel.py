@@ -158,7 +158,7 @@ def _signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal, want
             l0[0], l1[0], lv[0] = 1.0, 0.0, 0.0
             for n in range(T):
                 for half in range(2):
-                    m = n if half == 0 else (n + 1) % T
+                    m = n if half == 0 else (n + 1 if n + 1 < T else 0)
                     e11, e12, e21, e22, yi1, yi2 = _half_tr_map(flow, m)
                     L11, L12, L21, L22 = (e11 * L11 + e12 * L21, e11 * L12 + e12 * L22,
                                           e21 * L11 + e22 * L21, e21 * L12 + e22 * L22)
@@ -191,7 +191,7 @@ def _signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal, want
             dbl_c2 = 2.0 * (k_s2 - k_c2)
             for n in range(T):
                 for half in range(2):
-                    m = n if half == 0 else (n + 1) % T
+                    m = n if half == 0 else (n + 1 if n + 1 < T else 0)
                     e11, e12, e21, e22, yi1, yi2 = _half_tr_map(flow, m)
                     S, D, d = flow[m, _S], flow[m, _D], flow[m, _DD]
                     a12, a21 = flow[m, _A12], flow[m, _A21]
@@ -224,7 +224,8 @@ def _signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal, want
                     za6, zb6 = _propagate(e11, e12, e21, e22, za6, zb6, c * n1a, c * n1b)
                     za7, zb7 = _propagate(e11, e12, e21, e22, za7, zb7, n2a, n2b)
                     # beta: no forcing before the inversion, so its tangent starts there
-                    za8, zb8 = _propagate(e11, e12, e21, e22, za8, zb8, 0.0, 0.0)
+                    if n == T - 1 and half == 1:
+                        za8, zb8 = _propagate(e11, e12, e21, e22, za8, zb8, 0.0, 0.0)
                     if b1_free:
                         # ∂/∂B1 of the entries through α = B1·θ and w = B1²·w0
                         sn, th = flow[m, _SN], theta[m]

@@ -15,6 +15,7 @@ from crbnet.crb import SingularFisherWarning, _invert_fisher, _signal_and_jacobi
 
 def _sequence(n: int, with_zero_flips: bool) -> sequences.MTSequence:
     theta = sequences.hann_interpolate(np.array([0.3, 1.2, 0.5, 0.15, 0.9, 1.5, 0.4]), n)
+    theta = np.maximum(theta, 0.05)                        # short trains: no all-zero flips
     if with_zero_flips:
         theta[n // 3:n // 3 + 5] = 0.0                     # sin θ = 0: no signal there
     trf = sequences.hann_interpolate(np.array([1.0, 0.3, 0.1, 0.6, 1.0, 0.2, 0.8]), n) * 1e-3
@@ -28,11 +29,11 @@ def _points(model, n: int, seed: int) -> torch.Tensor:
     lo = torch.tensor([r[0] for r in model.train_ranges.values()], dtype=torch.float64)
     hi = torch.tensor([r[1] for r in model.train_ranges.values()], dtype=torch.float64)
     theta = lo + (hi - lo) * torch.rand(n, len(lo), generator=gen, dtype=torch.float64)
-    extreme = theta[:3].clone()
+    extreme = theta[:1].repeat(3, 1)
     names = list(model.parameters)
-    extreme[0, names.index("m0s")] = 1e-4
-    extreme[1, names.index("Rx")] = 250.0
-    extreme[2, names.index("T2f")] = 2.0
+    for row, (name, value) in enumerate((("m0s", 1e-4), ("Rx", 250.0), ("T2f", 2.0))):
+        if name in names:
+            extreme[row, names.index(name)] = value
     return torch.cat((theta, extreme))
 
 
@@ -118,9 +119,11 @@ def test_crb_from_the_kernels_gram_matrix_equals_torch_func_route(fixed):
     torch.testing.assert_close(fast, reference, rtol=1e-9, atol=0)
 
 
-def test_gram_route_reports_singular_fisher_like_the_torch_route():
-    """m0s = 0: Rx, T1s and T2s do not move the signal — inf, not a number, on both routes."""
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch.func"])
+def test_singular_fisher_is_reported_on_both_routes(compiled):
+    """m0s = 0: Rx, T1s and T2s do not move the signal — inf, not a number."""
     model = models.get("mt_hybrid_state")
+    model.use_compiled_kernel = compiled
     theta = model.theta_from_dict({"m0s": 0.0}, fill_defaults=True)
     theta = torch.cat((theta, model.theta_from_dict({}, fill_defaults=True)))
     with pytest.warns(SingularFisherWarning):
@@ -130,6 +133,32 @@ def test_gram_route_reports_singular_fisher_like_the_torch_route():
     assert torch.isfinite(var[0, [model.parameters.index(p) for p in ("T1f", "T2f")]]).all()
     details = crb_details(model, theta)
     assert details.singular.tolist() == [True, False]
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch.func"])
+def test_too_few_samples_give_inf_not_an_error(compiled):
+    """Two TRs (4 real numbers) cannot determine 6 parameters and M0: the Fisher matrix is
+    rank-deficient (its Cholesky factor fails, possibly on an exact zero pivot)."""
+    model = models.get("mt_hybrid_state", sequence=_sequence(2, False))
+    model.use_compiled_kernel = compiled
+    theta = _points(model, 8, seed=2)
+    with pytest.warns(SingularFisherWarning):
+        var = crbnet.crb(model, theta)
+    assert torch.isinf(var).any(-1).all()
+
+
+def test_one_voxel_one_parameter_and_short_sequences():
+    """Edge sizes of the kernel (no bounds checks in compiled code): N = 1, P = 1, T = 1..7,
+    against the tensor code."""
+    for n_tr in (1, 3, 7):
+        for fixed in ({k: v for k, v in models.get("mt_hybrid_state").defaults.items()
+                       if k != "T2f"}, None):
+            model = models.get("mt_hybrid_state", sequence=_sequence(n_tr, False), fixed=fixed)
+            theta = _points(model, 1, seed=n_tr)[:1]
+            (signal, columns), (ref_signal, ref_columns) = _both_routes(model, theta)
+            torch.testing.assert_close(signal, ref_signal.real, rtol=1e-11, atol=1e-15)
+            torch.testing.assert_close(columns, ref_columns.real, rtol=1e-9,
+                                       atol=1e-12 * ref_columns.abs().max().item())
 
 
 def test_voxel_row_derivatives_match_autodiff():

@@ -160,9 +160,14 @@ def _invert_fisher(F: torch.Tensor, n_theta: int, rcond: float,
     # n·κ₁ with κ₁ = ‖Fs‖₁‖Fs⁻¹‖₁, so n·κ₁ < 1/rcond rules out eigenvalues below rcond·λ_max.
     n = Fs.shape[-1]
     chol, info = torch.linalg.cholesky_ex(Fs)
+    failed = info != 0
+    # A failed factor can hold an exact zero pivot, on which cholesky_inverse raises: give
+    # those voxels a harmless identity factor here; they go to eigh below.
+    chol = torch.where(failed[:, None, None], torch.eye(n, dtype=Fs.dtype, device=Fs.device),
+                       chol)
     inv = torch.cholesky_inverse(chol)
     kappa1 = Fs.abs().sum(-2).amax(-1) * inv.abs().sum(-2).amax(-1)
-    well = (info == 0) & (n * kappa1 < 1 / rcond)            # NaN κ₁ compares False
+    well = ~failed & (n * kappa1 < 1 / rcond)                # NaN κ₁ compares False
     diag_inv = torch.diagonal(inv, dim1=-2, dim2=-1) * scale * scale
     unidentifiable = dead.clone()
     rest = (~well).nonzero().squeeze(-1)
@@ -253,11 +258,11 @@ def crb_details(model: SignalModel, theta: torch.Tensor, basis: torch.Tensor | N
     # Ill-conditioned Fisher matrices amplify Jacobian round-off by their condition number,
     # so the Jacobian is always computed in float64; the result comes back in theta's dtype.
     theta64 = theta.to(torch.float64)
-    # A model that forms the Gram matrix itself holds only [N, P+1, P+1] numbers per voxel, so
-    # it takes the whole batch at once; chunks then only bound the inversion's temporaries.
-    gram = model.explicit_real_gram(theta64) if basis is None else None
+    # A model that forms the Gram matrix itself (asked with zero voxels whether it does) keeps
+    # only [P+1, P+1] numbers per voxel, so its chunks can be large.
+    use_gram = basis is None and model.explicit_real_gram(theta64[:0]) is not None
     if chunk_size is None:
-        chunk_size = _GRAM_CHUNK if gram is not None else default_chunk_size(model)
+        chunk_size = _GRAM_CHUNK if use_gram else default_chunk_size(model)
     if rcond is None:
         rcond = 1000 * torch.finfo(torch.float64).eps
     width = torch.tensor([hi - lo for lo, hi in model.train_ranges.values()],
@@ -265,8 +270,9 @@ def crb_details(model: SignalModel, theta: torch.Tensor, basis: torch.Tensor | N
     variances, singular = [], []
     for start in range(0, theta.shape[0], chunk_size):
         th = theta64[start:start + chunk_size]
+        gram = model.explicit_real_gram(th) if use_gram else None
         if gram is not None:
-            F = _fisher_from_real_gram(gram[start:start + chunk_size])
+            F = _fisher_from_real_gram(gram)
         else:
             sig, columns = _signal_and_jacobian(model, th)
             F = _fisher_from_columns(columns, sig, basis).to(torch.float64)

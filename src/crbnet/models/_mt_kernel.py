@@ -4,7 +4,8 @@ The same mathematics as :class:`~crbnet.models.mt_hybrid_state._FreePoolSteadySt
 module docstring holds the physics — written as one loop per voxel so that the state, its
 tangents and the 2×2 maps stay in registers instead of streaming ``[T, N]`` tensors through
 memory (which is what bounds the PyTorch version on a CPU). numba compiles it once per machine
-(cached on disk) and runs voxels in parallel threads.
+(cached on disk) and runs voxels in parallel threads (numba's OpenMP layer where available: a
+process that forks after using the kernel should start its workers with "spawn").
 
 Directions differentiated: the eight voxel rows ``(k_c2, k_s2, k_w, k_0, x_f, x_s, k_b, b2)``
 whose products with the sequence columns make ``A h`` and ``b h``, the inversion's z_s factor
@@ -28,6 +29,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+import warnings
 
 import numpy as np
 
@@ -311,17 +313,24 @@ def _gram_python(cols, out):  # pragma: no cover
 
 def _load():
     """The compiled kernel (compiling or loading it on the first call)."""
-    global numba, _gram, _half_tr_map, _propagate, _compiled
+    global numba
     if _compiled is None:
         import numba as numba_module
 
         numba = numba_module
-        _half_tr_map = numba.njit(cache=True, nogil=True, inline="always")(_half_tr_map_python)
-        _propagate = numba.njit(cache=True, nogil=True, inline="always")(_propagate_python)
-        _gram = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})(
-            _gram_python)
-        _compiled = numba.njit(parallel=True, cache=True, nogil=True)(_signal_and_jacobian)
+        try:
+            _compile(cache=True)
+        except RuntimeError:        # no writable cache directory: compile in every process
+            _compile(cache=False)
     return _compiled
+
+
+def _compile(cache: bool) -> None:
+    global _gram, _half_tr_map, _propagate, _compiled
+    _half_tr_map = numba.njit(cache=cache, nogil=True, inline="always")(_half_tr_map_python)
+    _propagate = numba.njit(cache=cache, nogil=True, inline="always")(_propagate_python)
+    _gram = numba.njit(cache=cache, nogil=True, fastmath={"reassoc", "contract"})(_gram_python)
+    _compiled = numba.njit(parallel=True, cache=cache, nogil=True)(_signal_and_jacobian)
 
 
 def signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal=None, jac=None,
@@ -330,6 +339,8 @@ def signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal=None, 
     given) with as many threads as PyTorch uses (numba keeps its own pool)."""
     import torch
 
+    if rows.shape[0] == 0:
+        return
     kernel = _load()
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     empty2, empty3 = np.empty((1, 1)), np.empty((1, 1, 1))
@@ -341,5 +352,14 @@ def signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal=None, 
 
 @functools.cache
 def available() -> bool:
-    """Whether the compiled kernel can be used (numba is installed)."""
-    return importlib.util.find_spec("numba") is not None
+    """Whether the compiled kernel can be used: numba is installed and imports (a numba built
+    for another numpy fails there); otherwise crbnet runs the PyTorch code."""
+    if importlib.util.find_spec("numba") is None:
+        return False
+    try:
+        importlib.import_module("numba")
+    except Exception as exc:                               # pragma: no cover - broken install
+        warnings.warn(f"numba does not import ({type(exc).__name__}: {exc}); mt_hybrid_state "
+                      "runs its slower PyTorch code on CPU", RuntimeWarning, stacklevel=2)
+        return False
+    return True

@@ -192,8 +192,9 @@ class SignalModel:
 
     def explicit_signal_and_jacobian(self, theta: torch.Tensor
                                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Optional: the signal [N, T] and ∂f/∂θ as columns [P, N, T] (complex) by the model's
-        own forward-mode derivative, for inputs where it has one (None otherwise, the default).
+        """Optional: the signal [N, T] and ∂f/∂θ as columns [P, N, T] (complex, or real where
+        the signal is real for M0 = 1) by the model's own forward-mode derivative, for inputs
+        where it has one (None otherwise, the default).
         :mod:`crbnet.crb` uses it in place of ``torch.func.jvp`` + ``vmap`` through
         :meth:`simulate`; both must agree to round-off (tested)."""
         return None

@@ -550,12 +550,14 @@ class MTHybridState(SignalModel):
 
     def _run_kernel(self, p: dict[str, torch.Tensor], jacobian: bool = False,
                     gram: bool = False) -> tuple:
-        """(signal [N, T], Jacobian [P, N, T] or None, Gram [N, P+1, P+1] or None), float64,
-        from the full parameter set ``p`` (detached CPU tensors)."""
+        """(signal [N, T] — None when only the Gram matrix is asked for —, Jacobian [P, N, T]
+        or None, Gram [N, P+1, P+1] or None), float64, from the full parameter set ``p``
+        (detached CPU tensors)."""
         seq = self.sequence
         p = {k: v.detach().to(torch.float64) for k, v in p.items()}
         n, n_par, T = p["m0s"].shape[0], self.n_parameters, seq.n_timepoints
-        signal = torch.empty(n, T, dtype=torch.float64)
+        # The Gram route does not need the signal itself: [N, T] would be a large temporary.
+        signal = torch.empty(n, T, dtype=torch.float64) if not gram or jacobian else None
         jac = torch.empty(n_par, n, T, dtype=torch.float64) if jacobian else None
         G = torch.empty(n, n_par + 1, n_par + 1, dtype=torch.float64) if gram else None
         if n == 0:
@@ -573,7 +575,7 @@ class MTHybridState(SignalModel):
         _mt_kernel.signal_and_jacobian(
             torch.cat(rows).T.contiguous().numpy(), beta.contiguous().numpy(),
             p["B1"].contiguous().numpy(), chain.numpy(), *self._kernel_sequence(), b1_free,
-            signal.numpy(), None if jac is None else jac.numpy(),
+            None if signal is None else signal.numpy(), None if jac is None else jac.numpy(),
             None if G is None else G.numpy())
         return signal, jac, G
 

@@ -24,14 +24,16 @@ def _sequence(n: int, with_zero_flips: bool) -> sequences.MTSequence:
 
 def _points(model, n: int, seed: int) -> torch.Tensor:
     """Random points over the training ranges plus corners of the physical bounds (m0s near
-    0, fast exchange, long T2f) where the closed forms switch to their series."""
+    0, fast exchange, long T2f, long T2s) where the closed forms switch to their series."""
     gen = torch.Generator().manual_seed(seed)
     lo = torch.tensor([r[0] for r in model.train_ranges.values()], dtype=torch.float64)
     hi = torch.tensor([r[1] for r in model.train_ranges.values()], dtype=torch.float64)
     theta = lo + (hi - lo) * torch.rand(n, len(lo), generator=gen, dtype=torch.float64)
-    extreme = theta[:1].repeat(3, 1)
+    extreme = theta[:1].repeat(4, 1)
     names = list(model.parameters)
-    for row, (name, value) in enumerate((("m0s", 1e-4), ("Rx", 250.0), ("T2f", 2.0))):
+    # T2s = 1 ms with short pulses saturates hard: x = r² far above 1 (closed forms, r clamped)
+    for row, (name, value) in enumerate((("m0s", 1e-4), ("Rx", 250.0), ("T2f", 2.0),
+                                         ("T2s", 1e-3))):
         if name in names:
             extreme[row, names.index(name)] = value
     return torch.cat((theta, extreme))

@@ -39,13 +39,18 @@ numba = None
 _gram = None
 _half_tr_map = None
 _propagate = None
+_poly = None
 _compiled = None
 
-# The constants of mt_hybrid_state (see there for why): Taylor switch of sinh(r)/r, of its
-# x-derivative, and the clamp of r in cosh/sinh.
-_TAYLOR_X = 1e-6
-_D_TAYLOR_X = 1e-2
+# Up to this x = r², cosh r, sinh(r)/r and ∂(sinh(r)/r)/∂x come from their power series in x
+# (12 terms: truncation below 1e-20 relative), beyond it from exp/expm1 — where r ≥ 1, so
+# neither form cancels. r is clamped in cosh/sinh as in mt_hybrid_state (see there).
+_SERIES_X = 1.0
 _R_CLAMP = 20.0
+_N_SERIES = 12
+_COSH = tuple(1.0 / math.factorial(2 * k) for k in range(_N_SERIES))
+_SINHC = tuple(1.0 / math.factorial(2 * k + 1) for k in range(_N_SERIES))
+_D_SINHC = tuple((k + 1.0) / math.factorial(2 * k + 3) for k in range(_N_SERIES))
 
 # Directions: the eight rows, then beta, then B1.
 N_DIRECTIONS = 10
@@ -110,23 +115,23 @@ def _signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal, want
                 d = 0.5 * (a11 - a22)
                 off = a12 * a21
                 x = d * d + off
-                r = math.sqrt(x + 2.2250738585072014e-308)
-                r_c = min(r, _R_CLAMP)
                 exp_mu = math.exp(mu)
-                scale = exp_mu if r == r_c else math.exp(mu + (r - r_c))
-                # cosh and sinh from one expm1 (no cancellation in sinh for small r)
-                em = math.expm1(r_c)
-                inv_e = 1.0 / (em + 1.0)
-                inv_r = 1.0 / r
-                C = scale * 0.5 * (em + 1.0 + inv_e)
-                if x < _TAYLOR_X:
-                    S = scale * (1.0 + x * (1.0 / 6.0 + x * (1.0 / 120.0)))
+                if x <= _SERIES_X:
+                    # cosh √x, sinh(√x)/√x and its x-derivative as power series in x: no sqrt,
+                    # no expm1, no division, exact to round-off (truncation < 1e-20)
+                    C = exp_mu * _poly(_COSH, x)
+                    S = exp_mu * _poly(_SINHC, x)
+                    D = exp_mu * _poly(_D_SINHC, x)
                 else:
+                    r = math.sqrt(x)
+                    r_c = min(r, _R_CLAMP)
+                    scale = exp_mu if r == r_c else math.exp(mu + (r - r_c))
+                    # cosh and sinh from one expm1
+                    em = math.expm1(r_c)
+                    inv_e = 1.0 / (em + 1.0)
+                    inv_r = 1.0 / r
+                    C = scale * 0.5 * (em + 1.0 + inv_e)
                     S = scale * (0.5 * em * (em + 2.0) * inv_e * inv_r)
-                if x < _D_TAYLOR_X:
-                    D = exp_mu * (1.0 / 6.0 + x * (1.0 / 60.0 + x * (
-                        1.0 / 1680.0 + x * (1.0 / 90720.0 + x / 7983360.0))))
-                else:
                     D = (C - S) * (0.5 * inv_r * inv_r)
                 e11, e12, e21, e22 = C + S * d, S * a12, S * a21, C - S * d
                 inv_det = 1.0 / (a11 * a22 - off)
@@ -298,6 +303,13 @@ def _propagate_python(e11, e12, e21, e22, za, zb, fa, fb):  # pragma: no cover
     return e11 * za + e12 * zb + fa, e21 * za + e22 * zb + fb
 
 
+def _poly_python(c, x):  # pragma: no cover
+    """Σ_k c[k]·x^k for the 12 coefficients c (Horner, written out so that the compiled code
+    indexes the constant tuple with constants)."""
+    return c[0] + x * (c[1] + x * (c[2] + x * (c[3] + x * (c[4] + x * (c[5] + x * (
+        c[6] + x * (c[7] + x * (c[8] + x * (c[9] + x * (c[10] + x * c[11]))))))))))
+
+
 def _gram_python(cols, out):  # pragma: no cover
     """``out = cols · colsᵀ`` for cols [K, T] (dot products; compiled with reassociation so
     that the sums vectorize)."""
@@ -326,9 +338,10 @@ def _load():
 
 
 def _compile(cache: bool) -> None:
-    global _gram, _half_tr_map, _propagate, _compiled
+    global _gram, _half_tr_map, _propagate, _poly, _compiled
     _half_tr_map = numba.njit(cache=cache, nogil=True, inline="always")(_half_tr_map_python)
     _propagate = numba.njit(cache=cache, nogil=True, inline="always")(_propagate_python)
+    _poly = numba.njit(cache=cache, nogil=True, inline="always")(_poly_python)
     _gram = numba.njit(cache=cache, nogil=True, fastmath={"reassoc", "contract"})(_gram_python)
     _compiled = numba.njit(parallel=True, cache=cache, nogil=True)(_signal_and_jacobian)
 

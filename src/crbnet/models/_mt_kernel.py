@@ -1,4 +1,4 @@
-"""Compiled forward-mode derivative of the MT hybrid-state steady state (CPU, float64).
+"""Compiled MT hybrid-state steady state and its forward-mode derivative (CPU, float64).
 
 The same mathematics as :class:`~crbnet.models.mt_hybrid_state._FreePoolSteadyState` — its
 module docstring holds the physics — written as one loop per voxel so that the state, its

@@ -343,7 +343,10 @@ def _compile(cache: bool) -> None:
     _propagate = numba.njit(cache=cache, nogil=True, inline="always")(_propagate_python)
     _poly = numba.njit(cache=cache, nogil=True, inline="always")(_poly_python)
     _gram = numba.njit(cache=cache, nogil=True, fastmath={"reassoc", "contract"})(_gram_python)
-    _compiled = numba.njit(parallel=True, cache=cache, nogil=True)(_signal_and_jacobian)
+    # Reassociation lets LLVM reorder and vectorize the arithmetic (~15 % faster); it moves
+    # results by round-off only (the tests hold the kernel to the tensor code at 1e-13 / 1e-10).
+    _compiled = numba.njit(parallel=True, cache=cache, nogil=True,
+                           fastmath={"reassoc", "contract"})(_signal_and_jacobian)
 
 
 def signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal=None, jac=None,

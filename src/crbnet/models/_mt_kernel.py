@@ -89,7 +89,10 @@ def _signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal, want
         l0 = np.empty(T)                                # r_f at mid-TR n = l0·z0[0] + l1·z0[1] + lv
         l1 = np.empty(T)
         lv = np.empty(T)
-        zrow = np.empty((10, T))                        # tangents' r_f, marched from zero
+        # Tangents' r_f, marched from zero: column 0 (mid-TR 0, the start) stays zero, and so
+        # does row 8 — beta's tangent has no forcing before the inversion that ends the cycle,
+        # so it is zero at every recorded mid-TR and enters through the periodic start alone.
+        zrow = np.zeros((10, T))
         cols = np.empty((n_par + 1, T))                 # the Jacobian's columns, then f
         r_f = np.empty(T)
         for i in range(ib * _BLOCK, min(n_vox, (ib + 1) * _BLOCK)):
@@ -192,8 +195,6 @@ def _signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal, want
             # One (r_f, z_s) pair per direction, in scalars so that they stay in registers.
             za0 = za1 = za2 = za3 = za4 = za5 = za6 = za7 = za8 = za9 = 0.0
             zb0 = zb1 = zb2 = zb3 = zb4 = zb5 = zb6 = zb7 = zb8 = zb9 = 0.0
-            for q in range(n_dir):
-                zrow[q, 0] = 0.0
             ya, yb = z1, z2
             dbl_c2 = 2.0 * (k_s2 - k_c2)
             for n in range(T):
@@ -254,8 +255,7 @@ def _signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal, want
                 if n + 1 < T:
                     zrow[0, n + 1], zrow[1, n + 1], zrow[2, n + 1] = za0, za1, za2
                     zrow[3, n + 1], zrow[4, n + 1], zrow[5, n + 1] = za3, za4, za5
-                    zrow[6, n + 1], zrow[7, n + 1], zrow[8, n + 1] = za6, za7, za8
-                    zrow[9, n + 1] = za9
+                    zrow[6, n + 1], zrow[7, n + 1], zrow[9, n + 1] = za6, za7, za9
             # ---- 4. periodic tangent starts, and the chain to the parameters -----------------
             # Tangent q at mid-TR n = zrow[q, n] + l0[n]·t1_q + l1[n]·t2_q, with
             # (t1, t2)_q = (I − K)⁻¹ ż_q at the cycle end; the parameters' columns are
@@ -273,6 +273,8 @@ def _signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal, want
                 for n in range(T):
                     col[n] = l0[n] * T1 + l1[n] * T2
                 for q in range(n_dir):
+                    if q == 8:                               # a zero row (see zrow)
+                        continue
                     cq = chain[i, q, p]
                     for n in range(T):
                         col[n] += cq * zrow[q, n]

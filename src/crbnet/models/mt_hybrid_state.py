@@ -518,17 +518,21 @@ class MTHybridState(SignalModel):
         crbnet.crb takes the torch.func route through :meth:`simulate`). Set
         ``use_compiled_kernel = False`` to force that route. The signal is real, so both come
         back as real float64 tensors (the imaginary parts are zero)."""
-        if theta.dtype != torch.float64 or not self._compiled_applies(theta):
-            return None
-        out = self._run_kernel(self.full_parameters(theta.detach()), jacobian=True)
-        return out[0], out[1]
+        out = self._explicit(theta, jacobian=True)
+        return None if out is None else (out[0], out[1])
 
     def explicit_real_gram(self, theta: torch.Tensor) -> torch.Tensor | None:
         """Gram matrix [N, P+1, P+1] of (∂f/∂θ_1, …, ∂f/∂θ_P, f) from the compiled kernel, the
         Jacobian never stored; None where :meth:`explicit_signal_and_jacobian` is None."""
+        out = self._explicit(theta, gram=True)
+        return None if out is None else out[2]
+
+    def _explicit(self, theta: torch.Tensor, **outputs: bool) -> tuple | None:
+        """:meth:`_run_kernel` for estimated parameters ``theta`` in float64, or None where the
+        compiled route does not apply."""
         if theta.dtype != torch.float64 or not self._compiled_applies(theta):
             return None
-        return self._run_kernel(self.full_parameters(theta.detach()), gram=True)[2]
+        return self._run_kernel(self.full_parameters(theta.detach()), **outputs)
 
     def _compiled_applies(self, *tensors: torch.Tensor) -> bool:
         """Whether the compiled kernel may replace the tensor code for these inputs: enabled,
@@ -563,15 +567,15 @@ class MTHybridState(SignalModel):
         if n == 0:
             return signal, jac, G
         rows, beta = self._voxel_rows(p)
+        b1_free = "B1" not in self.fixed
         # How the rows, beta and B1 move along each estimated parameter.
         chain = torch.zeros(n, _mt_kernel.N_DIRECTIONS, n_par, dtype=torch.float64)
         if jacobian or gram:
             d_rows = self._voxel_row_derivatives(p)              # [N, 9, 7]
             for j, name in enumerate(self.parameters):
                 chain[:, :9, j] = d_rows[:, :, self._ALL.index(name)]
-        b1_free = "B1" not in self.fixed
-        if b1_free and (jacobian or gram):
-            chain[:, 9, self.parameters.index("B1")] = 1.0
+            if b1_free:
+                chain[:, 9, self.parameters.index("B1")] = 1.0
         _mt_kernel.signal_and_jacobian(
             torch.cat(rows).T.contiguous().numpy(), beta.contiguous().numpy(),
             p["B1"].contiguous().numpy(), chain.numpy(), *self._kernel_sequence(), b1_free,
@@ -580,10 +584,9 @@ class MTHybridState(SignalModel):
         return signal, jac, G
 
     def _kernel_sequence(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(θ, θ²/TRF)`` as contiguous float64 arrays [T] for the compiled kernel."""
-        seq = self.sequence
-        return (np.ascontiguousarray(seq.theta, dtype=np.float64),
-                np.ascontiguousarray(seq.theta ** 2 / seq.TRF, dtype=np.float64))
+        """The cached sequence columns ``(θ, θ²/TRF)`` as float64 arrays [T] for the kernel."""
+        theta, w0 = self._sequence_columns(torch.float64, torch.device("cpu"))
+        return theta[:, 0].numpy(), w0[:, 0].numpy()
 
     _ALL = ("m0s", "T1f", "T2f", "Rx", "T1s", "T2s", "B1")
 

@@ -60,37 +60,49 @@ class FISPMRF(SignalModel):
 
     def _simulate_chunk(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
         seq = self.sequence
-        T1, T2 = p["T1"][None, :], p["T2"][None, :]                           # [1, N]
-        dtype, device = T1.dtype, T1.device
-        flip = torch.as_tensor(seq.flip, dtype=dtype, device=device)[:, None]  # [T, 1]
-        tr = torch.as_tensor(seq.TR, dtype=dtype, device=device)[:, None]
-        # A fixed B1 keeps the RF coefficients per TR ([T, 1]) instead of per voxel ([T, N]).
-        alpha = flip * (self.fixed["B1"] if "B1" in self.fixed else p["B1"][None, :])
-        cos_a, sin_a = torch.cos(alpha), torch.sin(alpha)
-        cos2, sin2 = 0.5 * (1 + cos_a), 0.5 * (1 - cos_a)     # cos²(α/2), sin²(α/2)
-        half_sin = 0.5 * sin_a
-        E2_te = torch.exp(-seq.TE / T2)                        # [1, N]: decay until the echo
-        E1_tr, E2_tr = torch.exp(-tr / T1), torch.exp(-tr / T2)   # [T, N]: over a whole TR
-        recovery = 1 - E1_tr
+        T1 = p["T1"]
+        flip = torch.as_tensor(seq.flip, dtype=T1.dtype, device=T1.device)
+        tr = torch.as_tensor(seq.TR, dtype=T1.dtype, device=T1.device)
+        B1 = self.fixed["B1"] if "B1" in self.fixed else p["B1"]
+        return epg_signal(T1, p["T2"], B1, flip, tr, seq.TE, seq.TI, self.max_order + 1)
 
-        n_states = self.max_order + 1
-        f_plus = torch.zeros(n_states, T1.shape[1], dtype=dtype, device=device)
-        f_minus = f_plus
-        order0 = torch.zeros(n_states, 1, dtype=dtype, device=device)
-        order0[0] = 1
-        # Ideal inversion from equilibrium, then free recovery for TI.
-        z = (1 - 2 * torch.exp(-seq.TI / T1)) * order0
-        out = []
-        for n in range(seq.n_timepoints):
-            # RF about x. It conserves F⁺ + F⁻, which gives the new f⁻ almost for free.
-            f_rf = cos2[n] * f_plus + sin2[n] * f_minus - sin_a[n] * z
-            f_minus, z = f_plus + f_minus - f_rf, half_sin[n] * (f_plus - f_minus) + cos_a[n] * z
-            out.append(f_rf[0] * E2_te[0])                     # F⁺₀ at TE, relaxed until then
-            # Relaxation over the whole TR (TE, then TR − TE, combined).
-            f_rf, f_minus = f_rf * E2_tr[n], f_minus * E2_tr[n]
-            z = z * E1_tr[n] + recovery[n] * order0
-            # Dephase one order: F+ moves up, F- moves down, F+_0 = conj(F-_0).
-            f_minus = torch.cat((f_minus[1:], torch.zeros_like(f_minus[:1])))
-            f_plus = torch.cat((-f_minus[:1], f_rf[:-1]))
-        signal = torch.stack(out, 1)                           # [N, T], the imaginary part
-        return torch.complex(torch.zeros_like(signal), signal)
+
+def epg_signal(T1: torch.Tensor, T2: torch.Tensor, B1: torch.Tensor | float,
+               flip: torch.Tensor, tr: torch.Tensor, TE: float, TI: float, n_states: int
+               ) -> torch.Tensor:
+    """The FISP signal [N, T] (complex, M0 = 1) by the EPG recursion above, in plain tensor
+    operations: differentiable by any autodiff in the tissue (T1, T2 [N], s; B1 [N] or a number)
+    and in the schedule (flip [T], rad; tr [T], s) — sequence design differentiates it in flip
+    and TR. ``n_states`` EPG orders 0 … n_states − 1 are kept."""
+    T1, T2 = T1[None, :], T2[None, :]                                     # [1, N]
+    dtype, device = T1.dtype, T1.device
+    flip, tr = flip[:, None], tr[:, None]                                 # [T, 1]
+    # A fixed B1 keeps the RF coefficients per TR ([T, 1]) instead of per voxel ([T, N]).
+    alpha = flip * (B1[None, :] if torch.is_tensor(B1) else B1)
+    cos_a, sin_a = torch.cos(alpha), torch.sin(alpha)
+    cos2, sin2 = 0.5 * (1 + cos_a), 0.5 * (1 - cos_a)     # cos²(α/2), sin²(α/2)
+    half_sin = 0.5 * sin_a
+    E2_te = torch.exp(-TE / T2)                            # [1, N]: decay until the echo
+    E1_tr, E2_tr = torch.exp(-tr / T1), torch.exp(-tr / T2)   # [T, N]: over a whole TR
+    recovery = 1 - E1_tr
+
+    f_plus = torch.zeros(n_states, T1.shape[1], dtype=dtype, device=device)
+    f_minus = f_plus
+    order0 = torch.zeros(n_states, 1, dtype=dtype, device=device)
+    order0[0] = 1
+    # Ideal inversion from equilibrium, then free recovery for TI.
+    z = (1 - 2 * torch.exp(-TI / T1)) * order0
+    out = []
+    for n in range(flip.shape[0]):
+        # RF about x. It conserves F⁺ + F⁻, which gives the new f⁻ almost for free.
+        f_rf = cos2[n] * f_plus + sin2[n] * f_minus - sin_a[n] * z
+        f_minus, z = f_plus + f_minus - f_rf, half_sin[n] * (f_plus - f_minus) + cos_a[n] * z
+        out.append(f_rf[0] * E2_te[0])                     # F⁺₀ at TE, relaxed until then
+        # Relaxation over the whole TR (TE, then TR − TE, combined).
+        f_rf, f_minus = f_rf * E2_tr[n], f_minus * E2_tr[n]
+        z = z * E1_tr[n] + recovery[n] * order0
+        # Dephase one order: F+ moves up, F- moves down, F+_0 = conj(F-_0).
+        f_minus = torch.cat((f_minus[1:], torch.zeros_like(f_minus[:1])))
+        f_plus = torch.cat((-f_minus[:1], f_rf[:-1]))
+    signal = torch.stack(out, 1)                           # [N, T], the imaginary part
+    return torch.complex(torch.zeros_like(signal), signal)

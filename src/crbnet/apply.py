@@ -8,7 +8,7 @@ For every voxel in the mask, with ``y`` its complex time series (T points), the 
 * the residual noise level ``σ̂_v² = ‖y − M0̂ f(θ̂)‖² / (2T − P − 2)`` (2T real data, P + 2 fitted
   real unknowns: θ and the real and imaginary part of M0 — exact for a least-squares fit, an
   upper estimate for any other estimator, whose misfit adds to the residual);
-* the CRB standard deviation ``sqrt(CRB_p(θ̂; σ, |M0̂|))`` (DESIGN §2), computed once for σ = 1 and
+* the CRB standard deviation ``sqrt(CRB_p(θ̂; σ, |M0̂|))`` (docs/statistics.md §2), computed once for σ = 1 and
   scaled by the voxel's σ. Voxels whose Fisher matrix is singular (e.g. T2s where m0s = 0) get
   NaN and are counted.
 
@@ -486,7 +486,7 @@ def apply_to_volume(estimator: Estimator, source: SignalSource, out_dir: str | P
             "definition": SNR_DEFINITION + " (mean |M0| over the estimated voxels)",
         },
         "uncertainty": ("sqrt(CRB) at the estimated parameters and |M0|, scaled by the noise "
-                        "level (DESIGN §2); NaN where the Fisher matrix is singular")
+                        "level (docs/statistics.md §2); NaN where the Fisher matrix is singular")
         if uncertainty else None,
         "seconds": None,
     }

@@ -1,4 +1,4 @@
-"""Cramér–Rao bounds of signal-model parameters (DESIGN §2).
+"""Cramér–Rao bounds of signal-model parameters (docs/statistics.md §2).
 
 Measurement ``y = M0·f(θ) + n`` with complex white Gaussian noise (σ² per real and imaginary
 part). With ``φ = (θ, Re M0, Im M0)`` and ``J = ∂(M0 f)/∂φ``, the Fisher information is
@@ -286,7 +286,7 @@ def crb_details(model: SignalModel, theta: torch.Tensor, basis: torch.Tensor | N
 
 
 def snr_to_sigma(snr: float, m0: float = 1.0) -> float:
-    """σ for a given SNR, defined as |M0| / σ (DESIGN §1)."""
+    """σ for a given SNR, defined as |M0| / σ (docs/statistics.md §1)."""
     if snr <= 0:
         raise ValueError("SNR must be positive")
     return abs(m0) / snr

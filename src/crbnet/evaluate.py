@@ -1,4 +1,4 @@
-"""Evaluation of any estimator against the Cramér–Rao bound (DESIGN §5).
+"""Evaluation of any estimator against the Cramér–Rao bound (docs/statistics.md §5).
 
 On a set of parameter points (a grid, or samples of the training distribution), each point gets
 R noisy measurements ``y = M0·f(θ) + n`` with |M0| = 1, a random M0 phase per realization and

@@ -1,4 +1,4 @@
-"""Training losses (DESIGN §3). Learning only: no physics here.
+"""Training losses (docs/statistics.md §4). Learning only: no physics here.
 
 Notation: N samples, P parameters, estimate ``θ̂`` [N, P], truth ``θ`` [N, P], ``CRB`` [N, P] the
 Cramér–Rao bound of each sample at *its training noise level* (``crb_unit·σ²/|M0|²``).

@@ -33,7 +33,7 @@ default training ranges — as in real brains; per-tissue results (benchmarks/
 bench_phantom_study.py) show how each estimator copes.
 
 Noise: complex Gaussian, standard deviation σ on the real and on the imaginary part, with
-``σ = mean(|M0| over the brain) / SNR``; SNR is defined as ``|M0| / σ`` (DESIGN §1), here for the
+``σ = mean(|M0| over the brain) / SNR``; SNR is defined as ``|M0| / σ`` (docs/statistics.md §1), here for the
 brain-average |M0|.
 """
 

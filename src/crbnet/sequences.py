@@ -49,11 +49,13 @@ def _as_positive(value: Any, name: str) -> float:
 
 @dataclass(frozen=True, eq=False)
 class MTSequence:
-    """Hybrid-state sequence for the two-pool MT model (DESIGN §4.1).
+    """Hybrid-state sequence for the two-pool MT model (docs/physics.md §1).
 
     Attributes:
         TR: repetition time (s), constant.
-        theta: nominal flip angle of each TR (rad), shape [T]; B1 scales it.
+        theta: nominal θ of each TR (rad), shape [T]; B1 scales it. θ is the polar angle of
+            the spin-locked free-pool magnetization, half the flip angle α of the alternating
+            pulses (θ = α/2, RF amplitude ω1 = 2θ/TRF); see docs/physics.md §1.
         TRF: RF pulse duration of each TR (s), shape [T].
         T_inv: duration of the inversion pulse at the start of each cycle (s).
         k_RF: semi-solid saturation constant; the mean saturation rate over a TR is

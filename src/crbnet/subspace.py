@@ -1,4 +1,4 @@
-"""Subspace compression of signals (DESIGN §2): an SVD basis of noiseless training signals.
+"""Subspace compression of signals (docs/statistics.md §3): an SVD basis of noiseless training signals.
 
 MRF signals of a model live close to a low-dimensional linear subspace. With ``U`` [T, k] the
 first k right singular vectors of a matrix of noiseless signals (rows), the compressed data are

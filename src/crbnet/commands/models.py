@@ -21,6 +21,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for d in described:
         print(f"{d['name']}  ({d['n_timepoints']} time points with the default sequence)")
+        if d["summary"]:
+            print(f"  {d['summary'].replace('``', '')}")
         print(f"  {'parameter':<10} {'unit':<5} {'bounds':<24} {'training range':<24} "
               f"{'default':<10} estimated")
         for p in d["parameters"]:

@@ -78,7 +78,7 @@ def _signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal, want
     T = theta.shape[0]
     n_par = chain.shape[2]
     n_dir = 9 + (1 if b1_free else 0)
-    # With B1 fixed, cos and sin of the flip angles are the same in every voxel.
+    # With B1 fixed, cos and sin of the angles θ (half the flip angles) are the same in every voxel.
     cos_fixed = np.cos(B1[0] * theta)
     sin_fixed = np.sin(B1[0] * theta)
     # Scratch is allocated once per block of voxels: one allocation per voxel (≈200 kB) would

@@ -118,8 +118,10 @@ class SignalModel:
 
     def describe(self) -> dict:
         """JSON-ready description (used by ``crbnet models`` and checkpoints)."""
+        doc = (type(self).__doc__ or "").strip()
         return {
             "name": self.name,
+            "summary": " ".join(doc.split("\n\n")[0].split()),
             "parameters": [
                 {"name": s.name, "unit": s.unit, "bounds": list(s.bounds),
                  "train_range": list(s.train_range), "default": s.default,

@@ -27,6 +27,8 @@ from .base import ParameterSpec, SignalModel
 
 
 class FISPMRF(SignalModel):
+    """Single-pool FISP MR fingerprinting by extended phase graphs (flip-angle and TR trains)."""
+
     name = "fisp_mrf"
     sequence_kind = "fisp"
     specs = (

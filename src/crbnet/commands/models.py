@@ -31,5 +31,8 @@ def run(args: argparse.Namespace) -> int:
             est = "yes" if p["estimated"] else "fixed"
             print(f"  {p['name']:<10} {p['unit'] or '-':<5} {f'[{lo:g}, {hi:g}]':<24} "
                   f"{f'[{tlo:g}, {thi:g}]':<24} {p['default']:<10g} {est}")
+        for o in d["options"]:
+            print(f"  option {o['name']} ({o['type']}, default {o['default']}): "
+                  f"{o['description']}  [--model-option {o['name']}=VALUE]")
         print()
     return 0

@@ -469,7 +469,7 @@ class Trainer:
             k = None if self.subspace is None else self.subspace.k
             basis_for_signals = (None if ds.storage == "coefficients" or self.subspace is None
                                  else self.subspace.basis)
-            clean_bs = (cfg.data.batch_size // cfg.loss.K if cfg.loss.name == "bias_reduced"
+            clean_bs = (cfg.data.batch_size // cfg.loss.K if losses.get(cfg.loss.name).repeated
                         else cfg.data.batch_size)
             self.source = HDF5Source(ds, 0, n_train, clean_bs, k=k,
                                      basis=basis_for_signals, block_rows=cfg.data.block_rows,
@@ -492,7 +492,7 @@ class Trainer:
             else:
                 self.subspace = None
             basis = None if self.subspace is None else self.subspace.basis
-            clean_bs = (cfg.data.batch_size // cfg.loss.K if cfg.loss.name == "bias_reduced"
+            clean_bs = (cfg.data.batch_size // cfg.loss.K if losses.get(cfg.loss.name).repeated
                         else cfg.data.batch_size)
             self.source = OnlineSource(model, self.sampler, basis, clean_bs,
                                        cfg.data.batches_per_epoch, cfg.data.pool_size,
@@ -561,13 +561,9 @@ class Trainer:
         est = net(batch.signals.to(self.device)) / scale.to(torch.float32)
         target = (batch.theta.to(self.device) / scale).to(torch.float32)
         crb = batch.crb.to(self.device) / scale ** 2
-        if cfg.name == "mse":
-            return losses.mse(est, target, weights)
-        if cfg.name == "crb":
-            return losses.crb(est, target, crb)
-        K = cfg.K
-        P = est.shape[1]
-        return losses.bias_reduced(est.reshape(-1, K, P), target[::K], crb[::K], lam=cfg.lam)
+        loss = losses.get(cfg.name)
+        return loss.compute(losses.LossInputs(est, target, crb, weights,
+                                              K=cfg.K if loss.repeated else 1, lam=cfg.lam))
 
     def _train_epoch(self, epoch: int) -> tuple[float, int, float]:
         cfg = self.config
@@ -579,7 +575,7 @@ class Trainer:
                                                   cfg.loss.mse_weights),
                                dtype=torch.float64, device=self.device)
         weights = (weights * scale ** 2).to(torch.float32)   # in scaled units
-        repeats = cfg.loss.K if cfg.loss.name == "bias_reduced" else 1
+        repeats = cfg.loss.K if losses.get(cfg.loss.name).repeated else 1
         n_batches = self.source.batches_per_epoch
         bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="batch",
                    leave=False, file=sys.stderr,

@@ -283,10 +283,3 @@ def crb_details(model: SignalModel, theta: torch.Tensor, basis: torch.Tensor | N
         return CRBResult(variance=theta.new_zeros(0, model.n_parameters),
                          singular=torch.zeros(0, dtype=torch.bool, device=theta.device))
     return CRBResult(variance=torch.cat(variances), singular=torch.cat(singular))
-
-
-def snr_to_sigma(snr: float, m0: float = 1.0) -> float:
-    """σ for a given SNR, defined as |M0| / σ (docs/statistics.md §1)."""
-    if snr <= 0:
-        raise ValueError("SNR must be positive")
-    return abs(m0) / snr

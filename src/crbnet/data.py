@@ -16,6 +16,11 @@ from .models.base import SignalModel
 
 DISTRIBUTIONS = ("uniform", "log-uniform")
 
+#: The one definition of SNR (docs/statistics.md §1); outputs that report an SNR print it,
+#: adding only what |M0| is in their context.
+SNR_DEFINITION = ("SNR = |M0| / sigma, sigma the standard deviation of the real and of the "
+                  "imaginary part of the noise")
+
 
 @dataclass
 class ParameterSampler:

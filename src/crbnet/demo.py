@@ -24,6 +24,7 @@ import torch
 
 from . import io, models
 from . import losses as loss_registry
+from .data import SNR_DEFINITION
 from .errors import InputError
 
 
@@ -170,7 +171,7 @@ def run(out_dir: str | Path, cfg: DemoConfig | None = None, progress: bool | Non
     wall = time.perf_counter() - t0
     summary = {
         "model": model.name, "parameters": list(model.parameters), "fixed": model.fixed,
-        "snr": cfg.snr, "snr_definition": "|M0| / sigma, sigma per real/imaginary part",
+        "snr": cfg.snr, "snr_definition": SNR_DEFINITION,
         "config": cfg.__dict__, "wall_time_s": wall,
         "training": {k: {"val_crb_loss": v["val_crb_loss"],
                          "val_crb_loss_mean": v["val_crb_loss_mean"], "epochs": v["epochs"],

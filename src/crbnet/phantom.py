@@ -49,6 +49,7 @@ import torch
 
 from . import __version__
 from . import models as model_registry
+from .data import SNR_DEFINITION
 from .errors import InputError
 from .models.base import SignalModel
 from .sequences import sequence_hash
@@ -228,8 +229,7 @@ class Phantom:
             "shape": list(self.shape),
             "voxel_size_mm": [float(v) for v in np.sqrt((self.affine[:3, :3] ** 2).sum(0))],
             "snr": self.snr,
-            "snr_definition": "SNR = |M0| / sigma with |M0| the mean over the brain mask; "
-                              "sigma = std of the real and of the imaginary part of the noise",
+            "snr_definition": SNR_DEFINITION + "; here |M0| is the mean over the brain mask",
             "sigma": self.sigma,
             "mean_abs_m0_brain": float(np.abs(self.m0[self.mask]).mean()),
             "m0_scale": self.m0_scale,

@@ -40,10 +40,6 @@ class Subspace:
     def k(self) -> int:
         return int(self.basis.shape[1])
 
-    def project(self, signals: torch.Tensor) -> torch.Tensor:
-        """``Uᴴ y`` per row: [N, T] -> [N, k]."""
-        return signals @ self.basis.to(dtype=signals.dtype, device=signals.device).conj()
-
     def truncate(self, k: int) -> "Subspace":
         """The first ``k`` vectors (a basis fitted once can be truncated, never extended)."""
         if not 1 <= k <= self.k:

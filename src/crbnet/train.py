@@ -50,7 +50,7 @@ from . import io as cio
 from . import losses
 from .checkpoint import (NORMALIZATION, basis_to_real, checksum, model_to_dict, read,
                          save)
-from .data import (CleanBatch, NoisyBatch, OnlineSource, check_snr, derived_generator,
+from .data import (SNR_DEFINITION, CleanBatch, NoisyBatch, OnlineSource, check_snr, derived_generator,
                    make_noisy, project, sampler_from_spec, simulate_clean)
 from .errors import InputError
 from .models.base import SignalModel
@@ -549,8 +549,11 @@ class Trainer:
         k = self.subspace.k if self.subspace is not None else self.model.n_timepoints
         low, high, log = output_ranges(self.sampler.spec_dict(), self.model.bounds,
                                        cfg.net.output_margin)
-        torch.manual_seed(derived_generator(cfg.seed, "init").initial_seed())
-        net = ParameterNet(k, self.model.parameters, low, high, log, cfg.net)
+        # torch.nn initializes from the global CPU generator: seed it inside a fork so that
+        # the weights depend on the config's seed only and the caller's RNG state is untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derived_generator(cfg.seed, "init").initial_seed())
+            net = ParameterNet(k, self.model.parameters, low, high, log, cfg.net)
         net.set_input_statistics(self.stats_inputs)
         return net.to(self.device)
 
@@ -683,7 +686,7 @@ class Trainer:
             "fixed": dict(self.model.fixed),
             "loss": self.config.loss.name,
             "snr": self.config.data.snr,
-            "snr_definition": "|M0| / sigma, sigma per real/imaginary part",
+            "snr_definition": SNR_DEFINITION,
             "mode": self.config.data.mode,
             "epochs": epoch,
             "epochs_planned": self.config.optim.epochs,

@@ -47,6 +47,14 @@ def test_file_model_crb_matches_finite_differences(capsys):
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
+def test_models_command_describes_a_file_model(capsys):
+    assert cli.main(["models", "--model", SPEC, "--json"]) == 0
+    (described,) = json.loads(capsys.readouterr().out)
+    assert described["name"] == "two_compartment_t2" and described["n_timepoints"] == 48
+    assert [p["name"] for p in described["parameters"]] == ["fs", "T2s", "T2l"]
+    assert described["summary"].startswith("Two non-exchanging T2 compartments")
+
+
 def test_file_model_nlls_fit_recovers_noiseless_truth(tmp_path, capsys):
     model = models.get(SPEC)
     truth = torch.tensor([[0.1, 0.010, 0.06], [0.3, 0.020, 0.12], [0.2, 0.015, 0.08]],

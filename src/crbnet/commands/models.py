@@ -11,11 +11,14 @@ from .. import models
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list signal models, parameters, units, bounds, defaults")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--model", metavar="NAME",
+                   help="only this model (also FILE.py:CLASS or package.module:CLASS)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    described = [models.get(name).describe() for name in models.names()]
+    chosen = [args.model] if args.model else models.names()
+    described = [models.get(name).describe() for name in chosen]
     if args.json:
         print(json.dumps(described, indent=2))
         return 0

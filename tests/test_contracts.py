@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import crbnet
-from crbnet import losses, models, sequences
+from crbnet import baselines, losses, models, sequences
 from crbnet.baselines.nlls import NLLSEstimator
 from crbnet.train import Trainer, build_config
+from test_crb import brute_force_crb  # finite differences over (θ, Re M0, Im M0)
 
 EXAMPLE = (f"{Path(__file__).resolve().parents[1] / 'examples' / 'two_compartment_t2.py'}"
            ":TwoCompartmentT2")
@@ -45,30 +46,12 @@ def test_simulate_shape_and_dtype(spec):
         assert torch.isfinite(torch.view_as_real(signal)).all()
 
 
-def finite_difference_crb(model, theta: np.ndarray) -> np.ndarray:
-    """CRB (σ = 1, M0 = 1) from central differences, M0's real and imaginary parts included
-    as nuisance parameters."""
-    def signal(th):
-        return model.simulate(torch.from_numpy(th[None].copy()))[0].numpy()
-
-    cols = []
-    for j in range(theta.size):
-        h = 1e-6 * max(abs(theta[j]), 1e-3)
-        up, down = theta.copy(), theta.copy()
-        up[j] += h
-        down[j] -= h
-        cols.append((signal(up) - signal(down)) / (2 * h))
-    f = signal(theta)
-    J = np.stack(cols + [f, 1j * f], axis=1)
-    return np.diag(np.linalg.inv((J.conj().T @ J).real))[:theta.size]
-
-
 @pytest.mark.parametrize("spec", MODEL_SPECS, ids=MODEL_IDS)
 def test_crb_matches_finite_differences(spec):
     model = small_model(spec)
     theta = inner_point(model, 0.4)
     got = crbnet.crb(model, theta)[0].numpy()
-    np.testing.assert_allclose(got, finite_difference_crb(model, theta[0].numpy()), rtol=2e-4)
+    np.testing.assert_allclose(got, brute_force_crb(model, theta, 1.0, 1.0 + 0j), rtol=2e-4)
 
 
 @pytest.mark.parametrize("spec", MODEL_SPECS, ids=MODEL_IDS)
@@ -123,3 +106,20 @@ def test_loss_contract(name):
                                            K=large.K))
     value.backward()                                                 # trainable: a gradient
     assert value.ndim == 0 and torch.isfinite(estimate.grad).all() and estimate.grad.abs().sum() > 0
+
+
+# ---- estimators ----------------------------------------------------------------------------
+@pytest.mark.parametrize("method", list(baselines.METHODS))
+def test_estimator_contract(method):
+    """Every classical estimator: [N, P] float64 in the model's parameter order, within the
+    bounds, close to the truth on noiseless signals of any complex M0, and M0 with it."""
+    model = models.get("ir_t1")
+    truth = torch.tensor([[0.3], [1.1], [2.5]], dtype=torch.float64)
+    m0 = torch.tensor([1.0, -0.5j, 2.0 + 1.0j], dtype=torch.complex128)
+    estimator = baselines.get(method, model)
+    theta, m0_hat = estimator.predict_with_m0(m0[:, None] * model.simulate(truth))
+    assert theta.dtype == torch.float64 and theta.shape == (3, 1)
+    lo, hi = model.bounds["T1"]
+    assert ((theta >= lo) & (theta <= hi)).all()
+    torch.testing.assert_close(theta, truth, rtol=0.05, atol=0)     # a dictionary's grid step
+    torch.testing.assert_close(m0_hat.to(torch.complex128), m0, rtol=0.05, atol=0)

@@ -12,6 +12,7 @@ import torch
 
 import crbnet
 from crbnet import cli, models
+from test_crb import brute_force_crb  # finite differences over (θ, Re M0, Im M0)
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = f"{ROOT / 'examples' / 'two_compartment_t2.py'}:TwoCompartmentT2"
@@ -20,29 +21,14 @@ TINY = ["--set", "data.batches_per_epoch=3", "--set", "data.batch_size=64",
         "--set", "net.width=16", "--set", "net.depth=1", "--no-progress"]
 
 
-def finite_difference_crb(model, theta: np.ndarray, step: float = 1e-6) -> np.ndarray:
-    """CRB for σ = 1, M0 = 1 from central differences of the (real) signal; for a real signal
-    the Im M0 column i·f is orthogonal to every real column, so F = Gram of (∂f/∂θ, f)."""
-    def f(th):
-        return model.simulate(torch.from_numpy(th[None].copy()))[0].real.numpy()
-    cols = []
-    for j in range(len(theta)):
-        h = step * max(abs(theta[j]), 1e-3)
-        up, down = theta.copy(), theta.copy()
-        up[j] += h
-        down[j] -= h
-        cols.append((f(up) - f(down)) / (2 * h))
-    J = np.stack(cols + [f(theta)], axis=1)
-    return np.diag(np.linalg.inv(J.T @ J))[:len(theta)]
-
-
 def test_file_model_crb_matches_finite_differences(capsys):
     assert cli.main(["crb", "--model", SPEC, "--param", "fs=0.25", "--param", "T2s=0.012",
                      "--param", "T2l=0.09", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     model = models.get(SPEC)
     assert model.name == "two_compartment_t2"
-    expected = finite_difference_crb(model, np.array([0.25, 0.012, 0.09]))
+    theta = torch.tensor([[0.25, 0.012, 0.09]], dtype=torch.float64)
+    expected = brute_force_crb(model, theta, 1.0, 1.0 + 0j)
     got = np.array([out["crb"][p] for p in ("fs", "T2s", "T2l")])
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 

@@ -31,9 +31,6 @@ from .evaluate import SNR_DEFINITION, _json_ready
 from .models.base import SignalModel
 from .sequences import sequence_hash
 
-BASELINE_METHODS = ("nlls", "dictionary")
-
-
 # ---- building estimators from command-line style specifications ---------------------------
 def load_network(path: str | Path, device: torch.device | str | None = None) -> Estimator:
     """A trained network from a checkpoint file or run directory (``crbnet.load``)."""
@@ -66,10 +63,10 @@ def resolve_estimators(specs: Sequence[str], model: SignalModel | None = None,
                          "'nlls' or 'dictionary'")
     networks: dict[int, Estimator] = {}
     for i, spec in enumerate(specs):
-        if spec in BASELINE_METHODS:
+        if spec in baselines.METHODS:
             continue
         if not Path(spec).exists():
-            raise InputError(f"{spec!r} is neither a method ({', '.join(BASELINE_METHODS)}) "
+            raise InputError(f"{spec!r} is neither a method ({', '.join(baselines.METHODS)}) "
                              "nor an existing checkpoint or run directory")
         networks[i] = load_network(spec, device=device)
     if model is None:

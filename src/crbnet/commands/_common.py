@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .. import models, sequences
+from .. import baselines, models, sequences
 from ..errors import InputError
 from ..models.base import SignalModel
 
@@ -36,7 +36,7 @@ def add_estimator_arguments(parser: argparse.ArgumentParser, checkpoint_help: st
     """--checkpoint CKPT | --method nlls|dictionary (exactly one)."""
     how = parser.add_mutually_exclusive_group(required=True)
     how.add_argument("--checkpoint", metavar="CKPT", help=checkpoint_help)
-    how.add_argument("--method", choices=["nlls", "dictionary"],
+    how.add_argument("--method", choices=list(baselines.METHODS),
                      help="classical estimator instead of a network (needs --model)")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,9 @@ def build_model(args: argparse.Namespace) -> SignalModel:
         fixed.pop(p, None)
     fixed.update(parse_assignments(getattr(args, "fix", []) or [], "--fix"))
     options = parse_model_options(cls, getattr(args, "model_option", []) or [])
-    return models.get(name, sequence=seq, fixed=fixed, **options)
+    model = models.get(name, sequence=seq, fixed=fixed, **options)
+    warn_beyond_limits(model)
+    return model
 
 
 def parse_model_options(cls: type[SignalModel], items: list[str]) -> dict[str, Any]:
@@ -143,6 +146,16 @@ def parse_model_options(cls: type[SignalModel], items: list[str]) -> dict[str, A
                              f"{', '.join(declared) or 'none'}")
         out[name] = declared[name].convert(text)
     return out
+
+
+def warn_beyond_limits(model: SignalModel) -> None:
+    """One line on stderr when the model's sequence exceeds the default 3 T hardware limits."""
+    from .. import hardware
+
+    exceeded = hardware.violations(model.sequence)
+    if exceeded:
+        print(f"crbnet: warning: the {model.name} sequence exceeds 3 T hardware limits: "
+              f"{'; '.join(exceeded)}", file=sys.stderr)
 
 
 def resolve_device(name: str | None) -> torch.device:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .. import models
+from .. import hardware, models
+from ._common import sequence_line
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,12 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     chosen = [args.model] if args.model else models.names()
-    described = [models.get(name).describe() for name in chosen]
+    described = [_describe(models.get(name)) for name in chosen]
     if args.json:
         print(json.dumps(described, indent=2))
         return 0
-    for d in described:
-        print(f"{d['name']}  ({d['n_timepoints']} time points with the default sequence)")
+    for name, d in zip(chosen, described):
+        print(f"{d['name']}  (default {sequence_line(models.get(name))})")
         if d["summary"]:
             print(f"  {d['summary'].replace('``', '')}")
         print(f"  {'parameter':<10} {'unit':<5} {'bounds':<24} {'training range':<24} "
@@ -39,3 +40,8 @@ def run(args: argparse.Namespace) -> int:
                   f"{o['description']}  [--model-option {o['name']}=VALUE]")
         print()
     return 0
+
+
+def _describe(model) -> dict:
+    """The model's description plus its default sequence's RF figures (None without RF)."""
+    return {**model.describe(), "sequence_rf": hardware.rf_summary(model.sequence)}

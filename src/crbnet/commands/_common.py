@@ -158,6 +158,13 @@ def warn_beyond_limits(model: SignalModel) -> None:
               f"{'; '.join(exceeded)}", file=sys.stderr)
 
 
+def sequence_line(model: SignalModel) -> str:
+    """``sequence: <pulses, duration, peak B1, RF power>`` for command summaries."""
+    from .. import hardware
+
+    return f"sequence: {hardware.describe(model.sequence)}"
+
+
 def resolve_device(name: str | None) -> torch.device:
     """'cpu', 'cuda', 'cuda:1' or None (= cpu)."""
     name = name or "cpu"

@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .commands import _logging
+
+    _logging.configure()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

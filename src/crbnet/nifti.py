@@ -40,10 +40,10 @@ import contextlib
 import gzip
 import itertools
 import json
+import logging
 import math
 import os
 import shutil
-import sys
 import tempfile
 import zlib
 from pathlib import Path
@@ -54,6 +54,8 @@ import numpy as np
 
 from .errors import InputError
 from .io import atomic_path, write_json
+
+logger = logging.getLogger(__name__)
 
 #: Default memory budget of one read block, bytes of complex data (see the module docstring).
 DEFAULT_MAX_BYTES = 1 << 30
@@ -164,10 +166,6 @@ def iter_blocks(shape: tuple[int, ...], max_voxels: int) -> Iterator[tuple[slice
         outer = tuple(slice(i, i + 1) for i in reversed(outer_rev))
         for start in range(0, shape[split_axis], run):
             yield lead + (slice(start, min(start + run, shape[split_axis])),) + outer
-
-
-def block_voxels(block: tuple[slice, ...]) -> int:
-    return int(np.prod([s.stop - s.start for s in block], dtype=np.int64))
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,9 +345,9 @@ class NiftiSignals(SignalSource):
             return self._cache[index]
         if self._compressed and not self._noted:
             self._noted = True
-            print(f"crbnet: note: {self.paths[0].name} is gzip-compressed and larger than the "
-                  f"memory budget ({self.max_bytes / 2**20:.0f} MiB); every read block costs one "
-                  "decompression pass. Uncompressed .nii input is much faster.", file=sys.stderr)
+            logger.info("%s is gzip-compressed and larger than the memory budget (%.0f MiB); "
+                        "every read block costs one decompression pass. Uncompressed .nii "
+                        "input is much faster.", self.paths[0].name, self.max_bytes / 2**20)
         return self._read_uncached(index)
 
     def blocks(self, max_bytes: int | None = None) -> Iterator[tuple[slice, ...]]:
@@ -497,7 +495,7 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
 
 __all__ = [
     "DEFAULT_MAX_BYTES", "load_image", "is_complex_image", "read_sidecar", "iter_blocks",
-    "block_voxels", "SignalSource", "ArraySignals", "NiftiSignals", "read_mask",
+    "SignalSource", "ArraySignals", "NiftiSignals", "read_mask",
     "SpatialReference", "write_image", "write_sidecar", "check_output_directory",
     "atomic_directory",
 ]

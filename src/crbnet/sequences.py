@@ -51,13 +51,14 @@ def _as_positive(value: Any, name: str) -> float:
 
 @dataclass(frozen=True, eq=False)
 class MTSequence:
-    """Hybrid-state sequence for the two-pool MT model (DESIGN §4.1).
+    """Hybrid-state sequence for the two-pool MT model (docs/physics.md §1).
 
     Attributes:
         TR: repetition time (s), constant.
         theta: per TR, the polar angle of the free pool's spin-locked magnetization (rad),
             shape [T]: *half* the flip angle α of the TR's alternating pulses (α = 2θ, RF
-            amplitude ω1 = 2θ/TRF for a rectangular pulse); B1 scales it.
+            amplitude ω1 = 2θ/TRF for a rectangular pulse); B1 scales it. See
+            docs/physics.md §1.
         TRF: RF pulse duration of each TR (s), shape [T].
         T_inv: duration of the inversion pulse at the start of each cycle (s).
         k_RF: semi-solid saturation constant; the mean saturation rate over a TR is

@@ -50,7 +50,7 @@ from . import io as cio
 from . import losses
 from .checkpoint import (NORMALIZATION, basis_to_real, checksum, model_to_dict, read,
                          save)
-from .data import (CleanBatch, NoisyBatch, OnlineSource, check_snr, derived_generator,
+from .data import (SNR_DEFINITION, CleanBatch, NoisyBatch, OnlineSource, check_snr, derived_generator,
                    make_noisy, project, sampler_from_spec, simulate_clean)
 from .errors import InputError
 from .models.base import SignalModel
@@ -469,7 +469,7 @@ class Trainer:
             k = None if self.subspace is None else self.subspace.k
             basis_for_signals = (None if ds.storage == "coefficients" or self.subspace is None
                                  else self.subspace.basis)
-            clean_bs = (cfg.data.batch_size // cfg.loss.K if cfg.loss.name == "bias_reduced"
+            clean_bs = (cfg.data.batch_size // cfg.loss.K if losses.get(cfg.loss.name).repeated
                         else cfg.data.batch_size)
             self.source = HDF5Source(ds, 0, n_train, clean_bs, k=k,
                                      basis=basis_for_signals, block_rows=cfg.data.block_rows,
@@ -492,7 +492,7 @@ class Trainer:
             else:
                 self.subspace = None
             basis = None if self.subspace is None else self.subspace.basis
-            clean_bs = (cfg.data.batch_size // cfg.loss.K if cfg.loss.name == "bias_reduced"
+            clean_bs = (cfg.data.batch_size // cfg.loss.K if losses.get(cfg.loss.name).repeated
                         else cfg.data.batch_size)
             self.source = OnlineSource(model, self.sampler, basis, clean_bs,
                                        cfg.data.batches_per_epoch, cfg.data.pool_size,
@@ -549,8 +549,11 @@ class Trainer:
         k = self.subspace.k if self.subspace is not None else self.model.n_timepoints
         low, high, log = output_ranges(self.sampler.spec_dict(), self.model.bounds,
                                        cfg.net.output_margin)
-        torch.manual_seed(derived_generator(cfg.seed, "init").initial_seed())
-        net = ParameterNet(k, self.model.parameters, low, high, log, cfg.net)
+        # torch.nn initializes from the global CPU generator: seed it inside a fork so that
+        # the weights depend on the config's seed only and the caller's RNG state is untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derived_generator(cfg.seed, "init").initial_seed())
+            net = ParameterNet(k, self.model.parameters, low, high, log, cfg.net)
         net.set_input_statistics(self.stats_inputs)
         return net.to(self.device)
 
@@ -561,13 +564,9 @@ class Trainer:
         est = net(batch.signals.to(self.device)) / scale.to(torch.float32)
         target = (batch.theta.to(self.device) / scale).to(torch.float32)
         crb = batch.crb.to(self.device) / scale ** 2
-        if cfg.name == "mse":
-            return losses.mse(est, target, weights)
-        if cfg.name == "crb":
-            return losses.crb(est, target, crb)
-        K = cfg.K
-        P = est.shape[1]
-        return losses.bias_reduced(est.reshape(-1, K, P), target[::K], crb[::K], lam=cfg.lam)
+        loss = losses.get(cfg.name)
+        return loss.compute(losses.LossInputs(est, target, crb, weights,
+                                              K=cfg.K if loss.repeated else 1, lam=cfg.lam))
 
     def _train_epoch(self, epoch: int) -> tuple[float, int, float]:
         cfg = self.config
@@ -579,7 +578,7 @@ class Trainer:
                                                   cfg.loss.mse_weights),
                                dtype=torch.float64, device=self.device)
         weights = (weights * scale ** 2).to(torch.float32)   # in scaled units
-        repeats = cfg.loss.K if cfg.loss.name == "bias_reduced" else 1
+        repeats = cfg.loss.K if losses.get(cfg.loss.name).repeated else 1
         n_batches = self.source.batches_per_epoch
         bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="batch",
                    leave=False, file=sys.stderr,
@@ -687,7 +686,7 @@ class Trainer:
             "fixed": dict(self.model.fixed),
             "loss": self.config.loss.name,
             "snr": self.config.data.snr,
-            "snr_definition": "|M0| / sigma, sigma per real/imaginary part",
+            "snr_definition": SNR_DEFINITION,
             "mode": self.config.data.mode,
             "epochs": epoch,
             "epochs_planned": self.config.optim.epochs,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import io
+from .. import baselines, io
 from ..errors import InputError
 from ._common import (add_device_argument, add_model_arguments, build_model, parse_options,
                       resolve_device)
@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Classical voxel-wise estimation. Input: complex array [N, T] (full time "
                     "series as the model simulates it, any complex M0). Output: float64 "
                     "[N, P] in SI units, columns in the model's parameter order (printed).")
-    p.add_argument("--method", required=True, choices=["nlls", "dictionary"],
+    p.add_argument("--method", required=True, choices=list(baselines.METHODS),
                    help="nlls: Levenberg-Marquardt maximum-likelihood fit; dictionary: MRF "
                         "dictionary matching in SVD space")
     add_model_arguments(p)
@@ -51,7 +51,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import baselines
 
     model = build_model(args)
     device = resolve_device(args.device)

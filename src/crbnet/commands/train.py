@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import losses
 from ..errors import InputError
 from ._common import (add_model_arguments, build_model, parse_assignments, resolve_device,
                       sequence_line)
@@ -54,12 +55,12 @@ def parse_snr(text: str) -> float | list[float]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a network (losses: mse, crb, bias_reduced)",
+    p = sub.add_parser("train", help=f"train a network (losses: {', '.join(losses.names())})",
                        description="Train a CRB-informed network. SNR = |M0|/sigma (sigma per "
                                    "real/imaginary part). Settings: defaults per model < "
                                    "--config FILE < command line.")
     add_model_arguments(p)
-    p.add_argument("--loss", choices=("mse", "crb", "bias_reduced"),
+    p.add_argument("--loss", choices=losses.names(),
                    help="training loss (default crb)")
     p.add_argument("--snr", metavar="SNR", help="training SNR: a value or LOW:HIGH (default 50)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="output directory")

@@ -114,7 +114,7 @@ def run(out_dir: str | Path, cfg: DemoConfig | None = None, progress: bool | Non
     from .evaluate import evaluate, make_grid
 
     cfg = cfg or DemoConfig()
-    out = Path(out_dir)
+    out = io.check_output_folder(out_dir)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out} exists and is not empty; choose a new --out directory")
     t0 = time.perf_counter()

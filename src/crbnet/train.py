@@ -38,7 +38,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -52,7 +52,8 @@ from .checkpoint import (NORMALIZATION, basis_to_real, checksum, model_to_dict, 
                          save)
 from .data import (CleanBatch, NoisyBatch, OnlineSource, check_snr, derived_generator,
                    make_noisy, project, sampler_from_spec, simulate_clean)
-from .errors import InputError
+from .config import check_table, check_value
+from .errors import ComputationError, InputError
 from .models.base import SignalModel
 from .nets import NetConfig, ParameterNet, count_parameters, output_ranges
 from .subspace import Subspace, choose_k, crb_inflation, fit_subspace
@@ -81,8 +82,8 @@ class DataConfig:
 
     mode: str = "online"
     dataset: str | None = None
-    snr: Any = 50.0
-    m0_magnitude: list = field(default_factory=lambda: [0.5, 2.0])
+    snr: float | list[float] = 50.0
+    m0_magnitude: list[float] = field(default_factory=lambda: [0.5, 2.0])
     batch_size: int = 256
     batches_per_epoch: int = 100
     pool_size: int = 0
@@ -90,7 +91,7 @@ class DataConfig:
     val_size: int = 2048
     block_rows: int = 4096
     blocks_in_memory: int = 4
-    sampling: dict = field(default_factory=dict)
+    sampling: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -124,7 +125,7 @@ class LossConfig:
     training range); ``K``, ``lam``: bias-reduced loss (see :mod:`crbnet.losses`)."""
 
     name: str = "crb"
-    mse_weights: dict = field(default_factory=dict)
+    mse_weights: dict[str, float] = field(default_factory=dict)
     K: int = 8
     lam: float = 0.1
 
@@ -151,16 +152,13 @@ class TrainConfig:
         unknown = set(d) - set(cls.SECTIONS) - {"seed"}
         if unknown:
             raise InputError(f"unknown config section(s): {', '.join(sorted(unknown))}")
+        # Types first (one schema: the annotations of the section dataclasses), ranges after.
+        check_value("seed", int, d.get("seed", 0))
         kwargs: dict[str, Any] = {"seed": int(d.get("seed", 0))}
         types = {"data": DataConfig, "subspace": SubspaceConfig, "net": NetConfig,
                  "optim": OptimConfig, "loss": LossConfig}
         for name, typ in types.items():
-            section = dict(d.get(name, {}))
-            known = {f.name for f in fields(typ)}
-            bad = set(section) - known
-            if bad:
-                raise InputError(f"unknown option(s) in [{name}]: {', '.join(sorted(bad))}; "
-                                 f"known: {', '.join(sorted(known))}")
+            section = check_table(name, typ, d.get(name, {}))
             try:
                 kwargs[name] = typ(**section)
             except TypeError as exc:
@@ -176,6 +174,8 @@ class TrainConfig:
         if d.mode == "offline" and not d.dataset:
             raise InputError("offline training needs a dataset (--dataset FILE)")
         check_snr(d.snr)
+        if len(d.m0_magnitude) != 2:
+            raise InputError(f"data.m0_magnitude must be [low, high], got {d.m0_magnitude!r}")
         lo, hi = (float(v) for v in d.m0_magnitude)
         if not 0 < lo <= hi:
             raise InputError("data.m0_magnitude must be [low, high] with 0 < low <= high")
@@ -246,7 +246,7 @@ def read_config_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"config file not found: {path}")
-    text = path.read_text()
+    text = cio.read_text(path, "config file")
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
@@ -601,7 +601,7 @@ class Trainer:
             self.schedule.step()
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise RuntimeError(f"training loss became {value} at epoch {epoch + 1}, batch "
+                raise ComputationError(f"training loss became {value} at epoch {epoch + 1}, batch "
                                    f"{b + 1}; lower optim.lr or enable optim.grad_clip")
             total += value
             count += 1
@@ -652,18 +652,30 @@ class Trainer:
         payload = self._payload(epoch, summary)
         if not self.dist.is_main:
             return summary
-        save(self.run_dir / "checkpoint.pt", payload)
-        self._write_metrics_csv()
-        cio.write_json(self.run_dir / "summary.json", summary)
-        now = time.perf_counter()
-        if final or now - self._last_plot > 30:
-            from .plots.training import plot_training_curves
+        # RUN_DIR appears with the first complete set of files or not at all: if a write fails
+        # (disk full, ...), the files and folders it would have created are removed again;
+        # files of an earlier epoch stay (each is replaced atomically, so they are complete).
+        names = ("checkpoint.pt", "metrics.csv", "summary.json", "loss.png")
+        fresh = [self.run_dir / n for n in names if not (self.run_dir / n).exists()]
+        created = cio.make_folders(self.run_dir)
+        try:
+            save(self.run_dir / "checkpoint.pt", payload)
+            self._write_metrics_csv()
+            cio.write_json(self.run_dir / "summary.json", summary)
+            now = time.perf_counter()
+            if final or now - self._last_plot > 30:
+                from .plots.training import plot_training_curves
 
-            plot_training_curves(self.metrics, list(self.model.parameters),
-                                 self.run_dir / "loss.png", loss_name=self.config.loss.name,
-                                 title=f"{self.model.name}, {self.config.loss.name} loss, "
-                                       f"SNR {self.config.data.snr}")
-            self._last_plot = now
+                plot_training_curves(self.metrics, list(self.model.parameters),
+                                     self.run_dir / "loss.png", loss_name=self.config.loss.name,
+                                     title=f"{self.model.name}, {self.config.loss.name} loss, "
+                                           f"SNR {self.config.data.snr}")
+                self._last_plot = now
+        except BaseException:
+            for path in fresh:
+                path.unlink(missing_ok=True)
+            cio.remove_created_folders(created)
+            raise
         return summary
 
     def _write_metrics_csv(self) -> None:
@@ -753,6 +765,7 @@ class Trainer:
             if ckpt.exists() and not self.resume:
                 raise InputError(f"{ckpt} exists; use --resume to continue it or choose a new "
                                  "--out directory")
+            cio.check_output_folder(self.run_dir)   # a file there, no permission: fail now
         if self.resume:
             resumed = self._load_resume()
         # RUN_DIR is created by the first (atomic) write, after epoch 1: bad input found during

@@ -246,9 +246,12 @@ def write_npy(path: str | Path, array: np.ndarray) -> None:
 def write_npys(arrays: dict[str | Path, np.ndarray]) -> None:
     """Several .npy files that appear together or not at all."""
     with atomic_paths(list(arrays)) as tmps:
-        for tmp, array in zip(tmps, arrays.values()):
-            with open(tmp, "wb") as fh:
-                np.save(fh, array)
+        for tmp, (path, array) in zip(tmps, arrays.items()):
+            try:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, array)
+            except OSError as exc:
+                raise output_error(exc, path) from None
 
 
 def _json_default(obj: Any) -> Any:

@@ -149,16 +149,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
-        unknown = set(d) - set(cls.SECTIONS) - {"seed"}
-        if unknown:
-            raise InputError(f"unknown config section(s): {', '.join(sorted(unknown))}")
-        # Types first (one schema: the annotations of the section dataclasses), ranges after.
-        check_value("seed", int, d.get("seed", 0))
+        cls.check_types(d)
         kwargs: dict[str, Any] = {"seed": int(d.get("seed", 0))}
-        types = {"data": DataConfig, "subspace": SubspaceConfig, "net": NetConfig,
-                 "optim": OptimConfig, "loss": LossConfig}
-        for name, typ in types.items():
-            section = check_table(name, typ, d.get(name, {}))
+        for name, typ in cls.section_types().items():
+            section = dict(d.get(name, {}))
             try:
                 kwargs[name] = typ(**section)
             except TypeError as exc:
@@ -166,6 +160,25 @@ class TrainConfig:
         cfg = cls(**kwargs)
         cfg.validate()
         return cfg
+
+    @staticmethod
+    def section_types() -> dict[str, type]:
+        return {"data": DataConfig, "subspace": SubspaceConfig, "net": NetConfig,
+                "optim": OptimConfig, "loss": LossConfig}
+
+    @classmethod
+    def check_types(cls, d: Mapping[str, Any]) -> None:
+        """Check the keys and value types of a whole or partial config (one layer: a file,
+        the command line) against the section dataclasses' annotations; ranges are checked by
+        :meth:`validate` once the layers are merged."""
+        unknown = set(d) - set(cls.SECTIONS) - {"seed"}
+        if unknown:
+            raise InputError(f"unknown config section(s): {', '.join(sorted(unknown))}")
+        if "seed" in d:
+            check_value("seed", int, d["seed"])
+        for name, typ in cls.section_types().items():
+            if name in d:
+                check_table(name, typ, d[name])
 
     def validate(self) -> None:
         d, o, l, s = self.data, self.optim, self.loss, self.subspace
@@ -279,8 +292,14 @@ def build_config(model_name: str, file_data: Mapping[str, Any] | None = None,
     file_data = dict(file_data or {})
     file_data.pop("model", None)
     if "sampling" in file_data:
+        check_value("sampling", dict[str, dict], file_data["sampling"])
         file_data.setdefault("data", {})
+        check_table("data", DataConfig, file_data["data"])
         file_data["data"] = {**file_data["data"], "sampling": file_data.pop("sampling")}
+    # Every layer is checked on its own: a wrong value in the file is an error even where the
+    # command line overrides it.
+    TrainConfig.check_types(file_data)
+    TrainConfig.check_types(overrides or {})
     merged = deep_merge(merged, file_data)
     merged = deep_merge(merged, overrides or {})
     return TrainConfig.from_dict(merged)
@@ -302,9 +321,13 @@ def parse_set_option(items: list[str]) -> dict:
         except tomllib.TOMLDecodeError:
             value = raw.strip()
         node = out
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise InputError(f"--set {key.strip()}: {'.'.join(parts[:i + 1])} is given a "
+                                 "value elsewhere, it cannot also hold keys")
         node[parts[-1]] = value
+    TrainConfig.check_types(out)
     return out
 
 

@@ -441,12 +441,14 @@ class Trainer:
         max_minutes: stop at the first epoch end after this many minutes of this invocation.
         resume: continue from RUN_DIR/checkpoint.pt (the config must be the same).
         progress: progress bars (None: only on a terminal).
+        log: where progress lines go: a text stream, None (nowhere) or "stderr" (the
+            ``sys.stderr`` of the moment each line is written, which may be redirected).
     """
 
     def __init__(self, model: SignalModel, config: TrainConfig, run_dir: str | Path,
                  device: torch.device | str = "cpu", max_minutes: float | None = None,
                  resume: bool = False, progress: bool | None = None,
-                 log: Any = sys.stderr) -> None:
+                 log: Any = "stderr") -> None:
         self.model, self.config = model, config
         self.run_dir = Path(run_dir)
         self.device = torch.device(device)
@@ -460,7 +462,7 @@ class Trainer:
     # ---- small helpers --------------------------------------------------------------------
     def _say(self, text: str) -> None:
         if self.dist.is_main and self.log is not None:
-            tqdm.write(text, file=self.log)
+            tqdm.write(text, file=sys.stderr if self.log == "stderr" else self.log)
 
     def _scales(self) -> torch.Tensor:
         """Per-parameter scale (width of the training range, SI): losses are computed on

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gzip
 import io
 import json
 import os
@@ -79,8 +78,8 @@ def snapshot(folder: Path) -> set[str]:
 
 
 def judge(rc: int | str, err: str, before: set[str], after: set[str]) -> tuple[bool, str]:
-    lines = [ln for ln in err.splitlines() if ln.startswith("crbnet: error")
-             or ln.startswith("crbnet: internal error")]
+    lines = [ln for ln in err.splitlines()
+             if ln.startswith(("crbnet: error", "crbnet: internal error"))]
     if not isinstance(rc, int):
         return False, rc
     if rc == 0:
@@ -123,15 +122,9 @@ class Mounts:
 
 
 def fill_disk(folder: Path) -> None:
-    """Write a file in ``folder`` until its file system is full (to the last byte)."""
-    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
-    try:
-        for size in (1 << 16, 4096, 512, 1):
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(fd, b"\0" * size)
-    finally:
-        os.close(fd)
+    """Write a file in ``folder`` until its file system is full (tmpfs counts whole pages)."""
+    subprocess.run(["dd", "if=/dev/zero", f"of={folder / 'filler'}", "bs=4096"],
+                   capture_output=True)
 
 
 def build_fixtures(w: Path) -> dict[str, Path]:

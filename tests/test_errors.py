@@ -54,7 +54,7 @@ def phantom_dir(tmp_path_factory):
     return out
 
 
-# ---- 1. the error boundary --------------------------------------------------------------------
+# ---- 1. the error boundary ----------------------------------------------------------------------
 
 @pytest.fixture
 def fake_command(monkeypatch):
@@ -109,7 +109,7 @@ def test_no_traceback_from_a_separate_process(tmp_path):
         f"crbnet: error: {tmp_path}: is a folder, a file is needed here"]
 
 
-# ---- 2. output locations, checked before any work ---------------------------------------------
+# ---- 2. output locations, checked before any work -----------------------------------------------
 
 @pytest.fixture
 def readonly_dir(tmp_path):
@@ -185,7 +185,7 @@ def test_config_values_of_the_wrong_type_are_refused_before_training(tmp_path, c
     assert not (tmp_path / "run").exists()
 
 
-# ---- 4. text that is not UTF-8 -------------------------------------------------------------------
+# ---- 4. text that is not UTF-8 ------------------------------------------------------------------
 
 def test_text_inputs_that_are_not_utf8_are_input_errors(tmp_path, phantom_dir, capsys):
     seq = tmp_path / "seq.json"
@@ -204,7 +204,7 @@ def test_text_inputs_that_are_not_utf8_are_input_errors(tmp_path, phantom_dir, c
         NiftiSignals(copy / "signal.nii.gz")
 
 
-# ---- 5. corrupt data is never accepted -------------------------------------------------------------
+# ---- 5. corrupt data is never accepted ----------------------------------------------------------
 
 def test_corrupt_compressed_nifti_is_refused_before_estimating(tmp_path, phantom_dir, capsys):
     raw = bytearray((phantom_dir / "signal.nii.gz").read_bytes())
@@ -262,7 +262,7 @@ def test_non_numeric_npy_is_refused(tmp_path, capsys):
     assert not (tmp_path / "e.npy").exists()
 
 
-# ---- 6. permissions follow the umask -------------------------------------------------------------
+# ---- 6. permissions follow the umask ------------------------------------------------------------
 
 @contextlib.contextmanager
 def umask(mask):
@@ -286,7 +286,7 @@ def test_output_folders_and_files_follow_the_umask(tmp_path, capsys):
             assert stat.S_IMODE(f.stat().st_mode) == 0o640, f
 
 
-# ---- 7. a full disk during train, apply and phantom ----------------------------------------------
+# ---- 7. a full disk during train, apply and phantom ---------------------------------------------
 
 def _fill(folder):
     fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)

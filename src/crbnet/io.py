@@ -28,7 +28,13 @@ from .errors import InputError, output_error
 
 
 def current_umask() -> int:
-    """The process's umask (read without changing it for longer than the call)."""
+    """The process's umask. Read from /proc on Linux; elsewhere set and restored at once (a
+    file another thread creates in between would get mode 0666)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -49,7 +55,7 @@ def _nearest_existing(path: Path) -> Path:
 
 def _check_can_create_in(path: Path) -> None:
     """Raise the OSError that creating ``path`` (and missing parents) would raise."""
-    base = _nearest_existing(path.parent if path.parent != Path("") else Path("."))
+    base = _nearest_existing(path.parent)
     if not base.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(base))
     if not os.access(base, os.W_OK | os.X_OK):

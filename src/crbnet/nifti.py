@@ -37,6 +37,7 @@ Output conventions
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import itertools
 import json
@@ -481,7 +482,7 @@ def check_output_directory(path: str | Path, overwrite: bool = False) -> Path:
     before any work)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise InputError(f"output {path} exists and is not a folder")
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise InputError(f"output folder {path} exists and is not empty (use --overwrite to "
                          "replace it)")

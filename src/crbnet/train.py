@@ -327,7 +327,6 @@ def parse_set_option(items: list[str]) -> dict:
                 raise InputError(f"--set {key.strip()}: {'.'.join(parts[:i + 1])} is given a "
                                  "value elsewhere, it cannot also hold keys")
         node[parts[-1]] = value
-    TrainConfig.check_types(out)
     return out
 
 
@@ -626,8 +625,9 @@ class Trainer:
             self.schedule.step()
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise ComputationError(f"training loss became {value} at epoch {epoch + 1}, batch "
-                                   f"{b + 1}; lower optim.lr or enable optim.grad_clip")
+                raise ComputationError(f"training loss became {value} at epoch {epoch + 1}, "
+                                       f"batch {b + 1}; lower optim.lr or enable "
+                                       "optim.grad_clip")
             total += value
             count += 1
             samples += len(noisy.theta)

@@ -102,7 +102,7 @@ def apply_model_table(args: argparse.Namespace, table: dict, config_path: Path) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import Trainer, build_config, parse_set_option, read_config_file
+    from ..train import TrainConfig, Trainer, build_config, parse_set_option, read_config_file
 
     file_data: dict = {}
     if args.config:
@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         apply_model_table(args, file_data.get("model", {}), Path(args.config))
     model = build_model(args)
     overrides = parse_set_option(args.set)
+    TrainConfig.check_types(overrides)   # before --epochs, --lr ... may replace a value
 
     def put(section: str, key: str, value: object) -> None:
         if value is not None:

@@ -38,7 +38,8 @@ def run(argv, capsys):
     rc = cli.main([str(a) for a in argv])
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.startswith("crbnet: ")]
+    lines = [ln for ln in err.splitlines()
+             if ln.startswith(("crbnet: error", "crbnet: internal", "crbnet: interrupted"))]
     assert len(lines) <= 1, lines
     return rc, (lines[0] if lines else "")
 

@@ -53,7 +53,9 @@ class MTSequence:
 
     Attributes:
         TR: repetition time (s), constant.
-        theta: nominal flip angle of each TR (rad), shape [T]; B1 scales it.
+        theta: per TR, the polar angle of the free pool's spin-locked magnetization (rad),
+            shape [T]: *half* the flip angle α of the TR's alternating pulses (α = 2θ, RF
+            amplitude ω1 = 2θ/TRF for a rectangular pulse); B1 scales it.
         TRF: RF pulse duration of each TR (s), shape [T].
         T_inv: duration of the inversion pulse at the start of each cycle (s).
         k_RF: semi-solid saturation constant; the mean saturation rate over a TR is
@@ -104,12 +106,15 @@ class FISPSequence:
         TR: repetition time of each TR (s), shape [T].
         TE: echo time (s), constant, must be shorter than every TR.
         TI: delay between the (ideal) inversion and the first pulse (s).
+        TRF: duration of the (rectangular) RF pulses (s), for hardware reports only — the EPG
+            model treats pulses as instantaneous; None: not given (reports assume 1 ms).
     """
 
     flip: np.ndarray
     TR: np.ndarray
     TE: float = 2e-3
     TI: float = 20e-3
+    TRF: float | None = None
     kind: str = field(default="fisp", init=False)
 
     def __post_init__(self) -> None:
@@ -117,6 +122,8 @@ class FISPSequence:
         object.__setattr__(self, "TR", _as_float_array(self.TR, "TR"))
         object.__setattr__(self, "TE", _as_positive(self.TE, "TE"))
         object.__setattr__(self, "TI", _as_positive(self.TI, "TI"))
+        if self.TRF is not None:
+            object.__setattr__(self, "TRF", _as_positive(self.TRF, "TRF"))
         if self.flip.shape != self.TR.shape:
             raise SequenceError(f"flip has {self.flip.size} entries but TR has {self.TR.size}")
         if np.any(self.TR <= self.TE):
@@ -127,7 +134,9 @@ class FISPSequence:
         return int(self.flip.size)
 
     def to_dict(self) -> dict:
-        return {"flip": self.flip.tolist(), "TR": self.TR.tolist(), "TE": self.TE, "TI": self.TI}
+        # TRF only when given, so that schedules without it keep their hash.
+        out = {"flip": self.flip.tolist(), "TR": self.TR.tolist(), "TE": self.TE, "TI": self.TI}
+        return out if self.TRF is None else {**out, "TRF": self.TRF}
 
 
 @dataclass(frozen=True, eq=False)
@@ -280,7 +289,7 @@ def from_dict(data: dict, kind: str) -> Sequence:
         raise SequenceError("a sequence must be a JSON object")
     allowed = {
         "mt": ({"TR", "theta", "TRF"}, {"T_inv", "k_RF"}),
-        "fisp": ({"flip", "TR"}, {"TE", "TI"}),
+        "fisp": ({"flip", "TR"}, {"TE", "TI", "TRF"}),
         "times": ({"times"}, set()),
     }[kind]
     required, optional = allowed

@@ -211,3 +211,22 @@ def test_design_cli_bad_input(tmp_path, bad):
     errors = [ln for ln in res.stderr.splitlines() if not ln.startswith("crbnet: warning")]
     assert "Traceback" not in res.stderr and len(errors) == 1, res.stderr
     assert not out.exists()
+
+
+def test_points_from_tissue_names_and_csv(tmp_path):
+    model = models.get("mt_hybrid_state", fixed={"B1": 1.0, "T1s": 1.0})
+    labels, theta = load_points(model, ["WM,GM"])
+    assert labels == ["WM", "GM"] and theta.shape == (2, 5)
+    from crbnet.phantom import tissue_table
+    assert theta[0, model.parameters.index("m0s")] == tissue_table(model.name)["WM"]["m0s"][0]
+    csv_file = tmp_path / "pts.csv"
+    csv_file.write_text("label,m0s,T2f\nlesion-like,0.05,0.12\n")
+    labels, theta = load_points(model, [str(csv_file)])
+    assert labels == ["lesion-like"]
+    assert theta[0, model.parameters.index("T2f")] == 0.12
+    assert theta[0, model.parameters.index("Rx")] == model.spec("Rx").default
+    csv_file.write_text("m0s,T9\n0.1,1\n")
+    with pytest.raises(Exception, match="unknown column 'T9'"):
+        load_points(model, [str(csv_file)])
+    with pytest.raises(Exception, match="unknown tissue"):
+        load_points(model, ["spleen"])

@@ -78,6 +78,7 @@ class Controls:
         raise NotImplementedError
 
     def random(self, rng: np.random.Generator) -> np.ndarray:
+        """Random variables for a start: uniform in the box."""
         return rng.uniform(0.0, 1.0, self.n_variables)
 
     def played(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -217,6 +218,14 @@ class FISPControls(Controls):
     @property
     def n_variables(self) -> int:
         return self.start.n_timepoints * (2 if self.space.optimize_tr else 1)
+
+    def random(self, rng: np.random.Generator) -> np.ndarray:
+        """A smooth random schedule (white-noise flip trains start the optimizer among many
+        poor local minima): uniform values at T/10 points, Hann-interpolated."""
+        n = self.start.n_timepoints
+        smooth = [seqs.hann_interpolate(rng.uniform(0.0, 1.0, max(2, n // 10)), n)
+                  for _ in range(self.n_variables // n)]
+        return np.concatenate(smooth)
 
     def initial(self) -> np.ndarray:
         flips = np.clip(np.abs(self.start.flip) / self.flip_max, 0, 1)

@@ -172,12 +172,13 @@ class SequenceDesigner:
             return math.log(value), grad / value
 
         try:
-            scipy.optimize.minimize(objective, x0, jac=True, method="L-BFGS-B",
-                                    bounds=[(0.0, 1.0)] * x0.size,
-                                    options={"maxiter": self.max_iterations, "ftol": 1e-12,
-                                             "gtol": 1e-9, "maxcor": 30})
+            outcome = scipy.optimize.minimize(
+                objective, x0, jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * x0.size,
+                options={"maxiter": self.max_iterations, "ftol": 1e-12, "gtol": 1e-9,
+                         "maxcor": 30})
+            record["stopped"] = str(outcome.message)
         except _OutOfTime:
-            pass
+            record["stopped"] = "time budget"
         return record
 
 

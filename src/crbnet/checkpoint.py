@@ -25,6 +25,7 @@ with another version, with wrong keys or a wrong checksum is refused with an
 from __future__ import annotations
 
 import hashlib
+import io
 import struct
 from pathlib import Path
 from typing import Any, Mapping
@@ -153,8 +154,12 @@ def save(path: str | Path, payload: Mapping[str, Any]) -> None:
         raise ValueError(f"checkpoint payload is missing {sorted(missing)}")
     record = {"format": FORMAT, "version": VERSION, "checksum": checksum(payload),
               "payload": dict(payload)}
+    # Serialized in memory, then written as plain bytes: torch's own file writer reports a
+    # full disk as an unspecific RuntimeError, a plain write as OSError (ENOSPC) with the path.
+    buffer = io.BytesIO()
+    torch.save(record, buffer)
     with atomic_path(path) as tmp:
-        torch.save(record, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def read(path: str | Path, verify: bool = True) -> dict:

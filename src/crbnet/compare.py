@@ -245,11 +245,13 @@ class ComparisonResult:
         out_dir = Path(out_dir)
         paths = {"json": out_dir / "comparison.json", "md": out_dir / "comparison.md",
                  "png": out_dir / "comparison.png"}
-        io.write_json(paths["json"], self.to_json())
-        io.write_text(paths["md"], self.to_markdown())
-        plot_comparison(self.rows, self.parameters, paths["png"],
-                        title=f"{self.model}: {self.n_voxels} test voxels, SNR {self.snr:g} "
-                              "(|M0|/σ)")
+        with io.atomic_paths(list(paths.values())) as tmps:   # all three files or none
+            tmp = dict(zip(paths, tmps))
+            io.write_json(tmp["json"], self.to_json())
+            io.write_text(tmp["md"], self.to_markdown())
+            plot_comparison(self.rows, self.parameters, tmp["png"],
+                            title=f"{self.model}: {self.n_voxels} test voxels, SNR "
+                                  f"{self.snr:g} (|M0|/σ)")
         return paths
 
 

@@ -125,7 +125,7 @@ def run(out_dir: str | Path, cfg: DemoConfig | None = None, progress: bool | Non
         raise InputError("the demo needs one or more different losses")
     for loss in cfg.losses:
         loss_registry.get(loss)
-    out = Path(out_dir)
+    out = io.check_output_folder(out_dir)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out} exists and is not empty; choose a new --out directory")
     t0 = time.perf_counter()

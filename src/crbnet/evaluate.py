@@ -267,8 +267,10 @@ class EvaluationResult:
 
         out_dir = Path(out_dir)
         paths = {"json": out_dir / "evaluation.json", "png": out_dir / "evaluation.png"}
-        io.write_json(paths["json"], self.to_json())
-        plot_evaluation(self, paths["png"])
+        with io.atomic_paths(list(paths.values())) as tmps:   # both files or neither
+            tmp = dict(zip(paths, tmps))
+            io.write_json(tmp["json"], self.to_json())
+            plot_evaluation(self, tmp["png"])
         return paths
 
 

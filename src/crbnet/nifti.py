@@ -37,6 +37,7 @@ Output conventions
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import itertools
 import json
@@ -52,8 +53,9 @@ from typing import Any, Iterator, Mapping
 import nibabel as nib
 import numpy as np
 
-from .errors import InputError
-from .io import atomic_path, write_json
+from .errors import InputError, output_error
+from .io import (atomic_path, check_output_folder, chmod_as_new, make_folders, read_text,
+                 remove_created_folders, write_json)
 
 logger = logging.getLogger(__name__)
 
@@ -86,16 +88,33 @@ def load_image(path: str | Path, what: str = "input") -> nib.Nifti1Image:
 
 
 def _check_file_size(img: nib.Nifti1Image, path: Path, what: str) -> None:
-    """A truncated uncompressed file is caught now, not halfway through the processing."""
-    if path.name.endswith(".gz"):
-        return
+    """A truncated or corrupt file is caught now, not halfway through the processing (or never:
+    a reader that stops before the end of a gzip stream never sees its checksum)."""
     hdr = img.header
     offset = int(getattr(img.dataobj, "offset", hdr.get_data_offset()))
     needed = offset + int(np.prod(hdr.get_data_shape(), dtype=np.int64)) * \
         hdr.get_data_dtype().itemsize
-    if path.stat().st_size < needed:
-        raise InputError(f"{what} {path} is truncated: {path.stat().st_size} bytes, the header "
+    size = gzip_data_size(path, what) if path.name.endswith(".gz") else path.stat().st_size
+    if size < needed:
+        raise InputError(f"{what} {path} is truncated: {size} bytes, the header "
                          f"announces {needed}")
+
+
+def gzip_data_size(path: str | Path, what: str = "input") -> int:
+    """Decompress a whole gzip file, checking every member's CRC-32 and length; returns the
+    decompressed size in bytes. Corruption raises InputError. Costs one decompression pass."""
+    size = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while chunk := fh.read(1 << 24):
+                size += len(chunk)
+    except (OSError, EOFError, zlib.error) as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, gzip.BadGzipFile) and \
+                exc.errno is not None:
+            raise
+        raise InputError(f"{what} {path} is corrupt (gzip stream: {exc}); nothing was "
+                         "estimated from it") from None
+    return size
 
 
 def is_complex_image(img: nib.Nifti1Image) -> bool:
@@ -129,7 +148,7 @@ def read_sidecar(path: str | Path) -> dict | None:
     if not side.is_file():
         return None
     try:
-        data = json.loads(side.read_text())
+        data = json.loads(read_text(side, "JSON sidecar"))
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(f"cannot read the JSON sidecar {side}: {exc}") from None
     return data if isinstance(data, dict) else None
@@ -457,13 +476,16 @@ def write_sidecar(image_path: str | Path, metadata: Mapping[str, Any]) -> Path:
 
 
 def check_output_directory(path: str | Path, overwrite: bool = False) -> Path:
-    """Refuse an output folder that would clobber something (checked before any work)."""
+    """Refuse an output folder that would clobber something or cannot be written (checked
+    before any work)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise InputError(f"output {path} exists and is not a folder")
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise InputError(f"output folder {path} exists and is not empty (use --overwrite to "
                          "replace it)")
+    # The folder is built beside its final place and renamed: its parent must be writable.
+    check_output_folder(path.parent if str(path.parent) else Path("."))
     return path
 
 
@@ -471,15 +493,25 @@ def check_output_directory(path: str | Path, overwrite: bool = False) -> Path:
 def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``path``; on success it replaces ``path``.
 
-    On any error the temporary folder is removed and ``path`` is untouched, so a failed run
-    leaves nothing half-written. An existing non-empty ``path`` is only replaced with
-    ``overwrite``.
+    On any error (a full disk included) the temporary folder and any parent folders made for
+    it are removed and ``path`` is untouched, so a failed run leaves nothing half-written. An
+    existing non-empty ``path`` is only replaced with ``overwrite``. The folder gets the
+    permissions the user's umask gives a new folder.
     """
     path = check_output_directory(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".tmp-{path.name}-"))
+    created = make_folders(path.parent)
     try:
-        yield tmp
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".tmp-{path.name}-"))
+    except OSError as exc:
+        remove_created_folders(created)
+        raise output_error(exc, path) from None
+    done = False
+    try:
+        chmod_as_new(tmp, folder=True)
+        try:
+            yield tmp
+        except OSError as exc:
+            raise _as_final(exc, tmp, path) from None
         if path.exists():
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".old-{path.name}-"))
             os.rmdir(old)
@@ -488,9 +520,22 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, path)
+        done = True
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if not done:
+            remove_created_folders(created)
+
+
+def _as_final(exc: OSError, tmp: Path, final: Path) -> OSError:
+    """An error about ``tmp`` or a file in it, told about the same place in ``final``."""
+    if exc.filename is None:
+        return output_error(exc, final)
+    name = os.fspath(exc.filename)
+    if name == str(tmp) or name.startswith(str(tmp) + os.sep):
+        return output_error(exc, str(final) + name[len(str(tmp)):])
+    return exc
 
 
 __all__ = [

@@ -251,10 +251,12 @@ def load_control_points_csv(path: str | Path, TR: float = 4.5e-3, cycle_duration
     path = Path(path)
     rows: list[tuple[float, float]] = []
     try:
-        with path.open(newline="") as fh:
+        with path.open(newline="", encoding="utf-8") as fh:
             lines = [ln for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
     except OSError as exc:
         raise SequenceError(f"cannot read sequence file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise SequenceError(f"sequence file {path} is not UTF-8 text ({exc.reason})") from None
     reader = csv.reader(lines)
     header = next(reader, None)
     if header is None or [h.strip() for h in header[:2]] != ["theta_rad", "trf_ms"]:
@@ -300,9 +302,11 @@ def load(path: str | Path, kind: str) -> Sequence:
             raise SequenceError("control-point CSV files describe MT hybrid-state sequences only")
         return load_control_points_csv(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SequenceError(f"cannot read sequence file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise SequenceError(f"sequence file {path} is not UTF-8 text ({exc.reason})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

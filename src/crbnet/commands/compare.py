@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .. import losses
+from .. import io, losses
 from ..errors import InputError
 from ._common import (add_device_argument, add_model_arguments, build_model, check_positive,
                       resolve_device)
@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    io.check_output_folder(args.out)
     from ..compare import compare, resolve_estimators, training_snr
 
     device = resolve_device(args.device)

@@ -138,7 +138,8 @@ class SequenceDesigner:
         budget = 60.0 * self.max_minutes
         x_start = self.controls.initial()
         start_cost = self.cost_and_gradient(x_start)[0]
-        best = {"x": x_start, "cost": start_cost}
+        # With random starts only, the start sequence is not a candidate.
+        best = {"x": x_start, "cost": math.inf if self.random_only else start_cost}
         history: list[dict] = []
         runs: list[dict] = []
         bar = tqdm(total=round(budget), unit="s", desc="design", disable=not self.progress,

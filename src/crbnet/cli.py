@@ -15,7 +15,7 @@ from .errors import InputError
 
 # Order = order in ``crbnet --help``. A module that fails to import is a bug, not optional.
 COMMANDS = ["demo", "models", "simulate", "crb", "dataset", "train", "fit", "evaluate",
-            "compare", "phantom", "apply"]
+            "compare", "phantom", "apply", "basis"]
 
 
 def build_parser() -> argparse.ArgumentParser:

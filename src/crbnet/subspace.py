@@ -93,7 +93,7 @@ def fit_subspace(signals: torch.Tensor, k: int | None = None,
         raise InputError(f"subspace k={k} must be between 1 and {s.numel()} "
                          f"(min of the number of signals and time points)")
     e = float((s[:k] ** 2).sum() / (s ** 2).sum())
-    return Subspace(vh[:k].mH.contiguous(), s, e)
+    return Subspace(vh[:k].mH.resolve_conj().contiguous(), s, e)
 
 
 def user_subspace(basis: torch.Tensor, signals: torch.Tensor) -> Subspace:

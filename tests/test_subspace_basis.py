@@ -211,3 +211,32 @@ def test_edge_flags_mark_estimates_at_the_range_ends(t2):
     theta = np.array([[0.01], [0.0102], [0.08], [2.49], [3.0]])
     flags = edge_flags(theta, t2, {"T2": (0.01, 2.5)})[:, 0]
     assert flags.tolist() == [True, True, False, True, True]
+
+
+def test_cli_offline_training_fit_and_compare_in_a_basis(tmp_path, capsys):
+    b = tmp_path / "basis.npy"
+    assert main(["basis", "--model", "t2_decay", "--k", "4", "--n", "256", "--n-check", "0",
+                 "--out", str(b)]) == 0
+    data = tmp_path / "d.h5"
+    assert main(["dataset", "--model", "t2_decay", "--n", "160", "--basis", str(b),
+                 "--out", str(data)]) == 0
+    small = ["--epochs", "1", "--set", "data.batch_size=32", "--set", "data.val_size=32",
+             "--set", "net.width=8", "--set", "net.depth=1", "--no-progress"]
+    capsys.readouterr()
+    assert main(["train", "--model", "t2_decay", "--dataset", str(data), "--out",
+                 str(tmp_path / "nobasis")] + small) == 2
+    assert "same --basis" in capsys.readouterr().err
+    run = tmp_path / "run"
+    assert main(["train", "--model", "t2_decay", "--dataset", str(data), "--basis", str(b),
+                 "--out", str(run)] + small) == 0
+    basis = load_basis(b)
+    assert crbnet.load(run).info["subspace"]["basis"]["hash"] == basis_hash(basis)
+    model = models.get("t2_decay")
+    truth = torch.tensor([[0.04], [0.2]], dtype=torch.float64)
+    z = ProjectedModel(model, basis).simulate(truth) * (1 - 2j)
+    np.save(tmp_path / "z.npy", z.numpy())
+    assert main(["fit", "--method", "nlls", "--model", "t2_decay", "--basis", str(b),
+                 "--input", str(tmp_path / "z.npy"), "--out", str(tmp_path / "e.npy")]) == 0
+    assert np.allclose(np.load(tmp_path / "e.npy"), truth.numpy(), rtol=1e-6)
+    assert main(["compare", str(run), "dictionary", "--basis", str(b), "--voxels", "20",
+                 "--out", str(tmp_path / "cmp")]) == 0

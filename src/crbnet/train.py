@@ -540,9 +540,10 @@ class Trainer:
             given = None if self.user_basis is None else basis_hash(self.user_basis)
             stored = None if not stored_user else basis_hash(ds.subspace.basis)
             if given != stored:
-                raise InputError(f"dataset {ds.path} holds coefficients in basis {stored}, "
-                                 f"training was asked for basis {given}: make the dataset "
-                                 "with the same --basis")
+                have = f"coefficients in basis {stored}" if stored else "no user basis"
+                want = f"basis {given}" if given else "no basis (give --basis)"
+                raise InputError(f"dataset {ds.path} holds {have}, training was asked for "
+                                 f"{want}: dataset and training need the same --basis")
             return ds.subspace
         if ds.storage == "coefficients":
             if not s.enabled:

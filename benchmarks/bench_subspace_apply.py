@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shape", default="48x48")
     p.add_argument("--snr", type=float, default=100.0)
     p.add_argument("--train-minutes", type=float, default=6.0)
+    p.add_argument("--checkpoint", default=None,
+                   help="a network already trained in this basis (same --k; skips training)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=str(RESULTS / "bench_subspace_apply.json"))
     return p.parse_args(argv)
@@ -125,14 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     dictionary = DictionaryEstimator(pm, progress=False)
     _, build_s = timed(dictionary.build)
     say(f"dictionary built ({dictionary.n_atoms} atoms)")
-    run = work / "net"
+    run = Path(args.checkpoint) if args.checkpoint else work / "net"
     # A smaller pool and validation set than the defaults: their CRBs dominate set-up on CPU.
     cfg = build_config(model.name, overrides={
         "loss": {"name": "crb"}, "subspace": {"n_check": 16},
         "data": {"snr": [30.0, 300.0], "pool_size": 2048, "pool_refresh": 256,
                  "val_size": 256, "batches_per_epoch": 100}})
-    _, train_s = timed(lambda: Trainer(model, cfg, run, max_minutes=args.train_minutes,
-                                       progress=False, log=None, basis=U).fit())
+    train_s = None
+    if not args.checkpoint:
+        _, train_s = timed(lambda: Trainer(model, cfg, run, max_minutes=args.train_minutes,
+                                           progress=False, log=None, basis=U).fit())
     network = load(run).in_basis(U)
     say("network trained")
 
@@ -178,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         "brain_voxels": int(phantom.mask.sum()), "snr": args.snr,
         "energy_kept": sub.energy, "crb_inflation": inflation,
         "dictionary_build_s": build_s, "train_s": train_s,
-        "train_minutes_limit": args.train_minutes, "results": results,
+        "train_minutes_limit": args.train_minutes, "network": str(run),
+        "network_epochs": len(load(run).info["training"]["metrics"]), "results": results,
         "loadavg": os.getloadavg(), "threads": torch.get_num_threads(),
     }
     out = Path(args.out)

@@ -7,10 +7,11 @@ import json
 import math
 import warnings
 
+from .. import hardware
 from ..crb import SingularFisherWarning, crb
 from ..errors import InputError
-from ._common import add_basis_argument, add_model_arguments, build_model, model_in_basis, \
-    parse_assignments
+from ._common import (add_basis_argument, add_model_arguments, build_model, model_in_basis,
+                      parse_assignments, sequence_line)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
             "model": model.name, "parameters": params, "fixed": model.fixed, "sigma": sigma,
             "snr": 1.0 / sigma, "snr_definition": "|M0| / sigma with |M0| = 1",
             "crb": bound, "std": {p: math.sqrt(v) for p, v in bound.items()},
+            "sequence_rf": hardware.rf_summary(model.sequence),
         }
         if basis is not None:
             out["basis"] = data_model.describe()["basis"]
@@ -64,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return 0
     print(f"model {model.name}, sigma = {sigma:g} (SNR = |M0|/sigma = {1 / sigma:g}, |M0| = 1)")
+    print(sequence_line(model))
     if basis is not None:
         print(f"data: {basis.shape[1]} subspace coefficients of {basis.shape[0]} time points "
               "(CRB x = subspace CRB / time-domain CRB)")

@@ -461,7 +461,9 @@ def save_phantom(phantom: Phantom, directory: str | Path, *, compress: bool = Tr
 
         put("signal" + ext, phantom.signal, np.complex64, f"crbnet phantom {model.name}",
             extra_zooms=(phantom.time_step,))
-        coefficients = {"Basis": info["basis"], "Description": "subspace coefficients U^H y of "
+        coefficients = {"Basis": info["basis"], "NumberOfCoefficients": model.n_timepoints,
+                        "NumberOfTimePoints": info["basis"]["shape"][0],
+                        "Description": "subspace coefficients U^H y of "
                         "the complex signal y = M0·f(θ) + complex Gaussian noise; last axis = "
                         "coefficient"} if "basis" in info else {}
         nifti.write_sidecar(tmp / ("signal" + ext), {

@@ -56,7 +56,8 @@ from .config import check_table, check_value
 from .errors import ComputationError, InputError
 from .models.base import SignalModel
 from .nets import NetConfig, ParameterNet, count_parameters, output_ranges
-from .subspace import Subspace, choose_k, crb_inflation, fit_subspace
+from .subspace import (Subspace, basis_hash, basis_record, choose_k, crb_inflation, fit_subspace,
+                       user_subspace)
 
 # ---------------------------------------------------------------------------------------------
 # Configuration
@@ -447,8 +448,10 @@ class Trainer:
     def __init__(self, model: SignalModel, config: TrainConfig, run_dir: str | Path,
                  device: torch.device | str = "cpu", max_minutes: float | None = None,
                  resume: bool = False, progress: bool | None = None,
-                 log: Any = "stderr") -> None:
+                 log: Any = "stderr", basis: torch.Tensor | None = None) -> None:
         self.model, self.config = model, config
+        # A user's basis: the network reads coefficients in it and trains against their CRBs.
+        self.user_basis = None if basis is None else basis.to(torch.complex128)
         self.run_dir = Path(run_dir)
         self.device = torch.device(device)
         self.max_minutes = max_minutes
@@ -507,7 +510,9 @@ class Trainer:
             self.sampler = sampler_from_spec(model, cfg.data.sampling)
             theta_fit = self.sampler.sample(cfg.subspace.n_fit, derived_generator(seed, "basis"))
             signals_fit = model.simulate(theta_fit)
-            if cfg.subspace.enabled:
+            if self.user_basis is not None:
+                self.subspace = user_subspace(self.user_basis, signals_fit)
+            elif cfg.subspace.enabled:
                 k = cfg.subspace.k or None
                 if k is not None and k > min(signals_fit.shape):
                     raise InputError(f"subspace.k={k} exceeds min(n_fit, T) = "
@@ -521,10 +526,11 @@ class Trainer:
             self.source = OnlineSource(model, self.sampler, basis, clean_bs,
                                        cfg.data.batches_per_epoch, cfg.data.pool_size,
                                        cfg.data.pool_refresh, seed=seed, rank=self.dist.rank,
-                                       device=self.device)
+                                       device=self.device, crb_basis=self.user_basis)
             theta_val = self.sampler.sample(cfg.data.val_size,
                                             derived_generator(seed, "validation"))
-            val_clean = simulate_clean(model, theta_val, basis) if self.dist.is_main else None
+            val_clean = (simulate_clean(model, theta_val, basis, crb_basis=self.user_basis)
+                         if self.dist.is_main else None)
             stats_clean = CleanBatch(theta_fit, project(signals_fit, basis).to(torch.complex64),
                                      torch.full_like(theta_fit, float("nan")))
         # Only rank 0 validates; the others skip the (CRB-heavy) validation set.
@@ -553,6 +559,16 @@ class Trainer:
 
     def _offline_subspace(self, ds: Any, n_train: int) -> Subspace | None:
         s = self.config.subspace
+        stored_user = ds.subspace is not None and ds.subspace.source == "user"
+        if self.user_basis is not None or stored_user:
+            given = None if self.user_basis is None else basis_hash(self.user_basis)
+            stored = None if not stored_user else basis_hash(ds.subspace.basis)
+            if given != stored:
+                have = f"coefficients in basis {stored}" if stored else "no user basis"
+                want = f"basis {given}" if given else "no basis (give --basis)"
+                raise InputError(f"dataset {ds.path} holds {have}, training was asked for "
+                                 f"{want}: dataset and training need the same --basis")
+            return ds.subspace
         if ds.storage == "coefficients":
             if not s.enabled:
                 raise InputError("this dataset stores subspace coefficients; subspace.enabled "
@@ -882,7 +898,8 @@ class Trainer:
         if s is None:
             return {"k": None, "energy": 1.0, "crb_inflation": None}
         report: dict[str, Any] = {"k": s.k, "energy": s.energy, "n_timepoints":
-                                  self.model.n_timepoints, "crb_inflation": None}
+                                  self.model.n_timepoints, "crb_inflation": None,
+                                  "basis": basis_record(s.basis), "source": s.source}
         if cfg.subspace.n_check and self.dist.is_main:
             theta = self.sampler.sample(cfg.subspace.n_check,
                                         derived_generator(cfg.seed, "crb-check"))

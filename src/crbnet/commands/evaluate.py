@@ -6,8 +6,9 @@ import argparse
 
 from .. import io
 from ..errors import InputError
-from ._common import (add_device_argument, add_estimator_arguments, add_model_arguments,
-                      build_model, check_positive, parse_options, resolve_device)
+from ._common import (add_basis_argument, add_device_argument, add_estimator_arguments,
+                      add_model_arguments, build_model, check_positive, parse_options,
+                      read_basis_for_estimators, resolve_device)
 from .fit import add_option_argument
 
 DEFAULT_SNR = 100.0
@@ -37,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="noise realizations per point (default 100)")
     p.add_argument("--seed", type=int, default=0, help="seed of noise and M0 phases")
     add_option_argument(p)
+    add_basis_argument(p, "test on the K coefficients in this basis, against their CRBs "
+                          "(networks must have been trained in it)")
     add_device_argument(p)
     p.set_defaults(func=run)
 
@@ -60,9 +63,11 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint and args.option:
         raise InputError("--option applies to --method estimators only")
     spec = args.checkpoint or args.method
+    basis = read_basis_for_estimators(args, model, [args.checkpoint])
     model, [(label, estimator)] = resolve_estimators(
         [spec], model=model, device=device,
-        baseline_options={args.method: parse_options(args.option)} if args.method else None)
+        baseline_options={args.method: parse_options(args.option)} if args.method else None,
+        basis=basis)
     snr = args.snr if args.snr is not None else (training_snr(estimator) or DEFAULT_SNR)
     if args.samples is not None:
         grid = sample_points(model, args.samples, seed=args.seed)

@@ -32,8 +32,8 @@ class FISPMRF(SignalModel):
     name = "fisp_mrf"
     sequence_kind = "fisp"
     specs = (
-        ParameterSpec("T1", "s", (0.01, 10.0), (0.1, 4.0), 1.0, True, "longitudinal relaxation time"),
-        ParameterSpec("T2", "s", (0.001, 5.0), (0.01, 0.5), 0.08, True, "transverse relaxation time"),
+        ParameterSpec("T1", "s", (0.01, 10.0), (0.1, 5.0), 1.0, True, "longitudinal relaxation time"),
+        ParameterSpec("T2", "s", (0.001, 5.0), (0.01, 2.5), 0.08, True, "transverse relaxation time"),
         ParameterSpec("B1", "", (0.3, 2.0), (0.7, 1.3), 1.0, False, "relative flip-angle scale"),
     )
     default_fixed = {"B1": 1.0}

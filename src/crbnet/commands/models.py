@@ -14,8 +14,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+# Orders listed by ``crbnet models`` for a model with an EPG truncation option.
+TRUNCATION_ORDERS = (10, 25, 50, 100, 150)
+
+
+def truncation_table(model: models.SignalModel) -> dict | None:
+    """For a model with an EPG truncation option (``max_order``): the orders it keeps by
+    default and the measured signal error of keeping fewer; None for other models."""
+    if not hasattr(model, "truncation_error"):
+        return None
+    orders = [k for k in TRUNCATION_ORDERS if k < model.max_order]
+    return {"max_order": model.max_order, "exact": bool(model.exact),
+            "error": model.truncation_error(),
+            "error_by_max_order": {str(k): model.truncation_error(k) for k in orders}}
+
+
 def run(args: argparse.Namespace) -> int:
-    described = [models.get(name).describe() for name in models.names()]
+    built = [models.get(name) for name in models.names()]
+    described = [model.describe() for model in built]
+    for model, d in zip(built, described):
+        table = truncation_table(model)
+        if table is not None:
+            d["truncation"] = table
     if args.json:
         print(json.dumps(described, indent=2))
         return 0
@@ -29,5 +49,15 @@ def run(args: argparse.Namespace) -> int:
             est = "yes" if p["estimated"] else "fixed"
             print(f"  {p['name']:<10} {p['unit'] or '-':<5} {f'[{lo:g}, {hi:g}]':<24} "
                   f"{f'[{tlo:g}, {thi:g}]':<24} {p['default']:<10g} {est}")
+        if "truncation" in d:
+            _print_truncation(d["truncation"])
         print()
     return 0
+
+
+def _print_truncation(table: dict) -> None:
+    state = "exact" if table["exact"] else f"relative error {table['error']:.1e}"
+    print(f"  EPG orders 0 … {table['max_order']} kept by default ({state}); option max_order "
+          "keeps fewer, measured max relative signal error for T1 ≤ 5 s, T2 ≤ 3 s:")
+    print("    " + ", ".join(f"max_order {k}: {e:.1e}"
+                             for k, e in table["error_by_max_order"].items()))

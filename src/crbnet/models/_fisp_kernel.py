@@ -148,42 +148,47 @@ def _epg_kernel(T1, T2, B1, b1_free, flip, tr, TE, TI, n_states, dirs, signal, w
                     signal[i, n] = vals[n_par]
                 # RF about x and relaxation over the TR, for every live order. The tangents go
                 # first: they need the state before its update.
+                # Views of the live orders: loops over whole views vectorize.
+                p0, q0, z0 = P0[ip:ip + m + 1], M0[im:im + m + 1], Z0[:m + 1]
                 if tangents:
                     if want_t1:
-                        for k in range(m + 1):
-                            p, q, z = P0[ip + k], M0[im + k], Z0[k]
+                        p1, q1, z1 = P1[ip:ip + m + 1], M1[im:im + m + 1], Z1[:m + 1]
+                        for k in range(p0.shape[0]):
+                            p, q, z = p0[k], q0[k], z0[k]
                             zr = half_sin * (p - q) + cos_a * z
-                            p1, q1, z1 = P1[ip + k], M1[im + k], Z1[k]
-                            fr1 = cos2 * p1 + sin2 * q1 - sin_a * z1
-                            P1[ip + k] = fr1 * E2
-                            M1[im + k] = (p1 + q1 - fr1) * E2
-                            Z1[k] = (half_sin * (p1 - q1) + cos_a * z1) * E1 + zr * dE1
+                            a1, b1, c1 = p1[k], q1[k], z1[k]
+                            fr1 = cos2 * a1 + sin2 * b1 - sin_a * c1
+                            p1[k] = fr1 * E2
+                            q1[k] = (a1 + b1 - fr1) * E2
+                            z1[k] = (half_sin * (a1 - b1) + cos_a * c1) * E1 + zr * dE1
                         Z1[0] -= dE1                       # ∂(1 − E1)/∂T1 into Z₀
                     if want_t2:
-                        for k in range(m + 1):
-                            p, q, z = P0[ip + k], M0[im + k], Z0[k]
+                        p2, q2, z2 = P2[ip:ip + m + 1], M2[im:im + m + 1], Z2[:m + 1]
+                        for k in range(p0.shape[0]):
+                            p, q, z = p0[k], q0[k], z0[k]
                             fr = cos2 * p + sin2 * q - sin_a * z
-                            p2, q2, z2 = P2[ip + k], M2[im + k], Z2[k]
-                            fr2 = cos2 * p2 + sin2 * q2 - sin_a * z2
-                            P2[ip + k] = fr2 * E2 + fr * dE2
-                            M2[im + k] = (p2 + q2 - fr2) * E2 + (p + q - fr) * dE2
-                            Z2[k] = (half_sin * (p2 - q2) + cos_a * z2) * E1
+                            a2, b2, c2 = p2[k], q2[k], z2[k]
+                            fr2 = cos2 * a2 + sin2 * b2 - sin_a * c2
+                            p2[k] = fr2 * E2 + fr * dE2
+                            q2[k] = (a2 + b2 - fr2) * E2 + (p + q - fr) * dE2
+                            z2[k] = (half_sin * (a2 - b2) + cos_a * c2) * E1
                     if want_b1:
-                        for k in range(m + 1):
-                            p, q, z = P0[ip + k], M0[im + k], Z0[k]
-                            p3, q3, z3 = P3[ip + k], M3[im + k], Z3[k]
-                            fr3 = (cos2 * p3 + sin2 * q3 - sin_a * z3
+                        p3, q3, z3 = P3[ip:ip + m + 1], M3[im:im + m + 1], Z3[:m + 1]
+                        for k in range(p0.shape[0]):
+                            p, q, z = p0[k], q0[k], z0[k]
+                            a3, b3, c3 = p3[k], q3[k], z3[k]
+                            fr3 = (cos2 * a3 + sin2 * b3 - sin_a * c3
                                    + dcos2 * p + dsin2 * q - dsin_a * z)
-                            P3[ip + k] = fr3 * E2
-                            M3[im + k] = (p3 + q3 - fr3) * E2
-                            Z3[k] = (half_sin * (p3 - q3) + cos_a * z3
-                                       + dhalf_sin * (p - q) + dcos_a * z) * E1
-                for k in range(m + 1):
-                    p, q, z = P0[ip + k], M0[im + k], Z0[k]
+                            p3[k] = fr3 * E2
+                            q3[k] = (a3 + b3 - fr3) * E2
+                            z3[k] = (half_sin * (a3 - b3) + cos_a * c3
+                                     + dhalf_sin * (p - q) + dcos_a * z) * E1
+                for k in range(p0.shape[0]):
+                    p, q, z = p0[k], q0[k], z0[k]
                     fr = cos2 * p + sin2 * q - sin_a * z
-                    P0[ip + k] = fr * E2
-                    M0[im + k] = (p + q - fr) * E2
-                    Z0[k] = (half_sin * (p - q) + cos_a * z) * E1
+                    p0[k] = fr * E2
+                    q0[k] = (p + q - fr) * E2
+                    z0[k] = (half_sin * (p - q) + cos_a * z) * E1
                 Z[0, 0] += 1.0 - E1                          # recovery of Z₀
                 # dephasing: the new F⁺₀ is conj(F⁻₀), F⁻₀ being the old F⁻₁ (index n + 1)
                 for s in range(4):

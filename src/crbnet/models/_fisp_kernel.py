@@ -229,5 +229,3 @@ def run(T1: np.ndarray, T2: np.ndarray, B1: np.ndarray, b1_free: bool, flip: np.
                empty3 if jac is None else jac, jac is not None,
                np.empty((1, 1, 1)) if gram is None else gram, gram is not None)
 
-
-available = _numba.available

@@ -126,10 +126,13 @@ def test_truncation_option_and_its_measured_error():
 
 
 # ---- the compiled route against the tensor route -------------------------------------------
-def tensor_route(model):
+def tensor_route(model, tangents=False):
+    """The same model on the tensor recursion: Jacobians by torch.func (the generic route of
+    crbnet.crb), or with ``tangents`` by the model's own tensor tangents."""
     twin = models.get("fisp_mrf", sequence=model.sequence, fixed=model.fixed,
                       max_order=model.max_order)
     twin.use_compiled_kernel = False
+    twin.use_tensor_tangents = tangents
     return twin
 
 
@@ -158,6 +161,25 @@ def test_compiled_route_equals_tensor_route(fixed, max_order):
     assert torch.equal(fast.singular, generic.singular)
 
 
+@pytest.mark.parametrize("fixed", [{}, {"T1": 1.0}])
+def test_tensor_tangents_equal_torch_func(fixed):
+    """The Jacobian route used on CUDA (and on CPU without numba): tangents carried through
+    the tensor recursion, against torch.func through the same recursion."""
+    model = tensor_route(models.get("fisp_mrf", sequence=short_sequence(45), fixed=fixed),
+                         tangents=True)
+    generic = tensor_route(model)
+    columns = {"T1": 0, "T2": 1, "B1": 2}
+    theta = theta_of(POINTS)[:, [columns[p] for p in model.parameters]]
+    assert model.explicit_signal_and_jacobian(theta) is not None
+    assert model.explicit_real_gram(theta) is None
+    sig, jac = signal_and_jacobian(model, theta)
+    sig_ref, jac_ref = signal_and_jacobian(generic, theta)
+    torch.testing.assert_close(sig, sig_ref, rtol=0, atol=1e-13)
+    assert ((jac - jac_ref).abs() / jac_ref.abs().amax(1, keepdim=True)).max() < 1e-10
+    # under autodiff the model's tangents step aside
+    assert model.explicit_signal_and_jacobian(theta.clone().requires_grad_(True)) is None
+
+
 def test_float32_simulation_and_fallbacks():
     model = models.get("fisp_mrf", sequence=short_sequence(50), fixed={})
     theta = theta_of(POINTS[:6])
@@ -165,8 +187,11 @@ def test_float32_simulation_and_fallbacks():
     s32 = model.simulate(theta.float())
     assert s32.dtype == torch.complex64
     assert relative_error(s32.numpy(), s64.numpy()) < 1e-5
+    # float32 Jacobians come from the tensor tangents (the kernel's derivatives are float64)
+    jac32, jac64 = jacobian(model, theta.float()), jacobian(model, theta)
+    assert jac32.dtype == torch.complex64
+    assert ((jac32.to(torch.complex128) - jac64).abs() / jac64.abs().amax(1, keepdim=True)).max() < 1e-3
     # inside autodiff the tensor route runs (the kernel's numbers carry no derivative)
-    assert model.explicit_signal_and_jacobian(theta.float()) is None
     th = theta.clone().requires_grad_(True)
     model.simulate(th).imag.sum().backward()
     assert th.grad is not None and torch.isfinite(th.grad).all()

@@ -66,13 +66,19 @@ def available() -> bool:
 
 def untracked_cpu(*tensors) -> bool:
     """Whether a compiled kernel may replace PyTorch code for these tensors: all on the CPU
-    and none tracked by an autodiff (autograd, forward-mode dual tensors, torch.func
-    transforms) — a kernel's numbers carry no derivative."""
+    and none tracked by an autodiff (see :func:`untracked`)."""
+    return all(t.device.type == "cpu" for t in tensors) and untracked(*tensors)
+
+
+def untracked(*tensors) -> bool:
+    """Whether no autodiff tracks these tensors (autograd, forward-mode dual tensors,
+    torch.func transforms): then code that computes its own derivatives (whose numbers carry
+    none) may replace the differentiable code."""
     import torch
     import torch.autograd.forward_ad as fwAD
 
     for t in tensors:
-        if t.device.type != "cpu" or (t.requires_grad and torch.is_grad_enabled()):
+        if t.requires_grad and torch.is_grad_enabled():
             return False
         if fwAD.unpack_dual(t).tangent is not None:
             return False

@@ -67,6 +67,10 @@ class FISPMRF(SignalModel):
     # The compiled CPU kernel for simulate, the Jacobian and the CRB where no autodiff is
     # tracking the input; False: always the tensor code.
     use_compiled_kernel = True
+    # Where the kernel does not apply (CUDA, no numba) but no autodiff tracks the input, the
+    # Jacobian comes from tangents carried through the tensor recursion
+    # (epg_signal_and_jacobian) instead of torch.func; False: torch.func.
+    use_tensor_tangents = True
 
     def __init__(self, sequence=None, fixed=None, max_order: int | None = None) -> None:
         """``max_order``: highest EPG order kept (None: exact, see the module docstring)."""
@@ -112,14 +116,36 @@ class FISPMRF(SignalModel):
     # ---- compiled route -------------------------------------------------------------------
     def explicit_signal_and_jacobian(self, theta: torch.Tensor
                                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Signal [N, T] and Jacobian columns [P, N, T] (complex128, purely imaginary) from the
-        compiled kernel: CPU, float64, outside autodiff only; None otherwise (crbnet.crb then
-        takes the ``torch.func`` route through :meth:`simulate`)."""
-        if not self._explicit_applies(theta):
+        """Signal [N, T] and Jacobian columns [P, N, T] (complex, purely imaginary) by the
+        model's own forward-mode tangents: the compiled kernel (CPU, float64) or the tensor
+        recursion (:func:`epg_signal_and_jacobian`; any device, e.g. CUDA), outside autodiff
+        only; None otherwise (crbnet.crb then takes the ``torch.func`` route)."""
+        if self._explicit_applies(theta):
+            signal, jac, _ = self._run_kernel(self.full_parameters(theta.detach()),
+                                              jacobian=True)
+        elif (self.use_tensor_tangents and theta.dtype in (torch.float32, torch.float64)
+              and _numba.untracked(theta)):
+            signal, jac = self._tensor_tangents(self.full_parameters(theta))
+        else:
             return None
-        signal, jac, _ = self._run_kernel(self.full_parameters(theta.detach()), jacobian=True)
         return (torch.complex(torch.zeros_like(signal), signal),
                 torch.complex(torch.zeros_like(jac), jac))
+
+    def _tensor_tangents(self, p: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Im f [N, T], ∂ Im f/∂θ [P, N, T]) from :func:`epg_signal_and_jacobian` in chunks."""
+        seq = self.sequence
+        T1 = p["T1"]
+        flip = torch.as_tensor(seq.flip, dtype=T1.dtype, device=T1.device)
+        tr = torch.as_tensor(seq.TR, dtype=T1.dtype, device=T1.device)
+        signals, columns = [], []
+        for i in range(0, T1.shape[0], self.chunk_size):
+            part = {k: v[i:i + self.chunk_size] for k, v in p.items()}
+            B1 = self.fixed["B1"] if "B1" in self.fixed else part["B1"]
+            s, J = epg_signal_and_jacobian(part["T1"], part["T2"], B1, flip, tr, seq.TE, seq.TI,
+                                           self.n_states, self.parameters)
+            signals.append(s)
+            columns.append(J)
+        return torch.cat(signals), torch.cat(columns, 1)
 
     def explicit_real_gram(self, theta: torch.Tensor) -> torch.Tensor | None:
         """Gram matrix [N, P+1, P+1] of (∂s/∂θ_1, …, ∂s/∂θ_P, s), s = Im f, summed in the
@@ -182,10 +208,11 @@ class FISPMRF(SignalModel):
 
 
 def _rows(x: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """The first ``n_rows`` rows of x, zero rows appended where x has fewer."""
-    if x.shape[0] >= n_rows:
-        return x[:n_rows]
-    return torch.cat((x, x.new_zeros(n_rows - x.shape[0], x.shape[1])))
+    """The first ``n_rows`` orders (dimension −2) of x, zero orders appended where x has fewer."""
+    if x.shape[-2] >= n_rows:
+        return x[..., :n_rows, :]
+    pad = x.new_zeros(*x.shape[:-2], n_rows - x.shape[-2], x.shape[-1])
+    return torch.cat((x, pad), -2)
 
 
 def epg_signal(T1: torch.Tensor, T2: torch.Tensor, B1: torch.Tensor | float,
@@ -196,6 +223,25 @@ def epg_signal(T1: torch.Tensor, T2: torch.Tensor, B1: torch.Tensor | float,
     and in the schedule (flip [T], rad; tr [T], s) — sequence design differentiates it in flip
     and TR. ``n_states`` EPG orders 0 … n_states − 1 are kept (``(T + 1) // 2`` or more is
     exact); at TR n only orders that can still reach an echo are updated (same result)."""
+    signal = _epg(T1, T2, B1, flip, tr, TE, TI, n_states, ())[0]
+    return torch.complex(torch.zeros_like(signal), signal)
+
+
+def epg_signal_and_jacobian(T1: torch.Tensor, T2: torch.Tensor, B1: torch.Tensor | float,
+                            flip: torch.Tensor, tr: torch.Tensor, TE: float, TI: float,
+                            n_states: int, directions: tuple[str, ...] = ("T1", "T2")
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`epg_signal`'s imaginary part s [N, T] and its derivatives [D, N, T] along
+    ``directions`` (a subset of T1, T2, B1, in that order; B1 must then be a tensor), by
+    forward-mode tangents carried through the same tensor recursion — one pass, plain batched
+    operations (the Jacobian route on CUDA)."""
+    out = _epg(T1, T2, B1, flip, tr, TE, TI, n_states, tuple(directions))
+    return out[0], out[1:]
+
+
+def _epg(T1, T2, B1, flip, tr, TE, TI, n_states, directions):
+    """The recursion, with the state and its tangents along ``directions`` stacked in a
+    leading dimension ([1 + D, orders, N]); returns [1 + D, N, T]: Im f, then ∂(Im f)/∂d."""
     T1, T2 = T1[None, :], T2[None, :]                                     # [1, N]
     dtype, device = T1.dtype, T1.device
     n_tr = flip.shape[0]
@@ -208,29 +254,53 @@ def epg_signal(T1: torch.Tensor, T2: torch.Tensor, B1: torch.Tensor | float,
     E2_te = torch.exp(-TE / T2)                            # [1, N]: decay until the echo
     E1_tr, E2_tr = torch.exp(-tr / T1), torch.exp(-tr / T2)   # [T, N]: over a whole TR
     recovery = 1 - E1_tr
+    # Tangents: one row per direction after the state's; unit[d] selects row d (forcing terms
+    # enter only there). ∂E/∂T = E·t/T²; ∂(RF coefficients)/∂B1 = their α-derivative × flip.
+    rows = {name: 1 + j for j, name in enumerate(directions)}
+    unit = torch.eye(1 + len(directions), dtype=dtype, device=device)[:, :, None, None]
+    z = (1 - 2 * torch.exp(-TI / T1)) * unit[0]           # ideal inversion, recovery for TI
+    if "T1" in rows:
+        z = z + (-2 * torch.exp(-TI / T1) * TI / T1 ** 2) * unit[rows["T1"]]
+        dE1_tr = E1_tr * tr / T1 ** 2
+    if "T2" in rows:
+        dE2_te, dE2_tr = E2_te * TE / T2 ** 2, E2_tr * tr / T2 ** 2
+    if "B1" in rows:
+        d_cos2, d_half_sin = -0.5 * sin_a * flip, 0.5 * cos_a * flip
+        d_sin_a, d_cos_a = cos_a * flip, -sin_a * flip
 
     # Live orders 0 … m-1 at TR n (see the module docstring); the state tensors hold them.
     live = [min(n, n_tr - 1 - n, n_states - 1) + 1 for n in range(n_tr)]
     order0 = torch.zeros(max(live), 1, dtype=dtype, device=device)
     order0[0] = 1
-    f_plus = torch.zeros(1, T1.shape[1], dtype=dtype, device=device)
+    f_plus = torch.zeros(1 + len(directions), 1, T1.shape[1], dtype=dtype, device=device)
     f_minus = f_plus
-    # Ideal inversion from equilibrium, then free recovery for TI.
-    z = 1 - 2 * torch.exp(-TI / T1)
     out = []
     for n in range(n_tr):
         m = live[n]
         f_plus, f_minus, z = _rows(f_plus, m), _rows(f_minus, m), _rows(z, m)
         # RF about x. It conserves F⁺ + F⁻, which gives the new f⁻ almost for free.
         f_rf = cos2[n] * f_plus + sin2[n] * f_minus - sin_a[n] * z
-        f_minus, z = f_plus + f_minus - f_rf, half_sin[n] * (f_plus - f_minus) + cos_a[n] * z
-        out.append(f_rf[0] * E2_te[0])                     # F⁺₀ at TE, relaxed until then
+        z_rf = half_sin[n] * (f_plus - f_minus) + cos_a[n] * z
+        if "B1" in rows:
+            p, q, zz = f_plus[0], f_minus[0], z[0]
+            f_rf = f_rf + unit[rows["B1"]] * (d_cos2[n] * (p - q) - d_sin_a[n] * zz)
+            z_rf = z_rf + unit[rows["B1"]] * (d_half_sin[n] * (p - q) + d_cos_a[n] * zz)
+        f_minus, z = f_plus + f_minus - f_rf, z_rf
+        echo = f_rf[:, 0] * E2_te[0]                       # F⁺₀ at TE, relaxed until then
+        if "T2" in rows:
+            echo = echo + unit[rows["T2"], :, 0] * (f_rf[0, 0] * dE2_te[0])
+        out.append(echo)
         # Relaxation over the whole TR (TE, then TR − TE, combined).
-        f_rf, f_minus = f_rf * E2_tr[n], f_minus * E2_tr[n]
-        z = z * E1_tr[n] + recovery[n] * order0[:m]
+        relaxed_f, relaxed_m = f_rf * E2_tr[n], f_minus * E2_tr[n]
+        z_new = z * E1_tr[n] + (recovery[n] * order0[:m]) * unit[0]
+        if "T2" in rows:
+            relaxed_f = relaxed_f + unit[rows["T2"]] * (f_rf[0] * dE2_tr[n])
+            relaxed_m = relaxed_m + unit[rows["T2"]] * (f_minus[0] * dE2_tr[n])
+        if "T1" in rows:
+            z_new = z_new + unit[rows["T1"]] * ((z[0] - order0[:m]) * dE1_tr[n])
+        f_rf, f_minus, z = relaxed_f, relaxed_m, z_new
         # Dephase one order: F+ moves up, F- moves down, F+_0 = conj(F-_0); orders beyond
         # n_states − 1 are dropped.
-        f_minus = f_minus[1:]
-        f_plus = torch.cat((-_rows(f_minus[:1], 1), f_rf[:n_states - 1]))
-    signal = torch.stack(out, 1)                           # [N, T], the imaginary part
-    return torch.complex(torch.zeros_like(signal), signal)
+        f_minus = f_minus[:, 1:]
+        f_plus = torch.cat((-_rows(f_minus[:, :1], 1), f_rf[:, :n_states - 1]), 1)
+    return torch.stack(out, -1)                            # [1 + D, N, T]

@@ -11,8 +11,10 @@ In one run, on the default 400-TR schedule:
   a factor −i);
 - throughput in voxels/s on ``--voxels`` voxels (training ranges of T1 and T2), best of
   ``--repeats``: crbnet ``simulate`` float32 and float64, Jacobian (T1, T2; float64) and CRB
-  (float64), all on the compiled CPU route, plus the Jacobian and CRB through the generic
-  ``torch.func`` route (what runs on CUDA; on ``--func-voxels`` voxels); blochsim simulate and
+  (float64), all on the compiled CPU route; on ``--func-voxels`` voxels, timed once, the tensor
+  routes that CUDA runs: simulate and the Jacobian by tangents through the tensor recursion
+  (``crbnet:tensor``), and the Jacobian and CRB by ``torch.func`` (``crbnet:func``, what ran
+  before on every device); blochsim simulate and
   Jacobian (``diff=("T1", "T2")``) at its equal-accuracy states, and at 26 states (not equal
   accuracy; the old crbnet default) for context;
 - training: ``crbnet train --model fisp_mrf`` end to end (process wall time, a short fixed
@@ -157,8 +159,12 @@ def throughput(model, seq, args, bs_states: int | None) -> list[dict]:
     T1 = 0.1 + 3.9 * torch.rand(n, generator=gen, dtype=torch.float64)
     T2 = torch.minimum(0.01 + 0.49 * torch.rand(n, generator=gen, dtype=torch.float64), T1)
     theta = torch.stack((T1, T2), 1)
+    # The routes CUDA takes, timed here on CPU: tangents through the tensor recursion, and
+    # torch.func (jvp + vmap) through it.
+    tangents = crbnet.get_model("fisp_mrf", sequence=seq)
+    tangents.use_compiled_kernel = False
     generic = crbnet.get_model("fisp_mrf", sequence=seq)
-    generic.use_compiled_kernel = False
+    generic.use_compiled_kernel = generic.use_tensor_tangents = False
     small = theta[:args.func_voxels]
     rows = []
 
@@ -176,6 +182,10 @@ def throughput(model, seq, args, bs_states: int | None) -> list[dict]:
     add("crbnet", "simulate", "float64", K, lambda: model.simulate(theta), n)
     add("crbnet", "jacobian", "float64", K, lambda: signal_and_jacobian(model, theta), n)
     add("crbnet", "crb", "float64", K, lambda: crbnet.crb(model, theta), n)
+    add("crbnet:tensor", "simulate", "float64", K, lambda: tangents.simulate(small), len(small),
+        warmup=lambda: tangents.simulate(small[:4]))
+    add("crbnet:tensor", "jacobian", "float64", K, lambda: signal_and_jacobian(tangents, small),
+        len(small), warmup=lambda: signal_and_jacobian(tangents, small[:4]))
     # The torch.func route is slow on CPU: timed once, after a warm-up on a few voxels.
     add("crbnet:func", "jacobian", "float64", K, lambda: signal_and_jacobian(generic, small),
         len(small), warmup=lambda: signal_and_jacobian(generic, small[:4]))
@@ -292,7 +302,7 @@ def plot(result: dict, path: Path) -> None:
                              squeeze=False, gridspec_kw={"width_ratios": [3, 1] if train else [1]})
     ax = axes[0][0]
     labels = [f"{r['tool']}\n{r['what']} {r['dtype'][5:]}\n{r['states']} st." for r in rows]
-    colors = ["tab:blue" if r["tool"] == "crbnet" else "tab:cyan" if r["tool"] == "crbnet:func"
+    colors = ["tab:blue" if r["tool"] == "crbnet" else "tab:cyan" if r["tool"].startswith("crbnet")
               else "tab:orange" if r["tool"] == "blochsim" else "tab:gray" for r in rows]
     ax.bar(range(len(rows)), [r["voxels_per_s"] for r in rows], color=colors)
     ax.set_xticks(range(len(rows)), labels, fontsize=7)
@@ -325,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--voxels", type=int, default=10_000)
-    parser.add_argument("--func-voxels", type=int, default=2048,
+    parser.add_argument("--func-voxels", type=int, default=512,
                         help="voxels for the (slow) torch.func rows, timed once")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bs-states", default="150,170,175,178,179,180,181,182,185,190,200",

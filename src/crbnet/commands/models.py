@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .. import models
+from .. import hardware, models
+from ._common import sequence_line
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,17 +31,12 @@ def truncation_table(model: models.SignalModel) -> dict | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    built = [models.get(name) for name in models.names()]
-    described = [model.describe() for model in built]
-    for model, d in zip(built, described):
-        table = truncation_table(model)
-        if table is not None:
-            d["truncation"] = table
+    described = [_describe(models.get(name)) for name in models.names()]
     if args.json:
         print(json.dumps(described, indent=2))
         return 0
-    for d in described:
-        print(f"{d['name']}  ({d['n_timepoints']} time points with the default sequence)")
+    for name, d in zip(models.names(), described):
+        print(f"{d['name']}  (default {sequence_line(models.get(name))})")
         print(f"  {'parameter':<10} {'unit':<5} {'bounds':<24} {'training range':<24} "
               f"{'default':<10} estimated")
         for p in d["parameters"]:
@@ -49,10 +45,20 @@ def run(args: argparse.Namespace) -> int:
             est = "yes" if p["estimated"] else "fixed"
             print(f"  {p['name']:<10} {p['unit'] or '-':<5} {f'[{lo:g}, {hi:g}]':<24} "
                   f"{f'[{tlo:g}, {thi:g}]':<24} {p['default']:<10g} {est}")
-        if "truncation" in d:
+        if d.get("truncation") is not None:
             _print_truncation(d["truncation"])
         print()
     return 0
+
+
+def _describe(model) -> dict:
+    """The model's description plus its default sequence's RF figures (None without RF) and,
+    for a model with an EPG truncation option, :func:`truncation_table`."""
+    out = {**model.describe(), "sequence_rf": hardware.rf_summary(model.sequence)}
+    table = truncation_table(model)
+    if table is not None:
+        out["truncation"] = table
+    return out
 
 
 def _print_truncation(table: dict) -> None:

@@ -223,8 +223,17 @@ def epg_signal(T1: torch.Tensor, T2: torch.Tensor, B1: torch.Tensor | float,
     and in the schedule (flip [T], rad; tr [T], s) — sequence design differentiates it in flip
     and TR. ``n_states`` EPG orders 0 … n_states − 1 are kept (``(T + 1) // 2`` or more is
     exact); at TR n only orders that can still reach an echo are updated (same result)."""
-    signal = _epg(T1, T2, B1, flip, tr, TE, TI, n_states, ())[0]
-    return torch.complex(torch.zeros_like(signal), signal)
+    echoes = epg_echoes(T1, T2, B1, flip, tr, TE, TI, n_states)
+    return torch.complex(torch.zeros_like(echoes), echoes)
+
+
+def epg_echoes(T1: torch.Tensor, T2: torch.Tensor, B1: torch.Tensor | float,
+               flip: torch.Tensor, tr: torch.Tensor, TE: float, TI: float, n_states: int
+               ) -> torch.Tensor:
+    """``Im F⁺₀`` at every echo, [N, T], for the arguments of :func:`epg_signal` — the signal is
+    ``i`` times it. Analytic in T1, T2 and B1: complex values of them are accepted, which
+    gives derivatives by the complex step (exact to round-off, no subtraction)."""
+    return _epg(T1, T2, B1, flip, tr, TE, TI, n_states, ())[0]
 
 
 def epg_signal_and_jacobian(T1: torch.Tensor, T2: torch.Tensor, B1: torch.Tensor | float,
@@ -272,7 +281,8 @@ def _epg(T1, T2, B1, flip, tr, TE, TI, n_states, directions):
     live = [min(n, n_tr - 1 - n, n_states - 1) + 1 for n in range(n_tr)]
     order0 = torch.zeros(max(live), 1, dtype=dtype, device=device)
     order0[0] = 1
-    f_plus = torch.zeros(1 + len(directions), 1, T1.shape[1], dtype=dtype, device=device)
+    states_dtype = torch.promote_types(E1_tr.dtype, cos_a.dtype)   # complex under a complex step
+    f_plus = torch.zeros(1 + len(directions), 1, T1.shape[1], dtype=states_dtype, device=device)
     f_minus = f_plus
     out = []
     for n in range(n_tr):

@@ -61,8 +61,8 @@ OLD_DEFAULT_STATES = 26
 ACCURACY_TISSUES = [(t1, t2) for t1 in (0.3, 0.8, 1.5, 4.0, 5.0)
                     for t2 in (0.03, 0.1, 0.3, 1.0, 2.0, 3.0) if t2 <= t1]
 # Short training run, the same before and after: every pool sample gets a CRB.
-TRAIN_SETTINGS = ("data.pool_size=1024", "data.pool_refresh=256", "data.val_size=256",
-                  "data.batches_per_epoch=50")
+TRAIN_SETTINGS = ("data.pool_size=512", "data.pool_refresh=128", "data.val_size=128",
+                  "data.batches_per_epoch=30")
 
 
 def best_time(fn, repeats: int) -> float:
@@ -224,9 +224,9 @@ def train_once(src: Path, run_dir: Path, max_order: int | None, args) -> dict:
     patch = ("" if max_order is None else
              "from crbnet.models.fisp_mrf import FISPMRF\n"
              f"FISPMRF.__init__.__defaults__ = (None, None, {int(max_order)})\n")
-    code = (f"import torch, sys\ntorch.set_num_threads({args.threads})\n{patch}"
+    code = (f"import torch, sys\ntorch.set_num_threads({args.train_threads})\n{patch}"
             f"from crbnet.cli import main\nsys.exit(main({cli!r}))\n")
-    env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS=str(args.threads))
+    env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS=str(args.train_threads))
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -247,7 +247,7 @@ def training(args, exact_max_order: int) -> dict | None:
         before = train_once(before_src, tmp / "before", exact_max_order, args)
         print(f"  before ({args.before}, max_order {exact_max_order}): {before['wall_s']:.1f} s",
               flush=True)
-    return {"before_rev": args.before, "epochs": args.train_epochs,
+    return {"before_rev": args.before, "epochs": args.train_epochs, "threads": args.train_threads,
             "settings": list(TRAIN_SETTINGS), "before": before, "after": after,
             "speedup": before["wall_s"] / after["wall_s"]}
 
@@ -343,8 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-train", action="store_true")
     parser.add_argument("--before", default="9b2b98a", help="git revision of the 'before' code")
     parser.add_argument("--train-epochs", type=int, default=2)
+    parser.add_argument("--train-threads", type=int, default=None,
+                        help="threads of the training runs (default: --threads)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.train_threads is None:
+        args.train_threads = args.threads
     if args.quick:
         args.voxels, args.repeats, args.no_train = 2000, 1, True
         args.func_voxels = min(args.func_voxels, 256)

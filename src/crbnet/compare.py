@@ -5,7 +5,9 @@ uniformly random phase, complex white Gaussian noise with σ = 1/SNR on the real
 imaginary part — the same noisy signals for every estimator. Per estimator and parameter the
 table reports the mean over voxels of ``(θ̂ − θ)² / CRB(θ)`` (CRB of that voxel at that σ;
 1 for an efficient unbiased estimator — the seed paper's loss used as a metric), its median,
-and the inference speed (``predict`` calls only, after an untimed warm-up).
+and the inference speed (``predict`` calls only, after an untimed warm-up). Optionally, the
+value of registered training losses (:mod:`crbnet.losses`; ``mse`` with the default weights
+1/width² of the training range) on the same estimates, over voxels with finite estimates.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from . import losses as loss_registry
 from .crb import SingularFisherWarning, crb
 from .data import ParameterSampler, add_noise, random_m0
 from .errors import InputError
@@ -27,9 +30,6 @@ from .estimator import Estimator
 from .evaluate import SNR_DEFINITION, _json_ready
 from .models.base import SignalModel
 from .sequences import sequence_hash
-
-BASELINE_METHODS = ("nlls", "dictionary")
-
 
 # ---- building estimators from command-line style specifications ---------------------------
 def load_network(path: str | Path, device: torch.device | str | None = None) -> Estimator:
@@ -63,10 +63,10 @@ def resolve_estimators(specs: Sequence[str], model: SignalModel | None = None,
                          "'nlls' or 'dictionary'")
     networks: dict[int, Estimator] = {}
     for i, spec in enumerate(specs):
-        if spec in BASELINE_METHODS:
+        if spec in baselines.METHODS:
             continue
         if not Path(spec).exists():
-            raise InputError(f"{spec!r} is neither a method ({', '.join(BASELINE_METHODS)}) "
+            raise InputError(f"{spec!r} is neither a method ({', '.join(baselines.METHODS)}) "
                              "nor an existing checkpoint or run directory")
         networks[i] = load_network(spec, device=device)
     if model is None:
@@ -182,6 +182,25 @@ def score(estimates: torch.Tensor, test: ComparisonSet, parameters: Sequence[str
     return out
 
 
+def check_losses(names: Sequence[str]) -> list[str]:
+    """Registered losses that can score one noisy draw per voxel (not the repeated ones)."""
+    for name in names:
+        if loss_registry.get(name).repeated:
+            raise InputError(f"loss {name!r} needs several noise draws per voxel; the "
+                             "comparison has one")
+    return list(names)
+
+
+def loss_values(estimates: torch.Tensor, test: ComparisonSet, model: SignalModel,
+                names: Sequence[str]) -> dict[str, float]:
+    """Each registered loss in ``names`` over the voxels whose estimates are all finite."""
+    ok = torch.isfinite(estimates).all(1)
+    widths = {p: hi - lo for p, (lo, hi) in model.train_ranges.items()}
+    weights = loss_registry.mse_weights(model.parameters, widths)
+    inputs = loss_registry.LossInputs(estimates[ok], test.theta[ok], test.crb[ok], weights)
+    return {name: float(loss_registry.get(name).compute(inputs)) for name in names}
+
+
 @dataclass
 class ComparisonResult:
     model: str
@@ -204,7 +223,8 @@ class ComparisonResult:
 
     def to_markdown(self) -> str:
         params = list(self.parameters)
-        head = ["estimator"] + [f"MSE/CRB {p}" for p in params] + ["voxels/s"]
+        extra = list(self.rows[0].get("losses", {})) if self.rows else []
+        head = ["estimator"] + [f"MSE/CRB {p}" for p in params] + extra + ["voxels/s"]
         lines = [f"Comparison on {self.n_voxels} test voxels of `{self.model}` at SNR "
                  f"{self.snr:g} ({SNR_DEFINITION}). MSE/CRB: mean over voxels of "
                  "(estimate − truth)²/CRB; 1 = efficient unbiased estimator.", "",
@@ -212,6 +232,7 @@ class ComparisonResult:
                  "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
         for row in self.rows:
             cells = [row["label"]] + [_fmt(row["mse_over_crb"][p]) for p in params]
+            cells += [_fmt(row["losses"][name]) for name in extra]
             cells.append(f"{row['voxels_per_second']:,.0f}")
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
@@ -224,11 +245,13 @@ class ComparisonResult:
         out_dir = Path(out_dir)
         paths = {"json": out_dir / "comparison.json", "md": out_dir / "comparison.md",
                  "png": out_dir / "comparison.png"}
-        io.write_json(paths["json"], self.to_json())
-        io.write_text(paths["md"], self.to_markdown())
-        plot_comparison(self.rows, self.parameters, paths["png"],
-                        title=f"{self.model}: {self.n_voxels} test voxels, SNR {self.snr:g} "
-                              "(|M0|/σ)")
+        with io.atomic_paths(list(paths.values())) as tmps:   # all three files or none
+            tmp = dict(zip(paths, tmps))
+            io.write_json(tmp["json"], self.to_json())
+            io.write_text(tmp["md"], self.to_markdown())
+            plot_comparison(self.rows, self.parameters, tmp["png"],
+                            title=f"{self.model}: {self.n_voxels} test voxels, SNR "
+                                  f"{self.snr:g} (|M0|/σ)")
         return paths
 
 
@@ -238,10 +261,12 @@ def _fmt(v: float) -> str:
 
 def compare(estimators: Sequence[tuple[str, Estimator]], model: SignalModel | None = None,
             n: int = 1000, snr: float = 100.0, seed: int = 0, batch_size: int = 8192,
-            test: ComparisonSet | None = None) -> ComparisonResult:
-    """Score every ``(label, estimator)`` on one test set (made here unless given)."""
+            test: ComparisonSet | None = None, losses: Sequence[str] = ()) -> ComparisonResult:
+    """Score every ``(label, estimator)`` on one test set (made here unless given), with the
+    registered ``losses`` as extra columns."""
     if not estimators:
         raise InputError("nothing to compare")
+    losses = check_losses(losses)
     model = model or estimators[0][1].model
     for label, est in estimators:
         if not same_model(est.model, model):
@@ -254,6 +279,8 @@ def compare(estimators: Sequence[tuple[str, Estimator]], model: SignalModel | No
                **score(estimates, test, model.parameters),
                "voxels_per_second": test.signals.shape[0] / seconds if seconds > 0 else math.inf,
                "predict_seconds": seconds}
+        if losses:
+            row["losses"] = loss_values(estimates, test, model, losses)
         rows.append(row)
     return ComparisonResult(model=model.name, parameters=tuple(model.parameters),
                             snr=test.snr, n_voxels=int(test.signals.shape[0]), seed=test.seed,

@@ -43,7 +43,7 @@ import torch
 
 from .. import sequences as seqs
 from . import _fisp_kernel, _numba
-from .base import ModelError, ParameterSpec, SignalModel
+from .base import ModelError, ModelOption, ParameterSpec, SignalModel
 
 
 def exact_n_states(n_tr: int) -> int:
@@ -52,6 +52,8 @@ def exact_n_states(n_tr: int) -> int:
 
 
 class FISPMRF(SignalModel):
+    """Single-pool FISP MR fingerprinting by extended phase graphs (flip-angle and TR trains)."""
+
     name = "fisp_mrf"
     sequence_kind = "fisp"
     specs = (
@@ -65,6 +67,8 @@ class FISPMRF(SignalModel):
     # so per-operation overhead dominates there). Results do not depend on either.
     chunk_size = 4096
     crb_chunk_size = 4096
+    options = (ModelOption("max_order", int, None, "highest EPG dephasing order kept "
+                           "(default: exact, every order that can reach an echo)"),)
     # The compiled CPU kernel for simulate, the Jacobian and the CRB where no autodiff is
     # tracking the input; False: always the tensor code.
     use_compiled_kernel = True

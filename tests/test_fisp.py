@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import crbnet
 from crbnet import models, sequences
 from crbnet.crb import crb_details, jacobian, signal_and_jacobian
 from crbnet.models.base import ModelError

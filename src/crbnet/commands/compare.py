@@ -28,8 +28,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--voxels", type=int, default=1000, metavar="N",
                    help="test voxels (default 1000; NLLS is the slow one)")
     p.add_argument("--seed", type=int, default=0, help="seed of the test set")
+    p.add_argument("--bounds", choices=("physical", "training", "both"), default=None,
+                   help="search box of nlls/dictionary: the model's physical bounds, the "
+                        "networks' training ranges, or both side by side (default: nlls "
+                        "physical, dictionary training); or write nlls@training")
     add_device_argument(p)
     p.set_defaults(func=run)
+
+
+def expand_boxes(specs: list[str], bounds: str | None) -> list[str]:
+    """Give plain method names the --bounds box (``both``: one entry per box)."""
+    from ..compare import BASELINE_METHODS, BOXES
+
+    if bounds is None:
+        return list(specs)
+    boxes = BOXES if bounds == "both" else (bounds,)
+    out: list[str] = []
+    for spec in specs:
+        out += [f"{spec}@{b}" for b in boxes] if spec in BASELINE_METHODS else [spec]
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--voxels must be >= 1")
     check_positive(args.snr, "--snr")
     model = build_model(args) if args.model else None
-    model, estimators = resolve_estimators(args.estimators, model=model, device=device)
+    specs = expand_boxes(args.estimators, args.bounds)
+    model, estimators = resolve_estimators(specs, model=model, device=device)
     snr = args.snr
     if snr is None:
         snr = next((s for s in (training_snr(e) for _, e in estimators) if s), DEFAULT_SNR)

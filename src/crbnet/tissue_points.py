@@ -58,7 +58,8 @@ class Points:
 
 def tissue_points(model: SignalModel, spec: str) -> Points:
     """``spec``: comma-separated tissue names of the phantom table (``WM,GM``) or a CSV file
-    with a ``name`` column (optional) and one column per estimated parameter (SI)."""
+    with a ``name`` column (optional) and one column per estimated parameter (SI). Estimated
+    parameters the tissue table does not list (e.g. B1) take the model's default value."""
     if spec.lower().endswith(".csv") or Path(spec).is_file():
         return _points_from_csv(model, Path(spec))
     from .phantom import tissue_table
@@ -72,7 +73,8 @@ def tissue_points(model: SignalModel, spec: str) -> Points:
         if name not in table:
             raise InputError(f"unknown tissue {name!r} for {model.name}; known: "
                              f"{', '.join(table)}")
-        rows.append([table[name][p][0] for p in model.parameters])
+        rows.append([table[name][p][0] if p in table[name] else model.defaults[p]
+                     for p in model.parameters])
     return _checked(model, names, rows)
 
 
@@ -326,6 +328,35 @@ class PointStudy:
                 "alpha": self.alpha},
             "rows": self.rows()})
 
+    def to_markdown(self, snr: float | None = None) -> str:
+        """Table at one SNR (default the first): per point and parameter, √CRB/value and each
+        estimator's bias/√CRB ± SE and std/√CRB ± SE; then the gross-error fractions."""
+        snr = self.snrs[0] if snr is None else float(snr)
+        head = ["point", "parameter", "√CRB/value"]
+        for label in self.labels:
+            head += [f"{label} bias/√CRB", f"{label} std/√CRB"]
+        lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+        for g, name in enumerate(self.points.names):
+            for j, p in enumerate(self.parameters):
+                first = self.stats[self.labels[0]][snr]
+                cells = [name, p, f"{math.sqrt(first['crb'][g, j]) / abs(first['theta'][g, j]):.3g}"]
+                for label in self.labels:
+                    s = self.stats[label][snr]
+                    cells += [f"{s['bias_over_sqrt_crb'][g, j]:+.2f} ± "
+                              f"{s['bias_over_sqrt_crb_se'][g, j]:.2f}",
+                              f"{s['std_over_sqrt_crb'][g, j]:.2f} ± "
+                              f"{s['std_over_sqrt_crb_se'][g, j]:.2f}"]
+                lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        for label in self.labels:
+            s = self.stats[label][snr]
+            lines.append(f"- {label}: {100 * float(np.mean(s['gross_fraction'])):.1f} % of the "
+                         f"realizations off by > {GROSS_ERROR_THRESHOLD:g} √CRB; local minima "
+                         f"{100 * float(np.mean(s['local_minimum_fraction'])):.1f} %, "
+                         f"alternative solutions "
+                         f"{100 * float(np.mean(s['alternative_fraction'])):.1f} %.")
+        return "\n".join(lines) + "\n"
+
     def save(self, out_dir: str | Path) -> dict[str, Path]:
         from . import io
         from .plots.points import plot_point_study
@@ -340,10 +371,10 @@ class PointStudy:
 def study(estimators: Sequence[tuple[str, Estimator]], points: Points, snrs: Sequence[float],
           realizations: int = 1000, seed: int = 0, classify: bool = True,
           progress: bool | None = None) -> PointStudy:
-    """Statistics of one or two estimators at ``points`` for every SNR; with two, the Welch
-    test of their biases (module docstring)."""
-    if not 1 <= len(estimators) <= 2:
-        raise InputError("give one or two estimators")
+    """Statistics of each estimator at ``points`` for every SNR; with two or more, the Welch
+    test of the first two estimators' biases (module docstring)."""
+    if not estimators:
+        raise InputError("give at least one estimator")
     if realizations < 2:
         raise InputError("--realizations must be >= 2")
     snrs = [float(s) for s in snrs]
@@ -359,7 +390,7 @@ def study(estimators: Sequence[tuple[str, Estimator]], points: Points, snrs: Seq
     labels = [label for label, _ in estimators]
     result = PointStudy(model.name, tuple(model.parameters), dict(model.units), points, snrs,
                         realizations, labels, stats)
-    if len(labels) == 2:
+    if len(labels) >= 2:
         a, b = stats[labels[0]], stats[labels[1]]
         result.n_tests = len(snrs) * points.theta.shape[0] * model.n_parameters
         result.test = {}

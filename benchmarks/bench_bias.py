@@ -260,8 +260,9 @@ def print_tables(rows: list[dict], result: dict) -> None:
     by = {(r["estimator"], r["snr"], r["point"], r["parameter"]): r for r in rows}
     for snr in sorted({r["snr"] for r in rows}):
         print(f"\nSNR {snr:g}: bias/√CRB | std/√CRB (± SE)")
-        print("| point | param | √CRB/value | " + " | ".join(labels) + " |")
-        print("|---|---|---:|" + "---:|" * len(labels))
+        print("| point | param | √CRB/value | "
+              + " | ".join(f"{lab} bias | {lab} std" for lab in labels) + " |")
+        print("|---|---|---:|" + "---:|" * (2 * len(labels)))
         keys = dict.fromkeys((r["point"], r["parameter"]) for r in rows if r["snr"] == snr)
         for point, param in keys:
             first = next(by[(lab, snr, point, param)] for lab in labels

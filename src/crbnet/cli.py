@@ -14,7 +14,7 @@ from . import __version__
 from .errors import InputError
 
 # Order = order in ``crbnet --help``. A module that fails to import is a bug, not optional.
-COMMANDS = ["demo", "models", "simulate", "crb", "dataset", "train", "fit", "evaluate",
+COMMANDS = ["demo", "models", "simulate", "crb", "design", "dataset", "train", "fit", "evaluate",
             "compare", "phantom", "apply"]
 
 

@@ -9,7 +9,9 @@ no data files.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
+import importlib.resources
 import json
 import math
 from dataclasses import dataclass, field
@@ -53,7 +55,9 @@ class MTSequence:
 
     Attributes:
         TR: repetition time (s), constant.
-        theta: nominal flip angle of each TR (rad), shape [T]; B1 scales it.
+        theta: per TR, the polar angle of the free pool's spin-locked magnetization (rad),
+            shape [T]: *half* the flip angle α of the TR's alternating pulses (α = 2θ, RF
+            amplitude ω1 = 2θ/TRF for a rectangular pulse); B1 scales it.
         TRF: RF pulse duration of each TR (s), shape [T].
         T_inv: duration of the inversion pulse at the start of each cycle (s).
         k_RF: semi-solid saturation constant; the mean saturation rate over a TR is
@@ -104,12 +108,15 @@ class FISPSequence:
         TR: repetition time of each TR (s), shape [T].
         TE: echo time (s), constant, must be shorter than every TR.
         TI: delay between the (ideal) inversion and the first pulse (s).
+        TRF: duration of the (rectangular) RF pulses (s), for hardware reports only — the EPG
+            model treats pulses as instantaneous; None: not given (reports assume 1 ms).
     """
 
     flip: np.ndarray
     TR: np.ndarray
     TE: float = 2e-3
     TI: float = 20e-3
+    TRF: float | None = None
     kind: str = field(default="fisp", init=False)
 
     def __post_init__(self) -> None:
@@ -117,6 +124,8 @@ class FISPSequence:
         object.__setattr__(self, "TR", _as_float_array(self.TR, "TR"))
         object.__setattr__(self, "TE", _as_positive(self.TE, "TE"))
         object.__setattr__(self, "TI", _as_positive(self.TI, "TI"))
+        if self.TRF is not None:
+            object.__setattr__(self, "TRF", _as_positive(self.TRF, "TRF"))
         if self.flip.shape != self.TR.shape:
             raise SequenceError(f"flip has {self.flip.size} entries but TR has {self.TR.size}")
         if np.any(self.TR <= self.TE):
@@ -127,7 +136,9 @@ class FISPSequence:
         return int(self.flip.size)
 
     def to_dict(self) -> dict:
-        return {"flip": self.flip.tolist(), "TR": self.TR.tolist(), "TE": self.TE, "TI": self.TI}
+        # TRF only when given, so that schedules without it keep their hash.
+        out = {"flip": self.flip.tolist(), "TR": self.TR.tolist(), "TE": self.TE, "TI": self.TI}
+        return out if self.TRF is None else {**out, "TRF": self.TRF}
 
 
 @dataclass(frozen=True, eq=False)
@@ -182,34 +193,22 @@ def hann_interpolate(control_points: np.ndarray, n_out: int) -> np.ndarray:
 
 
 def default_mt_sequence() -> MTSequence:
-    """crbnet's own hybrid-state MT sequence: 666 TRs of 4.5 ms (a 3 s cycle).
+    """crbnet's own hybrid-state MT sequence: 666 TRs of 4.5 ms (a 3 s cycle), designed by
+    ``crbnet design`` within 3 T limits (peak B1 ≤ 23.5 µT, pulses 0.1–1 ms, mean RF power
+    ≤ 3·10⁶ (rad/s)²) for white and gray matter at SNR 50, all six parameters estimated.
 
-    32 control points of θ and TRF per cycle, Hann-interpolated like the CSV format
-    (θ ∈ [0, π/2], TRF ∈ [0.1, 1] ms). The pattern alternates low-angle long-pulse stretches,
-    short-pulse (TRF = 0.1 ms) blocks whose high RF power saturates the semi-solid pool (m0s,
-    T2s, exchange), sweeps up to 90° (T2f), and RF-free stretches (θ = 0, no signal) that let
-    the longitudinal magnetization recover (T1f, T1s).
-
-    Design: crbnet's own random search (hill climbing on the control points from a hand-made
-    start) minimizing the mean log relative CRB of the six MT parameters at three white/gray-
-    matter-like points at SNR 50. Median relative CRB std at those points: m0s 16 %, T1f 15 %,
-    T2f 3.4 %, Rx 62 %, T1s 114 %, T2s 27 % (the hand-made start: 34, 36, 6.3, 75, 233, 69 %).
+    θ and TRF at 64 control points per cycle, Hann-interpolated; stored as package data (the
+    design's ``sequence.json``); docs/design.md gives the command that regenerates it.
     """
-    theta_cp = np.array([
-        0.405, 0.346, 1.091, 0.000, 0.000, 0.584, 0.218, 0.269,
-        0.265, 0.298, 0.243, 1.506, 0.781, 0.692, 0.571, 0.304,
-        0.000, 0.000, 0.000, 0.000, 0.000, 0.000, 0.412, np.pi / 2,
-        np.pi / 2, 0.882, 0.000, 1.070, 0.000, 0.000, 0.000, 0.000,
-    ])
-    trf_ms_cp = np.array([
-        1.000, 1.000, 1.000, 1.000, 1.000, 1.000, 0.100, 0.100,
-        0.100, 0.100, 0.123, 0.487, 0.100, 0.100, 0.100, 1.000,
-        1.000, 0.966, 0.462, 0.868, 0.118, 0.597, 0.100, 0.100,
-        0.100, 0.100, 0.100, 1.000, 1.000, 0.883, 0.534, 1.000,
-    ])
-    n = 666
-    return MTSequence(TR=4.5e-3, theta=hann_interpolate(theta_cp, n),
-                      TRF=hann_interpolate(trf_ms_cp, n) * 1e-3, T_inv=10e-3, k_RF=4.0)
+    return from_dict(dict(_packaged_sequence("mt_hybrid_state_default.json")), "mt")
+
+
+@functools.lru_cache(maxsize=None)
+def _packaged_sequence(name: str) -> tuple:
+    """A sequence file shipped in ``crbnet/resources`` (read once; items as a tuple so that the
+    cached value cannot be changed by a caller)."""
+    resource = importlib.resources.files("crbnet").joinpath("resources", name)
+    return tuple(json.loads(resource.read_text(encoding="utf-8")).items())
 
 
 def default_fisp_sequence(n: int = 400) -> FISPSequence:
@@ -278,7 +277,7 @@ def from_dict(data: dict, kind: str) -> Sequence:
         raise SequenceError("a sequence must be a JSON object")
     allowed = {
         "mt": ({"TR", "theta", "TRF"}, {"T_inv", "k_RF"}),
-        "fisp": ({"flip", "TR"}, {"TE", "TI"}),
+        "fisp": ({"flip", "TR"}, {"TE", "TI", "TRF"}),
         "times": ({"times"}, set()),
     }[kind]
     required, optional = allowed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +126,26 @@ def build_model(args: argparse.Namespace) -> SignalModel:
             raise InputError(f"unknown parameter {p!r} for model {name!r}")
         fixed.pop(p, None)
     fixed.update(parse_assignments(getattr(args, "fix", []) or [], "--fix"))
-    return models.get(name, sequence=seq, fixed=fixed)
+    model = models.get(name, sequence=seq, fixed=fixed)
+    warn_beyond_limits(model)
+    return model
+
+
+def warn_beyond_limits(model: SignalModel) -> None:
+    """One line on stderr when the model's sequence exceeds the default 3 T hardware limits."""
+    from .. import hardware
+
+    exceeded = hardware.violations(model.sequence)
+    if exceeded:
+        print(f"crbnet: warning: the {model.name} sequence exceeds 3 T hardware limits: "
+              f"{'; '.join(exceeded)}", file=sys.stderr)
+
+
+def sequence_line(model: SignalModel) -> str:
+    """``sequence: <pulses, duration, peak B1, RF power>`` for command summaries."""
+    from .. import hardware
+
+    return f"sequence: {hardware.describe(model.sequence)}"
 
 
 def resolve_device(name: str | None) -> torch.device:

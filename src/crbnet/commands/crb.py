@@ -7,9 +7,10 @@ import json
 import math
 import warnings
 
+from .. import hardware
 from ..crb import SingularFisherWarning, crb
 from ..errors import InputError
-from ._common import add_model_arguments, build_model, parse_assignments
+from ._common import add_model_arguments, build_model, parse_assignments, sequence_line
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,9 +50,11 @@ def run(args: argparse.Namespace) -> int:
             "model": model.name, "parameters": params, "fixed": model.fixed, "sigma": sigma,
             "snr": 1.0 / sigma, "snr_definition": "|M0| / sigma with |M0| = 1",
             "crb": bound, "std": {p: math.sqrt(v) for p, v in bound.items()},
+            "sequence_rf": hardware.rf_summary(model.sequence),
         }, indent=2))
         return 0
     print(f"model {model.name}, sigma = {sigma:g} (SNR = |M0|/sigma = {1 / sigma:g}, |M0| = 1)")
+    print(sequence_line(model))
     if model.fixed:
         print("fixed: " + ", ".join(f"{k}={v:g}" for k, v in model.fixed.items()))
     print(f"{'parameter':<10} {'value':>12} {'unit':<5} {'CRB std':>12} {'std/value':>10}")

@@ -8,7 +8,7 @@ import time
 from ..data import sampler_from_spec
 from ..datasets import write_dataset
 from ..errors import InputError
-from ._common import add_model_arguments, build_model
+from ._common import add_model_arguments, build_model, sequence_line
 from .train import add_sampling_arguments, sampling_from_args
 
 
@@ -53,4 +53,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: {args.n} samples of {model.name} "
           f"[{', '.join(model.parameters)}], {args.storage}{k}, {dt:.1f} s "
           f"({args.n / dt:.0f} samples/s incl. CRB)")
+    print(sequence_line(model))
     return 0

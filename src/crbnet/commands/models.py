@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .. import models
+from .. import hardware, models
+from ._common import sequence_line
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,12 +16,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    described = [models.get(name).describe() for name in models.names()]
+    described = [_describe(models.get(name)) for name in models.names()]
     if args.json:
         print(json.dumps(described, indent=2))
         return 0
-    for d in described:
-        print(f"{d['name']}  ({d['n_timepoints']} time points with the default sequence)")
+    for name, d in zip(models.names(), described):
+        print(f"{d['name']}  (default {sequence_line(models.get(name))})")
         print(f"  {'parameter':<10} {'unit':<5} {'bounds':<24} {'training range':<24} "
               f"{'default':<10} estimated")
         for p in d["parameters"]:
@@ -31,3 +32,8 @@ def run(args: argparse.Namespace) -> int:
                   f"{f'[{tlo:g}, {thi:g}]':<24} {p['default']:<10g} {est}")
         print()
     return 0
+
+
+def _describe(model) -> dict:
+    """The model's description plus its default sequence's RF figures (None without RF)."""
+    return {**model.describe(), "sequence_rf": hardware.rf_summary(model.sequence)}

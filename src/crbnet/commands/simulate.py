@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import io
-from ._common import add_model_arguments, build_model, parse_assignments
+from ._common import add_model_arguments, build_model, parse_assignments, sequence_line
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,4 +24,5 @@ def run(args: argparse.Namespace) -> int:
     io.write_npy(args.out, signal)
     print(f"wrote {args.out}: {signal.dtype} {list(signal.shape)} "
           f"({model.name}, {', '.join(f'{p}={v:g}' for p, v in zip(model.parameters, theta[0].tolist()))})")
+    print(sequence_line(model))
     return 0

@@ -7,7 +7,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputError
-from ._common import add_model_arguments, build_model, parse_assignments, resolve_device
+from ._common import (add_model_arguments, build_model, parse_assignments, resolve_device,
+                      sequence_line)
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -144,4 +145,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}: {summary['epochs']} epochs, validation MSE/CRB mean "
               f"{summary['val_crb_loss_mean']:.4g} ({per}), {summary['wall_time_s']:.0f} s, "
               f"{summary['samples_per_s'] or 0:.0f} samples/s")
+        print(sequence_line(model))
     return 0

@@ -74,6 +74,16 @@ def epg_signal(T1: torch.Tensor, T2: torch.Tensor, B1: torch.Tensor | float,
     operations: differentiable by any autodiff in the tissue (T1, T2 [N], s; B1 [N] or a number)
     and in the schedule (flip [T], rad; tr [T], s) — sequence design differentiates it in flip
     and TR. ``n_states`` EPG orders 0 … n_states − 1 are kept."""
+    echoes = epg_echoes(T1, T2, B1, flip, tr, TE, TI, n_states)
+    return torch.complex(torch.zeros_like(echoes), echoes)
+
+
+def epg_echoes(T1: torch.Tensor, T2: torch.Tensor, B1: torch.Tensor | float,
+               flip: torch.Tensor, tr: torch.Tensor, TE: float, TI: float, n_states: int
+               ) -> torch.Tensor:
+    """``Im F⁺₀`` at every echo, [N, T], for the arguments of :func:`epg_signal` — the signal is
+    ``i`` times it. Analytic in T1, T2 and B1: complex values of them are accepted, which
+    gives derivatives by the complex step (exact to round-off, no subtraction)."""
     T1, T2 = T1[None, :], T2[None, :]                                     # [1, N]
     dtype, device = T1.dtype, T1.device
     flip, tr = flip[:, None], tr[:, None]                                 # [T, 1]
@@ -86,7 +96,8 @@ def epg_signal(T1: torch.Tensor, T2: torch.Tensor, B1: torch.Tensor | float,
     E1_tr, E2_tr = torch.exp(-tr / T1), torch.exp(-tr / T2)   # [T, N]: over a whole TR
     recovery = 1 - E1_tr
 
-    f_plus = torch.zeros(n_states, T1.shape[1], dtype=dtype, device=device)
+    states_dtype = torch.promote_types(E1_tr.dtype, cos_a.dtype)   # complex under a complex step
+    f_plus = torch.zeros(n_states, T1.shape[1], dtype=states_dtype, device=device)
     f_minus = f_plus
     order0 = torch.zeros(n_states, 1, dtype=dtype, device=device)
     order0[0] = 1
@@ -104,5 +115,4 @@ def epg_signal(T1: torch.Tensor, T2: torch.Tensor, B1: torch.Tensor | float,
         # Dephase one order: F+ moves up, F- moves down, F+_0 = conj(F-_0).
         f_minus = torch.cat((f_minus[1:], torch.zeros_like(f_minus[:1])))
         f_plus = torch.cat((-f_minus[:1], f_rf[:-1]))
-    signal = torch.stack(out, 1)                           # [N, T], the imaginary part
-    return torch.complex(torch.zeros_like(signal), signal)
+    return torch.stack(out, 1)                             # [N, T], the imaginary part

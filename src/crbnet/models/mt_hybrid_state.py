@@ -311,6 +311,31 @@ def _entries(rows, B1, theta, w0):
     return (c2 * k_c2 + s2 * k_s2, w * k_w - k_0, c * x_f, c * x_s, c * k_b, b2), (c, s, c2, s2, w)
 
 
+def _value_pass(rows, beta, B1, theta, w0):
+    """The periodic steady state's value pass in plain tensor operations: r_f [T, N] at every
+    mid-TR, the block-start states u, the within-block prefix rows and block totals, the
+    entries of ``A h`` and ``b h`` and the half-TR flow (arguments as in
+    :class:`_FreePoolSteadyState`)."""
+    entries, _ = _entries(rows, B1, theta, w0)
+    flow = _flow(*entries)
+    E, y_inf = flow["E"], flow["y_inf"]
+    flip = torch.stack((-torch.ones_like(beta), beta))      # the inversion, a diagonal matrix
+    g = y_inf - _linear(E, y_inf)                           # y -> E y + g, g = (I − E) y∞
+    prefix_rows, block_totals = _scan_cycle((E, g), flip)
+    r_f, u = _solve_periodic(prefix_rows, block_totals)
+    return r_f, u, prefix_rows, block_totals, entries, flow
+
+
+def steady_state_signal(rows, beta: torch.Tensor, B1: torch.Tensor, theta: torch.Tensor,
+                        w0: torch.Tensor) -> torch.Tensor:
+    """The real signal [N, T] (M0 = 1) of the periodic steady state, by plain tensor operations
+    only: every autodiff mode differentiates it in the voxel rows, beta, B1 and — unlike
+    :meth:`MTHybridState.simulate` — in the sequence columns θ and w0 = θ²/TRF ([T, 1]).
+    Sequence design uses it; ``rows, beta`` come from :meth:`MTHybridState._voxel_rows`."""
+    r_f = _value_pass(rows, beta, B1, theta, w0)[0]
+    return (r_f * torch.sin(theta * B1)).T
+
+
 class _FreePoolSteadyState(torch.autograd.Function):
     """r_f [T, N] at every mid-TR of the periodic steady state (DESIGN §4.1; see the module
     docstring), from per-voxel rows [1, N] — ``A h`` and ``b h`` are sums of their products
@@ -323,13 +348,7 @@ class _FreePoolSteadyState(torch.autograd.Function):
     @staticmethod
     def forward(*args):
         rows, (beta, B1, theta, w0) = args[:8], args[8:12]
-        entries, _ = _entries(rows, B1, theta, w0)
-        flow = _flow(*entries)
-        E, y_inf = flow["E"], flow["y_inf"]
-        flip = torch.stack((-torch.ones_like(beta), beta))  # the inversion, a diagonal matrix
-        g = y_inf - _linear(E, y_inf)                      # y -> E y + g, g = (I − E) y∞
-        prefix_rows, block_totals = _scan_cycle((E, g), flip)
-        r_f, u = _solve_periodic(prefix_rows, block_totals)
+        r_f, u, prefix_rows, block_totals, entries, flow = _value_pass(rows, beta, B1, theta, w0)
         # Everything after r_f is kept for the derivative rules only.
         return (r_f, u, prefix_rows[0], block_totals[0], *entries[:4],
                 *(flow[k] for k in _FreePoolSteadyState.kept))

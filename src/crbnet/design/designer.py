@@ -1,0 +1,187 @@
+"""Sequence design: minimize the CRB cost over the controls of a sequence, within the hardware
+limits, by a bounded quasi-Newton method with exact gradients and several starts."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.optimize
+import torch
+from tqdm.auto import tqdm
+
+from .. import sequences as seqs
+from ..crb import crb
+from ..errors import InputError
+from ..hardware import HardwareLimits
+from ..models.base import SignalModel
+from .controls import Controls, DesignSpace, controls_for
+from .cost import design_cost, relative_crb
+
+
+class _OutOfTime(Exception):
+    """The time budget ran out inside an optimizer run."""
+
+
+@dataclass
+class DesignResult:
+    """What a design run found.
+
+    Attributes:
+        sequence: the designed sequence (within the limits).
+        x: its optimizer variables (in [0, 1]).
+        cost: its cost; ``start_cost`` that of the (feasible version of the) start.
+        history: one entry per cost evaluation: elapsed s, run index, cost, best so far.
+        runs: per start: its kind ('start' or 'random'), first and final cost, evaluations.
+    """
+
+    sequence: seqs.Sequence
+    x: np.ndarray
+    cost: float
+    start_cost: float
+    history: list[dict] = field(default_factory=list)
+    runs: list[dict] = field(default_factory=list)
+    elapsed: float = 0.0
+
+
+class SequenceDesigner:
+    """Find the sequence of the model's kind that minimizes the CRB cost at tissue points.
+
+    Args:
+        model: the signal model; its sequence is the start (and fixes what is not designed).
+        points: [N, P] tissue points in the model's estimated parameters (SI).
+        snr: |M0| / σ of the design (the cost scales with 1/SNR²; it does not move the optimum).
+        weights: per estimated parameter (default 1 each).
+        space: limits and controls (:class:`DesignSpace`).
+        starts: optimizer runs: the first from the start sequence (unless ``random_only``),
+            the others from random controls drawn with ``seed``.
+        random_only: every run starts from random controls; the start sequence then only
+            provides what is not designed (TR, number of TRs, inversion, ...).
+        max_minutes: wall-time budget of all runs together.
+        max_iterations: quasi-Newton iterations per run.
+        progress: show a progress bar (stderr).
+    """
+
+    def __init__(self, model: SignalModel, points: torch.Tensor, snr: float = 50.0,
+                 weights: dict[str, float] | None = None, space: DesignSpace | None = None,
+                 starts: int = 4, max_minutes: float = 10.0, max_iterations: int = 2000,
+                 seed: int = 0, random_only: bool = False, progress: bool = False) -> None:
+        if not (math.isfinite(snr) and snr > 0):
+            raise InputError(f"the SNR must be a positive number, got {snr!r}")
+        if starts < 1 or not max_minutes > 0 or max_iterations < 1:
+            raise InputError("starts, max_minutes and max_iterations must be positive")
+        model.check_theta(points)
+        self.model, self.points, self.snr = model, points.to(torch.float64), float(snr)
+        self.weights = self._weights(weights or {})
+        self.space = space or DesignSpace(limits=HardwareLimits())
+        self.controls: Controls = controls_for(model, self.space)
+        self.starts, self.max_minutes, self.max_iterations = starts, max_minutes, max_iterations
+        self.seed, self.random_only, self.progress = seed, random_only, progress
+
+    def _weights(self, weights: dict[str, float]) -> torch.Tensor:
+        for name, w in weights.items():
+            if name not in self.model.parameters:
+                raise InputError(f"weight for {name!r}, which is not estimated; estimated: "
+                                 f"{', '.join(self.model.parameters)}")
+            if not (math.isfinite(w) and w >= 0):
+                raise InputError(f"the weight of {name} must be a non-negative number")
+        out = torch.tensor([float(weights.get(p, 1.0)) for p in self.model.parameters],
+                           dtype=torch.float64)
+        if not out.sum() > 0:
+            raise InputError("at least one weight must be positive")
+        return out
+
+    # ---- cost --------------------------------------------------------------------------------
+    def cost(self, x: torch.Tensor) -> torch.Tensor:
+        """The design cost of variables ``x`` (differentiable)."""
+        signal, columns = self.controls.signal_and_jacobian(self.model, self.controls.played(x),
+                                                            self.points)
+        return design_cost(relative_crb(signal, columns, self.points, 1 / self.snr),
+                           self.weights)
+
+    def cost_and_gradient(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """Cost and its exact gradient (reverse mode through the Jacobian, the Fisher matrix
+        and its inverse)."""
+        xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+        with torch.enable_grad():
+            value = self.cost(xt)
+            (grad,) = torch.autograd.grad(value, xt)
+        return float(value.detach()), grad.numpy()
+
+    def relative_std(self, sequence: seqs.Sequence) -> np.ndarray:
+        """√CRB / θ [N, P] of a sequence at the design points (crbnet.crb, independent of the
+        differentiable route)."""
+        model = type(self.model)(sequence=sequence, fixed=self.model.fixed,
+                                 **_options(self.model))
+        var = crb(model, self.points, sigma=1 / self.snr, warn=False)
+        return (var.sqrt() / self.points.abs()).numpy()
+
+    # ---- optimization --------------------------------------------------------------------------
+    def fit(self) -> DesignResult:
+        """Run the starts within the time budget and return the best design."""
+        rng = np.random.default_rng(self.seed)
+        t0 = time.perf_counter()
+        budget = 60.0 * self.max_minutes
+        x_start = self.controls.initial()
+        start_cost = self.cost_and_gradient(x_start)[0]
+        best = {"x": x_start, "cost": start_cost}
+        history: list[dict] = []
+        runs: list[dict] = []
+        bar = tqdm(total=round(budget), unit="s", desc="design", disable=not self.progress,
+                   mininterval=0.5, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s {postfix}")
+        try:
+            for run in range(self.starts):
+                remaining = budget - (time.perf_counter() - t0)
+                if remaining <= 0:
+                    break
+                x0 = x_start if run == 0 and not self.random_only else self.controls.random(rng)
+                deadline = time.perf_counter() + remaining / (self.starts - run)
+                runs.append(self._run(run, x0, deadline, t0, best, history, bar))
+        finally:
+            bar.close()
+        return DesignResult(sequence=self.controls.sequence(best["x"]), x=best["x"],
+                            cost=best["cost"], start_cost=start_cost, history=history,
+                            runs=runs, elapsed=time.perf_counter() - t0)
+
+    def _run(self, run: int, x0: np.ndarray, deadline: float, t0: float, best: dict,
+             history: list[dict], bar) -> dict:
+        """One bounded L-BFGS run on log(cost) until convergence or the deadline."""
+        record = {"start": "random" if run or self.random_only else "start", "first_cost": None,
+                  "final_cost": math.inf, "evaluations": 0}
+
+        def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
+            if time.perf_counter() > deadline:
+                raise _OutOfTime
+            value, grad = self.cost_and_gradient(x)
+            record["evaluations"] += 1
+            if record["first_cost"] is None:
+                record["first_cost"] = value
+            if not (math.isfinite(value) and value > 0 and np.all(np.isfinite(grad))):
+                return 1e30, np.zeros_like(x)               # singular Fisher: step back
+            if value < record["final_cost"]:
+                record["final_cost"] = value
+            if value < best["cost"]:
+                best["x"], best["cost"] = x.copy(), value
+            elapsed = time.perf_counter() - t0
+            history.append({"elapsed": elapsed, "run": run, "cost": value, "best": best["cost"]})
+            bar.set_postfix_str(f"run {run + 1}/{self.starts} best {best['cost']:.4g}",
+                                refresh=False)
+            bar.update(min(elapsed, bar.total) - bar.n)     # redraws at most every 0.5 s
+            return math.log(value), grad / value
+
+        try:
+            outcome = scipy.optimize.minimize(
+                objective, x0, jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * x0.size,
+                options={"maxiter": self.max_iterations, "ftol": 1e-12, "gtol": 1e-9,
+                         "maxcor": 30})
+            record["stopped"] = str(outcome.message)
+        except _OutOfTime:
+            record["stopped"] = "time budget"
+        return record
+
+
+def _options(model: SignalModel) -> dict:
+    """Constructor options of a model that are not its sequence or fixed parameters."""
+    return {"max_order": model.max_order} if hasattr(model, "max_order") else {}

@@ -106,8 +106,11 @@ def test_points_from_names_csv_and_sweep(tmp_path):
     csv = tmp_path / "p.csv"
     csv.write_text("name,m0s,T1f,T2f,Rx,T2s\nx,0.1,1.5,0.08,20,1e-5\n")
     assert tissue_points(model, str(csv)).theta[0].tolist() == [0.1, 1.5, 0.08, 20, 1e-5]
-    (tmp_path / "bad.csv").write_text("name,m0s\nx,0.1\n")
-    with pytest.raises(InputError, match="missing column"):
+    (tmp_path / "part.csv").write_text("name,m0s\nx,0.1\n")     # the others: defaults
+    part = tissue_points(model, str(tmp_path / "part.csv")).theta[0].tolist()
+    assert part == [0.1] + [model.defaults[p] for p in model.parameters[1:]]
+    (tmp_path / "bad.csv").write_text("name,m0s,bone\nx,0.1,3\n")
+    with pytest.raises(InputError, match="unknown column"):
         tissue_points(model, str(tmp_path / "bad.csv"))
     sw = sweep_points(model, wm, "Rx", 3)
     j = model.parameters.index("Rx")

@@ -25,7 +25,6 @@ problem's ambiguity, which no local bound describes).
 
 from __future__ import annotations
 
-import csv
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -57,48 +56,13 @@ class Points:
 
 
 def tissue_points(model: SignalModel, spec: str) -> Points:
-    """``spec``: comma-separated tissue names of the phantom table (``WM,GM``) or a CSV file
-    with a ``name`` column (optional) and one column per estimated parameter (SI). Estimated
-    parameters the tissue table does not list (e.g. B1) take the model's default value."""
-    if spec.lower().endswith(".csv") or Path(spec).is_file():
-        return _points_from_csv(model, Path(spec))
-    from .phantom import tissue_table
+    """``spec``: comma-separated tissue names of the phantom table (``WM,GM``) and/or CSV files
+    (:func:`crbnet.tissue.load_points`: a header of parameter names, an optional ``label`` or
+    ``name`` column). Estimated parameters a table or file leaves out (e.g. B1) take the
+    model's default."""
+    from .tissue import load_points
 
-    table = tissue_table(model.name)
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    if not names:
-        raise InputError("--points needs tissue names (e.g. WM,GM) or a CSV file")
-    rows = []
-    for name in names:
-        if name not in table:
-            raise InputError(f"unknown tissue {name!r} for {model.name}; known: "
-                             f"{', '.join(table)}")
-        rows.append([table[name][p][0] if p in table[name] else model.defaults[p]
-                     for p in model.parameters])
-    return _checked(model, names, rows)
-
-
-def _points_from_csv(model: SignalModel, path: Path) -> Points:
-    if not path.is_file():
-        raise InputError(f"points file not found: {path}")
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        raise InputError(f"{path}: no rows")
-    missing = [p for p in model.parameters if p not in rows[0]]
-    if missing:
-        raise InputError(f"{path}: missing column(s) {', '.join(missing)} (estimated "
-                         f"parameters of {model.name}: {', '.join(model.parameters)})")
-    try:
-        values = [[float(r[p]) for p in model.parameters] for r in rows]
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{path}: not a number ({exc})") from None
-    names = [r.get("name") or f"point{i + 1}" for i, r in enumerate(rows)]
-    return _checked(model, names, values)
-
-
-def _checked(model: SignalModel, names: list[str], rows: list[list[float]]) -> Points:
-    theta = torch.tensor(rows, dtype=torch.float64)
+    names, theta = load_points(model, [spec])
     model.check_theta(theta)
     return Points(names, theta)
 

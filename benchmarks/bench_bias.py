@@ -99,7 +99,8 @@ def train(name: str, extra: list[str], minutes: float, args: argparse.Namespace,
 def sequence_commit() -> str | None:
     try:
         out = subprocess.run(["git", "log", "-1", "--format=%h", "--", "src/crbnet/sequences.py"],
-                             capture_output=True, text=True, cwd=Path(__file__).parent)
+                             capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent.parent)
         return out.stdout.strip() or None
     except OSError:
         return None
@@ -145,9 +146,12 @@ def plot(rows: list[dict], snr: float, path: Path) -> None:
             ax.axhline(limit, color="k", ls="--", lw=0.8)
     axes[0].set_ylabel("|bias| / √CRB")
     axes[1].set_ylabel("std / √CRB")
-    axes[0].set_yscale("symlog", linthresh=1)
+    axes[0].set_yscale("symlog", linthresh=0.5, linscale=2)
+    axes[0].set_ylim(bottom=0)
     axes[1].set_yscale("log")
-    axes[1].set_xticks(x, [f"{p}\n{q}" for p, q in keys])
+    judged = {(r["point"], r["parameter"]) for r in sel if r["sqrt_crb_over_value"] <= 0.25}
+    axes[1].set_xticks(x, [f"{p}\n{q}{' *' if (p, q) in judged else ''}" for p, q in keys])
+    axes[1].set_xlabel("* = √CRB/value ≤ 0.25: the targets apply")
     axes[0].legend(fontsize=8)
     axes[0].set_title(f"{MODEL}, T1s = 1 s, SNR {snr:g}: dashed = targets of the "
                       "bias-reduced net (|bias| ≤ 0.2, std ≤ 1.25)")
@@ -270,7 +274,7 @@ def print_tables(rows: list[dict], result: dict) -> None:
             cells = []
             for lab in labels:
                 r = by.get((lab, snr, point, param))
-                cells.append("–" if r is None else
+                cells.append("– | –" if r is None else
                              f"{r['bias_over_sqrt_crb']:+.2f}±{r['bias_over_sqrt_crb_se']:.2f} | "
                              f"{r['std_over_sqrt_crb']:.2f}±{r['std_over_sqrt_crb_se']:.2f}")
             print(f"| {point} | {param} | {first['sqrt_crb_over_value']:.3g} | "

@@ -127,6 +127,14 @@ def test_fisp_controls_respect_max_flip_and_power():
     assert np.max(seq.flip) <= np.deg2rad(40) * (1 + 1e-12)
     assert hardware.violations(seq, limits, rtol=0) == []
     assert hardware.rf_summary(seq)["rf_power"] == pytest.approx(1e4, rel=1e-6)
+    # Designed TRs stay in their range and the schedule no longer than the start.
+    controls = FISPControls(start, DesignSpace(limits, optimize_tr=True, tr_range=(8e-3, 20e-3)))
+    for x in (np.ones(controls.n_variables), np.full(controls.n_variables, 0.3)):
+        seq = controls.sequence(x)
+        assert seq.TR.min() >= 8e-3 and seq.TR.max() <= 20e-3
+        assert seq.TR.sum() <= start.TR.sum() * (1 + 1e-12)
+    with pytest.raises(Exception, match="longer than"):
+        FISPControls(start, DesignSpace(limits, optimize_tr=True, tr_range=(13e-3, 20e-3)))
 
 
 def test_hann_matrix_reproduces_interpolation():

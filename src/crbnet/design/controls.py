@@ -63,7 +63,6 @@ class Controls:
     """Base: the optimizer's variables of one sequence kind."""
 
     kind = ""
-    names: tuple[str, ...] = ()
 
     def __init__(self, start: seqs.Sequence, space: DesignSpace) -> None:
         self.start, self.space = start, space
@@ -108,7 +107,6 @@ class MTControls(Controls):
     ``min(π/2, ω1max·TRF/2)``."""
 
     kind = "mt"
-    names = ("theta", "TRF")
 
     def __init__(self, start: seqs.MTSequence, space: DesignSpace) -> None:
         super().__init__(start, space)
@@ -194,12 +192,12 @@ class MTControls(Controls):
 
 class FISPControls(Controls):
     """FISP MRF: the flip angle of every TR (a fraction of the largest allowed angle), and with
-    ``optimize_tr`` every TR within ``tr_range``; TE, TI and the number of TRs are the start's.
+    ``optimize_tr`` every TR within ``tr_range`` with a total no longer than the start's; TE,
+    TI and the number of TRs are the start's.
     The largest angle is ``max_flip`` (default: the start's largest), capped by the peak-B1
     limit for the schedule's pulse duration."""
 
     kind = "fisp"
-    names = ("flip", "TR")
 
     def __init__(self, start: seqs.FISPSequence, space: DesignSpace) -> None:
         super().__init__(start, space)
@@ -213,6 +211,9 @@ class FISPControls(Controls):
         if space.optimize_tr and not start.TE < lo <= hi:
             raise InputError(f"the TR range [{lo:g}, {hi:g}] s must be increasing and above "
                              f"TE = {start.TE:g} s")
+        if space.optimize_tr and lo * start.n_timepoints > np.sum(start.TR):
+            raise InputError(f"with TRs of at least {lo:g} s the schedule would be longer than "
+                             f"the start's {np.sum(start.TR):g} s")
         self.tr_range = (lo, hi)
 
     @property
@@ -241,6 +242,10 @@ class FISPControls(Controls):
         if self.space.optimize_tr:
             lo, hi = self.tr_range
             tr = lo + x[n:] * (hi - lo)
+            # No longer than the start: above its duration, every TR's excess over the range's
+            # low end shrinks by the one factor that meets it (stays within the range).
+            excess, allowed = tr.sum() - n * lo, float(np.sum(self.start.TR)) - n * lo
+            tr = lo + (tr - lo) * torch.clamp(allowed / excess.clamp_min(1e-300), max=1.0)
         else:
             tr = torch.as_tensor(self.start.TR, dtype=x.dtype)
         duration = self.start.TI + tr.sum()

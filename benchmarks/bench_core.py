@@ -9,7 +9,7 @@ For ``mt_hybrid_state`` (default 666-TR sequence, and the seed authors' control-
   generic route it replaces on CPU (``crb:func``: ``torch.func.jvp`` + ``vmap`` through
   ``simulate``, which is what runs on CUDA); the targets are judged on ``crb``;
 - the reference the seed authors' approach implies: per voxel, ``scipy.integrate.solve_ivp``
-  integrates the 2-state ODE of DESIGN §4.1 together with its 2×P forward sensitivity equations
+  integrates the 2-state ODE of docs/physics.md §1 together with its 2×P forward sensitivity equations
   ``d/dt(∂y/∂θ) = A ∂y/∂θ + (∂A/∂θ) y + ∂b/∂θ``, TR by TR (signal read at mid-TR), for
   ``--ref-cycles`` cycles from equilibrium (2, like the seed), then forms the Fisher matrix and
   the CRB. It is timed on ``--ref-voxels`` voxels, best of ``--repeats`` passes like the other
@@ -53,7 +53,7 @@ PARAMETERS = ("m0s", "T1f", "T2f", "Rx", "T1s", "T2s")
 CRB_TORCH_FUNC = "crb:func"
 
 
-# ---- reference: ODE + forward sensitivities, one voxel at a time (DESIGN §4.1) -------------------
+# ---- reference: ODE + forward sensitivities, one voxel at a time (docs/physics.md §1) ------
 def _rhs_matrices(seq, p: dict[str, float]):
     """Per TR: A [T, 2, 2], b [T, 2] and their derivatives dA [T, P, 2, 2], db [T, P, 2]
     with respect to (m0s, T1f, T2f, Rx, T1s, T2s), written from the equations (B1 = 1)."""
@@ -136,7 +136,7 @@ def ode_signal_and_jacobian(seq, p: dict[str, float], cycles: int | None = 2,
 
 def fisher_crb(signal: np.ndarray, jac: np.ndarray) -> np.ndarray:
     """CRB (σ = 1, M0 = 1) of the 6 parameters from a real signal and its Jacobian, with
-    (Re M0, Im M0) as nuisance parameters (DESIGN §2)."""
+    (Re M0, Im M0) as nuisance parameters (docs/statistics.md §2)."""
     J = np.concatenate((jac, signal[:, None], 1j * signal[:, None]), 1)
     F = (J.conj().T @ J).real
     return np.diag(np.linalg.inv(F))[:len(PARAMETERS)]

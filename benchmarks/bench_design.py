@@ -25,7 +25,6 @@ All costs come from one run; the JSON records the CPU count and load average.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -142,9 +141,9 @@ def bench_fisp(minutes: float, seed: int) -> dict:
 
 
 def plot(results: dict, path: Path) -> None:
-    from crbnet.plots import plt, save_figure
+    from crbnet.plots import save_figure, subplots
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    fig, axes = subplots(1, 3, figsize=(16, 4.5))
     mt = results["mt"]
     ref = "ratio_to_csv" if mt["rows"][0]["ratio_to_csv"] is not None else None
     names = [r["name"] for r in mt["rows"]]

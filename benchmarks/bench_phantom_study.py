@@ -173,7 +173,7 @@ def markdown(rows, labels, info) -> str:
 
 def figure(rows, labels, model, path, title):
     """Per parameter: estimates vs truth per tissue (top) and RMSE/√CRB per tissue (bottom)."""
-    from crbnet.plots import plt, save_figure
+    from crbnet.plots import save_figure, subplots
     from crbnet.plots.maps import display_scale
 
     params = list(model.parameters)
@@ -181,7 +181,7 @@ def figure(rows, labels, model, path, title):
     n = len(params)
     cols = min(3, n)
     n_rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(2 * n_rows, cols, figsize=(4.2 * cols, 5.8 * n_rows), squeeze=False)
+    fig, axes = subplots(2 * n_rows, cols, figsize=(4.2 * cols, 5.8 * n_rows), squeeze=False)
     width = 0.8 / (len(labels) + 1)
     x = np.arange(len(tissues))
     for k, p in enumerate(params):

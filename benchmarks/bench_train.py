@@ -107,11 +107,11 @@ def run_training(name: str, loss: str, args: argparse.Namespace, out_dir: Path) 
 
 def plot(result: dict, path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from crbnet.plots import plt, save_figure
+    from crbnet.plots import save_figure, subplots
 
     runs = result["runs"]
     params = runs["crb"]["parameters"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    fig, axes = subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for ax, key in zip(axes, ("crb", "mse")):
         r = runs[key]
         t = [c["elapsed_s"] / 60 for c in r["curve"]]

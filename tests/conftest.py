@@ -7,15 +7,21 @@ import torch
 # Fixed seeds and a predictable thread count keep the suite reproducible on 2 cores.
 torch.set_num_threads(int(os.environ.get("CRBNET_TEST_THREADS", "2")))
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# A hybrid-state control-point file in the CSV format crbnet reads: '#' comments, a header,
+# then θ (rad, half the flip angle) and TRF (ms) per control point. Six points so that the
+# 666 TRs of a 3 s cycle at TR = 4.5 ms put one point every 111 TRs exactly.
+OCT_CSV_POINTS = ((0.20, 1.00), (0.55, 0.40), (1.20, 0.10), (0.00, 1.00), (1.5707963268, 0.25),
+                  (0.35, 0.70))
 
 
 @pytest.fixture
-def oct_csv() -> Path:
-    """The seed authors' optimized control points (outside fixture in ../shared/data)."""
-    path = SHARED / "data" / "mt_hybrid_state_oct_control_points.csv"
-    if not path.exists():
-        pytest.skip("../shared/data is not available")
+def oct_csv(tmp_path) -> Path:
+    """A small control-point CSV written by the test itself (same format as optimized files)."""
+    path = tmp_path / "control_points.csv"
+    lines = ["# hybrid-state control points, one cycle of 3 s, TR = 4.5 ms",
+             "# columns: theta (rad), RF pulse duration (ms)", "theta_rad,trf_ms"]
+    lines += [f"{theta!r},{trf!r}" for theta, trf in OCT_CSV_POINTS]
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 

@@ -179,6 +179,7 @@ def test_chunked_path_gives_the_same_maps(phantom, estimator, tmp_path):
         for n in names:
             np.testing.assert_allclose(b[n], a[n], rtol=1e-6, atol=0, err_msg=f"{other} {n}")
     assert one.summary["noise"]["sigma"] == pytest.approx(chunked.summary["noise"]["sigma"])
+    assert one.summary["noise"]["sigma"] == pytest.approx(slabs.summary["noise"]["sigma"])
 
 
 def test_input_variants_give_the_same_maps_with_the_input_header(phantom, tmp_path):

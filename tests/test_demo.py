@@ -22,7 +22,9 @@ def tiny_config(**changes) -> DemoConfig:
 
 def test_demo_writes_a_report_with_every_figure_it_names(tmp_path):
     out = tmp_path / "demo"
-    summary = run(out, tiny_config(), progress=False, log=lambda *_: None)
+    # a third, registered loss rides along (the default is crb and mse)
+    summary = run(out, tiny_config(losses=("crb", "mse", "log_mse")), progress=False,
+                  log=lambda *_: None)
     report = (out / "report.md").read_text()
     figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert figures, "the report embeds its figures"
@@ -31,9 +33,11 @@ def test_demo_writes_a_report_with_every_figure_it_names(tmp_path):
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["parameters"] == summary["parameters"] == ["m0s", "T1f", "T2f", "Rx", "T2s"]
     labels = [row["label"] for row in on_disk["comparison"]]
-    assert labels == ["CRB-net", "MSE-net", "bias-reduced net", "NLLS", "NLLS (training box)"]
+    assert labels == ["CRB-net", "MSE-net", "log_mse-net", "bias-reduced net", "NLLS",
+                      "NLLS (training box)"]
     assert {n: t["epochs"] for n, t in on_disk["training"].items()} == {
-        "CRB-net": 3, "MSE-net": 3, "bias-reduced net": 2}
+        "CRB-net": 3, "MSE-net": 3, "log_mse-net": 3, "bias-reduced net": 2}
+    assert "(log estimate - log truth)^2" in report
     # the tissue-point table: CRB-net, bias-reduced net and NLLS in both boxes at WM and GM
     rows = on_disk["tissue_points"]["rows"]
     assert {r["estimator"] for r in rows} == {"CRB-net", "bias-reduced net", "NLLS",
@@ -58,3 +62,11 @@ def test_demo_refuses_a_non_empty_output_folder(tmp_path):
     with pytest.raises(InputError, match="not empty"):
         run(tmp_path, tiny_config(), progress=False, log=lambda *_: None)
     assert (tmp_path / "keep.txt").read_text() == "user data"
+
+
+
+def test_demo_refuses_an_unknown_loss(tmp_path):
+    with pytest.raises(InputError, match="unknown loss"):
+        run(tmp_path / "x", tiny_config(losses=("crb", "nope")), progress=False,
+            log=lambda *_: None)
+    assert not (tmp_path / "x").exists()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from crbnet import crb, hardware, models, sequences
+from crbnet import hardware, models, sequences
 from crbnet.design import DesignSpace, SequenceDesigner
 from crbnet.design.controls import FISPControls, MTControls, hann_matrix
 from crbnet.design.cost import complex_step_jacobian, forward_mode_jacobian

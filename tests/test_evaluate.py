@@ -196,10 +196,15 @@ def test_evaluate_and_compare_commands(tmp_path, capsys):
                                          "std_over_sqrt_crb"}
     assert (tmp_path / "ev" / "evaluation.png").exists()
     rc = main(["compare", "--model", "t2_decay", "--out", str(tmp_path / "cmp"), "--voxels",
-               "50", "dictionary", "nlls"])
+               "50", "dictionary", "nlls", "--losses", "relative_mse,log_mse"])
     assert rc == 0
     assert "| dictionary |" in capsys.readouterr().out
     assert (tmp_path / "cmp" / "comparison.md").exists()
+    rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())["rows"]
+    for row in rows:
+        rel, log = row["losses"]["relative_mse"], row["losses"]["log_mse"]
+        # small relative errors: log(θ̂/θ) ≈ (θ̂ − θ)/θ, so the two losses nearly agree
+        assert 0 < rel < 0.1 and log == pytest.approx(rel, rel=0.2)
 
 
 @pytest.mark.parametrize("argv", [
@@ -216,6 +221,8 @@ def test_evaluate_and_compare_commands(tmp_path, capsys):
     ["compare", "--out", "X", "--model", "t2_decay", "svm"],
     ["compare", "--out", "X", "--model", "t2_decay", "--voxels", "0", "nlls"],
     ["compare", "--out", "X", "NOTACKPT"],
+    ["compare", "--out", "X", "--model", "t2_decay", "--losses", "bias_reduced", "nlls"],
+    ["compare", "--out", "X", "--model", "t2_decay", "--losses", "nope", "nlls"],
 ])
 def test_evaluate_and_compare_bad_input_exit_2(argv, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -77,3 +77,42 @@ def test_efficient_estimator_scores_one():
 def test_mse_weights_default_is_inverse_squared_scale():
     w = losses.mse_weights(["a", "b"], {"a": 2.0, "b": 0.1}, {"b": 7.0})
     assert w == pytest.approx([0.25, 7.0])
+
+
+def test_relative_mse_by_hand():
+    est, truth = t([[2, 3], [1, 8]]), t([[1, 2], [2, 4]])
+    # ((1/1)² + (1/2)² + (1/2)² + (4/4)²) / 4 = (1 + 0.25 + 0.25 + 1) / 4
+    assert losses.relative_mse(est, truth).item() == pytest.approx(0.625)
+    # a zero truth is left out of the mean: (1 + 0.25 + 1) / 3
+    assert losses.relative_mse(est, t([[1, 2], [0, 4]])).item() == pytest.approx(0.75)
+
+
+def test_log_mse_by_hand():
+    est, truth = t([[math.e, 1], [1, 2]]), t([[1, math.e ** 2], [1, 2]])
+    # (1² + (−2)² + 0 + 0) / 4
+    assert losses.log_mse(est, truth).item() == pytest.approx(1.25)
+    # a non-positive estimate is clamped, not NaN: the loss stays finite with a gradient
+    est = t([[-0.5, 1.0]]).requires_grad_()
+    value = losses.log_mse(est, t([[1.0, 1.0]]))
+    value.backward()
+    assert math.isfinite(value.item()) and torch.isfinite(est.grad).all()
+
+
+def test_registry_adapters_match_the_functions():
+    gen = torch.Generator().manual_seed(0)
+    K, n, P = 4, 3, 2
+    truth = 1 + torch.rand(n, P, generator=gen, dtype=torch.float64)
+    target = truth.repeat_interleave(K, 0)
+    est = target + 0.1 * torch.randn(n * K, P, generator=gen, dtype=torch.float64)
+    crb = 0.01 * torch.ones_like(target)
+    inputs = losses.LossInputs(est, target, crb, [1.0, 2.0], K=K, lam=0.3)
+    direct = {"mse": losses.mse(est, target, [1.0, 2.0]), "crb": losses.crb(est, target, crb),
+              "bias_reduced": losses.bias_reduced(est.reshape(n, K, P), truth, crb[::K], 0.3),
+              "relative_mse": losses.relative_mse(est, target),
+              "log_mse": losses.log_mse(est, target)}
+    assert set(losses.names()) == set(direct)
+    for name, value in direct.items():
+        torch.testing.assert_close(losses.get(name).compute(inputs), value)
+    assert [n for n in losses.names() if losses.get(n).repeated] == ["bias_reduced"]
+    with pytest.raises(ValueError, match="unknown loss"):
+        losses.get("nope")

@@ -17,7 +17,7 @@ from crbnet.models import ModelError
 MT_POINT = {"m0s": 0.2, "T1f": 0.9, "T2f": 0.06, "Rx": 25.0, "T1s": 0.7, "T2s": 11e-6}
 
 
-# ---- reference implementation of DESIGN §4.1, written from the equations ---------------------
+# ---- reference implementation of docs/physics.md §1, written from the equations ------------
 def mt_rhs_matrix(p, theta, trf, seq):
     """A (2×2) and b of dy/dt = A y + b for y = (r_f, z_s) during one TR."""
     a = p["B1"] * theta

@@ -25,6 +25,13 @@ def test_control_point_csv_gives_666_trs(oct_csv):
     assert seq.TR == pytest.approx(4.5e-3)
     assert 0 <= seq.theta.min() and seq.theta.max() <= np.pi / 2 + 1e-6
     assert seq.TRF.max() <= 1e-3 + 1e-9 and seq.TRF.min() > 0
+    # the control points land on every 111th TR, TRF converted from ms to s
+    from conftest import OCT_CSV_POINTS
+    points = np.array(OCT_CSV_POINTS)
+    np.testing.assert_allclose(seq.theta[::111], points[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(seq.TRF[::111], points[:, 1] * 1e-3, rtol=1e-12)
+    # between points the Hann weights keep values inside the neighbours' range
+    assert seq.theta[1:111].min() >= 0.20 - 1e-12 and seq.theta[1:111].max() <= 0.55 + 1e-12
 
 
 def test_default_mt_sequence_is_within_documented_limits():

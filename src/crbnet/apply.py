@@ -3,12 +3,12 @@
 For every voxel in the mask, with ``y`` its complex time series (T points), the estimator gives
 ``θ̂``; then
 
-* ``M0̂ = f(θ̂)ᴴ y / ‖f(θ̂)‖²`` — the least-squares complex M0 given θ̂ (as
-  :func:`crbnet.estimator.fit_m0`; here the simulated ``f`` is reused for the residual);
+* ``M0̂ = f(θ̂)ᴴ y / ‖f(θ̂)‖²`` — the least-squares complex M0 given θ̂ (the simulated ``f`` is
+  reused for the residual);
 * the residual noise level ``σ̂_v² = ‖y − M0̂ f(θ̂)‖² / (2T − P − 2)`` (2T real data, P + 2 fitted
   real unknowns: θ and the real and imaginary part of M0 — exact for a least-squares fit, an
   upper estimate for any other estimator, whose misfit adds to the residual);
-* the CRB standard deviation ``sqrt(CRB_p(θ̂; σ, |M0̂|))`` (DESIGN §2), computed once for σ = 1 and
+* the CRB standard deviation ``sqrt(CRB_p(θ̂; σ, |M0̂|))`` (docs/statistics.md §2), computed once for σ = 1 and
   scaled by the voxel's σ. Voxels whose Fisher matrix is singular (e.g. T2s where m0s = 0) get
   NaN and are counted.
 
@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .data import SNR_DEFINITION
 from .errors import InputError
 from .estimator import Estimator
 from .models.base import SignalModel
@@ -65,7 +66,6 @@ from .sequences import sequence_hash
 MAP_NAMES = {"T1": "T1map", "T2": "T2map", "B1": "TB1map"}
 NOISE_MODES = ("auto", "background", "residual", "voxel")
 MIN_BACKGROUND_VOXELS = 100
-SNR_DEFINITION = "|M0| / sigma, sigma = std of the real and of the imaginary part of the noise"
 #: False-alarm probability of the automatic mask (per noise-only voxel).
 AUTO_MASK_FALSE_ALARM = 1e-6
 
@@ -239,7 +239,7 @@ def _estimate_chunk(estimator: Estimator, model: SignalModel, y: np.ndarray,
     with torch.no_grad():
         f = model.simulate(th)
     y128 = signals.to(torch.complex128)
-    # Least-squares complex M0 given θ̂ (same as estimator.fit_m0, reusing f for the residual).
+    # Least-squares complex M0 given θ̂, reusing f for the residual.
     m0 = (f.conj() * y128).sum(-1) / (f.conj() * f).real.sum(-1).clamp_min(
         torch.finfo(torch.float64).tiny)
     rss = (y128 - m0[:, None] * f).abs().pow(2).sum(-1)
@@ -486,7 +486,7 @@ def apply_to_volume(estimator: Estimator, source: SignalSource, out_dir: str | P
             "definition": SNR_DEFINITION + " (mean |M0| over the estimated voxels)",
         },
         "uncertainty": ("sqrt(CRB) at the estimated parameters and |M0|, scaled by the noise "
-                        "level (DESIGN §2); NaN where the Fisher matrix is singular")
+                        "level (docs/statistics.md §2); NaN where the Fisher matrix is singular")
         if uncertainty else None,
         "seconds": None,
     }

@@ -6,7 +6,8 @@ loads with ``torch.load(..., weights_only=True)`` (no code runs on load)::
     {"format": "crbnet-checkpoint", "version": 1, "checksum": <sha256 of payload>,
      "payload": {
         "model":     {"name", "sequence_kind", "sequence" (to_dict), "sequence_hash", "fixed",
-                      "options", "parameters", "units", "bounds"},
+                      "options", "parameters", "units", "bounds", and "source" for a model
+                      from a file, module or plugin (FILE.py:CLASS, module:CLASS, name)},
         "sampling":  {param: {"range", "distribution"}},          # training distribution
         "basis":     real [T, k, 2] (Re, Im of the orthonormal subspace U) or None,
         "subspace":  {"k", "energy", "crb_inflation"},
@@ -24,6 +25,7 @@ with another version, with wrong keys or a wrong checksum is refused with an
 from __future__ import annotations
 
 import hashlib
+import io
 import struct
 from pathlib import Path
 from typing import Any, Mapping
@@ -57,10 +59,8 @@ class CheckpointError(InputError):
 # ---- model (de)serialization -----------------------------------------------------------------
 def model_to_dict(model: SignalModel) -> dict:
     """Everything needed to rebuild ``model`` (JSON-ready)."""
-    options = {}
-    if hasattr(model, "max_order"):
-        options["max_order"] = int(model.max_order)
-    return {
+    options = model.option_values
+    record = {
         "name": model.name,
         "sequence_kind": model.sequence.kind,
         "sequence": model.sequence.to_dict(),
@@ -71,13 +71,25 @@ def model_to_dict(model: SignalModel) -> dict:
         "units": dict(model.units),
         "bounds": {p: list(b) for p, b in model.bounds.items()},
     }
+    source = models.source_of(model)
+    if source != model.name:  # a model from a file, a module or a plugin: how to import it
+        record["source"] = source
+    return record
 
 
 def model_from_dict(d: Mapping[str, Any]) -> SignalModel:
     """Inverse of :func:`model_to_dict`; checks the rebuilt model matches the record."""
     try:
+        source = d.get("source", d["name"])
+        try:
+            cls = models.resolve(source)
+        except models.ModelError as exc:
+            raise CheckpointError(f"the record's model {source!r} cannot be imported here "
+                                  f"({exc}); make it importable under the same name") from None
+        if cls.name != d["name"]:
+            raise CheckpointError(f"{source} is model {cls.name!r}, the record is {d['name']!r}")
         seq = sequences.from_dict(dict(d["sequence"]), d["sequence_kind"])
-        model = models.get(d["name"], sequence=seq, fixed=dict(d["fixed"]),
+        model = models.get(source, sequence=seq, fixed=dict(d["fixed"]),
                            **dict(d.get("options", {})))
     except KeyError as exc:
         raise CheckpointError(f"model record is missing {exc}") from None
@@ -142,8 +154,12 @@ def save(path: str | Path, payload: Mapping[str, Any]) -> None:
         raise ValueError(f"checkpoint payload is missing {sorted(missing)}")
     record = {"format": FORMAT, "version": VERSION, "checksum": checksum(payload),
               "payload": dict(payload)}
+    # Serialized in memory, then written as plain bytes: torch's own file writer reports a
+    # full disk as an unspecific RuntimeError, a plain write as OSError (ENOSPC) with the path.
+    buffer = io.BytesIO()
+    torch.save(record, buffer)
     with atomic_path(path) as tmp:
-        torch.save(record, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def read(path: str | Path, verify: bool = True) -> dict:

@@ -5,7 +5,9 @@ uniformly random phase, complex white Gaussian noise with σ = 1/SNR on the real
 imaginary part — the same noisy signals for every estimator. Per estimator and parameter the
 table reports the mean over voxels of ``(θ̂ − θ)² / CRB(θ)`` (CRB of that voxel at that σ;
 1 for an efficient unbiased estimator — the seed paper's loss used as a metric), its median,
-and the inference speed (``predict`` calls only, after an untimed warm-up).
+and the inference speed (``predict`` calls only, after an untimed warm-up). Optionally, the
+value of registered training losses (:mod:`crbnet.losses`; ``mse`` with the default weights
+1/width² of the training range) on the same estimates, over voxels with finite estimates.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from . import losses as loss_registry
 from .crb import SingularFisherWarning, crb
 from .data import ParameterSampler, add_noise, random_m0
 from .errors import InputError
@@ -28,7 +31,6 @@ from .evaluate import SNR_DEFINITION, _json_ready
 from .models.base import SignalModel
 from .sequences import sequence_hash
 
-BASELINE_METHODS = ("nlls", "dictionary")
 #: Search boxes of a baseline: the model's physical bounds or the networks' training ranges.
 BOXES = ("physical", "training")
 
@@ -36,8 +38,10 @@ BOXES = ("physical", "training")
 def split_method(spec: str) -> tuple[str, str | None] | None:
     """``'nlls'`` -> ('nlls', None), ``'nlls@training'`` -> ('nlls', 'training'); None when
     ``spec`` is not a baseline."""
+    from .baselines import METHODS
+
     method, _, box = spec.partition("@")
-    if method not in BASELINE_METHODS:
+    if method not in METHODS:
         return None
     if box and box not in BOXES:
         raise InputError(f"{spec!r}: the box after @ must be one of {', '.join(BOXES)}")
@@ -103,7 +107,7 @@ def resolve_estimators(specs: Sequence[str], model: SignalModel | None = None,
         if split_method(spec) is not None:
             continue
         if not Path(spec).exists():
-            raise InputError(f"{spec!r} is neither a method ({', '.join(BASELINE_METHODS)}) "
+            raise InputError(f"{spec!r} is neither a method ({', '.join(baselines.METHODS)}) "
                              "nor an existing checkpoint or run directory")
         networks[i] = load_network(spec, device=device)
     if model is None:
@@ -222,6 +226,25 @@ def score(estimates: torch.Tensor, test: ComparisonSet, parameters: Sequence[str
     return out
 
 
+def check_losses(names: Sequence[str]) -> list[str]:
+    """Registered losses that can score one noisy draw per voxel (not the repeated ones)."""
+    for name in names:
+        if loss_registry.get(name).repeated:
+            raise InputError(f"loss {name!r} needs several noise draws per voxel; the "
+                             "comparison has one")
+    return list(names)
+
+
+def loss_values(estimates: torch.Tensor, test: ComparisonSet, model: SignalModel,
+                names: Sequence[str]) -> dict[str, float]:
+    """Each registered loss in ``names`` over the voxels whose estimates are all finite."""
+    ok = torch.isfinite(estimates).all(1)
+    widths = {p: hi - lo for p, (lo, hi) in model.train_ranges.items()}
+    weights = loss_registry.mse_weights(model.parameters, widths)
+    inputs = loss_registry.LossInputs(estimates[ok], test.theta[ok], test.crb[ok], weights)
+    return {name: float(loss_registry.get(name).compute(inputs)) for name in names}
+
+
 @dataclass
 class ComparisonResult:
     model: str
@@ -247,7 +270,8 @@ class ComparisonResult:
 
     def to_markdown(self) -> str:
         params = list(self.parameters)
-        head = (["estimator"] + [f"MSE/CRB {p}" for p in params]
+        extra = list(self.rows[0].get("losses", {})) if self.rows else []
+        head = (["estimator"] + [f"MSE/CRB {p}" for p in params] + extra
                 + ["> 5√CRB", "local min.", "voxels/s"])
         lines = [f"Comparison on {self.n_voxels} test voxels of `{self.model}` at SNR "
                  f"{self.snr:g} ({SNR_DEFINITION}). MSE/CRB: mean over voxels of "
@@ -259,6 +283,7 @@ class ComparisonResult:
                  "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
         for row in self.rows:
             cells = [row["label"]] + [_fmt(row["mse_over_crb"][p]) for p in params]
+            cells += [_fmt(row["losses"][name]) for name in extra]
             cells += [f"{100 * row['gross_fraction']:.1f} %",
                       f"{100 * row['local_minimum_fraction']:.1f} %"]
             cells.append(f"{row['voxels_per_second']:,.0f}")
@@ -273,11 +298,13 @@ class ComparisonResult:
         out_dir = Path(out_dir)
         paths = {"json": out_dir / "comparison.json", "md": out_dir / "comparison.md",
                  "png": out_dir / "comparison.png"}
-        io.write_json(paths["json"], self.to_json())
-        io.write_text(paths["md"], self.to_markdown())
-        plot_comparison(self.rows, self.parameters, paths["png"],
-                        title=f"{self.model}: {self.n_voxels} test voxels, SNR {self.snr:g} "
-                              "(|M0|/σ)")
+        with io.atomic_paths(list(paths.values())) as tmps:   # all three files or none
+            tmp = dict(zip(paths, tmps))
+            io.write_json(tmp["json"], self.to_json())
+            io.write_text(tmp["md"], self.to_markdown())
+            plot_comparison(self.rows, self.parameters, tmp["png"],
+                            title=f"{self.model}: {self.n_voxels} test voxels, SNR "
+                                  f"{self.snr:g} (|M0|/σ)")
         return paths
 
 
@@ -287,10 +314,12 @@ def _fmt(v: float) -> str:
 
 def compare(estimators: Sequence[tuple[str, Estimator]], model: SignalModel | None = None,
             n: int = 1000, snr: float = 100.0, seed: int = 0, batch_size: int = 8192,
-            test: ComparisonSet | None = None) -> ComparisonResult:
-    """Score every ``(label, estimator)`` on one test set (made here unless given)."""
+            test: ComparisonSet | None = None, losses: Sequence[str] = ()) -> ComparisonResult:
+    """Score every ``(label, estimator)`` on one test set (made here unless given), with the
+    registered ``losses`` as extra columns."""
     if not estimators:
         raise InputError("nothing to compare")
+    losses = check_losses(losses)
     model = model or estimators[0][1].model
     for label, est in estimators:
         if not same_model(est.model, model):
@@ -307,6 +336,8 @@ def compare(estimators: Sequence[tuple[str, Estimator]], model: SignalModel | No
                **{f"{k}_fraction": float(v.double().mean()) for k, v in kinds.items()},
                "voxels_per_second": test.signals.shape[0] / seconds if seconds > 0 else math.inf,
                "predict_seconds": seconds}
+        if losses:
+            row["losses"] = loss_values(estimates, test, model, losses)
         rows.append(row)
     return ComparisonResult(model=model.name, parameters=tuple(model.parameters),
                             snr=test.snr, n_voxels=int(test.signals.shape[0]), seed=test.seed,

@@ -1,4 +1,4 @@
-"""Cramér–Rao bounds of signal-model parameters (DESIGN §2).
+"""Cramér–Rao bounds of signal-model parameters (docs/statistics.md §2).
 
 Measurement ``y = M0·f(θ) + n`` with complex white Gaussian noise (σ² per real and imaginary
 part). With ``φ = (θ, Re M0, Im M0)`` and ``J = ∂(M0 f)/∂φ``, the Fisher information is
@@ -283,10 +283,3 @@ def crb_details(model: SignalModel, theta: torch.Tensor, basis: torch.Tensor | N
         return CRBResult(variance=theta.new_zeros(0, model.n_parameters),
                          singular=torch.zeros(0, dtype=torch.bool, device=theta.device))
     return CRBResult(variance=torch.cat(variances), singular=torch.cat(singular))
-
-
-def snr_to_sigma(snr: float, m0: float = 1.0) -> float:
-    """σ for a given SNR, defined as |M0| / σ (DESIGN §1)."""
-    if snr <= 0:
-        raise ValueError("SNR must be positive")
-    return abs(m0) / snr

@@ -16,6 +16,11 @@ from .models.base import SignalModel
 
 DISTRIBUTIONS = ("uniform", "log-uniform")
 
+#: The one definition of SNR (docs/statistics.md §1); outputs that report an SNR print it,
+#: adding only what |M0| is in their context.
+SNR_DEFINITION = ("SNR = |M0| / sigma, sigma the standard deviation of the real and of the "
+                  "imaginary part of the noise")
+
 
 @dataclass
 class ParameterSampler:
@@ -100,7 +105,7 @@ def add_noise(signals: torch.Tensor, sigma: float | torch.Tensor,
 # ---------------------------------------------------------------------------------------------
 # Training data (issue 3). Everything below builds on the three functions above.
 #
-# Measurement model (DESIGN §1): y = M0·f(θ) + n with σ per real/imaginary part and
+# Measurement model (docs/statistics.md §1): y = M0·f(θ) + n with σ per real/imaginary part and
 # SNR = |M0|/σ. A training sample therefore needs θ, the noiseless f (or its subspace
 # coefficients Uᴴf, with white noise of the same σ), the CRB for σ = 1, |M0| = 1 and a draw of
 # (M0, SNR, n). The CRB at the sample's own noise level is crb_unit·σ²/|M0|² = crb_unit/SNR²,

@@ -110,25 +110,40 @@ class Dataset:
                 svals = f["singular_values"][()] if "singular_values" in f else None
         except OSError as exc:
             raise InputError(f"{self.path} is not a readable HDF5 file ({exc})") from None
-        if attrs.get("format") != FORMAT or attrs.get("version") != VERSION:
+        if _text(attrs.get("format")) != FORMAT or attrs.get("version") != VERSION:
             raise InputError(f"{self.path} is not a crbnet dataset (version {VERSION})")
-        self.storage = str(attrs["storage"])
+        attr = _Attributes(self.path, attrs)
+        self.storage = attr.choice("storage", ("coefficients", "signals"))
         if self.storage not in shapes or "theta" not in shapes or "crb" not in shapes:
             raise InputError(f"{self.path}: missing datasets (has {sorted(shapes)})")
-        self.model_record: dict[str, Any] = json.loads(attrs["model"])
-        self.model = model_from_dict(self.model_record)
-        self.sampling: dict = json.loads(attrs["sampling"])
-        self.seed = int(attrs["seed"])
+        self.model_record: dict[str, Any] = attr.json_table("model")
+        try:
+            self.model = model_from_dict(self.model_record)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, InputError):
+                raise
+            raise InputError(f"{self.path}: attribute 'model' is malformed ({exc!r})") from None
+        self.sampling: dict = attr.json_table("sampling")
+        self.seed = attr.integer("seed")
         self.n = int(shapes["theta"][0])
         if shapes["theta"] != (self.n, self.model.n_parameters) or shapes["crb"] != shapes["theta"]:
             raise InputError(f"{self.path}: theta/crb shapes do not match the model")
+        if len(shapes[self.storage]) != 2 or shapes[self.storage][0] != self.n:
+            raise InputError(f"{self.path}: {self.storage} has shape {shapes[self.storage]}, "
+                             f"expected [{self.n}, width]")
         self.width = int(shapes[self.storage][1])
         self.subspace: Subspace | None = None
         if self.storage == "coefficients":
-            if basis is None or basis.shape != (self.model.n_timepoints, self.width):
-                raise InputError(f"{self.path}: basis missing or of the wrong shape")
+            if basis is None or basis.shape != (self.model.n_timepoints, self.width) or \
+                    basis.dtype.kind != "c":
+                raise InputError(f"{self.path}: basis missing or of the wrong shape/type")
+            if svals is None or svals.ndim != 1 or svals.dtype.kind not in "fi":
+                raise InputError(f"{self.path}: singular_values missing or malformed")
+            energy = attrs.get("energy", float("nan"))
+            if isinstance(energy, (bytes, str, bool)) or not hasattr(energy, "__float__"):
+                raise InputError(f"{self.path}: attribute 'energy' must be a number")
             self.subspace = Subspace(torch.from_numpy(basis), torch.from_numpy(svals),
-                                     float(attrs.get("energy", float("nan"))))
+                                     float(energy))
 
     def read(self, start: int, stop: int, k: int | None = None,
              basis: torch.Tensor | None = None) -> CleanBatch:
@@ -144,6 +159,55 @@ class Dataset:
                 if basis is not None:
                     coef = (coef.to(torch.complex128) @ basis.conj()).to(torch.complex64)
         return CleanBatch(theta, coef, crb)
+
+
+def _text(value: Any) -> Any:
+    """HDF5 text attributes come back as str or (fixed-length) bytes."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return value
+
+
+class _Attributes:
+    """Typed reads of a dataset file's attributes: InputError naming the attribute otherwise."""
+
+    def __init__(self, path: Path, attrs: dict) -> None:
+        self.path, self.attrs = path, attrs
+
+    def _get(self, name: str) -> Any:
+        if name not in self.attrs:
+            raise InputError(f"{self.path}: attribute {name!r} is missing (not a complete crbnet "
+                             "dataset)")
+        return _text(self.attrs[name])
+
+    def _bad(self, name: str, expected: str, value: Any) -> InputError:
+        return InputError(f"{self.path}: attribute {name!r} must be {expected}, got "
+                          f"{str(value)[:60]!r}")
+
+    def choice(self, name: str, allowed: tuple[str, ...]) -> str:
+        value = self._get(name)
+        if not isinstance(value, str) or value not in allowed:
+            raise self._bad(name, " or ".join(allowed), value)
+        return value
+
+    def json_table(self, name: str) -> dict:
+        value = self._get(name)
+        try:
+            table = json.loads(value) if isinstance(value, str) else None
+        except json.JSONDecodeError:
+            table = None
+        if not isinstance(table, dict):
+            raise self._bad(name, "a JSON object", value)
+        return table
+
+    def integer(self, name: str) -> int:
+        value = self._get(name)
+        if isinstance(value, bool) or not hasattr(value, "__index__"):
+            raise self._bad(name, "an integer", value)
+        return int(value)
 
 
 class HDF5Source:

@@ -18,7 +18,6 @@ full-scale version.
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import time
@@ -29,6 +28,8 @@ from typing import Any
 import torch
 
 from . import io, models
+from . import losses as loss_registry
+from .data import SNR_DEFINITION
 from .errors import InputError
 
 
@@ -59,6 +60,8 @@ class DemoConfig:
         points: tissues of the phantom table for the tissue-point table.
         point_realizations: noise realizations per tissue point.
         seed: seed of everything.
+        losses: training losses, one network each (registered names, :mod:`crbnet.losses`);
+            the first one gets the time guard, the others its number of epochs.
     """
 
     snr: float = 100.0
@@ -78,6 +81,12 @@ class DemoConfig:
     points: tuple = ("WM", "GM")
     point_realizations: int = 100
     seed: int = 0
+    losses: tuple[str, ...] = ("crb", "mse")
+
+
+def net_label(loss: str) -> str:
+    """Report label of the network trained with ``loss`` ('CRB-net', 'MSE-net', 'log_mse-net')."""
+    return {"crb": "CRB-net", "mse": "MSE-net"}.get(loss, f"{loss}-net")
 
 
 def _train(model: models.SignalModel, loss: str, cfg: DemoConfig, run_dir: Path,
@@ -109,9 +118,7 @@ def _finding(rows: list[dict], parameters: tuple[str, ...]) -> list[str]:
     """Sentences that state what the numbers show (computed, not assumed)."""
     by_label = {r["label"]: r for r in rows}
     lines = []
-    for label in ("CRB-net", "MSE-net", "bias-reduced net", "NLLS"):
-        if label not in by_label:
-            continue
+    for label in by_label:
         vals = by_label[label]["mse_over_crb"]
         finite = {p: v for p, v in vals.items() if v is not None and math.isfinite(v)}
         if not finite:
@@ -138,7 +145,11 @@ def run(out_dir: str | Path, cfg: DemoConfig | None = None, progress: bool | Non
     from .tissue_points import study, tissue_points
 
     cfg = cfg or DemoConfig()
-    out = Path(out_dir)
+    if not cfg.losses or len(set(cfg.losses)) != len(cfg.losses):
+        raise InputError("the demo needs one or more different losses")
+    for loss in cfg.losses:
+        loss_registry.get(loss)
+    out = io.check_output_folder(out_dir)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out} exists and is not empty; choose a new --out directory")
     t0 = time.perf_counter()
@@ -148,26 +159,30 @@ def run(out_dir: str | Path, cfg: DemoConfig | None = None, progress: bool | Non
 
     summaries = {}
     epochs, max_minutes = cfg.epochs, cfg.minutes_per_net
-    for loss, label in (("crb", "CRB-net"), ("mse", "MSE-net")):
+    for loss in cfg.losses:
+        label = net_label(loss)
         log(f"[{time.perf_counter() - t0:5.0f} s] training the {label} ({loss} loss, "
             f"{epochs} epochs)")
         summaries[label] = _train(model, loss, cfg, out / f"{loss}_net", progress, epochs,
                                   max_minutes)
-        # The MSE-net gets exactly the epochs the CRB-net completed, without a time guard: on
+        # Later nets get exactly the epochs the first one completed, without a time guard: on
         # a busy machine the guard may stop the first net early, and the comparison must not
         # hinge on which net the machine was slower for. (A shortened schedule, annealed to
         # its end, only helps the MSE-net.)
         epochs, max_minutes = int(summaries[label]["epochs"]), None
-    log(f"[{time.perf_counter() - t0:5.0f} s] fine-tuning the CRB-net with the bias-reduced "
-        f"loss ({cfg.bias_epochs} epochs, {cfg.bias_realizations} realizations per fingerprint)")
-    summaries["bias-reduced net"] = _train(model, "bias_reduced", cfg, out / "bias_net",
-                                           progress, cfg.bias_epochs, None,
-                                           init=out / "crb_net")
+    if "crb" in cfg.losses:
+        log(f"[{time.perf_counter() - t0:5.0f} s] fine-tuning the CRB-net with the "
+            f"bias-reduced loss ({cfg.bias_epochs} epochs, {cfg.bias_realizations} "
+            "realizations per fingerprint)")
+        summaries["bias-reduced net"] = _train(model, "bias_reduced", cfg, out / "bias_net",
+                                               progress, cfg.bias_epochs, None,
+                                               init=out / "crb_net")
 
-    nets = {label: checkpoint.load(out / f"{name}_net" / "checkpoint.pt")
-            for name, label in (("crb", "CRB-net"), ("mse", "MSE-net"),
-                                ("bias", "bias-reduced net"))}
-    ranges = training_ranges(model, [nets["CRB-net"]])
+    nets = {net_label(loss): checkpoint.load(out / f"{loss}_net" / "checkpoint.pt")
+            for loss in cfg.losses}
+    if "crb" in cfg.losses:
+        nets["bias-reduced net"] = checkpoint.load(out / "bias_net" / "checkpoint.pt")
+    ranges = training_ranges(model, list(nets.values()))
     nlls = {label: baselines.get("nlls", model, progress=progress,
                                  **box_options("nlls", model, box, ranges))
             for label, box in (("NLLS", None), ("NLLS (training box)", "training"))}
@@ -180,28 +195,29 @@ def run(out_dir: str | Path, cfg: DemoConfig | None = None, progress: bool | Non
 
     log(f"[{time.perf_counter() - t0:5.0f} s] tissue points {', '.join(cfg.points)}: "
         f"{cfg.point_realizations} realizations each")
-    points = study([("CRB-net", nets["CRB-net"]), ("bias-reduced net", nets["bias-reduced net"]),
-                    *nlls.items()], tissue_points(model, ",".join(cfg.points)), [cfg.snr],
-                   realizations=cfg.point_realizations, seed=cfg.seed + 3, progress=progress)
+    shown = [(label, nets[label]) for label in ("CRB-net", "bias-reduced net")
+             if label in nets] or list(nets.items())[:1]
+    points = study([*shown, *nlls.items()], tissue_points(model, ",".join(cfg.points)),
+                   [cfg.snr], realizations=cfg.point_realizations, seed=cfg.seed + 3,
+                   progress=progress)
     points.save(out / "points")
 
     log(f"[{time.perf_counter() - t0:5.0f} s] evaluating the networks on a {cfg.grid}×{cfg.grid} "
         f"grid, {cfg.realizations} realizations per point")
     grid = make_grid(model, cfg.grid)
     evaluations = {}
-    for label, net in nets.items():
-        if label == "bias-reduced net":
-            continue
+    for loss in cfg.losses:
+        label, net = net_label(loss), nets[net_label(loss)]
         result = evaluate(net, grid, snr=cfg.snr, realizations=cfg.realizations,
                           seed=cfg.seed + 2, progress=progress)
-        sub = out / f"evaluation_{label.split('-')[0].lower()}"
+        sub = out / f"evaluation_{loss}"
         result.save(sub)
         evaluations[label] = result.summary()
 
     wall = time.perf_counter() - t0
     summary = {
         "model": model.name, "parameters": list(model.parameters), "fixed": model.fixed,
-        "snr": cfg.snr, "snr_definition": "|M0| / sigma, sigma per real/imaginary part",
+        "snr": cfg.snr, "snr_definition": SNR_DEFINITION,
         "config": cfg.__dict__, "wall_time_s": wall,
         "training": {k: {"val_crb_loss": v["val_crb_loss"],
                          "val_crb_loss_mean": v["val_crb_loss_mean"], "epochs": v["epochs"],
@@ -230,9 +246,10 @@ def _report(model: models.SignalModel, cfg: DemoConfig, comparison: Any,
         f"SNR = |M0|/σ = {cfg.snr:g} for training and test (σ per real/imaginary part; M0 has "
         "random magnitude and phase in training).",
         "",
-        "Two networks with the same architecture, data and budget: one trained with the "
-        "CRB-normalized loss mean((θ̂−θ)²/CRB), one with the plain MSE on parameters scaled "
-        "by their training range. The metric is MSE/CRB: 1 for an efficient unbiased "
+        f"{len(cfg.losses)} network(s) with the same architecture, data and budget, one per "
+        "training loss — " + "; ".join(f"{net_label(loss)}: {loss_registry.get(loss).description}"
+                                        for loss in cfg.losses) + ". "
+        "The metric is MSE/CRB: 1 for an efficient unbiased "
         "estimator. Below 1 is possible only for a biased estimator that leans on the "
         "training prior — it happens where the CRB is comparable to the prior's width.",
         "",
@@ -253,23 +270,24 @@ def _report(model: models.SignalModel, cfg: DemoConfig, comparison: Any,
         per = " | ".join(f"{s['val_crb_loss'][p]:.3g}" for p in params)
         lines.append(f"| {label} | {s['epochs']} | {s['wall_time_s']:.0f} s | "
                      f"{s['val_crb_loss_mean']:.3g} | {per} |")
+    lines.append("")
+    for loss in cfg.losses:
+        lines += [f"{net_label(loss)}: ![loss curves]({loss}_net/loss.png)", ""]
     lines += [
-        "",
-        "CRB-net: ![loss curves](crb_net/loss.png)",
-        "",
-        "MSE-net: ![loss curves](mse_net/loss.png)",
-        "",
         "## Bias at tissue points",
         "",
         f"Bias and std in units of √CRB (± one standard error) at the phantom's "
         f"{', '.join(cfg.points)} values, {cfg.point_realizations} noise realizations each, SNR "
-        f"{cfg.snr:g}. The bias-reduced net is the CRB-net fine-tuned for "
-        f"{summaries['bias-reduced net']['epochs']} epochs with the bias-reduced loss "
-        f"(squared bias of the mean of {cfg.bias_realizations} noisy measurements of each "
-        "fingerprint, in CRB units, plus a penalty on variance above the bound). NLLS is shown "
-        "searching the model's physical bounds and confined to the networks' training ranges: "
-        "a gap between the two is the prior's doing, not the estimator's. A std below 1 √CRB "
-        "is possible only with bias (the prior's help).",
+        f"{cfg.snr:g}. " + (
+            f"The bias-reduced net is the CRB-net fine-tuned for "
+            f"{summaries['bias-reduced net']['epochs']} epochs with the bias-reduced loss "
+            f"(squared bias of the mean of {cfg.bias_realizations} noisy measurements of each "
+            "fingerprint, in CRB units, plus a penalty on variance above the bound). "
+            if "bias-reduced net" in summaries else "") +
+        "NLLS is shown searching the model's physical bounds and confined to the networks' "
+        "training ranges: a gap between the two is the prior's doing, not the estimator's. A "
+        "std below 1 √CRB means the estimator is not unbiased around that point (the prior "
+        "helps).",
         "",
         points.to_markdown(),
         "![bias and std at tissue points](points/points.png)",
@@ -280,10 +298,11 @@ def _report(model: models.SignalModel, cfg: DemoConfig, comparison: Any,
         f"`{params[0]}` × `{params[1]}` (others at their defaults), {cfg.realizations} noise "
         "realizations per point.",
         "",
-        "CRB-net: ![CRB-net evaluation](evaluation_crb/evaluation.png)",
-        "",
-        "MSE-net: ![MSE-net evaluation](evaluation_mse/evaluation.png)",
-        "",
+    ]
+    for loss in cfg.losses:
+        label = net_label(loss)
+        lines += [f"{label}: ![{label} evaluation](evaluation_{loss}/evaluation.png)", ""]
+    lines += [
         "## Full scale",
         "",
         "This demo trains each network briefly (T1s fixed, a small CRB pool). The full-scale "
@@ -317,6 +336,3 @@ FULL_SCALE_NOTE = ("On 2 CPU cores each full-scale network trains in about 1–2
                    "parameters); `crbnet compare` with NLLS on its 1,000 test voxels adds about "
                    "half a minute, and `benchmarks/bench_train.py` measures time-to-target.")
 
-
-def load_summary(out_dir: str | Path) -> dict:
-    return json.loads((Path(out_dir) / "summary.json").read_text())

@@ -62,12 +62,3 @@ def as_signal_tensor(signals: torch.Tensor | np.ndarray, n_timepoints: int,
         raise InputError("signals contain NaN or Inf")
     return signals.to(dtype=dtype or signals.dtype,
                       device=device if device is not None else signals.device)
-
-
-def fit_m0(model: SignalModel, theta: torch.Tensor, signals: torch.Tensor) -> torch.Tensor:
-    """Least-squares complex M0 given the parameters: ``M0 = fᴴ y / fᴴ f`` per voxel, [N]."""
-    f = model.simulate(theta.to(torch.float64), check=False).to(signals.device)
-    y = signals.to(f.dtype)
-    num = (f.conj() * y).sum(-1)
-    den = (f.conj() * f).real.sum(-1).clamp_min(torch.finfo(torch.float64).tiny)
-    return num / den

@@ -1,4 +1,4 @@
-"""Evaluation of any estimator against the Cramér–Rao bound (DESIGN §5).
+"""Evaluation of any estimator against the Cramér–Rao bound (docs/statistics.md §5).
 
 On a set of parameter points (a grid, or samples of the training distribution), each point gets
 R noisy measurements ``y = M0·f(θ) + n`` with |M0| = 1, a random M0 phase per realization and
@@ -35,13 +35,12 @@ import torch
 from .baselines.dictionary import parameter_axis
 from .models.base import resolve_ranges
 from .crb import SingularFisherWarning, crb
-from .data import ParameterSampler, add_noise, random_m0
+from .data import SNR_DEFINITION as _SNR, ParameterSampler, add_noise, random_m0
 from .errors import InputError
 from .estimator import Estimator
 from .models.base import SignalModel
 
-SNR_DEFINITION = ("SNR = |M0| / sigma with |M0| = 1 (uniformly random phase) and sigma the "
-                  "noise standard deviation of the real and of the imaginary part")
+SNR_DEFINITION = _SNR + "; here |M0| = 1 with a uniformly random phase"
 
 #: Names of the per-point metrics (arrays [G, P]) and of their summary means.
 METRICS = ("bias_over_sqrt_crb", "std_over_sqrt_crb", "mse_over_crb")
@@ -268,8 +267,10 @@ class EvaluationResult:
 
         out_dir = Path(out_dir)
         paths = {"json": out_dir / "evaluation.json", "png": out_dir / "evaluation.png"}
-        io.write_json(paths["json"], self.to_json())
-        plot_evaluation(self, paths["png"])
+        with io.atomic_paths(list(paths.values())) as tmps:   # both files or neither
+            tmp = dict(zip(paths, tmps))
+            io.write_json(tmp["json"], self.to_json())
+            plot_evaluation(self, tmp["png"])
         return paths
 
 

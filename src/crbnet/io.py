@@ -1,20 +1,137 @@
 """File helpers shared by every writer: nothing is ever left half-written.
 
 Writers produce a temporary file in the destination folder and rename it into place
-(``os.replace`` is atomic on POSIX), so a crash or a bad input leaves either the old file or
-no file.
+(``os.replace`` is atomic on POSIX), so a crash, a full disk or a bad input leaves either the
+old file or no file. Folders this module creates and files it renames into place get the
+permissions the user's umask gives any new file (temporary files start owner-only).
+
+A write that fails raises :class:`OSError` naming the file the user asked for (not the
+temporary one); :func:`check_output_file` and :func:`check_output_folder` find the common
+failures (a folder where a file goes, a file where a folder goes, no write permission) before
+any work starts. :func:`read_text` reads a text input and turns undecodable bytes into an
+:class:`~crbnet.errors.InputError`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
+
+from .errors import InputError, output_error
+
+
+def current_umask() -> int:
+    """The process's umask. Read from /proc on Linux; elsewhere set and restored at once (a
+    file another thread creates in between would get mode 0666)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def chmod_as_new(path: str | Path, folder: bool = False) -> None:
+    """Give ``path`` the mode a plain ``open``/``mkdir`` would have (0666/0777 minus umask):
+    ``mkstemp``/``mkdtemp`` create owner-only entries, but results are meant to be shared."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
+
+
+def _nearest_existing(path: Path) -> Path:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def _check_can_create_in(path: Path) -> None:
+    """Raise the OSError that creating ``path`` (and missing parents) would raise."""
+    base = _nearest_existing(path.parent)
+    if not base.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(base))
+    if not os.access(base, os.W_OK | os.X_OK):
+        code = errno.EROFS if _read_only_fs(base) else errno.EACCES
+        raise OSError(code, os.strerror(code), str(base))
+
+
+def _read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
+def check_output_file(path: str | Path) -> Path:
+    """Check before any work that ``path`` can be written as a file: not an existing folder,
+    its parent is (or can be created as) a writable folder. Raises :class:`OSError` naming
+    the path and the reason."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if path.exists() and not os.access(path.parent, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path.parent))
+    _check_can_create_in(path)
+    return path
+
+
+def check_output_folder(path: str | Path) -> Path:
+    """Check before any work that ``path`` can be (or already is) a writable folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            code = errno.EROFS if _read_only_fs(path) else errno.EACCES
+            raise OSError(code, os.strerror(code), str(path))
+        return path
+    _check_can_create_in(path)
+    return path
+
+
+def make_folders(path: str | Path) -> list[Path]:
+    """``mkdir -p path``; returns the folders it created, outermost first (so a failure later
+    can remove exactly those: :func:`remove_created_folders`)."""
+    path = Path(path)
+    missing = []
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(exc, path) from None
+    return missing[::-1]
+
+
+def remove_created_folders(created: Sequence[Path]) -> None:
+    """Remove the folders :func:`make_folders` created, innermost first, if still empty."""
+    for folder in reversed(list(created)):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def read_text(path: str | Path, what: str = "file") -> str:
+    """A UTF-8 text file's content; a missing file or undecodable bytes raise InputError."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise InputError(f"{what} {path} is a folder, not a file") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{what} {path} is not UTF-8 text (byte {exc.start}: "
+                         f"{exc.reason})") from None
 
 
 @contextlib.contextmanager
@@ -24,23 +141,63 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     The temporary name keeps the suffix(es) of ``path`` so format-sniffing writers (nibabel,
     numpy) behave the same.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name.split('.')[0]}-",
-                               suffix=suffix)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    # mkstemp creates owner-only files; results are meant to be shared like any other file.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
+    with atomic_paths([path]) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_paths(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
+    """:func:`atomic_path` for several files that appear together or not at all: all are
+    renamed into place only after every one was written (folders created for them are removed
+    again on failure). An OSError names the destination, not the temporary file."""
+    paths = [Path(p) for p in paths]
+    for path in paths:
+        check_output_file(path)
+    created: list[Path] = []
+    tmps: list[Path] = []
+    done = False
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        for path in paths:
+            created += make_folders(path.parent)
+            tmps.append(_temporary_beside(path))
+        try:
+            yield tmps
+        except OSError as exc:
+            raise _readdressed(exc, dict(zip(tmps, paths))) from None
+        for path, tmp in zip(paths, tmps):
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise output_error(exc, path) from None
+        done = True
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        for tmp in tmps:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        if not done:
+            remove_created_folders(created)
+
+
+def _temporary_beside(path: Path) -> Path:
+    suffix = "".join(path.suffixes)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name.split('.')[0]}-",
+                                   suffix=suffix)
+    except OSError as exc:
+        raise output_error(exc, path) from None
+    os.close(fd)
+    chmod_as_new(tmp)
+    return Path(tmp)
+
+
+def _readdressed(exc: OSError, destinations: dict[Path, Path]) -> OSError:
+    """An error while writing our temporary files, told about the file(s) the user named."""
+    by_name = {os.fspath(t): p for t, p in destinations.items()}
+    if exc.filename is not None and os.fspath(exc.filename) in by_name:
+        return output_error(exc, by_name[os.fspath(exc.filename)])
+    if exc.filename is None:
+        return output_error(exc, " or ".join(str(p) for p in destinations.values()))
+    return exc
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
@@ -53,6 +210,26 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
             tmp.unlink()
             removed.append(tmp)
     return removed
+
+
+def read_numeric_npy(path: str | Path, what: str = "input") -> np.ndarray:
+    """A numeric (bool, integer, real or complex) array from a .npy file, never pickled objects;
+    InputError for anything else (missing, unreadable, an .npz archive, strings, records)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} file not found: {path}")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{path}: not a readable .npy array ({exc})") from None
+    if not isinstance(data, np.ndarray):
+        with contextlib.suppress(Exception):
+            data.close()
+        raise InputError(f"{path}: expected a single .npy array, not an .npz archive")
+    if data.dtype.kind not in "biufc":
+        raise InputError(f"{path}: expected numbers, found an array of {data.dtype} "
+                         f"({data.dtype.kind!r} kind)")
+    return data
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
@@ -69,9 +246,18 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def write_npy(path: str | Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, array)
+    write_npys({path: array})
+
+
+def write_npys(arrays: dict[str | Path, np.ndarray]) -> None:
+    """Several .npy files that appear together or not at all."""
+    with atomic_paths(list(arrays)) as tmps:
+        for tmp, (path, array) in zip(tmps, arrays.items()):
+            try:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, array)
+            except OSError as exc:
+                raise output_error(exc, path) from None
 
 
 def _json_default(obj: Any) -> Any:

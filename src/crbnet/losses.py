@@ -1,4 +1,4 @@
-"""Training losses (DESIGN §3). Learning only: no physics here.
+"""Training losses (docs/statistics.md §4). Learning only: no physics here.
 
 Notation: N samples, P parameters, estimate ``θ̂`` [N, P], truth ``θ`` [N, P], ``CRB`` [N, P] the
 Cramér–Rao bound of each sample at *its training noise level* (``crb_unit·σ²/|M0|²``).
@@ -8,6 +8,10 @@ Cramér–Rao bound of each sample at *its training noise level* (``crb_unit·σ
   that parameters with small units are not ignored).
 * :func:`crb` — the seed paper's loss: ``mean_{i,p} (θ̂_ip − θ_ip)² / CRB_ip``. An efficient
   unbiased estimator scores 1, whatever the parameter or the noise level.
+* :func:`relative_mse` — ``mean_{i,p} (θ̂_ip − θ_ip)² / θ_ip²`` (entries with θ = 0 left out);
+  a baseline of the seed paper, unaware of the noise level.
+* :func:`log_mse` — ``mean_{i,p} (log θ̂_ip − log θ_ip)²``, estimates clamped to a tiny positive
+  number first (a network's output range may reach slightly below zero); the other baseline.
 * :func:`bias_reduced` — after Mao, Flassbeck & Assländer (arXiv 2312.11468). Each noiseless
   sample is measured R times with independent noise (R "realizations"); with ``θ̄_ip`` the mean
   and ``v_ip`` the unbiased variance (divisor R−1) of its R estimates::
@@ -26,15 +30,19 @@ Cramér–Rao bound of each sample at *its training noise level* (``crb_unit·σ
 
 Entries whose CRB is infinite (parameter not identifiable in that sample) are left out of the
 means: no finite error is "bad" there.
+
+Every loss is registered once in :data:`REGISTRY` (:func:`register`): the name that configs,
+``crbnet train --loss``, ``crbnet compare --losses`` and ``crbnet demo --losses`` use, and how
+to call it on a batch (:class:`LossInputs`). Adding a loss is one function and one
+``@register`` adapter.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
 
 import torch
-
-LOSSES = ("mse", "crb", "bias_reduced")
 
 
 def _finite_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -58,6 +66,23 @@ def crb(estimate: torch.Tensor, target: torch.Tensor, crb: torch.Tensor) -> torc
     finite = torch.isfinite(crb) & (crb > 0)
     safe = torch.where(finite, crb, torch.ones_like(crb))
     return _finite_mean((estimate - target) ** 2 / safe, finite)
+
+
+def relative_mse(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``mean_{i,p} (θ̂_ip − θ_ip)² / θ_ip²`` over entries with θ ≠ 0."""
+    nonzero = target != 0
+    safe = torch.where(nonzero, target, torch.ones_like(target))
+    return _finite_mean(((estimate - target) / safe) ** 2, nonzero)
+
+
+def log_mse(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``mean_{i,p} (log θ̂_ip − log θ_ip)²`` over entries with θ > 0; θ̂ is clamped to the
+    smallest positive normal number of its dtype before the log."""
+    positive = target > 0
+    tiny = torch.finfo(estimate.dtype).tiny
+    log_ratio = (torch.log(estimate.clamp_min(tiny))
+                 - torch.log(torch.where(positive, target, torch.ones_like(target))))
+    return _finite_mean(log_ratio ** 2, positive)
 
 
 def bias_reduced(estimates: torch.Tensor, target: torch.Tensor, crb: torch.Tensor,
@@ -95,6 +120,111 @@ def crb_ratio_per_parameter(estimate: torch.Tensor, target: torch.Tensor,
     return ratio.sum(0) / finite.sum(0).clamp_min(1)
 
 
+# ---- the registry --------------------------------------------------------------------------
+@dataclass
+class LossInputs:
+    """What a loss may use for one batch.
+
+    Attributes:
+        estimate: [N, P] estimates; for a ``repeated`` loss, N = n·K with the K noisy draws
+            of each noiseless sample in consecutive rows.
+        target: [N, P] true parameters (rows repeated K times likewise).
+        crb: [N, P] CRB of each row at its own noise level.
+        weights: [P] MSE weights (1/SI²).
+        K: noise draws per noiseless sample (1 unless the loss is ``repeated``).
+        lam: weight λ of the bias-reduced loss's variance term.
+        delta: variance (CRB units) the bias-reduced loss allows before penalizing.
+    """
+
+    estimate: torch.Tensor
+    target: torch.Tensor
+    crb: torch.Tensor
+    weights: torch.Tensor | Sequence[float] | None = None
+    K: int = 1
+    lam: float = 0.1
+    delta: float = 1.0
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A registered loss.
+
+    Attributes:
+        name: the name configs and the CLI use.
+        compute: ``LossInputs -> scalar tensor``.
+        description: one line for help texts and reports.
+        crb_units: whether its value is in CRB units (1 = efficient unbiased).
+        repeated: whether it needs K noise draws of each noiseless sample.
+    """
+
+    name: str
+    compute: Callable[[LossInputs], torch.Tensor]
+    description: str
+    crb_units: bool = False
+    repeated: bool = False
+
+
+REGISTRY: dict[str, Loss] = {}
+
+
+def register(name: str, description: str, *, crb_units: bool = False, repeated: bool = False
+             ) -> Callable[[Callable[[LossInputs], torch.Tensor]],
+                           Callable[[LossInputs], torch.Tensor]]:
+    """Decorator: register ``compute(inputs: LossInputs) -> tensor`` as loss ``name``."""
+    def decorate(compute: Callable[[LossInputs], torch.Tensor]
+                 ) -> Callable[[LossInputs], torch.Tensor]:
+        if name in REGISTRY:
+            raise ValueError(f"loss {name!r} is registered twice")
+        REGISTRY[name] = Loss(name, compute, description, crb_units, repeated)
+        return compute
+    return decorate
+
+
+def names() -> list[str]:
+    return list(REGISTRY)
+
+
+def get(name: str) -> Loss:
+    """The registered loss ``name``; :class:`~crbnet.errors.InputError` if there is none."""
+    from .errors import InputError
+
+    if name not in REGISTRY:
+        raise InputError(f"unknown loss {name!r}; available: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+@register("mse", "mean of w_p (estimate - truth)^2, w_p = 1/width^2 of the training range")
+def _mse_loss(x: LossInputs) -> torch.Tensor:
+    return mse(x.estimate, x.target, x.weights)
+
+
+@register("crb", "mean of (estimate - truth)^2 / CRB (1 = efficient unbiased)", crb_units=True)
+def _crb_loss(x: LossInputs) -> torch.Tensor:
+    return crb(x.estimate, x.target, x.crb)
+
+
+@register("bias_reduced", "CRB-normalized squared bias of R draws + lam * variance above "
+          "delta * CRB", crb_units=True, repeated=True)
+def _bias_reduced_loss(x: LossInputs) -> torch.Tensor:
+    P = x.estimate.shape[-1]
+    return bias_reduced(x.estimate.reshape(-1, x.K, P), x.target[::x.K], x.crb[::x.K],
+                        lam=x.lam, delta=x.delta)
+
+
+@register("relative_mse", "mean of (estimate - truth)^2 / truth^2")
+def _relative_mse_loss(x: LossInputs) -> torch.Tensor:
+    return relative_mse(x.estimate, x.target)
+
+
+@register("log_mse", "mean of (log estimate - log truth)^2")
+def _log_mse_loss(x: LossInputs) -> torch.Tensor:
+    return log_mse(x.estimate, x.target)
+
+
+#: Registered loss names (kept for code that reads the old tuple).
+LOSSES = tuple(REGISTRY)
+
+
 def mse_weights(parameters: Sequence[str], scales: Mapping[str, float],
                 overrides: Mapping[str, float] | None = None) -> list[float]:
     """Per-parameter MSE weights: ``1/scale²`` unless ``overrides`` gives a weight."""
@@ -102,4 +232,5 @@ def mse_weights(parameters: Sequence[str], scales: Mapping[str, float],
     return [float(overrides.get(p, 1.0 / float(scales[p]) ** 2)) for p in parameters]
 
 
-__all__ = ["LOSSES", "mse", "crb", "bias_reduced", "crb_ratio_per_parameter", "mse_weights"]
+__all__ = ["LOSSES", "REGISTRY", "Loss", "LossInputs", "register", "names", "get", "mse", "crb",
+           "bias_reduced", "relative_mse", "log_mse", "crb_ratio_per_parameter", "mse_weights"]

@@ -37,13 +37,14 @@ Output conventions
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import itertools
 import json
+import logging
 import math
 import os
 import shutil
-import sys
 import tempfile
 import zlib
 from pathlib import Path
@@ -52,8 +53,11 @@ from typing import Any, Iterator, Mapping
 import nibabel as nib
 import numpy as np
 
-from .errors import InputError
-from .io import atomic_path, write_json
+from .errors import InputError, output_error
+from .io import (atomic_path, check_output_folder, chmod_as_new, make_folders, read_text,
+                 remove_created_folders, write_json)
+
+logger = logging.getLogger(__name__)
 
 #: Default memory budget of one read block, bytes of complex data (see the module docstring).
 DEFAULT_MAX_BYTES = 1 << 30
@@ -84,16 +88,33 @@ def load_image(path: str | Path, what: str = "input") -> nib.Nifti1Image:
 
 
 def _check_file_size(img: nib.Nifti1Image, path: Path, what: str) -> None:
-    """A truncated uncompressed file is caught now, not halfway through the processing."""
-    if path.name.endswith(".gz"):
-        return
+    """A truncated or corrupt file is caught now, not halfway through the processing (or never:
+    a reader that stops before the end of a gzip stream never sees its checksum)."""
     hdr = img.header
     offset = int(getattr(img.dataobj, "offset", hdr.get_data_offset()))
     needed = offset + int(np.prod(hdr.get_data_shape(), dtype=np.int64)) * \
         hdr.get_data_dtype().itemsize
-    if path.stat().st_size < needed:
-        raise InputError(f"{what} {path} is truncated: {path.stat().st_size} bytes, the header "
+    size = gzip_data_size(path, what) if path.name.endswith(".gz") else path.stat().st_size
+    if size < needed:
+        raise InputError(f"{what} {path} is truncated: {size} bytes, the header "
                          f"announces {needed}")
+
+
+def gzip_data_size(path: str | Path, what: str = "input") -> int:
+    """Decompress a whole gzip file, checking every member's CRC-32 and length; returns the
+    decompressed size in bytes. Corruption raises InputError. Costs one decompression pass."""
+    size = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while chunk := fh.read(1 << 24):
+                size += len(chunk)
+    except (OSError, EOFError, zlib.error) as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, gzip.BadGzipFile) and \
+                exc.errno is not None:
+            raise
+        raise InputError(f"{what} {path} is corrupt (gzip stream: {exc}); nothing was "
+                         "estimated from it") from None
+    return size
 
 
 def is_complex_image(img: nib.Nifti1Image) -> bool:
@@ -127,7 +148,7 @@ def read_sidecar(path: str | Path) -> dict | None:
     if not side.is_file():
         return None
     try:
-        data = json.loads(side.read_text())
+        data = json.loads(read_text(side, "JSON sidecar"))
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(f"cannot read the JSON sidecar {side}: {exc}") from None
     return data if isinstance(data, dict) else None
@@ -164,10 +185,6 @@ def iter_blocks(shape: tuple[int, ...], max_voxels: int) -> Iterator[tuple[slice
         outer = tuple(slice(i, i + 1) for i in reversed(outer_rev))
         for start in range(0, shape[split_axis], run):
             yield lead + (slice(start, min(start + run, shape[split_axis])),) + outer
-
-
-def block_voxels(block: tuple[slice, ...]) -> int:
-    return int(np.prod([s.stop - s.start for s in block], dtype=np.int64))
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,9 +364,9 @@ class NiftiSignals(SignalSource):
             return self._cache[index]
         if self._compressed and not self._noted:
             self._noted = True
-            print(f"crbnet: note: {self.paths[0].name} is gzip-compressed and larger than the "
-                  f"memory budget ({self.max_bytes / 2**20:.0f} MiB); every read block costs one "
-                  "decompression pass. Uncompressed .nii input is much faster.", file=sys.stderr)
+            logger.info("%s is gzip-compressed and larger than the memory budget (%.0f MiB); "
+                        "every read block costs one decompression pass. Uncompressed .nii "
+                        "input is much faster.", self.paths[0].name, self.max_bytes / 2**20)
         return self._read_uncached(index)
 
     def blocks(self, max_bytes: int | None = None) -> Iterator[tuple[slice, ...]]:
@@ -459,13 +476,16 @@ def write_sidecar(image_path: str | Path, metadata: Mapping[str, Any]) -> Path:
 
 
 def check_output_directory(path: str | Path, overwrite: bool = False) -> Path:
-    """Refuse an output folder that would clobber something (checked before any work)."""
+    """Refuse an output folder that would clobber something or cannot be written (checked
+    before any work)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise InputError(f"output {path} exists and is not a folder")
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise InputError(f"output folder {path} exists and is not empty (use --overwrite to "
                          "replace it)")
+    # The folder is built beside its final place and renamed: its parent must be writable.
+    check_output_folder(path.parent if str(path.parent) else Path("."))
     return path
 
 
@@ -473,15 +493,25 @@ def check_output_directory(path: str | Path, overwrite: bool = False) -> Path:
 def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``path``; on success it replaces ``path``.
 
-    On any error the temporary folder is removed and ``path`` is untouched, so a failed run
-    leaves nothing half-written. An existing non-empty ``path`` is only replaced with
-    ``overwrite``.
+    On any error (a full disk included) the temporary folder and any parent folders made for
+    it are removed and ``path`` is untouched, so a failed run leaves nothing half-written. An
+    existing non-empty ``path`` is only replaced with ``overwrite``. The folder gets the
+    permissions the user's umask gives a new folder.
     """
     path = check_output_directory(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".tmp-{path.name}-"))
+    created = make_folders(path.parent)
     try:
-        yield tmp
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".tmp-{path.name}-"))
+    except OSError as exc:
+        remove_created_folders(created)
+        raise output_error(exc, path) from None
+    done = False
+    try:
+        chmod_as_new(tmp, folder=True)
+        try:
+            yield tmp
+        except OSError as exc:
+            raise _as_final(exc, tmp, path) from None
         if path.exists():
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".old-{path.name}-"))
             os.rmdir(old)
@@ -490,14 +520,27 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, path)
+        done = True
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if not done:
+            remove_created_folders(created)
+
+
+def _as_final(exc: OSError, tmp: Path, final: Path) -> OSError:
+    """An error about ``tmp`` or a file in it, told about the same place in ``final``."""
+    if exc.filename is None:
+        return output_error(exc, final)
+    name = os.fspath(exc.filename)
+    if name == str(tmp) or name.startswith(str(tmp) + os.sep):
+        return output_error(exc, str(final) + name[len(str(tmp)):])
+    return exc
 
 
 __all__ = [
     "DEFAULT_MAX_BYTES", "load_image", "is_complex_image", "read_sidecar", "iter_blocks",
-    "block_voxels", "SignalSource", "ArraySignals", "NiftiSignals", "read_mask",
+    "SignalSource", "ArraySignals", "NiftiSignals", "read_mask",
     "SpatialReference", "write_image", "write_sidecar", "check_output_directory",
     "atomic_directory",
 ]

@@ -33,7 +33,7 @@ default training ranges — as in real brains; per-tissue results (benchmarks/
 bench_phantom_study.py) show how each estimator copes.
 
 Noise: complex Gaussian, standard deviation σ on the real and on the imaginary part, with
-``σ = mean(|M0| over the brain) / SNR``; SNR is defined as ``|M0| / σ`` (DESIGN §1), here for the
+``σ = mean(|M0| over the brain) / SNR``; SNR is defined as ``|M0| / σ`` (docs/statistics.md §1), here for the
 brain-average |M0|.
 """
 
@@ -49,6 +49,7 @@ import torch
 
 from . import __version__
 from . import models as model_registry
+from .data import SNR_DEFINITION
 from .errors import InputError
 from .models.base import SignalModel
 from .sequences import sequence_hash
@@ -133,13 +134,18 @@ _MODEL_TABLES = {"mt_hybrid_state": _MT, "fisp_mrf": _RELAXOMETRY, "t2_decay": _
                  "ir_t1": _RELAXOMETRY}
 
 
-def tissue_table(model_name: str, field_strength: float = 3.0
+def tissue_table(model: str | SignalModel, field_strength: float = 3.0
                  ) -> dict[str, dict[str, tuple[float, str]]]:
-    """``{tissue: {parameter: (value SI, source key)}}`` for a model at a field strength."""
-    if model_name not in _MODEL_TABLES:
-        raise InputError(f"the phantom has no tissue values for model {model_name!r}; "
-                         f"available: {', '.join(_MODEL_TABLES)}")
-    table = _MODEL_TABLES[model_name]
+    """``{tissue: {parameter: (value SI, source)}}`` for a model (or a built-in model's name)
+    at a field strength. A model of one's own supplies its values as the class attribute
+    ``phantom_tissues`` in the same form, keyed by field strength (docs/models.md)."""
+    model_name = model if isinstance(model, str) else model.name
+    own = None if isinstance(model, str) else getattr(model, "phantom_tissues", None)
+    if own is None and model_name not in _MODEL_TABLES:
+        raise InputError(f"the phantom has no tissue values for model {model_name!r} (it knows "
+                         f"{', '.join(_MODEL_TABLES)}); a model of your own can give them as "
+                         f"the class attribute phantom_tissues, see docs/models.md")
+    table = own if own is not None else _MODEL_TABLES[model_name]
     fs = float(field_strength)
     if fs not in table:
         raise InputError(f"the phantom has {model_name} tissue values at "
@@ -201,7 +207,7 @@ class Phantom:
 
     def describe(self) -> dict:
         """JSON-ready description (written as ``phantom.json``)."""
-        table = tissue_table(self.model.name, self.field_strength)
+        table = tissue_table(self.model, self.field_strength)
         tissues = {}
         for lab, name in LABELS.items():
             if lab == 0:
@@ -223,8 +229,7 @@ class Phantom:
             "shape": list(self.shape),
             "voxel_size_mm": [float(v) for v in np.sqrt((self.affine[:3, :3] ** 2).sum(0))],
             "snr": self.snr,
-            "snr_definition": "SNR = |M0| / sigma with |M0| the mean over the brain mask; "
-                              "sigma = std of the real and of the imaginary part of the noise",
+            "snr_definition": SNR_DEFINITION + "; here |M0| is the mean over the brain mask",
             "sigma": self.sigma,
             "mean_abs_m0_brain": float(np.abs(self.m0[self.mask]).mean()),
             "m0_scale": self.m0_scale,
@@ -340,7 +345,7 @@ def make_phantom(model: SignalModel | str, shape: tuple[int, ...] = (128, 128), 
     if len(shape) != 3 or min(shape) < 1:
         raise InputError(f"shape must have 2 or 3 positive sizes, got {shape}")
     shape = tuple(int(n) for n in shape)
-    table = tissue_table(model.name, field_strength)
+    table = tissue_table(model, field_strength)
 
     rng_fields, rng_noise = (np.random.default_rng(s)
                              for s in np.random.SeedSequence(int(seed)).spawn(2))

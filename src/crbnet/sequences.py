@@ -51,13 +51,14 @@ def _as_positive(value: Any, name: str) -> float:
 
 @dataclass(frozen=True, eq=False)
 class MTSequence:
-    """Hybrid-state sequence for the two-pool MT model (DESIGN §4.1).
+    """Hybrid-state sequence for the two-pool MT model (docs/physics.md §1).
 
     Attributes:
         TR: repetition time (s), constant.
         theta: per TR, the polar angle of the free pool's spin-locked magnetization (rad),
             shape [T]: *half* the flip angle α of the TR's alternating pulses (α = 2θ, RF
-            amplitude ω1 = 2θ/TRF for a rectangular pulse); B1 scales it.
+            amplitude ω1 = 2θ/TRF for a rectangular pulse); B1 scales it. See
+            docs/physics.md §1.
         TRF: RF pulse duration of each TR (s), shape [T].
         T_inv: duration of the inversion pulse at the start of each cycle (s).
         k_RF: semi-solid saturation constant; the mean saturation rate over a TR is
@@ -250,10 +251,12 @@ def load_control_points_csv(path: str | Path, TR: float = 4.5e-3, cycle_duration
     path = Path(path)
     rows: list[tuple[float, float]] = []
     try:
-        with path.open(newline="") as fh:
+        with path.open(newline="", encoding="utf-8") as fh:
             lines = [ln for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
     except OSError as exc:
         raise SequenceError(f"cannot read sequence file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise SequenceError(f"sequence file {path} is not UTF-8 text ({exc.reason})") from None
     reader = csv.reader(lines)
     header = next(reader, None)
     if header is None or [h.strip() for h in header[:2]] != ["theta_rad", "trf_ms"]:
@@ -299,9 +302,11 @@ def load(path: str | Path, kind: str) -> Sequence:
             raise SequenceError("control-point CSV files describe MT hybrid-state sequences only")
         return load_control_points_csv(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SequenceError(f"cannot read sequence file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise SequenceError(f"sequence file {path} is not UTF-8 text ({exc.reason})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

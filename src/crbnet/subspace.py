@@ -1,4 +1,4 @@
-"""Subspace compression of signals (DESIGN §2): an SVD basis of noiseless training signals.
+"""Subspace compression of signals (docs/statistics.md §3): an SVD basis of noiseless training signals.
 
 MRF signals of a model live close to a low-dimensional linear subspace. With ``U`` [T, k] the
 first k right singular vectors of a matrix of noiseless signals (rows), the compressed data are
@@ -39,10 +39,6 @@ class Subspace:
     @property
     def k(self) -> int:
         return int(self.basis.shape[1])
-
-    def project(self, signals: torch.Tensor) -> torch.Tensor:
-        """``Uᴴ y`` per row: [N, T] -> [N, k]."""
-        return signals @ self.basis.to(dtype=signals.dtype, device=signals.device).conj()
 
     def truncate(self, k: int) -> "Subspace":
         """The first ``k`` vectors (a basis fitted once can be truncated, never extended)."""

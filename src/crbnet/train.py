@@ -38,7 +38,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -50,9 +50,10 @@ from . import io as cio
 from . import losses
 from .checkpoint import (NORMALIZATION, basis_from_real, basis_to_real, checksum,
                          model_to_dict, read, save)
-from .data import (CleanBatch, NoisyBatch, OnlineSource, check_snr, derived_generator,
+from .data import (SNR_DEFINITION, CleanBatch, NoisyBatch, OnlineSource, check_snr, derived_generator,
                    make_noisy, project, sampler_from_spec, simulate_clean)
-from .errors import InputError
+from .config import check_table, check_value
+from .errors import ComputationError, InputError
 from .models.base import SignalModel
 from .nets import NetConfig, ParameterNet, count_parameters, output_ranges
 from .subspace import Subspace, choose_k, crb_inflation, fit_subspace
@@ -81,8 +82,8 @@ class DataConfig:
 
     mode: str = "online"
     dataset: str | None = None
-    snr: Any = 50.0
-    m0_magnitude: list = field(default_factory=lambda: [0.5, 2.0])
+    snr: float | list[float] = 50.0
+    m0_magnitude: list[float] = field(default_factory=lambda: [0.5, 2.0])
     batch_size: int = 256
     batches_per_epoch: int = 100
     pool_size: int = 0
@@ -90,7 +91,7 @@ class DataConfig:
     val_size: int = 2048
     block_rows: int = 4096
     blocks_in_memory: int = 4
-    sampling: dict = field(default_factory=dict)
+    sampling: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -126,7 +127,7 @@ class LossConfig:
     and threshold ``delta`` (CRB units) of the variance penalty."""
 
     name: str = "crb"
-    mse_weights: dict = field(default_factory=dict)
+    mse_weights: dict[str, float] = field(default_factory=dict)
     realizations: int = 8
     lam: float = 0.1
     delta: float = 1.0
@@ -151,19 +152,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
-        unknown = set(d) - set(cls.SECTIONS) - {"seed"}
-        if unknown:
-            raise InputError(f"unknown config section(s): {', '.join(sorted(unknown))}")
+        cls.check_types(d)
         kwargs: dict[str, Any] = {"seed": int(d.get("seed", 0))}
-        types = {"data": DataConfig, "subspace": SubspaceConfig, "net": NetConfig,
-                 "optim": OptimConfig, "loss": LossConfig}
-        for name, typ in types.items():
+        for name, typ in cls.section_types().items():
             section = dict(d.get(name, {}))
-            known = {f.name for f in fields(typ)}
-            bad = set(section) - known
-            if bad:
-                raise InputError(f"unknown option(s) in [{name}]: {', '.join(sorted(bad))}; "
-                                 f"known: {', '.join(sorted(known))}")
             try:
                 kwargs[name] = typ(**section)
             except TypeError as exc:
@@ -172,6 +164,25 @@ class TrainConfig:
         cfg.validate()
         return cfg
 
+    @staticmethod
+    def section_types() -> dict[str, type]:
+        return {"data": DataConfig, "subspace": SubspaceConfig, "net": NetConfig,
+                "optim": OptimConfig, "loss": LossConfig}
+
+    @classmethod
+    def check_types(cls, d: Mapping[str, Any]) -> None:
+        """Check the keys and value types of a whole or partial config (one layer: a file,
+        the command line) against the section dataclasses' annotations; ranges are checked by
+        :meth:`validate` once the layers are merged."""
+        unknown = set(d) - set(cls.SECTIONS) - {"seed"}
+        if unknown:
+            raise InputError(f"unknown config section(s): {', '.join(sorted(unknown))}")
+        if "seed" in d:
+            check_value("seed", int, d["seed"])
+        for name, typ in cls.section_types().items():
+            if name in d:
+                check_table(name, typ, d[name])
+
     def validate(self) -> None:
         d, o, l, s = self.data, self.optim, self.loss, self.subspace
         if d.mode not in ("online", "offline"):
@@ -179,6 +190,8 @@ class TrainConfig:
         if d.mode == "offline" and not d.dataset:
             raise InputError("offline training needs a dataset (--dataset FILE)")
         check_snr(d.snr)
+        if len(d.m0_magnitude) != 2:
+            raise InputError(f"data.m0_magnitude must be [low, high], got {d.m0_magnitude!r}")
         lo, hi = (float(v) for v in d.m0_magnitude)
         if not 0 < lo <= hi:
             raise InputError("data.m0_magnitude must be [low, high] with 0 < low <= high")
@@ -192,9 +205,9 @@ class TrainConfig:
             raise InputError("optim: epochs >= 1, lr > 0, lr_min >= 0, warmup_epochs >= 0")
         if l.name not in losses.LOSSES:
             raise InputError(f"loss must be one of {losses.LOSSES}, got {l.name!r}")
-        if l.name == "bias_reduced":
+        if losses.get(l.name).repeated:
             if not 2 <= l.realizations <= d.batch_size:
-                raise InputError(f"bias_reduced needs 2 <= loss.realizations <= batch_size "
+                raise InputError(f"{l.name} needs 2 <= loss.realizations <= batch_size "
                                  f"({d.batch_size}), got {l.realizations}")
             if l.lam < 0 or l.delta < 0:
                 raise InputError("loss.lam and loss.delta must be >= 0")
@@ -249,7 +262,7 @@ def read_config_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"config file not found: {path}")
-    text = path.read_text()
+    text = cio.read_text(path, "config file")
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
@@ -282,8 +295,14 @@ def build_config(model_name: str, file_data: Mapping[str, Any] | None = None,
     file_data = dict(file_data or {})
     file_data.pop("model", None)
     if "sampling" in file_data:
+        check_value("sampling", dict[str, dict], file_data["sampling"])
         file_data.setdefault("data", {})
+        check_table("data", DataConfig, file_data["data"])
         file_data["data"] = {**file_data["data"], "sampling": file_data.pop("sampling")}
+    # Every layer is checked on its own: a wrong value in the file is an error even where the
+    # command line overrides it.
+    TrainConfig.check_types(file_data)
+    TrainConfig.check_types(overrides or {})
     merged = deep_merge(merged, file_data)
     merged = deep_merge(merged, overrides or {})
     return TrainConfig.from_dict(merged)
@@ -305,8 +324,11 @@ def parse_set_option(items: list[str]) -> dict:
         except tomllib.TOMLDecodeError:
             value = raw.strip()
         node = out
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise InputError(f"--set {key.strip()}: {'.'.join(parts[:i + 1])} is given a "
+                                 "value elsewhere, it cannot also hold keys")
         node[parts[-1]] = value
     return out
 
@@ -426,12 +448,14 @@ class Trainer:
             architecture and output ranges are required; anything else is refused. Its basis
             replaces the subspace fit. The optimizer and schedule start afresh.
         progress: progress bars (None: only on a terminal).
+        log: where progress lines go: a text stream, None (nowhere) or "stderr" (the
+            ``sys.stderr`` of the moment each line is written, which may be redirected).
     """
 
     def __init__(self, model: SignalModel, config: TrainConfig, run_dir: str | Path,
                  device: torch.device | str = "cpu", max_minutes: float | None = None,
                  resume: bool = False, progress: bool | None = None,
-                 log: Any = sys.stderr, init: str | Path | None = None) -> None:
+                 log: Any = "stderr", init: str | Path | None = None) -> None:
         self.model, self.config = model, config
         self.init = None if init is None else Path(init)
         self.init_payload: dict | None = None
@@ -447,7 +471,7 @@ class Trainer:
     # ---- small helpers --------------------------------------------------------------------
     def _say(self, text: str) -> None:
         if self.dist.is_main and self.log is not None:
-            tqdm.write(text, file=self.log)
+            tqdm.write(text, file=sys.stderr if self.log == "stderr" else self.log)
 
     def _scales(self) -> torch.Tensor:
         """Per-parameter scale (width of the training range, SI): losses are computed on
@@ -457,10 +481,10 @@ class Trainer:
         return (hi - lo).to(self.device)
 
     def _clean_batch_size(self) -> int:
-        """Noiseless samples per batch: all of the batch, or batch_size // R for the
-        bias-reduced loss (each measured R times)."""
+        """Noiseless samples per batch: all of the batch, or batch_size // R for a loss that
+        measures each R times (the bias-reduced loss)."""
         cfg = self.config
-        if cfg.loss.name == "bias_reduced":
+        if losses.get(cfg.loss.name).repeated:
             return cfg.data.batch_size // cfg.loss.realizations
         return cfg.data.batch_size
 
@@ -569,8 +593,11 @@ class Trainer:
         k = self.subspace.k if self.subspace is not None else self.model.n_timepoints
         low, high, log = output_ranges(self.sampler.spec_dict(), self.model.bounds,
                                        cfg.net.output_margin)
-        torch.manual_seed(derived_generator(cfg.seed, "init").initial_seed())
-        net = ParameterNet(k, self.model.parameters, low, high, log, cfg.net)
+        # torch.nn initializes from the global CPU generator: seed it inside a fork so that
+        # the weights depend on the config's seed only and the caller's RNG state is untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derived_generator(cfg.seed, "init").initial_seed())
+            net = ParameterNet(k, self.model.parameters, low, high, log, cfg.net)
         net.set_input_statistics(self.stats_inputs)
         if self.init_payload is not None:
             self._load_init_weights(net)
@@ -627,14 +654,10 @@ class Trainer:
         est = net(batch.signals.to(self.device)) / scale.to(torch.float32)
         target = (batch.theta.to(self.device) / scale).to(torch.float32)
         crb = batch.crb.to(self.device) / scale ** 2
-        if cfg.name == "mse":
-            return losses.mse(est, target, weights)
-        if cfg.name == "crb":
-            return losses.crb(est, target, crb)
-        R = cfg.realizations
-        P = est.shape[1]
-        return losses.bias_reduced(est.reshape(-1, R, P), target[::R], crb[::R], lam=cfg.lam,
-                                   delta=cfg.delta)
+        loss = losses.get(cfg.name)
+        return loss.compute(losses.LossInputs(est, target, crb, weights,
+                                              K=cfg.realizations if loss.repeated else 1,
+                                              lam=cfg.lam, delta=cfg.delta))
 
     def _train_epoch(self, epoch: int) -> tuple[float, int, float]:
         cfg = self.config
@@ -646,7 +669,7 @@ class Trainer:
                                                   cfg.loss.mse_weights),
                                dtype=torch.float64, device=self.device)
         weights = (weights * scale ** 2).to(torch.float32)   # in scaled units
-        repeats = cfg.loss.realizations if cfg.loss.name == "bias_reduced" else 1
+        repeats = cfg.loss.realizations if losses.get(cfg.loss.name).repeated else 1
         n_batches = self.source.batches_per_epoch
         bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="batch",
                    leave=False, file=sys.stderr,
@@ -668,8 +691,9 @@ class Trainer:
             self.schedule.step()
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise RuntimeError(f"training loss became {value} at epoch {epoch + 1}, batch "
-                                   f"{b + 1}; lower optim.lr or enable optim.grad_clip")
+                raise ComputationError(f"training loss became {value} at epoch {epoch + 1}, "
+                                       f"batch {b + 1}; lower optim.lr or enable "
+                                       "optim.grad_clip")
             total += value
             count += 1
             samples += len(noisy.theta)
@@ -719,18 +743,30 @@ class Trainer:
         payload = self._payload(epoch, summary)
         if not self.dist.is_main:
             return summary
-        save(self.run_dir / "checkpoint.pt", payload)
-        self._write_metrics_csv()
-        cio.write_json(self.run_dir / "summary.json", summary)
-        now = time.perf_counter()
-        if final or now - self._last_plot > 30:
-            from .plots.training import plot_training_curves
+        # RUN_DIR appears with the first complete set of files or not at all: if a write fails
+        # (disk full, ...), the files and folders it would have created are removed again;
+        # files of an earlier epoch stay (each is replaced atomically, so they are complete).
+        names = ("checkpoint.pt", "metrics.csv", "summary.json", "loss.png")
+        fresh = [self.run_dir / n for n in names if not (self.run_dir / n).exists()]
+        created = cio.make_folders(self.run_dir)
+        try:
+            save(self.run_dir / "checkpoint.pt", payload)
+            self._write_metrics_csv()
+            cio.write_json(self.run_dir / "summary.json", summary)
+            now = time.perf_counter()
+            if final or now - self._last_plot > 30:
+                from .plots.training import plot_training_curves
 
-            plot_training_curves(self.metrics, list(self.model.parameters),
-                                 self.run_dir / "loss.png", loss_name=self.config.loss.name,
-                                 title=f"{self.model.name}, {self.config.loss.name} loss, "
-                                       f"SNR {self.config.data.snr}")
-            self._last_plot = now
+                plot_training_curves(self.metrics, list(self.model.parameters),
+                                     self.run_dir / "loss.png", loss_name=self.config.loss.name,
+                                     title=f"{self.model.name}, {self.config.loss.name} loss, "
+                                           f"SNR {self.config.data.snr}")
+                self._last_plot = now
+        except BaseException:
+            for path in fresh:
+                path.unlink(missing_ok=True)
+            cio.remove_created_folders(created)
+            raise
         return summary
 
     def _write_metrics_csv(self) -> None:
@@ -754,7 +790,7 @@ class Trainer:
             "fixed": dict(self.model.fixed),
             "loss": self.config.loss.name,
             "snr": self.config.data.snr,
-            "snr_definition": "|M0| / sigma, sigma per real/imaginary part",
+            "snr_definition": SNR_DEFINITION,
             "mode": self.config.data.mode,
             "epochs": epoch,
             "epochs_planned": self.config.optim.epochs,
@@ -821,6 +857,7 @@ class Trainer:
             if ckpt.exists() and not self.resume:
                 raise InputError(f"{ckpt} exists; use --resume to continue it or choose a new "
                                  "--out directory")
+            cio.check_output_folder(self.run_dir)   # a file there, no permission: fail now
         if self.resume:
             resumed = self._load_resume()
         if self.init is not None and resumed is None:

@@ -10,15 +10,19 @@ from typing import Any
 
 import torch
 
-from .. import models, sequences
+from .. import baselines, models, sequences
 from ..errors import InputError
 from ..models.base import SignalModel
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """--model, --sequence, --times, --fix, --free."""
+    """--model, --model-option, --sequence, --times, --fix, --free."""
     parser.add_argument("--model", required=required, metavar="NAME",
-                        help=f"signal model: {', '.join(models.names())}")
+                        help=f"signal model: {', '.join(models.names())}, or a model of your "
+                             "own as FILE.py:CLASS or package.module:CLASS (docs/models.md)")
+    parser.add_argument("--model-option", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting the model declares (e.g. max_order=30 for fisp_mrf; "
+                             "`crbnet models` lists them), repeatable")
     parser.add_argument("--sequence", metavar="FILE",
                         help="sequence file (JSON; control-point CSV for mt_hybrid_state)")
     parser.add_argument("--times", metavar="T1,T2,...",
@@ -33,7 +37,7 @@ def add_estimator_arguments(parser: argparse.ArgumentParser, checkpoint_help: st
     """--checkpoint CKPT | --method nlls|dictionary (exactly one)."""
     how = parser.add_mutually_exclusive_group(required=True)
     how.add_argument("--checkpoint", metavar="CKPT", help=checkpoint_help)
-    how.add_argument("--method", choices=["nlls", "dictionary"],
+    how.add_argument("--method", choices=list(baselines.METHODS),
                      help="classical estimator instead of a network (needs --model)")
 
 
@@ -106,13 +110,12 @@ def parse_times(text: str) -> sequences.TimesSequence:
 def build_model(args: argparse.Namespace) -> SignalModel:
     """The model the arguments describe."""
     name = args.model
-    if name not in models.REGISTRY:
-        raise InputError(f"unknown model {name!r}; available: {', '.join(models.names())}")
-    cls = models.REGISTRY[name]
+    cls = models.resolve(name)
     seq: Any = None
     if getattr(args, "times", None):
         if cls.sequence_kind != "times":
-            raise InputError(f"--times applies to t2_decay and ir_t1, not {name}")
+            raise InputError(f"--times applies to models with a times sequence (t2_decay, "
+                             f"ir_t1), not {cls.name}")
         seq = parse_times(args.times)
     if getattr(args, "sequence", None):
         if seq is not None:
@@ -126,9 +129,23 @@ def build_model(args: argparse.Namespace) -> SignalModel:
             raise InputError(f"unknown parameter {p!r} for model {name!r}")
         fixed.pop(p, None)
     fixed.update(parse_assignments(getattr(args, "fix", []) or [], "--fix"))
-    model = models.get(name, sequence=seq, fixed=fixed)
+    options = parse_model_options(cls, getattr(args, "model_option", []) or [])
+    model = models.get(name, sequence=seq, fixed=fixed, **options)
     warn_beyond_limits(model)
     return model
+
+
+def parse_model_options(cls: type[SignalModel], items: list[str]) -> dict[str, Any]:
+    """``--model-option NAME=VALUE`` strings to the model's keyword arguments, each converted
+    with the type the model declares."""
+    declared = {o.name: o for o in cls.options}
+    out: dict[str, Any] = {}
+    for name, text in split_assignments(items, "--model-option"):
+        if name not in declared:
+            raise InputError(f"model {cls.name!r} has no option {name!r}; declared: "
+                             f"{', '.join(declared) or 'none'}")
+        out[name] = declared[name].convert(text)
+    return out
 
 
 def warn_beyond_limits(model: SignalModel) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .. import io, losses
 from ..errors import InputError
 from ._common import (add_device_argument, add_model_arguments, build_model, check_positive,
                       resolve_device)
@@ -28,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--voxels", type=int, default=1000, metavar="N",
                    help="test voxels (default 1000; NLLS is the slow one)")
     p.add_argument("--seed", type=int, default=0, help="seed of the test set")
+    p.add_argument("--losses", metavar="NAME,NAME", default="",
+                   help="also report these registered losses on the test set "
+                        f"({', '.join(n for n in losses.names() if not losses.get(n).repeated)})")
     p.add_argument("--bounds", choices=("physical", "training", "both"), default=None,
                    help="search box of nlls/dictionary: the model's physical bounds, the "
                         "networks' training ranges, or both side by side (default: nlls "
@@ -38,18 +42,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def expand_boxes(specs: list[str], bounds: str | None) -> list[str]:
     """Give plain method names the --bounds box (``both``: one entry per box)."""
-    from ..compare import BASELINE_METHODS, BOXES
+    from ..baselines import METHODS
+    from ..compare import BOXES
 
     if bounds is None:
         return list(specs)
     boxes = BOXES if bounds == "both" else (bounds,)
     out: list[str] = []
     for spec in specs:
-        out += [f"{spec}@{b}" for b in boxes] if spec in BASELINE_METHODS else [spec]
+        out += [f"{spec}@{b}" for b in boxes] if spec in METHODS else [spec]
     return out
 
 
 def run(args: argparse.Namespace) -> int:
+    io.check_output_folder(args.out)
     from ..compare import compare, resolve_estimators, training_snr
 
     device = resolve_device(args.device)
@@ -62,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
     snr = args.snr
     if snr is None:
         snr = next((s for s in (training_snr(e) for _, e in estimators) if s), DEFAULT_SNR)
-    result = compare(estimators, model=model, n=args.voxels, snr=snr, seed=args.seed)
+    names = [n.strip() for n in args.losses.split(",") if n.strip()]
+    result = compare(estimators, model=model, n=args.voxels, snr=snr, seed=args.seed,
+                     losses=names)
     paths = result.save(args.out)
     print(result.to_markdown())
     print(f"wrote {paths['md']}, {paths['json']} and {paths['png']}")

@@ -9,6 +9,7 @@ import warnings
 
 from .. import hardware
 from ..crb import SingularFisherWarning, crb
+from ..data import SNR_DEFINITION
 from ..errors import InputError
 from ._common import add_model_arguments, build_model, parse_assignments, sequence_line
 
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({
             "model": model.name, "parameters": params, "fixed": model.fixed, "sigma": sigma,
-            "snr": 1.0 / sigma, "snr_definition": "|M0| / sigma with |M0| = 1",
+            "snr": 1.0 / sigma, "snr_definition": SNR_DEFINITION + "; here |M0| = 1",
             "crb": bound, "std": {p: math.sqrt(v) for p, v in bound.items()},
             "sequence_rf": hardware.rf_summary(model.sequence),
         }, indent=2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from .. import io
 from ..data import sampler_from_spec
 from ..datasets import write_dataset
 from ..errors import InputError
@@ -38,8 +39,9 @@ def run(args: argparse.Namespace) -> int:
         from ..train import read_config_file
         from .train import apply_model_table
 
-        apply_model_table(args, dict(read_config_file(args.config).get("model", {})),
+        apply_model_table(args, read_config_file(args.config).get("model", {}),
                            Path(args.config))
+    io.check_output_file(args.out)
     model = build_model(args)
     if args.n < 1:
         raise InputError("--n must be >= 1")

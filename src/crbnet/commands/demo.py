@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import losses
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the paper's finding end to end (~10 min on 2 CPU cores)",
@@ -17,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="training budget of each network (default 3.5)")
     p.add_argument("--snr", type=float, help="training and test SNR |M0|/sigma (default 100)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--losses", metavar="NAME,NAME",
+                   help="training losses, one network each (default crb,mse; registered: "
+                        f"{', '.join(losses.names())})")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -36,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
         cfg.snr = args.snr
     if args.seed is not None:
         cfg.seed = args.seed
+    if args.losses is not None:
+        cfg.losses = tuple(n.strip() for n in args.losses.split(",") if n.strip())
     run_demo(args.out, cfg, progress=False if args.no_progress else None,
              log=lambda s: print(s, file=sys.stderr, flush=True))
     print(f"report: {args.out}/report.md")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .. import io
 from ..errors import InputError
 from ._common import (add_device_argument, add_estimator_arguments, add_model_arguments,
                       build_model, check_positive, parse_options, resolve_device)
@@ -77,6 +78,7 @@ def parse_snrs(text: str | None) -> list[float] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    io.check_output_folder(args.out)
     from ..compare import resolve_estimators, training_snr
     from ..evaluate import SNR_DEFINITION, evaluate, make_grid, sample_points
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import io
+from .. import baselines, io
 from ..errors import InputError
 from ._common import (add_device_argument, add_model_arguments, build_model, parse_options,
                       resolve_device)
@@ -21,15 +21,7 @@ def add_option_argument(parser: argparse.ArgumentParser) -> None:
 
 def load_signals(path: str) -> np.ndarray:
     """A complex [N, T] (or [T]) array from a .npy file; InputError for anything else."""
-    if not Path(path).is_file():
-        raise InputError(f"input file not found: {path}")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{path}: not a readable .npy array ({exc})") from None
-    if not isinstance(data, np.ndarray):
-        raise InputError(f"{path}: expected a single .npy array, not an .npz archive")
-    return data
+    return io.read_numeric_npy(path, "input")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Classical voxel-wise estimation. Input: complex array [N, T] (full time "
                     "series as the model simulates it, any complex M0). Output: float64 "
                     "[N, P] in SI units, columns in the model's parameter order (printed).")
-    p.add_argument("--method", required=True, choices=["nlls", "dictionary"],
+    p.add_argument("--method", required=True, choices=list(baselines.METHODS),
                    help="nlls: Levenberg-Marquardt maximum-likelihood fit; dictionary: MRF "
                         "dictionary matching in SVD space")
     add_model_arguments(p)
@@ -51,8 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import baselines
 
+    outputs = [Path(args.out)] + ([Path(args.m0_out)] if args.m0_out else [])
+    if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
+        raise InputError("--out and --m0-out name the same file")
+    for path in outputs:
+        io.check_output_file(path)
     model = build_model(args)
     device = resolve_device(args.device)
     options = parse_options(args.option)
@@ -61,9 +57,10 @@ def run(args: argparse.Namespace) -> int:
     signals = load_signals(args.input)
     theta, m0 = estimator.predict_with_m0(signals)
     theta = theta.cpu().numpy().astype(np.float64)
-    io.write_npy(args.out, theta)
+    arrays = {args.out: theta}
     if args.m0_out:
-        io.write_npy(args.m0_out, m0.cpu().numpy().astype(np.complex128))
+        arrays[args.m0_out] = m0.cpu().numpy().astype(np.complex128)
+    io.write_npys(arrays)   # both files or neither
     units = ", ".join(f"{p} [{model.units[p] or '-'}]" for p in model.parameters)
     print(f"wrote {args.out}: float64 {list(theta.shape)}, columns (SI): {units}")
     if args.m0_out:

@@ -18,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    io.check_output_file(args.out)
     model = build_model(args)
     theta = model.theta_from_dict(parse_assignments(args.param), fill_defaults=True)
     signal = model.simulate(theta).numpy()

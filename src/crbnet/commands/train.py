@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import losses
+from ..config import ModelTable, check_table, check_value
 from ..errors import InputError
 from ._common import (add_model_arguments, build_model, parse_assignments, resolve_device,
                       sequence_line)
@@ -20,11 +22,12 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
 
 def sampling_from_args(args: argparse.Namespace, base: dict | None = None) -> dict:
     """``[sampling]`` of the config file (``base``) updated by --range/--dist."""
-    spec = {k: dict(v) for k, v in (base or {}).items()}
     if getattr(args, "config", None) and base is None:
         from ..train import read_config_file
 
-        spec = {k: dict(v) for k, v in read_config_file(args.config).get("sampling", {}).items()}
+        base = read_config_file(args.config).get("sampling", {})
+    check_value("sampling", dict[str, dict], base or {})
+    spec = {k: dict(v) for k, v in (base or {}).items()}
     for item in args.range:
         name, sep, value = item.partition("=")
         lo, sep2, hi = value.partition(":")
@@ -54,12 +57,12 @@ def parse_snr(text: str) -> float | list[float]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a network (losses: mse, crb, bias_reduced)",
+    p = sub.add_parser("train", help=f"train a network (losses: {', '.join(losses.names())})",
                        description="Train a CRB-informed network. SNR = |M0|/sigma (sigma per "
                                    "real/imaginary part). Settings: defaults per model < "
                                    "--config FILE < command line.")
     add_model_arguments(p)
-    p.add_argument("--loss", choices=("mse", "crb", "bias_reduced"),
+    p.add_argument("--loss", choices=losses.names(),
                    help="training loss (default crb)")
     p.add_argument("--snr", metavar="SNR", help="training SNR: a value or LOW:HIGH (default 50)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="output directory")
@@ -86,9 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def apply_model_table(args: argparse.Namespace, table: dict, config_path: Path) -> None:
     """Fold the config's [model] table into the model arguments (command line wins)."""
-    unknown = set(table) - {"name", "fixed", "free", "sequence", "times"}
-    if unknown:
-        raise InputError(f"unknown option(s) in [model]: {', '.join(sorted(unknown))}")
+    check_table("model", ModelTable, table)
     if "name" in table and table["name"] != args.model:
         raise InputError(f"config is for model {table['name']!r} but --model is {args.model!r}")
     cli_fixed = parse_assignments(args.fix, "--fix")
@@ -106,14 +107,15 @@ def apply_model_table(args: argparse.Namespace, table: dict, config_path: Path) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import Trainer, build_config, parse_set_option, read_config_file
+    from ..train import TrainConfig, Trainer, build_config, parse_set_option, read_config_file
 
     file_data: dict = {}
     if args.config:
         file_data = read_config_file(args.config)
-        apply_model_table(args, dict(file_data.get("model", {})), Path(args.config))
+        apply_model_table(args, file_data.get("model", {}), Path(args.config))
     model = build_model(args)
     overrides = parse_set_option(args.set)
+    TrainConfig.check_types(overrides)   # before --epochs, --lr ... may replace a value
 
     def put(section: str, key: str, value: object) -> None:
         if value is not None:

@@ -78,7 +78,7 @@ def _signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal, want
     T = theta.shape[0]
     n_par = chain.shape[2]
     n_dir = 9 + (1 if b1_free else 0)
-    # With B1 fixed, cos and sin of the flip angles are the same in every voxel.
+    # With B1 fixed, cos and sin of the angles θ (half the flip angles) are the same in every voxel.
     cos_fixed = np.cos(B1[0] * theta)
     sin_fixed = np.sin(B1[0] * theta)
     # Scratch is allocated once per block of voxels: one allocation per voxel (≈200 kB) would
@@ -354,18 +354,23 @@ def _compile(cache: bool) -> None:
 def signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal=None, jac=None,
                         gram=None) -> None:
     """Run the kernel (arguments as :func:`_signal_and_jacobian`; each output is filled when
-    given) with as many threads as PyTorch uses (numba keeps its own pool)."""
+    given) with as many threads as PyTorch uses (numba keeps its own pool). The thread count
+    is set for this call only and restored afterwards."""
     import torch
 
     if rows.shape[0] == 0:
         return
     kernel = _load()
+    before = numba.get_num_threads()
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    empty2, empty3 = np.empty((1, 1)), np.empty((1, 1, 1))
-    kernel(rows, beta, B1, chain, theta, w0, b1_free,
-           empty2 if signal is None else signal, signal is not None,
-           empty3 if jac is None else jac, jac is not None,
-           empty3 if gram is None else gram, gram is not None)
+    try:
+        empty2, empty3 = np.empty((1, 1)), np.empty((1, 1, 1))
+        kernel(rows, beta, B1, chain, theta, w0, b1_free,
+               empty2 if signal is None else signal, signal is not None,
+               empty3 if jac is None else jac, jac is not None,
+               empty3 if gram is None else gram, gram is not None)
+    finally:
+        numba.set_num_threads(before)
 
 
 @functools.cache

@@ -9,7 +9,7 @@ usual example.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -44,14 +44,48 @@ class ParameterSpec:
     description: str = ""
 
 
+@dataclass(frozen=True)
+class ModelOption:
+    """A keyword argument of a model's constructor that is not a parameter (a numerical
+    setting such as an EPG truncation order). Declared in ``SignalModel.options``; the model
+    keeps its value in the attribute of the same name. Options are recorded in checkpoints and
+    datasets and set on the command line with ``--model-option name=value``.
+
+    Attributes:
+        name: keyword and attribute name.
+        type: int, float, bool or str; command-line text is converted with it.
+        default: the constructor's default.
+        description: one line for humans.
+    """
+
+    name: str
+    type: type
+    default: Any
+    description: str = ""
+
+    def convert(self, text: str) -> Any:
+        """The value of command-line text ``text`` (``true``/``false`` for bool)."""
+        if self.type is bool:
+            if text.strip().lower() not in ("true", "false", "1", "0"):
+                raise InputError(f"model option {self.name} expects true or false, got {text!r}")
+            return text.strip().lower() in ("true", "1")
+        try:
+            return self.type(text)
+        except (TypeError, ValueError):
+            raise InputError(f"model option {self.name} expects {self.type.__name__}, "
+                             f"got {text!r}") from None
+
+
 class SignalModel:
     """Base class. Subclasses set ``name``, ``sequence_kind``, ``specs`` and ``default_fixed``
-    and implement :meth:`_simulate` on the full (estimated + fixed) parameter set."""
+    (and ``options`` if their constructor takes settings) and implement :meth:`_simulate` on
+    the full (estimated + fixed) parameter set."""
 
     name: str = ""
     sequence_kind: str = ""
     specs: tuple[ParameterSpec, ...] = ()
     default_fixed: Mapping[str, float] = {}
+    options: tuple[ModelOption, ...] = ()
 
     def __init__(self, sequence: seqs.Sequence | None = None,
                  fixed: Mapping[str, float] | None = None) -> None:
@@ -84,6 +118,11 @@ class SignalModel:
     @property
     def all_parameters(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.specs)
+
+    @property
+    def option_values(self) -> dict[str, Any]:
+        """``{option name: current value}`` for the declared :attr:`options`."""
+        return {o.name: getattr(self, o.name) for o in self.options}
 
     def spec(self, name: str) -> ParameterSpec:
         for s in self.specs:
@@ -118,8 +157,10 @@ class SignalModel:
 
     def describe(self) -> dict:
         """JSON-ready description (used by ``crbnet models`` and checkpoints)."""
+        doc = (type(self).__doc__ or "").strip()
         return {
             "name": self.name,
+            "summary": " ".join(doc.split("\n\n")[0].split()),
             "parameters": [
                 {"name": s.name, "unit": s.unit, "bounds": list(s.bounds),
                  "train_range": list(s.train_range), "default": s.default,
@@ -127,6 +168,9 @@ class SignalModel:
                 for s in self.specs
             ],
             "fixed": self.fixed,
+            "options": [{"name": o.name, "type": o.type.__name__, "default": o.default,
+                         "value": getattr(self, o.name), "description": o.description}
+                        for o in self.options],
             "n_timepoints": self.n_timepoints,
         }
 

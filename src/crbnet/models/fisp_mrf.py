@@ -23,10 +23,12 @@ from __future__ import annotations
 import torch
 
 from .. import sequences as seqs
-from .base import ParameterSpec, SignalModel
+from .base import ModelOption, ParameterSpec, SignalModel
 
 
 class FISPMRF(SignalModel):
+    """Single-pool FISP MR fingerprinting by extended phase graphs (flip-angle and TR trains)."""
+
     name = "fisp_mrf"
     sequence_kind = "fisp"
     specs = (
@@ -40,6 +42,7 @@ class FISPMRF(SignalModel):
     # dominates there). Results do not depend on either.
     chunk_size = 4096
     crb_chunk_size = 4096
+    options = (ModelOption("max_order", int, 25, "highest EPG dephasing order kept"),)
 
     def __init__(self, sequence=None, fixed=None, max_order: int = 25) -> None:
         super().__init__(sequence, fixed)

@@ -1,8 +1,10 @@
-"""Two-pool magnetization transfer in the hybrid state of free precession (DESIGN §4.1).
+"""Two-pool magnetization transfer in the hybrid state of free precession (docs/physics.md §1).
 
 Free pool (fraction 1 − m0s) is tracked by its radius ``r_f`` along the instantaneous
-steady-state direction, the semi-solid pool by its longitudinal ``z_s``. Within one TR the flip
-angle θ and pulse duration TRF are constant, so ``y = (r_f, z_s)`` obeys an affine 2×2 ODE
+steady-state direction, the semi-solid pool by its longitudinal ``z_s``. The sequence control θ
+is the polar angle of the spin-locked free-pool magnetization — half the flip angle α of the
+alternating pulses (θ = α/2; the RF amplitude is ω1 = 2θ/TRF), not the flip angle itself.
+Within one TR θ and the pulse duration TRF are constant, so ``y = (r_f, z_s)`` obeys an affine 2×2 ODE
 ``dy/dt = A y + b``:
 
     A = [[-(c²/T1f + s²/T2f + c²·Rx·m0s),  Rx·(1−m0s)·c            ],
@@ -337,7 +339,7 @@ def steady_state_signal(rows, beta: torch.Tensor, B1: torch.Tensor, theta: torch
 
 
 class _FreePoolSteadyState(torch.autograd.Function):
-    """r_f [T, N] at every mid-TR of the periodic steady state (DESIGN §4.1; see the module
+    """r_f [T, N] at every mid-TR of the periodic steady state (docs/physics.md §1; see the module
     docstring), from per-voxel rows [1, N] — ``A h`` and ``b h`` are sums of their products
     with sequence columns, see :meth:`MTHybridState._voxel_rows` — the inversion's z_s factor
     beta [N], B1 ([1, N], or [1, 1] when fixed), the sequence columns θ, θ²/TRF [T, 1], and
@@ -456,6 +458,9 @@ class _FreePoolSteadyState(torch.autograd.Function):
 
 
 class MTHybridState(SignalModel):
+    """Two-pool MT in the hybrid state; the sequence's θ is half the flip angle (the polar angle
+    of the spin-locked free-pool magnetization)."""
+
     name = "mt_hybrid_state"
     sequence_kind = "mt"
     specs = (
@@ -472,7 +477,7 @@ class MTHybridState(SignalModel):
         ParameterSpec("T2s", "s", (1e-6, 1e-3), (5e-6, 20e-6), 12e-6, False,
                       "transverse relaxation time of the semi-solid pool"),
         ParameterSpec("B1", "", (0.3, 2.0), (0.7, 1.3), 1.0, False,
-                      "relative flip-angle scale (transmit field)"),
+                      "relative transmit scale (multiplies θ and the flip angle 2θ)"),
     )
     default_fixed = {"B1": 1.0}
     # Voxels per pass of :meth:`_simulate` and per chunk in crbnet.crb: the [T, N] temporaries

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..sequences import FISPSequence, MTSequence, Sequence
-from . import plt, save_figure
+from . import save_figure, subplots
 
 
 def _trains(seq: Sequence) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -26,7 +26,7 @@ def _trains(seq: Sequence) -> list[tuple[str, np.ndarray, np.ndarray]]:
 def plot_design(report: dict, start: Sequence, result: Sequence, path: str | Path) -> None:
     """Three panels: the two control trains of start and result, and a bar chart of the
     relative √CRB (%) per point and parameter, start vs result."""
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    fig, axes = subplots(1, 3, figsize=(16, 4.4))
     for k, ax in enumerate(axes[:2]):
         for seq, style, name in ((start, "C7-", "start"), (result, "C3-", "designed")):
             label, t, values = _trains(seq)[k]

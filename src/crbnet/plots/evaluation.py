@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from . import plt, save_figure
+from . import get_cmap, save_figure, subplots
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..evaluate import EvaluationResult
@@ -83,7 +83,7 @@ def _colorbar(fig: Any, mappable: Any, ax: Any, metric: str) -> None:
 def _norm_and_cmap(metric: str, data: np.ndarray) -> tuple[Any, Any]:
     from matplotlib import colors
 
-    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.75")
+    cmap = get_cmap("RdBu_r").with_extremes(bad="0.75")
     finite = data[np.isfinite(data)]
     if metric == "bias_over_sqrt_crb":
         v = max(float(np.max(np.abs(finite))) if finite.size else 0.0, 0.1)
@@ -109,7 +109,7 @@ def plot_evaluation(result: "EvaluationResult", path: str | Path) -> None:
     estimated parameter (rows) and metric (columns)."""
     grid = result.grid
     P = len(result.parameters)
-    fig, axes = plt.subplots(P, len(METRICS), figsize=(4.8 * len(METRICS), 3.4 * P + 0.9),
+    fig, axes = subplots(P, len(METRICS), figsize=(4.8 * len(METRICS), 3.4 * P + 0.9),
                              squeeze=False, layout="constrained")
     data = {m: getattr(result, m) for m in METRICS}
     summary = result.summary()
@@ -209,11 +209,11 @@ def plot_comparison(rows: Sequence[Mapping[str, Any]], parameters: Sequence[str]
     ``voxels_per_second``.
     """
     n = len(rows)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9 + 0.7 * len(parameters) * max(n, 1), 4.8),
+    fig, (ax1, ax2) = subplots(1, 2, figsize=(9 + 0.7 * len(parameters) * max(n, 1), 4.8),
                                    gridspec_kw={"width_ratios": [2, 1]}, layout="constrained")
     width = 0.8 / max(n, 1)
     x = np.arange(len(parameters))
-    colors = plt.get_cmap("tab10")
+    colors = get_cmap("tab10")
     for i, row in enumerate(rows):
         vals = [row["mse_over_crb"].get(p, np.nan) for p in parameters]
         vals = [v if v is not None else np.nan for v in vals]

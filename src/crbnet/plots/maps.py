@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from . import plt, save_figure
+from . import save_figure, subplots
 
 
 def display_scale(unit: str, values: np.ndarray) -> tuple[float, str]:
@@ -76,7 +76,7 @@ def plot_parameter_maps(maps: Mapping[str, np.ndarray], units: Mapping[str, str]
     first = np.asarray(maps[labels[0]])
     index = choose_slice(mask, first.shape) if slice_index is None else slice_index
     mask2 = None if mask is None else _as_slice(mask, index).astype(bool)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.2 * n_cols, 3.0 * n_rows), squeeze=False)
+    fig, axes = subplots(n_rows, n_cols, figsize=(3.2 * n_cols, 3.0 * n_rows), squeeze=False)
     for r, row in enumerate(rows):
         for c in range(n_cols):
             ax = axes[r][c]

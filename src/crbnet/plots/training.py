@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from . import plt, save_figure
-
-CRB_UNIT_LOSSES = ("crb", "bias_reduced")
+from .. import losses
+from . import save_figure, subplots
 
 
 def plot_training_curves(metrics: Sequence[Mapping[str, float]], parameters: Sequence[str],
@@ -19,9 +18,9 @@ def plot_training_curves(metrics: Sequence[Mapping[str, float]], parameters: Seq
     ``val_crb_loss_<param>``).
     """
     epochs = [m["epoch"] for m in metrics]
-    fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_train, ax_val) = subplots(1, 2, figsize=(11, 4.2))
     ax_train.plot(epochs, [m["train_loss"] for m in metrics], "k-o", ms=3, label="training loss")
-    if loss_name in CRB_UNIT_LOSSES:
+    if loss_name in losses.REGISTRY and losses.REGISTRY[loss_name].crb_units:
         ax_train.plot(epochs, [m["val_crb_loss_mean"] for m in metrics], "C3-s", ms=3,
                       label="validation MSE/CRB (mean)")
         ax_train.axhline(1.0, color="gray", ls="--", lw=1, label="ideal = 1")

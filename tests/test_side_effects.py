@@ -1,0 +1,76 @@
+"""Library calls leave the caller's global state alone: matplotlib backend and pyplot figures,
+numba's thread count (the global torch RNG: test_contracts.py); notes go through logging, the
+CLI shows them."""
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crbnet import cli
+from crbnet.nifti import NiftiSignals
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_figures_leave_the_matplotlib_backend_and_pyplot_alone(tmp_path):
+    script = f"""
+import matplotlib
+matplotlib.use("svg")
+import matplotlib.pyplot as plt
+from crbnet.plots.training import plot_training_curves
+rows = [{{"epoch": e, "train_loss": 1.0 / e, "val_crb_loss_mean": 2.0 / e, "val_crb_loss_T2": 2.0 / e}}
+        for e in (1, 2, 3)]
+plot_training_curves(rows, ["T2"], {str(tmp_path / "loss.png")!r}, loss_name="crb")
+assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
+assert plt.get_fignums() == [], plt.get_fignums()
+"""
+    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mt_kernel_restores_numba_threads():
+    import numba
+
+    from crbnet import models
+    from crbnet.models import _mt_kernel
+    if not _mt_kernel.available():
+        return
+    numba.set_num_threads(1)
+    model = models.get("mt_hybrid_state")
+    before_torch = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model.simulate(model.theta_from_dict({}, fill_defaults=True))
+        assert numba.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before_torch)
+
+
+def save_gz(path: Path, data: np.ndarray) -> Path:
+    import nibabel as nib
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    return path
+
+
+def test_library_notes_go_through_logging_and_the_cli_prints_them(tmp_path, caplog, capsys,
+                                                                  monkeypatch):
+    # as in a program that never ran the CLI: no handler on crbnet's loggers
+    monkeypatch.setattr(logging.getLogger("crbnet"), "handlers", [])
+    data = (np.arange(4 * 3 * 2 * 5) * (1 + 1j)).reshape(4, 3, 2, 5).astype(np.complex64)
+    src = NiftiSignals(save_gz(tmp_path / "s.nii.gz", data), max_bytes=100)
+    with caplog.at_level(logging.INFO, logger="crbnet"):
+        src.read(next(iter(src.blocks())))
+    assert capsys.readouterr().err == ""                  # the library itself prints nothing
+    assert any("gzip-compressed" in r.getMessage() for r in caplog.records)
+    monkeypatch.undo()
+    assert cli.main(["models", "--json"]) == 0            # the CLI sets up its log output
+    capsys.readouterr()
+    logging.getLogger("crbnet.nifti").info("a note for the user")
+    assert capsys.readouterr().err == "crbnet: note: a note for the user\n"

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import plt, save_figure
+from . import save_figure, subplots
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..tissue_points import PointStudy
@@ -39,7 +39,7 @@ def _series(study: "PointStudy"):
 
 def plot_point_study(study: "PointStudy", path: str | Path) -> None:
     P = len(study.parameters)
-    fig, axes = plt.subplots(2, P, figsize=(3.0 * P + 1, 6.2), squeeze=False)
+    fig, axes = subplots(2, P, figsize=(3.0 * P + 1, 6.2), squeeze=False)
     for label, x, per_x, rows in _series(study):
         for r, (key, _, _) in enumerate(_ROWS):
             for j in range(P):

@@ -157,14 +157,15 @@ def isochromat_fisp(seq, T1, T2, B1=1.0, n_spins=1000):
 def test_fisp_epg_matches_isochromat_simulation(T1, T2, B1):
     seq = sequences.default_fisp_sequence(400)
     ref = isochromat_fisp(seq, T1, T2, B1)
+    # the default model keeps every EPG order that reaches an echo: it agrees to round-off
     model = models.get("fisp_mrf", sequence=seq, fixed={})
     sig = model.simulate(model.theta_from_dict({"T1": T1, "T2": T2, "B1": B1}))[0].numpy()
-    err = np.max(np.abs(sig - ref)) / np.max(np.abs(ref))
+    assert np.max(np.abs(sig - ref)) / np.max(np.abs(ref)) < 1e-9
+    # truncated to orders ≤ 25 (the max_order option) it is close for these T2 ≤ 0.3 s
+    cut = models.get("fisp_mrf", sequence=seq, fixed={}, max_order=25)
+    sig_cut = cut.simulate(cut.theta_from_dict({"T1": T1, "T2": T2, "B1": B1}))[0].numpy()
+    err = np.max(np.abs(sig_cut - ref)) / np.max(np.abs(ref))
     assert err < 1e-3, err
-    # without truncation the EPG and the isochromats agree to round-off
-    full = models.get("fisp_mrf", sequence=seq, fixed={}, max_order=400)
-    sig_full = full.simulate(full.theta_from_dict({"T1": T1, "T2": T2, "B1": B1}))[0].numpy()
-    assert np.max(np.abs(sig_full - ref)) / np.max(np.abs(ref)) < 1e-9
 
 
 # ---- analytic models ---------------------------------------------------------------------------

@@ -36,6 +36,21 @@ Voxels with NaN or Inf anywhere in their time series are left out of the mask an
 estimates that are not finite likewise. Estimates outside the model's bounds are written as
 they are (and counted) but clipped to the bounds for M0, the residual and the CRB.
 
+Subspace coefficients: when the estimator's model is a
+:class:`~crbnet.models.projected.ProjectedModel` (``--basis U``), the input holds the K complex
+coefficient images ``z = Uᴴ y`` a low-rank reconstruction produces (last axis = coefficient), and
+everything above happens in coefficient space: ``f`` is ``Uᴴ f(θ̂)``, T reads K (the noise of
+orthonormal coefficients is white with the same σ, so the background, residual and voxel noise
+estimates keep their form with 2K real data), and the CRB-std maps are the subspace CRBs
+``F = Re((UᴴJ)ᴴ(UᴴJ))/σ²``. A time series of T points given with a basis is projected on it as it
+is read, so it yields the same maps as its coefficients. An input whose sidecar names a basis
+(``Basis.hash``) is refused unless the estimator works in that same basis.
+
+Range flags: every estimator knows a range per parameter — a network its training ranges, a
+dictionary its grid, NLLS its box. An estimate within 1 % of that range's width (on a log scale
+for parameters sampled log-uniformly) of either end says "at least this far", not "here":
+``flags.nii.gz`` holds bit j (value 2^j) for parameter j at the edge, ``apply.json`` the counts.
+
 Everything is written to a temporary folder beside the output folder and renamed into place at
 the end (:func:`crbnet.nifti.atomic_directory`): a run that fails leaves nothing behind.
 """
@@ -99,6 +114,10 @@ class ApplyResult:
     summary: dict = field(default_factory=dict)
 
 
+#: Fraction of an estimator's range at either end whose estimates are flagged.
+EDGE_FRACTION = 0.01
+
+
 # --------------------------------------------------------------------------------------------
 # Checks
 
@@ -106,10 +125,15 @@ class ApplyResult:
 def check_compatible(source: SignalSource, model: SignalModel,
                      ignore_sequence_hash: bool = False) -> None:
     """The data must have the model's time points (and, if its sidecar says, its sequence)."""
+    side = source.sidecar or {}
+    check_basis(side, model)
     if source.n_timepoints != model.n_timepoints:
+        if getattr(model, "basis", None) is not None:
+            raise InputError(f"the input has {source.n_timepoints} points on its last axis but "
+                             f"the {model.name} estimator reads {model.n_timepoints} "
+                             f"coefficients (or {model.base.n_timepoints} time points)")
         raise InputError(f"the input has {source.n_timepoints} time points (last axis) but the "
                          f"{model.name} sequence has {model.n_timepoints}")
-    side = source.sidecar or {}
     if ignore_sequence_hash:
         return
     expected = sequence_hash(model.sequence)
@@ -121,6 +145,87 @@ def check_compatible(source: SignalSource, model: SignalModel,
     if side.get("Model") not in (None, model.name):
         raise InputError(f"the input's sidecar says model {side['Model']!r}, the estimator uses "
                          f"{model.name!r} (override with --ignore-sequence-hash)")
+
+
+def check_basis(sidecar: dict, model: SignalModel) -> None:
+    """Coefficients are only read in the basis they were made in (sidecar ``Basis.hash``)."""
+    from .models.projected import ProjectedModel
+
+    declared = sidecar.get("Basis")
+    found = declared.get("hash") if isinstance(declared, dict) else None
+    mine = model.basis_hash if isinstance(model, ProjectedModel) else None
+    if found is not None and mine is None:
+        raise InputError(f"the input holds subspace coefficients in basis {found} (its "
+                         "sidecar says); give that basis with --basis")
+    if found is not None and str(found) != mine:
+        raise InputError(f"the input's coefficients are in basis {found}, the estimator works "
+                         f"in basis {mine}: another basis")
+
+
+class ProjectedSource(SignalSource):
+    """A time series source read as its coefficients in ``model``'s basis (``Uᴴ y`` per
+    voxel, block by block)."""
+
+    def __init__(self, source: SignalSource, model: Any) -> None:
+        self._source, self._model = source, model
+        self.spatial_shape = source.spatial_shape
+        self.n_timepoints = model.n_coefficients
+        self.affine, self.header = source.affine, source.header
+        self.description = f"{source.description} projected on basis {model.basis_hash}"
+        self.sidecar = source.sidecar
+        self.itemsize = 16
+
+    def block_size(self, max_bytes: int) -> int:
+        return self._source.block_size(max_bytes)
+
+    def read(self, block: tuple[slice, ...]) -> np.ndarray:
+        data = self._source.read(block)
+        flat = torch.from_numpy(np.ascontiguousarray(data.reshape(-1, data.shape[-1])))
+        z = self._model.project(flat.to(torch.complex128)).numpy()
+        return z.reshape(data.shape[:-1] + (z.shape[-1],))
+
+
+def as_model_input(source: SignalSource, model: SignalModel) -> SignalSource:
+    """``source`` as ``model`` reads it: a time series of T points is projected on the basis of
+    a :class:`~crbnet.models.projected.ProjectedModel`; anything else is returned as it is."""
+    from .models.projected import ProjectedModel
+
+    if isinstance(model, ProjectedModel) and source.n_timepoints == model.base.n_timepoints \
+            and source.n_timepoints != model.n_timepoints:
+        return ProjectedSource(source, model)
+    return source
+
+
+def estimator_ranges(estimator: Estimator) -> dict[str, tuple[float, float]]:
+    """The range of each parameter an estimator knows: a network's training ranges, a
+    dictionary's grid ranges, NLLS's box; else the model's training ranges."""
+    model = estimator.model
+    sampling = (getattr(estimator, "info", None) or {}).get("sampling")
+    if isinstance(sampling, dict) and set(model.parameters) <= set(sampling):
+        return {p: (float(sampling[p]["range"][0]), float(sampling[p]["range"][1]))
+                for p in model.parameters}
+    for attr in ("ranges", "bounds"):
+        known = getattr(estimator, attr, None)
+        if isinstance(known, dict) and set(model.parameters) <= set(known):
+            return {p: (float(known[p][0]), float(known[p][1])) for p in model.parameters}
+    return dict(model.train_ranges)
+
+
+def edge_flags(theta: np.ndarray, model: SignalModel,
+               ranges: dict[str, tuple[float, float]]) -> np.ndarray:
+    """[..., P] bool: estimate within :data:`EDGE_FRACTION` of the range width of either end
+    (or outside it); log scale for parameters sampled log-uniformly."""
+    flags = np.zeros(theta.shape, dtype=bool)
+    for j, p in enumerate(model.parameters):
+        lo, hi = ranges[p]
+        x = theta[..., j].astype(np.float64)
+        if model.spec(p).log_uniform and lo > 0:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                u = (np.log(np.maximum(x, 1e-300)) - math.log(lo)) / (math.log(hi) - math.log(lo))
+        else:
+            u = (x - lo) / (hi - lo)
+        flags[..., j] = (u <= EDGE_FRACTION) | (u >= 1 - EDGE_FRACTION)
+    return flags
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,6 +393,7 @@ def apply_to_volume(estimator: Estimator, source: SignalSource, out_dir: str | P
     Files in ``out_dir``: ``<map>.nii.gz`` + ``.json`` per parameter (``T1map``, ``T2map``,
     ``TB1map``, else the parameter name; SI units), ``<map>_CRBstd.nii.gz`` + ``.json``,
     ``M0map.nii.gz`` (|M0|), ``M0phase.nii.gz`` (rad), ``sigma_residual.nii.gz`` (σ̂_v),
+    ``flags.nii.gz`` (estimates at the edge of the estimator's range, bit per parameter),
     ``mask.nii.gz`` (estimated voxels), ``apply.json`` (summary) and ``maps.png``.
     """
     from tqdm.auto import tqdm
@@ -297,6 +403,7 @@ def apply_to_volume(estimator: Estimator, source: SignalSource, out_dir: str | P
     if tuple(estimator.parameters) != tuple(model.parameters):
         raise InputError(f"estimator parameters {list(estimator.parameters)} differ from its "
                          f"model's {list(model.parameters)}")
+    source = as_model_input(source, model)
     check_compatible(source, model, ignore_sequence_hash)
     if noise not in NOISE_MODES:
         raise InputError(f"noise must be one of {', '.join(NOISE_MODES)}, got {noise!r}")
@@ -440,6 +547,9 @@ def apply_to_volume(estimator: Estimator, source: SignalSource, out_dir: str | P
             std = std_unit[..., j] * sigma_map
             maps[f"{name}_CRBstd"] = np.where(used, std, 0.0)
             n_singular[model.parameters[j]] = int((used & ~np.isfinite(std)).sum())
+    ranges = estimator_ranges(estimator)
+    at_edge = edge_flags(est, model, ranges) & used[..., None]
+    maps["flags"] = (at_edge * (1 << np.arange(P))).sum(-1)
     maps["M0map"] = np.abs(m0)
     maps["M0phase"] = np.where(used, np.angle(m0), 0.0)
     maps["sigma_residual"] = np.where(used, np.nan_to_num(sigma_res_map, nan=0.0), 0.0)
@@ -468,7 +578,14 @@ def apply_to_volume(estimator: Estimator, source: SignalSource, out_dir: str | P
             "estimated": int(used.sum()),
             "out_of_bounds": dict(zip(model.parameters, (int(v) for v in out_of_bounds))),
             "crb_singular": n_singular,
+            "at_range_edge": dict(zip(model.parameters,
+                                      (int(v) for v in at_edge.sum(tuple(range(len(shape))))))),
         },
+        "estimator_ranges": {p: list(r) for p, r in ranges.items()},
+        "range_edge_definition": f"estimate within {EDGE_FRACTION:g} of the estimator's range "
+                                 "width of either end (log scale for log-uniform parameters), or "
+                                 "outside; flags.nii.gz bit j (value 2^j) = parameter j",
+        "basis": model.describe().get("basis"),
         "noise": {
             "method": method,
             "sigma": sigma_used if method != "voxel" else None,
@@ -486,7 +603,10 @@ def apply_to_volume(estimator: Estimator, source: SignalSource, out_dir: str | P
             "definition": SNR_DEFINITION + " (mean |M0| over the estimated voxels)",
         },
         "uncertainty": ("sqrt(CRB) at the estimated parameters and |M0|, scaled by the noise "
-                        "level (docs/statistics.md §2); NaN where the Fisher matrix is singular")
+                        "level (docs/statistics.md §2)" + (" — the CRB of the subspace "
+                                                           "coefficients" if
+                                                           model.describe().get("basis") else "")
+                        + "; NaN where the Fisher matrix is singular")
         if uncertainty else None,
         "seconds": None,
     }
@@ -525,6 +645,12 @@ def apply_to_volume(estimator: Estimator, source: SignalSource, out_dir: str | P
             "Units": "arbitrary (input units)",
             "Description": "per-voxel residual noise level sqrt(|y - M0 f|^2 / (2T - P - 2))",
             **common})
+        put("flags", maps["flags"], {
+            "Description": "bit j (value 2^j) set where parameter j's estimate sits at the edge "
+                          "of the range the estimator knows: " + ", ".join(
+                              f"{1 << j} {p} [{ranges[p][0]:g}, {ranges[p][1]:g}]"
+                              for j, p in enumerate(model.parameters)), **common},
+            np.uint8 if P <= 8 else np.uint16)
         put("mask", used, {"Description": "voxels that were estimated (mask minus NaN/Inf "
                                           "data and failed estimates)", **common}, np.uint8)
         summary["seconds"] = round(time.time() - started, 2)
@@ -556,4 +682,5 @@ def _figure(maps: dict[str, np.ndarray], names: list[str], model: SignalModel, u
 
 
 __all__ = ["apply_to_volume", "ApplyResult", "map_name", "MAP_NAMES", "NOISE_MODES",
-           "check_compatible", "background_sigma", "chi2_median_ratio"]
+           "check_compatible", "check_basis", "as_model_input", "ProjectedSource",
+           "estimator_ranges", "edge_flags", "EDGE_FRACTION", "background_sigma", "chi2_median_ratio"]

@@ -10,7 +10,7 @@ loads with ``torch.load(..., weights_only=True)`` (no code runs on load)::
                       from a file, module or plugin (FILE.py:CLASS, module:CLASS, name)},
         "sampling":  {param: {"range", "distribution"}},          # training distribution
         "basis":     real [T, k, 2] (Re, Im of the orthonormal subspace U) or None,
-        "subspace":  {"k", "energy", "crb_inflation"},
+        "subspace":  {"k", "energy", "crb_inflation", "basis": {"hash", "shape"}, "source"},
         "normalization": {"method", "description"},                # stats are in the buffers
         "network":   {"description": ParameterNet.describe(), "state_dict": {...}},
         "training":  {"config", "metrics" (one dict per epoch), "summary"},
@@ -256,6 +256,60 @@ class NetworkEstimator:
         return (f"NetworkEstimator(model={self.model.name!r}, parameters={list(self.parameters)}, "
                 f"name={self.name!r})")
 
+    @property
+    def basis_hash(self) -> str | None:
+        """Identity of the basis the network reads (:func:`crbnet.subspace.basis_hash`)."""
+        from .subspace import basis_hash
+
+        return None if self.basis is None else basis_hash(self.basis)
+
+    def in_basis(self, basis: torch.Tensor) -> "CoefficientNetworkEstimator":
+        """This network reading subspace coefficients ``Uᴴ y`` directly (no projection), for
+        coefficients in ``basis`` — which must be the basis the network was trained in."""
+        from .subspace import basis_hash
+
+        given = basis_hash(basis)
+        if self.basis is None:
+            raise InputError(f"the network was trained on full time series, not on subspace "
+                             f"coefficients: it cannot read coefficients in basis {given}")
+        if given != self.basis_hash:
+            raise InputError(f"the input's basis {given} {list(basis.shape)} is not the basis "
+                             f"the network was trained in ({self.basis_hash} "
+                             f"{list(self.basis.shape)})")
+        return CoefficientNetworkEstimator(self)
+
+
+class CoefficientNetworkEstimator:
+    """A :class:`NetworkEstimator` whose inputs are the coefficients [N, K] in its own basis;
+    its ``model`` is the :class:`~crbnet.models.projected.ProjectedModel` of that basis."""
+
+    def __init__(self, network: NetworkEstimator) -> None:
+        from .models.projected import ProjectedModel
+
+        self.network_estimator = network
+        self.model = ProjectedModel(network.model, network.basis)
+        self.name = network.name
+        self.info = network.info
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        return tuple(self.model.parameters)
+
+    @torch.no_grad()
+    def predict(self, signals: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Parameters [N, P] (SI, float64, CPU) from coefficients [N, K] (any complex M0)."""
+        net = self.network_estimator
+        z = as_signal_tensor(signals, self.model.n_timepoints, dtype=None,
+                             device=torch.device("cpu"))
+        block = net.batch_size if net.device.type != "cpu" else min(net.batch_size, 4096)
+        out = [net.network(z[s:s + block].to(net.device, torch.complex64)).to(torch.float64).cpu()
+               for s in range(0, z.shape[0], block)]
+        return torch.cat(out) if out else torch.zeros(0, len(self.parameters),
+                                                      dtype=torch.float64)
+
+    def __repr__(self) -> str:
+        return f"CoefficientNetworkEstimator({self.network_estimator!r}, basis {self.model.basis_hash})"
+
 
 def estimator_from_payload(payload: Mapping[str, Any], device: torch.device | str | None = None,
                            source: str = "checkpoint") -> NetworkEstimator:
@@ -277,6 +331,12 @@ def estimator_from_payload(payload: Mapping[str, Any], device: torch.device | st
         raise CheckpointError(f"{source}: basis shape {list(basis.shape)} does not match the "
                               f"sequence ({model.n_timepoints} time points) and the network "
                               f"({network.n_coefficients} inputs)")
+    recorded = (payload.get("subspace") or {}).get("basis")
+    if basis is not None and isinstance(recorded, Mapping):
+        from .subspace import basis_hash
+
+        if recorded.get("hash") != basis_hash(basis):
+            raise CheckpointError(f"{source}: the stored basis does not match its recorded hash")
     info = {k: v for k, v in payload.items() if k not in ("network", "resume", "basis")}
     return NetworkEstimator(model, network, basis, name=f"net-{loss}", info=info, device=device)
 
@@ -298,5 +358,6 @@ def load(path: str | Path, device: torch.device | str | None = None) -> NetworkE
     return estimator_from_payload(read(path), device=device, source=str(path))
 
 
-__all__ = ["FORMAT", "VERSION", "CheckpointError", "NetworkEstimator", "load", "read", "save",
+__all__ = ["FORMAT", "VERSION", "CheckpointError", "NetworkEstimator",
+           "CoefficientNetworkEstimator", "load", "read", "save",
            "checksum", "model_to_dict", "model_from_dict", "NORMALIZATION"]

@@ -26,7 +26,7 @@ from .errors import ComputationError, InputError, describe_os_error
 
 # Order = order in ``crbnet --help``. A module that fails to import is a bug, not optional.
 COMMANDS = ["demo", "models", "simulate", "crb", "design", "dataset", "train", "fit", "evaluate",
-            "compare", "phantom", "apply"]
+            "compare", "phantom", "apply", "basis"]
 
 
 def build_parser() -> argparse.ArgumentParser:

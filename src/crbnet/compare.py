@@ -88,11 +88,16 @@ def same_model(a: SignalModel, b: SignalModel) -> bool:
 def resolve_estimators(specs: Sequence[str], model: SignalModel | None = None,
                        device: torch.device | str | None = None,
                        baseline_options: dict[str, dict[str, Any]] | None = None,
+                       basis: torch.Tensor | None = None,
                        ) -> tuple[SignalModel, list[tuple[str, Estimator]]]:
     """Turn ``'nlls'``, ``'dictionary'`` or checkpoint paths / run directories into labelled
     estimators sharing one model (from the first checkpoint, else ``model``). A method may
     carry its search box: ``'nlls@training'`` (the networks' training ranges) or
     ``'nlls@physical'`` (the model's bounds).
+
+    With ``basis`` (a user's U [T, K]) every estimator reads the K subspace coefficients: the
+    shared model is the :class:`~crbnet.models.projected.ProjectedModel` (so test signals and
+    CRBs are those of the coefficients), networks must have been trained in that basis.
 
     Raises :class:`InputError` when no model can be determined or a checkpoint was trained
     for another model, sequence or parameter set.
@@ -119,6 +124,11 @@ def resolve_estimators(specs: Sequence[str], model: SignalModel | None = None,
             raise InputError(f"{specs[i]} was trained for {net.model!r} with sequence "
                              f"{sequence_hash(net.model.sequence)}, not for {model!r} with "
                              f"sequence {sequence_hash(model.sequence)}")
+    if basis is not None:
+        from .models.projected import ProjectedModel
+
+        model = ProjectedModel(model, basis)
+        networks = {i: net.in_basis(basis) for i, net in networks.items()}
     out: list[tuple[str, Estimator]] = []
     used: set[str] = set()
     for i, spec in enumerate(specs):

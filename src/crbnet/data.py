@@ -204,12 +204,14 @@ def project(signals: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
 
 def simulate_clean(model: SignalModel, theta: torch.Tensor, basis: torch.Tensor | None = None,
                    with_crb: bool = True, chunk_size: int = 1024,
-                   coefficient_dtype: torch.dtype = torch.complex64) -> CleanBatch:
+                   coefficient_dtype: torch.dtype = torch.complex64,
+                   crb_basis: torch.Tensor | None = None) -> CleanBatch:
     """Simulate noiseless signals (float64), project them on ``basis`` and compute their CRBs.
 
-    The CRB is always that of the full data (σ = 1, |M0| = 1), the reference every estimator is
-    measured against; voxels with a singular Fisher matrix get ``inf`` (no warning here — the
-    training losses ignore them and report how many there were).
+    The CRB is that of the full data (σ = 1, |M0| = 1), the reference every estimator is
+    measured against — or, with ``crb_basis``, that of the coefficients in that basis (when the
+    data *are* coefficients, as with a user's basis); voxels with a singular Fisher matrix get
+    ``inf`` (no warning here — the training losses ignore them and report how many there were).
     """
     import warnings
 
@@ -223,7 +225,7 @@ def simulate_clean(model: SignalModel, theta: torch.Tensor, basis: torch.Tensor 
         if with_crb:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", SingularFisherWarning)
-                crbs.append(crb(model, th, warn=False))
+                crbs.append(crb(model, th, basis=crb_basis, warn=False))
     crb_all = torch.cat(crbs) if with_crb else torch.full_like(theta, float("nan"))
     return CleanBatch(theta, torch.cat(coefs), crb_all.to(theta.device))
 
@@ -311,13 +313,17 @@ class OnlineSource:
             and is capped at ``pool_size``).
         seed, rank: reproducibility; each DDP rank draws different data.
         device: where the samples are produced (simulation and CRB run there).
+        crb_basis: compute the CRBs of the coefficients in this basis (a user's basis) instead
+            of those of the full data.
     """
 
     def __init__(self, model: SignalModel, sampler: ParameterSampler,
                  basis: torch.Tensor | None, batch_size: int, batches_per_epoch: int,
                  pool_size: int = 0, pool_refresh: int = 0, seed: int = 0, rank: int = 0,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", crb_basis: torch.Tensor | None = None
+                 ) -> None:
         self.model, self.sampler, self.basis = model, sampler, basis
+        self.crb_basis = crb_basis
         self.batch_size, self.batches_per_epoch = int(batch_size), int(batches_per_epoch)
         self.pool_size = int(pool_size)
         refresh = int(pool_refresh) if pool_refresh else max(1, self.pool_size // 10)
@@ -333,7 +339,7 @@ class OnlineSource:
     def _block(self, generation: int, size: int) -> CleanBatch:
         gen = derived_generator(self.seed, "pool", generation, self.rank)
         theta = self.sampler.sample(size, gen, device=self.device)
-        return simulate_clean(self.model, theta, self.basis)
+        return simulate_clean(self.model, theta, self.basis, crb_basis=self.crb_basis)
 
     def _block_sizes(self) -> list[int]:
         sizes = [self.pool_refresh] * self.n_blocks
@@ -367,7 +373,7 @@ class OnlineSource:
         for _ in range(self.batches_per_epoch):
             if self.pool is None:
                 theta = self.sampler.sample(self.batch_size, generator, device=self.device)
-                yield simulate_clean(self.model, theta, self.basis)
+                yield simulate_clean(self.model, theta, self.basis, crb_basis=self.crb_basis)
             else:
                 index = torch.randint(len(self.pool), (self.batch_size,), generator=generator)
                 yield self.pool.select(index.to(self.pool.theta.device))

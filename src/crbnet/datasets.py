@@ -6,7 +6,9 @@ File layout (h5py), all SI:
   :func:`crbnet.checkpoint.model_to_dict`), ``sampling`` (JSON), ``seed``, ``storage``
   (``"coefficients"`` or ``"signals"``), ``chunk_rows``;
 * ``theta`` [N, P] float64 — parameters;
-* ``crb`` [N, P] float64 — CRB of the *full* data for σ = 1, |M0| = 1 (``inf``: unidentifiable);
+* ``crb`` [N, P] float64 — CRB of the *full* data for σ = 1, |M0| = 1 (``inf``: unidentifiable),
+  or, for a user's basis (attribute ``basis_source = "user"``, ``crb_space = "coefficients"``),
+  the CRB of the coefficients in that basis;
 * either ``coefficients`` [N, k] complex64 (= ``Uᴴ f``) with ``basis`` [T, k] complex128 and
   ``singular_values``, or ``signals`` [N, T] complex64 (noiseless, M0 = 1).
 
@@ -33,7 +35,7 @@ from .data import CleanBatch, ParameterSampler, derived_generator, simulate_clea
 from .errors import InputError
 from .io import atomic_path
 from .models.base import SignalModel
-from .subspace import Subspace, fit_subspace
+from .subspace import Subspace, basis_hash, fit_subspace, user_subspace
 
 FORMAT = "crbnet-dataset"
 VERSION = 1
@@ -42,7 +44,7 @@ VERSION = 1
 def write_dataset(path: str | Path, model: SignalModel, sampler: ParameterSampler, n: int,
                   seed: int = 0, storage: str = "coefficients", k: int | None = None,
                   energy: float = 0.9999999, n_fit: int = 4096, chunk_rows: int = 1024,
-                  progress: bool | None = None) -> dict:
+                  progress: bool | None = None, basis: torch.Tensor | None = None) -> dict:
     """Simulate ``n`` noiseless samples with their CRBs and write them to ``path`` (HDF5).
 
     Args:
@@ -50,6 +52,8 @@ def write_dataset(path: str | Path, model: SignalModel, sampler: ParameterSample
             from ``k`` or ``energy``) or ``"signals"`` (full time series).
         chunk_rows: rows simulated and written at a time (bounds memory).
         progress: show a progress bar (None: only on a terminal).
+        basis: a user's basis U [T, K] (orthonormal): coefficients in it instead of an SVD
+            basis, and the CRBs are those of these coefficients (they *are* the data).
 
     Returns:
         a summary dict (n, k, storage, path).
@@ -59,9 +63,14 @@ def write_dataset(path: str | Path, model: SignalModel, sampler: ParameterSample
     if n < 1 or chunk_rows < 1:
         raise InputError("--n and chunk rows must be positive")
     subspace: Subspace | None = None
+    if basis is not None and storage != "coefficients":
+        raise InputError("a given basis stores coefficients (--storage coefficients)")
     if storage == "coefficients":
         theta_fit = sampler.sample(n_fit, derived_generator(seed, "dataset-basis"))
-        subspace = fit_subspace(model.simulate(theta_fit), k=k, energy=energy)
+        signals_fit = model.simulate(theta_fit)
+        subspace = (fit_subspace(signals_fit, k=k, energy=energy) if basis is None
+                    else user_subspace(basis, signals_fit))
+    crb_basis = basis
     basis = None if subspace is None else subspace.basis
     width = model.n_timepoints if basis is None else basis.shape[1]
     P = model.n_parameters
@@ -83,11 +92,14 @@ def write_dataset(path: str | Path, model: SignalModel, sampler: ParameterSample
             f.create_dataset("basis", data=subspace.basis.numpy())
             f.create_dataset("singular_values", data=subspace.singular_values.numpy())
             f.attrs["energy"] = subspace.energy
+            f.attrs["basis_source"] = subspace.source
+            f.attrs["basis_hash"] = basis_hash(subspace.basis)
+        f.attrs["crb_space"] = "time" if crb_basis is None else "coefficients"
         for c in tqdm(range(n_chunks), desc="dataset", unit="chunk",
                       disable=None if progress is None else not progress, leave=False):
             start, stop = c * chunk_rows, min(n, (c + 1) * chunk_rows)
             theta = sampler.sample(stop - start, derived_generator(seed, "dataset", c))
-            clean = simulate_clean(model, theta, basis)
+            clean = simulate_clean(model, theta, basis, crb_basis=crb_basis)
             d_theta[start:stop] = clean.theta.numpy()
             d_crb[start:stop] = clean.crb.numpy()
             d_sig[start:stop] = clean.coefficients.numpy()
@@ -143,7 +155,8 @@ class Dataset:
             if isinstance(energy, (bytes, str, bool)) or not hasattr(energy, "__float__"):
                 raise InputError(f"{self.path}: attribute 'energy' must be a number")
             self.subspace = Subspace(torch.from_numpy(basis), torch.from_numpy(svals),
-                                     float(energy))
+                                     float(energy),
+                                     source=_text(attrs.get("basis_source", "svd")))
 
     def read(self, start: int, stop: int, k: int | None = None,
              basis: torch.Tensor | None = None) -> CleanBatch:

@@ -28,9 +28,17 @@ edge to 1.1 in the centre, the central brightening typical of head coils at 3 T)
 ``truth_B1``. A model with B1 *fixed* (the default) is simulated with that fixed value (B1 = 1
 unless ``--fix B1=…``), because an estimator that assumes B1 cannot be asked to see another.
 
-Note for learned estimators: CSF (T1 ≈ 4 s, T2 ≈ 2 s) and, for MT, m0s = 0 lie outside the
-default training ranges — as in real brains; per-tissue results (benchmarks/
-bench_phantom_study.py) show how each estimator copes.
+Note for learned estimators: the default training ranges of fisp_mrf, t2_decay and ir_t1 cover
+every tissue here, CSF (T1 ≈ 4 s, T2 ≈ 2 s) included. Those of mt_hybrid_state do not cover
+CSF: its m0s = 0 leaves Rx, T1s and T2s unidentifiable (infinite CRB), so it cannot be part of
+a CRB-normalized training distribution; ``crbnet apply`` flags such voxels (estimates at the
+edge of the estimator's range). Per-tissue results (benchmarks/bench_phantom_study.py) show
+how each estimator copes.
+
+Subspace coefficients: given a :class:`~crbnet.models.projected.ProjectedModel` (``crbnet phantom
+--basis U``), the "signal" is the K coefficient images ``Uᴴ y`` a low-rank reconstruction hands
+over; the noise is then drawn directly in coefficient space, which is the same distribution as
+projecting white time-domain noise (orthonormal U), and the sidecar records the basis.
 
 Noise: complex Gaussian, standard deviation σ on the real and on the imaginary part, with
 ``σ = mean(|M0| over the brain) / SNR``; SNR is defined as ``|M0| / σ`` (docs/statistics.md §1), here for the
@@ -225,6 +233,7 @@ class Phantom:
             "fixed": self.model.fixed,
             "sequence_hash": sequence_hash(self.model.sequence),
             "n_timepoints": self.model.n_timepoints,
+            **({"basis": self.model.describe()["basis"]} if hasattr(self.model, "basis") else {}),
             "field_strength_T": self.field_strength,
             "shape": list(self.shape),
             "voxel_size_mm": [float(v) for v in np.sqrt((self.affine[:3, :3] ** 2).sum(0))],
@@ -457,10 +466,16 @@ def save_phantom(phantom: Phantom, directory: str | Path, *, compress: bool = Tr
 
         put("signal" + ext, phantom.signal, np.complex64, f"crbnet phantom {model.name}",
             extra_zooms=(phantom.time_step,))
+        coefficients = {"Basis": info["basis"], "NumberOfCoefficients": model.n_timepoints,
+                        "NumberOfTimePoints": info["basis"]["shape"][0],
+                        "Description": "subspace coefficients U^H y of "
+                        "the complex signal y = M0·f(θ) + complex Gaussian noise; last axis = "
+                        "coefficient"} if "basis" in info else {}
         nifti.write_sidecar(tmp / ("signal" + ext), {
             "Model": model.name, "SequenceHash": info["sequence_hash"],
             "NumberOfTimePoints": model.n_timepoints, "FixedParameters": model.fixed,
             "Description": "complex signal M0·f(θ) + complex Gaussian noise; last axis = time",
+            **coefficients,
             "Sigma": phantom.sigma, "SNR": phantom.snr, "SNRDefinition": info["snr_definition"],
         })
         names.append("signal.json")

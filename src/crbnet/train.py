@@ -56,7 +56,8 @@ from .config import check_table, check_value
 from .errors import ComputationError, InputError
 from .models.base import SignalModel
 from .nets import NetConfig, ParameterNet, count_parameters, output_ranges
-from .subspace import Subspace, choose_k, crb_inflation, fit_subspace
+from .subspace import (Subspace, basis_hash, basis_record, choose_k, crb_inflation, fit_subspace,
+                       user_subspace)
 
 # ---------------------------------------------------------------------------------------------
 # Configuration
@@ -455,8 +456,11 @@ class Trainer:
     def __init__(self, model: SignalModel, config: TrainConfig, run_dir: str | Path,
                  device: torch.device | str = "cpu", max_minutes: float | None = None,
                  resume: bool = False, progress: bool | None = None,
-                 log: Any = "stderr", init: str | Path | None = None) -> None:
+                 log: Any = "stderr", basis: torch.Tensor | None = None,
+                 init: str | Path | None = None) -> None:
         self.model, self.config = model, config
+        # A user's basis: the network reads coefficients in it and trains against their CRBs.
+        self.user_basis = None if basis is None else basis.to(torch.complex128)
         self.init = None if init is None else Path(init)
         self.init_payload: dict | None = None
         self.run_dir = Path(run_dir)
@@ -528,6 +532,8 @@ class Trainer:
             signals_fit = model.simulate(theta_fit)
             if self.init_payload is not None:
                 self.subspace = self._init_subspace()
+            elif self.user_basis is not None:
+                self.subspace = user_subspace(self.user_basis, signals_fit)
             elif cfg.subspace.enabled:
                 k = cfg.subspace.k or None
                 if k is not None and k > min(signals_fit.shape):
@@ -541,10 +547,11 @@ class Trainer:
             self.source = OnlineSource(model, self.sampler, basis, clean_bs,
                                        cfg.data.batches_per_epoch, cfg.data.pool_size,
                                        cfg.data.pool_refresh, seed=seed, rank=self.dist.rank,
-                                       device=self.device)
+                                       device=self.device, crb_basis=self.user_basis)
             theta_val = self.sampler.sample(cfg.data.val_size,
                                             derived_generator(seed, "validation"))
-            val_clean = simulate_clean(model, theta_val, basis) if self.dist.is_main else None
+            val_clean = (simulate_clean(model, theta_val, basis, crb_basis=self.user_basis)
+                         if self.dist.is_main else None)
             stats_clean = CleanBatch(theta_fit, project(signals_fit, basis).to(torch.complex64),
                                      torch.full_like(theta_fit, float("nan")))
         # Only rank 0 validates; the others skip the (CRB-heavy) validation set.
@@ -573,6 +580,16 @@ class Trainer:
 
     def _offline_subspace(self, ds: Any, n_train: int) -> Subspace | None:
         s = self.config.subspace
+        stored_user = ds.subspace is not None and ds.subspace.source == "user"
+        if self.user_basis is not None or stored_user:
+            given = None if self.user_basis is None else basis_hash(self.user_basis)
+            stored = None if not stored_user else basis_hash(ds.subspace.basis)
+            if given != stored:
+                have = f"coefficients in basis {stored}" if stored else "no user basis"
+                want = f"basis {given}" if given else "no basis (give --basis)"
+                raise InputError(f"dataset {ds.path} holds {have}, training was asked for "
+                                 f"{want}: dataset and training need the same --basis")
+            return ds.subspace
         if ds.storage == "coefficients":
             if not s.enabled:
                 raise InputError("this dataset stores subspace coefficients; subspace.enabled "
@@ -952,7 +969,8 @@ class Trainer:
         if s is None:
             return {"k": None, "energy": 1.0, "crb_inflation": None}
         report: dict[str, Any] = {"k": s.k, "energy": s.energy, "n_timepoints":
-                                  self.model.n_timepoints, "crb_inflation": None}
+                                  self.model.n_timepoints, "crb_inflation": None,
+                                  "basis": basis_record(s.basis), "source": s.source}
         if cfg.subspace.n_check and self.dist.is_main:
             theta = self.sampler.sample(cfg.subspace.n_check,
                                         derived_generator(cfg.seed, "crb-check"))

@@ -165,6 +165,45 @@ def sequence_line(model: SignalModel) -> str:
     return f"sequence: {hardware.describe(model.sequence)}"
 
 
+def add_basis_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """--basis FILE: the user's subspace basis U [T, K] (every command where signals enter)."""
+    parser.add_argument("--basis", metavar="FILE",
+                        help="complex basis U [T, K] with orthonormal columns (.npy, .h5 or "
+                             f".mat): {what}")
+
+
+def read_basis(args: argparse.Namespace, model: SignalModel) -> torch.Tensor | None:
+    """The ``--basis`` matrix, checked against the model's time points (None without one)."""
+    from ..subspace import load_basis
+
+    path = getattr(args, "basis", None)
+    return None if not path else load_basis(path, model.n_timepoints)
+
+
+def read_basis_for_estimators(args: argparse.Namespace, model: SignalModel | None,
+                              specs: list[str]) -> torch.Tensor | None:
+    """``--basis`` checked against ``model``, or without one against the model of the first
+    checkpoint among ``specs`` (paths or run directories; method names are skipped)."""
+    if not getattr(args, "basis", None):
+        return None
+    if model is None:
+        from ..checkpoint import load
+
+        paths = [s for s in specs if s and Path(s).exists()]
+        if not paths:
+            raise InputError("--basis needs --model or a checkpoint")
+        model = load(paths[0]).model
+    return read_basis(args, model)
+
+
+def model_in_basis(args: argparse.Namespace, model: SignalModel) -> SignalModel:
+    """``model`` as the data see it: its subspace coefficients with ``--basis``, else itself."""
+    from ..models.projected import ProjectedModel
+
+    basis = read_basis(args, model)
+    return model if basis is None else ProjectedModel(model, basis)
+
+
 def resolve_device(name: str | None) -> torch.device:
     """'cpu', 'cuda', 'cuda:1' or None (= cpu)."""
     name = name or "cpu"

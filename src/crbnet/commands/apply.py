@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InputError
-from ._common import (add_device_argument, add_estimator_arguments, add_model_arguments,
-                      add_output_folder_arguments, build_model, check_positive, parse_options,
-                      resolve_device)
+from ._common import (add_basis_argument, add_device_argument, add_estimator_arguments,
+                      add_model_arguments, add_output_folder_arguments, build_model,
+                      check_positive, model_in_basis, parse_options, read_basis, resolve_device)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="voxels per estimator call (default 4096)")
     p.add_argument("--max-memory", type=float, default=1024, metavar="MIB",
                    help="memory budget for one read block of input data (default 1024 MiB)")
+    add_basis_argument(p, "the input holds the K subspace coefficient images in this basis "
+                          "(last axis = coefficient; a T-point time series is projected on it); "
+                          "sigma, M0 and CRB-std maps are then those of the coefficients")
     add_device_argument(p)
     p.add_argument("--ignore-sequence-hash", action="store_true",
                    help="accept data whose sidecar names another sequence or model")
@@ -52,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..apply import apply_to_volume, check_compatible
+    from ..apply import apply_to_volume, as_model_input, check_compatible
     from ..nifti import NiftiSignals, check_output_directory, read_mask
 
     device = resolve_device(args.device)
@@ -77,12 +80,16 @@ def run(args: argparse.Namespace) -> int:
         from ..checkpoint import load
 
         estimator = load(args.checkpoint, device=device)
-        check_compatible(source, estimator.model, args.ignore_sequence_hash)
+        basis = read_basis(args, estimator.model)
+        if basis is not None:
+            estimator = estimator.in_basis(basis)
+        check_compatible(as_model_input(source, estimator.model), estimator.model,
+                         args.ignore_sequence_hash)
     else:
-        model = build_model(args)
+        model = model_in_basis(args, build_model(args))
         # Check the data against the model before building the estimator (a dictionary can
         # take a while to build).
-        check_compatible(source, model, args.ignore_sequence_hash)
+        check_compatible(as_model_input(source, model), model, args.ignore_sequence_hash)
         from .. import baselines
 
         try:
@@ -109,6 +116,10 @@ def run(args: argparse.Namespace) -> int:
     if oob:
         print("estimates outside the bounds (written as is): "
               + ", ".join(f"{p} {c}" for p, c in oob.items()))
+    edge = {p: c for p, c in v["at_range_edge"].items() if c}
+    if edge:
+        print("estimates at the edge of the estimator's range (flags.nii.gz): "
+              + ", ".join(f"{p} {c}" for p, c in edge.items()))
     sing = {p: c for p, c in v["crb_singular"].items() if c}
     if sing:
         print("singular Fisher matrix (CRB std = NaN): "

@@ -6,8 +6,8 @@ import argparse
 
 from .. import io, losses
 from ..errors import InputError
-from ._common import (add_device_argument, add_model_arguments, build_model, check_positive,
-                      resolve_device)
+from ._common import (add_basis_argument, add_device_argument, add_model_arguments,
+                      build_model, check_positive, read_basis_for_estimators, resolve_device)
 
 DEFAULT_SNR = 100.0
 
@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--voxels", type=int, default=1000, metavar="N",
                    help="test voxels (default 1000; NLLS is the slow one)")
     p.add_argument("--seed", type=int, default=0, help="seed of the test set")
+    add_basis_argument(p, "test on the K coefficients in this basis, against their CRBs "
+                          "(networks must have been trained in it)")
     p.add_argument("--losses", metavar="NAME,NAME", default="",
                    help="also report these registered losses on the test set "
                         f"({', '.join(n for n in losses.names() if not losses.get(n).repeated)})")
@@ -64,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     check_positive(args.snr, "--snr")
     model = build_model(args) if args.model else None
     specs = expand_boxes(args.estimators, args.bounds)
-    model, estimators = resolve_estimators(specs, model=model, device=device)
+    basis = read_basis_for_estimators(args, model, args.estimators)
+    model, estimators = resolve_estimators(specs, model=model, device=device, basis=basis)
     snr = args.snr
     if snr is None:
         snr = next((s for s in (training_snr(e) for _, e in estimators) if s), DEFAULT_SNR)

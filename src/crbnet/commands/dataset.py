@@ -9,7 +9,8 @@ from .. import io
 from ..data import sampler_from_spec
 from ..datasets import write_dataset
 from ..errors import InputError
-from ._common import add_model_arguments, build_model, sequence_line
+from ._common import (add_basis_argument, add_model_arguments, build_model, read_basis,
+                      sequence_line)
 from .train import add_sampling_arguments, sampling_from_args
 
 
@@ -27,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, help="subspace size (default: by --energy)")
     p.add_argument("--energy", type=float, default=0.9999999,
                    help="fraction of signal energy the subspace keeps (default 0.9999999)")
+    add_basis_argument(p, "store the coefficients in this basis (instead of an SVD basis) "
+                          "with the CRBs of these coefficients")
     p.add_argument("--chunk-rows", type=int, default=1024, help="rows simulated per chunk")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
@@ -48,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     sampler = sampler_from_spec(model, sampling_from_args(args))
     t0 = time.perf_counter()
     info = write_dataset(args.out, model, sampler, args.n, seed=args.seed, storage=args.storage,
-                         k=args.k, energy=args.energy, chunk_rows=args.chunk_rows)
+                         k=args.k, energy=args.energy, chunk_rows=args.chunk_rows,
+                         basis=read_basis(args, model))
     dt = time.perf_counter() - t0
     k = (f", k={info['k']} ({1 - info['energy']:.1e} of the signal energy dropped)"
          if info["k"] else "")

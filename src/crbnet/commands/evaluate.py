@@ -6,8 +6,9 @@ import argparse
 
 from .. import io
 from ..errors import InputError
-from ._common import (add_device_argument, add_estimator_arguments, add_model_arguments,
-                      build_model, check_positive, parse_options, resolve_device)
+from ._common import (add_basis_argument, add_device_argument, add_estimator_arguments,
+                      add_model_arguments, build_model, check_positive, parse_options,
+                      read_basis_for_estimators, resolve_device)
 from .fit import add_option_argument
 
 DEFAULT_SNR = 100.0
@@ -57,6 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="noise realizations per point (default 100)")
     p.add_argument("--seed", type=int, default=0, help="seed of noise and M0 phases")
     add_option_argument(p)
+    add_basis_argument(p, "test on the K coefficients in this basis, against their CRBs "
+                          "(networks must have been trained in it)")
     add_device_argument(p)
     p.set_defaults(func=run)
 
@@ -106,9 +109,11 @@ def run(args: argparse.Namespace) -> int:
     if args.method and args.bounds:
         spec = f"{spec}@{args.bounds}"
     specs = [spec] + ([args.against] if args.points and args.against else [])
+    basis = read_basis_for_estimators(args, model, [args.checkpoint])
     model, estimators = resolve_estimators(
         specs, model=model, device=device,
-        baseline_options={args.method: parse_options(args.option)} if args.method else None)
+        baseline_options={args.method: parse_options(args.option)} if args.method else None,
+        basis=basis)
     label, estimator = estimators[0]
     if args.points is not None:
         return run_points(args, model, estimators, snrs, training_snr(estimator))

@@ -9,8 +9,8 @@ import numpy as np
 
 from .. import baselines, io
 from ..errors import InputError
-from ._common import (add_device_argument, add_model_arguments, build_model, parse_options,
-                      resolve_device)
+from ._common import (add_basis_argument, add_device_argument, add_model_arguments, build_model,
+                      model_in_basis, parse_options, resolve_device)
 
 
 def add_option_argument(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="ESTIMATES.npy", help="float64 [N, P] (SI)")
     p.add_argument("--m0-out", metavar="M0.npy", help="also write the complex M0 [N]")
     add_option_argument(p)
+    add_basis_argument(p, "the input holds the K subspace coefficients [N, K] in this basis; "
+                          "the fit works in coefficient space")
     add_device_argument(p)
     p.set_defaults(func=run)
 
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--out and --m0-out name the same file")
     for path in outputs:
         io.check_output_file(path)
-    model = build_model(args)
+    model = model_in_basis(args, build_model(args))
     device = resolve_device(args.device)
     options = parse_options(args.option)
     options.setdefault("device", device)

@@ -17,6 +17,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+# Orders listed by ``crbnet models`` for a model with an EPG truncation option.
+TRUNCATION_ORDERS = (10, 25, 50, 100, 150)
+
+
+def truncation_table(model: models.SignalModel) -> dict | None:
+    """For a model with an EPG truncation option (``max_order``): the orders it keeps by
+    default and the measured signal error of keeping fewer; None for other models."""
+    if not hasattr(model, "truncation_error"):
+        return None
+    orders = [k for k in TRUNCATION_ORDERS if k < model.max_order]
+    return {"max_order": model.max_order, "exact": bool(model.exact),
+            "error": model.truncation_error(),
+            "error_by_max_order": {str(k): model.truncation_error(k) for k in orders}}
+
+
 def run(args: argparse.Namespace) -> int:
     chosen = [args.model] if args.model else models.names()
     described = [_describe(models.get(name)) for name in chosen]
@@ -38,10 +53,25 @@ def run(args: argparse.Namespace) -> int:
         for o in d["options"]:
             print(f"  option {o['name']} ({o['type']}, default {o['default']}): "
                   f"{o['description']}  [--model-option {o['name']}=VALUE]")
+        if d.get("truncation") is not None:
+            _print_truncation(d["truncation"])
         print()
     return 0
 
 
 def _describe(model) -> dict:
-    """The model's description plus its default sequence's RF figures (None without RF)."""
-    return {**model.describe(), "sequence_rf": hardware.rf_summary(model.sequence)}
+    """The model's description plus its default sequence's RF figures (None without RF) and,
+    for a model with an EPG truncation option, :func:`truncation_table`."""
+    out = {**model.describe(), "sequence_rf": hardware.rf_summary(model.sequence)}
+    table = truncation_table(model)
+    if table is not None:
+        out["truncation"] = table
+    return out
+
+
+def _print_truncation(table: dict) -> None:
+    state = "exact" if table["exact"] else f"relative error {table['error']:.1e}"
+    print(f"  EPG orders 0 … {table['max_order']} kept by default ({state}); option max_order "
+          "keeps fewer, measured max relative signal error for T1 ≤ 5 s, T2 ≤ 3 s:")
+    print("    " + ", ".join(f"max_order {k}: {e:.1e}"
+                             for k, e in table["error_by_max_order"].items()))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_model_arguments, add_output_folder_arguments, build_model, check_positive
+from ._common import (add_basis_argument, add_model_arguments, add_output_folder_arguments,
+                      build_model, check_positive, model_in_basis)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="|M0| of pure water, arbitrary units (default 1000)")
     p.add_argument("--uncompressed", action="store_true",
                    help="write signal.nii instead of signal.nii.gz (memory-mapped when read)")
+    add_basis_argument(p, "write the K subspace coefficient images U^H y instead of the time "
+                          "series (noise of the same sigma, drawn in coefficient space)")
     add_output_folder_arguments(p)
     p.set_defaults(func=run)
 
@@ -39,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from ..nifti import check_output_directory
     from ..phantom import make_phantom, parse_shape, save_phantom
 
-    model = build_model(args)
+    model = model_in_basis(args, build_model(args))
     shape = parse_shape(args.shape)
     check_positive(args.snr, "--snr")
     check_output_directory(args.out, args.overwrite)
@@ -48,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     paths = save_phantom(phantom, args.out, compress=not args.uncompressed,
                          overwrite=args.overwrite)
     counts = ", ".join(f"{name} {int(m.sum())}" for name, m in phantom.tissue_masks().items())
-    print(f"phantom {model.name}: grid {list(phantom.shape)}, {model.n_timepoints} time points, "
+    points = (f"{model.n_timepoints} coefficients" if hasattr(model, "basis") else
+              f"{model.n_timepoints} time points")
+    print(f"phantom {model.name}: grid {list(phantom.shape)}, {points}, "
           f"{int(phantom.mask.sum())} brain voxels ({counts})")
     print(f"SNR = mean |M0| over the brain / sigma = {phantom.snr:g}; sigma = {phantom.sigma:.6g} "
           f"(std of the real and of the imaginary part); B1: {phantom.b1_source}")

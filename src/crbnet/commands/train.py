@@ -9,8 +9,8 @@ from pathlib import Path
 from .. import losses
 from ..config import ModelTable, check_table, check_value
 from ..errors import InputError
-from ._common import (add_model_arguments, build_model, parse_assignments, resolve_device,
-                      sequence_line)
+from ._common import (add_basis_argument, add_model_arguments, build_model, parse_assignments,
+                      read_basis, resolve_device, sequence_line)
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,6 +81,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="noisy samples per batch (and process)")
     p.add_argument("--lr", type=float, help="peak learning rate")
     add_sampling_arguments(p)
+    add_basis_argument(p, "the network reads the K coefficients in this basis (as "
+                          "reconstructed data come) and trains against their CRBs; the "
+                          "checkpoint records it and refuses coefficients in another basis")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="any config value, e.g. net.width=128 or data.pool_size=4096")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -139,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     trainer = Trainer(model, config, args.out, device=device, max_minutes=args.max_minutes,
                       resume=args.resume, progress=False if args.no_progress else None,
-                      init=args.init)
+                      init=args.init, basis=read_basis(args, model))
     summary = trainer.fit()
     if trainer.dist.is_main:
         per = ", ".join(f"{p} {v:.3g}" for p, v in summary["val_crb_loss"].items()

@@ -114,7 +114,7 @@ class SequenceDesigner:
         """√CRB / θ [N, P] of a sequence at the design points (crbnet.crb, independent of the
         differentiable route)."""
         model = type(self.model)(sequence=sequence, fixed=self.model.fixed,
-                                 **_options(self.model))
+                                 **self.model.option_values)
         var = crb(model, self.points, sigma=1 / self.snr, warn=False)
         return (var.sqrt() / self.points.abs()).numpy()
 
@@ -138,7 +138,8 @@ class SequenceDesigner:
         budget = 60.0 * self.max_minutes
         x_start = self.controls.initial()
         start_cost = self.cost_and_gradient(x_start)[0]
-        best = {"x": x_start, "cost": start_cost}
+        # With random starts only, the start sequence is not a candidate.
+        best = {"x": x_start, "cost": math.inf if self.random_only else start_cost}
         history: list[dict] = []
         runs: list[dict] = []
         bar = tqdm(total=round(budget), unit="s", desc="design", disable=not self.progress,
@@ -193,7 +194,3 @@ class SequenceDesigner:
             record["stopped"] = "time budget"
         return record
 
-
-def _options(model: SignalModel) -> dict:
-    """Constructor options of a model that are not its sequence or fixed parameters."""
-    return {"max_order": model.max_order} if hasattr(model, "max_order") else {}

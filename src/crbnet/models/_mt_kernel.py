@@ -26,12 +26,11 @@ Per voxel, four steps, none of them iterating cycles:
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import math
-import warnings
 
 import numpy as np
+
+from . import _numba
 
 # numba is imported, and the kernel compiled (or loaded from numba's on-disk cache), on first
 # use: importing numba alone would add a quarter of a second to every crbnet start.
@@ -373,16 +372,5 @@ def signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal=None, 
         numba.set_num_threads(before)
 
 
-@functools.cache
-def available() -> bool:
-    """Whether the compiled kernel can be used: numba is installed and imports (a numba built
-    for another numpy fails there); otherwise crbnet runs the PyTorch code."""
-    if importlib.util.find_spec("numba") is None:
-        return False
-    try:
-        importlib.import_module("numba")
-    except Exception as exc:                               # pragma: no cover - broken install
-        warnings.warn(f"numba does not import ({type(exc).__name__}: {exc}); mt_hybrid_state "
-                      "runs its slower PyTorch code on CPU", RuntimeWarning, stacklevel=2)
-        return False
-    return True
+# Whether the kernel can be used (numba installed and importable); else the PyTorch code runs.
+available = _numba.available

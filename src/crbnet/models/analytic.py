@@ -21,7 +21,7 @@ class T2Decay(SignalModel):
 
     name = "t2_decay"
     sequence_kind = "times"
-    specs = (ParameterSpec("T2", "s", (1e-3, 10.0), (0.01, 0.3), 0.08, True,
+    specs = (ParameterSpec("T2", "s", (1e-3, 10.0), (0.01, 2.5), 0.08, True,
                            "transverse relaxation time"),)
 
     @classmethod
@@ -39,7 +39,7 @@ class IRT1(SignalModel):
 
     name = "ir_t1"
     sequence_kind = "times"
-    specs = (ParameterSpec("T1", "s", (1e-3, 10.0), (0.1, 4.0), 1.0, True,
+    specs = (ParameterSpec("T1", "s", (1e-3, 10.0), (0.1, 5.0), 1.0, True,
                            "longitudinal relaxation time"),)
 
     @classmethod

@@ -1,0 +1,239 @@
+"""Real-data workflow benchmark: ``crbnet apply`` on K subspace-coefficient images versus on the
+T-point time series expanded from the same coefficients (``y = U z``), in one run.
+
+Steps: an SVD basis U [T, K] of fisp_mrf over its training ranges (as ``crbnet basis``); a
+brain phantom written as coefficient images (as ``crbnet phantom --basis``) and as the expanded
+time series; dictionary matching and a CRB-loss network trained in that basis (``crbnet train
+--basis``, time-limited); every estimator applied to both files with the same basis (as
+``crbnet apply --basis``). Reported:
+
+* speed: seconds of each ``apply`` (from the NIfTI file to the written maps; the dictionary is
+  built once beforehand and shared), ratio expanded / coefficients, against the target
+  ``T/K × 0.5``; with and without the CRB-std maps (they need the model's Jacobian at every
+  voxel, the same work in both paths);
+* the same ratio for the part of apply whose work depends on the input's representation:
+  reading the file (and projecting a time series) plus the estimator itself;
+* agreement: the maps of both paths (dictionary: identical; network: round-off);
+* accuracy: median relative error against the phantom truth per tissue and over all tissue
+  (WM, GM, lesion, CSF), target < 5 %.
+
+Usage: ``python benchmarks/bench_subspace_apply.py [--shape 48x48] [--k 10] [--train-minutes 6]``.
+Writes ``benchmarks/results/bench_subspace_apply.json`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="fisp_mrf")
+    p.add_argument("--k", type=int, default=10, help="basis size K (default 10)")
+    p.add_argument("--shape", default="48x48")
+    p.add_argument("--snr", type=float, default=100.0)
+    p.add_argument("--train-minutes", type=float, default=6.0)
+    p.add_argument("--checkpoint", default=None,
+                   help="a network already trained in this basis (same --k; skips training)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=str(RESULTS / "bench_subspace_apply.json"))
+    return p.parse_args(argv)
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def read_and_predict(estimator, path: Path, mask: np.ndarray) -> np.ndarray:
+    """The part of ``apply`` whose cost depends on the input's representation: read the file
+    (projecting a time series on the basis as apply does) and run the estimator on the mask."""
+    from crbnet.apply import as_model_input
+    from crbnet.nifti import NiftiSignals
+
+    source = as_model_input(NiftiSignals(path), estimator.model)
+    out = []
+    for block in source.blocks():
+        data = source.read(block)[mask[block]]
+        if data.shape[0]:
+            out.append(estimator.predict(data).numpy())
+    return np.concatenate(out)
+
+
+def median_errors(maps: dict, phantom, names: dict) -> dict:
+    """Median |θ̂/θ − 1| per parameter, per tissue and over all tissue."""
+    out = {}
+    tissues = phantom.tissue_masks()
+    for p, name in names.items():
+        est, truth = maps[name], phantom.truth[p]
+        rel = np.abs(est / np.where(truth != 0, truth, np.nan) - 1)
+        out[p] = {t: float(np.nanmedian(rel[m])) for t, m in tissues.items()}
+        out[p]["all tissue"] = float(np.nanmedian(rel[phantom.mask]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from crbnet import models
+    from crbnet.apply import apply_to_volume, map_name
+    from crbnet.baselines import DictionaryEstimator
+    from crbnet.checkpoint import load
+    from crbnet.data import ParameterSampler, derived_generator
+    from crbnet.models.projected import ProjectedModel
+    from crbnet.nifti import NiftiSignals, SpatialReference, write_image
+    from crbnet.phantom import make_phantom, parse_shape
+    from crbnet.subspace import crb_inflation, fit_subspace
+    from crbnet.train import Trainer, build_config
+
+    model = models.get(args.model)
+    T = model.n_timepoints
+    theta_fit = ParameterSampler(model).sample(4096, derived_generator(0, "basis"))
+    sub = fit_subspace(model.simulate(theta_fit), k=args.k)
+    U = sub.basis
+    inflation = crb_inflation(model, ParameterSampler(model).sample(
+        128, derived_generator(0, "basis-check")), U)
+    pm = ProjectedModel(model, U)
+    phantom = make_phantom(pm, parse_shape(args.shape), snr=args.snr, seed=0)
+    work = Path(tempfile.mkdtemp(prefix="bench_subspace_"))
+    ref = SpatialReference(phantom.shape, phantom.affine)
+    coef_file, series_file = work / "coefficients.nii.gz", work / "series.nii.gz"
+    write_image(coef_file, phantom.signal, ref, dtype=np.complex64)
+    expanded = (phantom.signal.reshape(-1, args.k).astype(np.complex128) @ U.numpy().T)
+    write_image(series_file, expanded.reshape(phantom.shape + (T,)), ref, dtype=np.complex64)
+    del expanded
+
+    print(f"{model.name}: T = {T}, K = {args.k}, energy kept {sub.energy:.8f}, CRB inflation "
+          f"{inflation}; phantom {list(phantom.shape)}, {int(phantom.mask.sum())} brain voxels",
+          file=sys.stderr)
+    stamp = time.perf_counter()
+
+    def say(text: str) -> None:
+        print(f"[{time.perf_counter() - stamp:7.1f} s] {text}", file=sys.stderr, flush=True)
+
+    dictionary = DictionaryEstimator(pm, progress=False)
+    _, build_s = timed(dictionary.build)
+    say(f"dictionary built ({dictionary.n_atoms} atoms)")
+    run = Path(args.checkpoint) if args.checkpoint else work / "net"
+    # A smaller pool and validation set than the defaults: their CRBs dominate set-up on CPU.
+    cfg = build_config(model.name, overrides={
+        "loss": {"name": "crb"}, "subspace": {"n_check": 16},
+        "data": {"snr": [30.0, 300.0], "pool_size": 2048, "pool_refresh": 256,
+                 "val_size": 256, "batches_per_epoch": 100}})
+    train_s = None
+    if not args.checkpoint:
+        _, train_s = timed(lambda: Trainer(model, cfg, run, max_minutes=args.train_minutes,
+                                           progress=False, log=None, basis=U).fit())
+    network = load(run).in_basis(U)
+    say("network trained")
+
+    names = {p: map_name(p) for p in model.parameters}
+    results: dict = {}
+    for label, est in (("dictionary", dictionary), ("network", network)):
+        entry: dict = {}
+        for uncertainty in (True, False):
+            maps, seconds = {}, {}
+            for kind, path in (("coefficients", coef_file), ("time_series", series_file)):
+                out = work / f"{label}-{kind}-{uncertainty}"
+                res, seconds[kind] = timed(lambda: apply_to_volume(
+                    est, NiftiSignals(path), out, mask=phantom.mask, uncertainty=uncertainty,
+                    progress=False, figure=False))
+                maps[kind] = res.maps
+                say(f"{label} on {kind} (CRB maps: {uncertainty}): {seconds[kind]:.2f} s")
+            key = "with_crb_maps" if uncertainty else "no_crb_maps"
+            if not uncertainty:
+                read_s = {kind: timed(lambda: read_and_predict(est, path, phantom.mask))[1]
+                          for kind, path in (("coefficients", coef_file),
+                                             ("time_series", series_file))}
+                entry["read_and_estimate_only"] = {
+                    "seconds": read_s,
+                    "speed_ratio": read_s["time_series"] / read_s["coefficients"]}
+                say(f"{label} read + estimate only: {read_s}")
+            entry[key] = {"seconds": seconds,
+                          "speed_ratio": seconds["time_series"] / seconds["coefficients"]}
+            if uncertainty:
+                a, b = maps["coefficients"], maps["time_series"]
+                entry["maps_identical"] = {n: bool(np.array_equal(a[n], b[n]))
+                                           for n in names.values()}
+                entry["max_relative_difference"] = {
+                    n: float(np.max(np.abs(a[n][phantom.mask] / b[n][phantom.mask] - 1)))
+                    for n in list(names.values()) + [f"{n}_CRBstd" for n in names.values()]}
+                entry["median_relative_error"] = median_errors(a, phantom, names)
+                entry["at_range_edge"] = res.summary["voxels"]["at_range_edge"]
+        results[label] = entry
+        print(label, json.dumps(entry, indent=1), file=sys.stderr)
+
+    summary = {
+        "benchmark": "bench_subspace_apply", "model": model.name, "T": T, "K": args.k,
+        "target_speed_ratio": T / args.k * 0.5, "shape": list(phantom.shape),
+        "brain_voxels": int(phantom.mask.sum()), "snr": args.snr,
+        "energy_kept": sub.energy, "crb_inflation": inflation,
+        "dictionary_build_s": build_s, "train_s": train_s,
+        "train_minutes_limit": args.train_minutes, "network": str(run),
+        "network_epochs": len(load(run).info["training"]["metrics"]), "results": results,
+        "loadavg": os.getloadavg(), "threads": torch.get_num_threads(),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2))
+    figure(summary, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+def figure(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    labels = list(summary["results"])
+    for i, key in enumerate(("with_crb_maps", "no_crb_maps")):
+        for j, label in enumerate(labels):
+            s = summary["results"][label][key]["seconds"]
+            axes[0].bar(j * 3 + i, s["coefficients"], color="C0",
+                        label="coefficients" if i == j == 0 else None)
+            axes[0].bar(j * 3 + i, s["time_series"] - s["coefficients"],
+                        bottom=s["coefficients"], color="C1",
+                        label="extra for the time series" if i == j == 0 else None)
+    axes[0].set_xticks([j * 3 + i for j in range(len(labels)) for i in range(2)],
+                       [f"{lab}\n{'CRB maps' if i == 0 else 'no CRB'}"
+                        for lab in labels for i in range(2)], fontsize=8)
+    axes[0].set_ylabel("apply seconds")
+    axes[0].set_title(f"T = {summary['T']}, K = {summary['K']} (target ratio "
+                      f"{summary['target_speed_ratio']:g})")
+    axes[0].legend(fontsize=8)
+    for j, label in enumerate(labels):
+        errors = summary["results"][label]["median_relative_error"]
+        for i, (p, per) in enumerate(errors.items()):
+            tissues = list(per)
+            axes[1].bar(np.arange(len(tissues)) * (len(labels) * len(errors) + 1)
+                        + j * len(errors) + i, [100 * per[t] for t in tissues],
+                        label=f"{label} {p}")
+    axes[1].axhline(5, color="k", lw=0.8, ls="--")
+    tissues = list(next(iter(summary["results"][labels[0]]["median_relative_error"].values())))
+    n = len(labels) * len(summary["results"][labels[0]]["median_relative_error"]) + 1
+    axes[1].set_xticks(np.arange(len(tissues)) * n + (n - 2) / 2, tissues, fontsize=8)
+    axes[1].set_ylabel("median |error| / truth (%)")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

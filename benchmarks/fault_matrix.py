@@ -270,7 +270,7 @@ def cases(f: dict[str, Path], w: Path, mounts: Mounts) -> list[tuple[str, str, l
                         ("--set optim.lr=-inf", ["--set", "optim.lr=-inf"]),
                         ("--set data.snr=abc", ["--set", "data.snr=abc"]),
                         ("--set data.snr=[1,2,3]", ["--set", "data.snr=[1,2,3]"]),
-                        ("--set loss.K=2.5", ["--set", "loss.K=2.5"]),
+                        ("--set loss.realizations=2.5", ["--set", "loss.realizations=2.5"]),
                         ("--set net.residual=3", ["--set", "net.residual=3"]),
                         ("--set data.m0_magnitude=[1]", ["--set", "data.m0_magnitude=[1]"]),
                         ("--set data.m0_magnitude=x", ["--set", "data.m0_magnitude=x"]),

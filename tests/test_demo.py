@@ -13,7 +13,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def tiny_config(**changes) -> DemoConfig:
     cfg = DemoConfig(epochs=3, batches_per_epoch=4, pool_size=64, pool_refresh=16, val_size=32,
-                     test_voxels=6, grid=2, realizations=4)
+                     test_voxels=6, grid=2, realizations=4, bias_epochs=2,
+                     bias_realizations=8, point_realizations=4)
     for key, value in changes.items():
         setattr(cfg, key, value)
     return cfg
@@ -32,10 +33,17 @@ def test_demo_writes_a_report_with_every_figure_it_names(tmp_path):
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["parameters"] == summary["parameters"] == ["m0s", "T1f", "T2f", "Rx", "T2s"]
     labels = [row["label"] for row in on_disk["comparison"]]
-    assert labels == ["CRB-net", "MSE-net", "log_mse-net", "NLLS"]
+    assert labels == ["CRB-net", "MSE-net", "log_mse-net", "bias-reduced net", "NLLS",
+                      "NLLS (training box)"]
     assert {n: t["epochs"] for n, t in on_disk["training"].items()} == {
-        "CRB-net": 3, "MSE-net": 3, "log_mse-net": 3}
+        "CRB-net": 3, "MSE-net": 3, "log_mse-net": 3, "bias-reduced net": 2}
     assert "(log estimate - log truth)^2" in report
+    # the tissue-point table: CRB-net, bias-reduced net and NLLS in both boxes at WM and GM
+    rows = on_disk["tissue_points"]["rows"]
+    assert {r["estimator"] for r in rows} == {"CRB-net", "bias-reduced net", "NLLS",
+                                              "NLLS (training box)"}
+    assert {r["point"] for r in rows} == {"WM", "GM"}
+    assert "## Bias at tissue points" in report and "bias-reduced net bias/√CRB" in report
     assert "crbnet train" in report            # how to run the full-scale version
 
 

@@ -84,9 +84,9 @@ def test_other_losses_report_crb_units(tmp_path, loss):
     cfg = build_config("ir_t1", overrides={
         "data": {"batches_per_epoch": 4, "batch_size": 64, "val_size": 64},
         "subspace": {"n_fit": 256, "n_check": 0}, "net": {"width": 16, "depth": 1},
-        "optim": {"epochs": 1}, "loss": {"name": loss, "K": 4, "lam": 0.5}})
+        "optim": {"epochs": 1}, "loss": {"name": loss, "realizations": 4, "lam": 0.5}})
     summary = Trainer(crbnet.get_model("ir_t1"), cfg, tmp_path, progress=False, log=None).fit()
-    assert summary["loss"] == loss and summary["config"]["loss"]["K"] == 4
+    assert summary["loss"] == loss and summary["config"]["loss"]["realizations"] == 4
     assert summary["val_crb_loss"]["T1"] > 0  # the validation metric is MSE/CRB for any loss
 
 

@@ -17,7 +17,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,45 @@ from .estimator import Estimator
 from .evaluate import SNR_DEFINITION, _json_ready
 from .models.base import SignalModel
 from .sequences import sequence_hash
+
+#: Search boxes of a baseline: the model's physical bounds or the networks' training ranges.
+BOXES = ("physical", "training")
+
+
+def split_method(spec: str) -> tuple[str, str | None] | None:
+    """``'nlls'`` -> ('nlls', None), ``'nlls@training'`` -> ('nlls', 'training'); None when
+    ``spec`` is not a baseline."""
+    from .baselines import METHODS
+
+    method, _, box = spec.partition("@")
+    if method not in METHODS:
+        return None
+    if box and box not in BOXES:
+        raise InputError(f"{spec!r}: the box after @ must be one of {', '.join(BOXES)}")
+    return method, box or None
+
+
+def training_ranges(model: SignalModel, networks: Sequence[Estimator] = ()
+                    ) -> dict[str, tuple[float, float]]:
+    """The training ranges (SI): those recorded in the first network's checkpoint, else the
+    model's defaults."""
+    for net in networks:
+        sampling = (getattr(net, "info", None) or {}).get("sampling")
+        if sampling:
+            return {p: tuple(float(v) for v in sampling[p]["range"]) if p in sampling
+                    else model.spec(p).train_range for p in model.parameters}
+    return {p: tuple(model.spec(p).train_range) for p in model.parameters}
+
+
+def box_options(method: str, model: SignalModel, box: str | None,
+                ranges: Mapping[str, tuple[float, float]]) -> dict[str, Any]:
+    """Constructor options confining a baseline to ``box``: NLLS searches the model's bounds
+    by default (``bounds``), the dictionary spans the training ranges (``ranges``)."""
+    if box is None:
+        return {}
+    target = dict(ranges) if box == "training" else dict(model.bounds)
+    return {"bounds": target} if method == "nlls" else {"ranges": target}
+
 
 # ---- building estimators from command-line style specifications ---------------------------
 def load_network(path: str | Path, device: torch.device | str | None = None) -> Estimator:
@@ -52,7 +91,9 @@ def resolve_estimators(specs: Sequence[str], model: SignalModel | None = None,
                        basis: torch.Tensor | None = None,
                        ) -> tuple[SignalModel, list[tuple[str, Estimator]]]:
     """Turn ``'nlls'``, ``'dictionary'`` or checkpoint paths / run directories into labelled
-    estimators sharing one model (from the first checkpoint, else ``model``).
+    estimators sharing one model (from the first checkpoint, else ``model``). A method may
+    carry its search box: ``'nlls@training'`` (the networks' training ranges) or
+    ``'nlls@physical'`` (the model's bounds).
 
     With ``basis`` (a user's U [T, K]) every estimator reads the K subspace coefficients: the
     shared model is the :class:`~crbnet.models.projected.ProjectedModel` (so test signals and
@@ -68,7 +109,7 @@ def resolve_estimators(specs: Sequence[str], model: SignalModel | None = None,
                          "'nlls' or 'dictionary'")
     networks: dict[int, Estimator] = {}
     for i, spec in enumerate(specs):
-        if spec in baselines.METHODS:
+        if split_method(spec) is not None:
             continue
         if not Path(spec).exists():
             raise InputError(f"{spec!r} is neither a method ({', '.join(baselines.METHODS)}) "
@@ -98,10 +139,13 @@ def resolve_estimators(specs: Sequence[str], model: SignalModel | None = None,
                 p = Path(spec)
                 label = f"{label} ({p.name if p.is_dir() else p.parent.name or p.stem})"
         else:
-            options = dict((baseline_options or {}).get(spec, {}))
+            method, box = split_method(spec)  # type: ignore[misc]
+            options = dict((baseline_options or {}).get(method, {}))
+            options.update(box_options(method, model, box,
+                                       training_ranges(model, list(networks.values()))))
             if device is not None:
                 options.setdefault("device", device)
-            est = baselines.get(spec, model, **options)
+            est = baselines.get(method, model, **options)
             label = spec
         while label in used:
             label += "'"
@@ -228,21 +272,30 @@ class ComparisonResult:
                         "noisy signals for every estimator",
             "metric": "mse_over_crb = mean over voxels of (estimate - truth)^2 / CRB (1 = "
                       "efficient unbiased); voxels/s counts predict() calls only",
+            "gross_errors": "voxels off by > 5 sqrt(CRB) in some parameter; local_minimum: "
+                            "their data cost (M0 projected out) is above the truth's; "
+                            "alternative: at or below it",
             "rows": self.rows,
         })
 
     def to_markdown(self) -> str:
         params = list(self.parameters)
         extra = list(self.rows[0].get("losses", {})) if self.rows else []
-        head = ["estimator"] + [f"MSE/CRB {p}" for p in params] + extra + ["voxels/s"]
+        head = (["estimator"] + [f"MSE/CRB {p}" for p in params] + extra
+                + ["> 5√CRB", "local min.", "voxels/s"])
         lines = [f"Comparison on {self.n_voxels} test voxels of `{self.model}` at SNR "
                  f"{self.snr:g} ({SNR_DEFINITION}). MSE/CRB: mean over voxels of "
-                 "(estimate − truth)²/CRB; 1 = efficient unbiased estimator.", "",
+                 "(estimate − truth)²/CRB; 1 = efficient unbiased estimator. > 5√CRB: voxels "
+                 "off by more than 5 √CRB in some parameter; local min.: those whose fit "
+                 "cost is above the truth's (the others are alternative solutions). "
+                 "`@training`: search confined to the networks' training ranges.", "",
                  "| " + " | ".join(head) + " |",
                  "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
         for row in self.rows:
             cells = [row["label"]] + [_fmt(row["mse_over_crb"][p]) for p in params]
             cells += [_fmt(row["losses"][name]) for name in extra]
+            cells += [f"{100 * row['gross_fraction']:.1f} %",
+                      f"{100 * row['local_minimum_fraction']:.1f} %"]
             cells.append(f"{row['voxels_per_second']:,.0f}")
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
@@ -285,8 +338,12 @@ def compare(estimators: Sequence[tuple[str, Estimator]], model: SignalModel | No
     rows = []
     for label, est in estimators:
         estimates, seconds = timed_predict(est, test.signals, batch_size)
+        from .tissue_points import classify_gross_errors
+
+        kinds = classify_gross_errors(model, test.signals, estimates, test.theta, test.crb)
         row = {"label": label, "estimator": str(getattr(est, "name", type(est).__name__)),
                **score(estimates, test, model.parameters),
+               **{f"{k}_fraction": float(v.double().mean()) for k, v in kinds.items()},
                "voxels_per_second": test.signals.shape[0] / seconds if seconds > 0 else math.inf,
                "predict_seconds": seconds}
         if losses:

@@ -27,7 +27,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -304,7 +304,9 @@ class _PointStats:
 
 def evaluate(estimator: Estimator, grid: Grid | torch.Tensor, snr: float = 100.0,
              realizations: int = 100, seed: int = 0, batch_size: int = 8192,
-             progress: bool | None = None) -> EvaluationResult:
+             progress: bool | None = None,
+             on_block: Callable[[slice, torch.Tensor, np.ndarray], None] | None = None
+             ) -> EvaluationResult:
     """Bias, std and MSE of ``estimator`` on every point of ``grid``, against the CRB.
 
     Args:
@@ -316,6 +318,9 @@ def evaluate(estimator: Estimator, grid: Grid | torch.Tensor, snr: float = 100.0
         seed: seed of the M0 phases and the noise.
         batch_size: voxels passed to one ``predict`` call (memory bound).
         progress: tqdm bar (None: only on a terminal).
+        on_block: called after each block as ``on_block(points, signals, estimates)`` with the
+            point slice, the noisy signals [g·r, T] and the estimates [g, r, P] (NaN where the
+            estimate failed) — for statistics beyond bias/std/MSE without a second pass.
 
     Estimates that come back NaN/Inf count as failures (``n_failed``) and are left out of the
     statistics of their point. Timing covers the ``predict`` calls only, after an untimed
@@ -380,6 +385,8 @@ def evaluate(estimator: Estimator, grid: Grid | torch.Tensor, snr: float = 100.0
             n_failed[pts] += bad.sum(1)
             est = np.where(bad[..., None], np.nan, est)
             stats.add(pts, est - truth[pts][:, None, :])
+            if on_block is not None:
+                on_block(pts, y, est)
             bar.update(y.shape[0])
     bar.close()
 

@@ -48,8 +48,8 @@ from tqdm.auto import tqdm
 
 from . import io as cio
 from . import losses
-from .checkpoint import (NORMALIZATION, basis_to_real, checksum, model_to_dict, read,
-                         save)
+from .checkpoint import (NORMALIZATION, basis_from_real, basis_to_real, checksum,
+                         model_to_dict, read, save)
 from .data import (SNR_DEFINITION, CleanBatch, NoisyBatch, OnlineSource, check_snr, derived_generator,
                    make_noisy, project, sampler_from_spec, simulate_clean)
 from .config import check_table, check_value
@@ -123,12 +123,15 @@ class OptimConfig:
 @dataclass
 class LossConfig:
     """Training loss. ``mse_weights``: per-parameter weights in 1/SI² (default 1/width² of the
-    training range); ``K``, ``lam``: bias-reduced loss (see :mod:`crbnet.losses`)."""
+    training range). Bias-reduced loss (see :mod:`crbnet.losses`): ``realizations`` R noise
+    draws per noiseless sample (a batch holds ``batch_size // R`` samples × R), weight ``lam``
+    and threshold ``delta`` (CRB units) of the variance penalty."""
 
     name: str = "crb"
     mse_weights: dict[str, float] = field(default_factory=dict)
-    K: int = 8
+    realizations: int = 8
     lam: float = 0.1
+    delta: float = 1.0
 
 
 @dataclass
@@ -203,12 +206,12 @@ class TrainConfig:
             raise InputError("optim: epochs >= 1, lr > 0, lr_min >= 0, warmup_epochs >= 0")
         if l.name not in losses.LOSSES:
             raise InputError(f"loss must be one of {losses.LOSSES}, got {l.name!r}")
-        if l.name == "bias_reduced":
-            if l.K < 2 or d.batch_size % l.K:
-                raise InputError(f"bias_reduced needs K >= 2 dividing batch_size "
-                                 f"({d.batch_size}), got K={l.K}")
-            if l.lam < 0:
-                raise InputError("loss.lam must be >= 0")
+        if losses.get(l.name).repeated:
+            if not 2 <= l.realizations <= d.batch_size:
+                raise InputError(f"{l.name} needs 2 <= loss.realizations <= batch_size "
+                                 f"({d.batch_size}), got {l.realizations}")
+            if l.lam < 0 or l.delta < 0:
+                raise InputError("loss.lam and loss.delta must be >= 0")
         if s.k < 0 or not 0 < s.energy <= 1 or s.n_fit < 1 or s.n_check < 0:
             raise InputError("subspace: k >= 0, 0 < energy <= 1, n_fit >= 1, n_check >= 0")
 
@@ -440,6 +443,11 @@ class Trainer:
         device: torch device for the network (and online simulation).
         max_minutes: stop at the first epoch end after this many minutes of this invocation.
         resume: continue from RUN_DIR/checkpoint.pt (the config must be the same).
+        init: start from the weights of this trained checkpoint (file or run directory) instead
+            of a random initialization — fine-tuning, e.g. a bias-reduced network from a
+            CRB-loss one. Same model (sequence, fixed parameters), subspace basis, network
+            architecture and output ranges are required; anything else is refused. Its basis
+            replaces the subspace fit. The optimizer and schedule start afresh.
         progress: progress bars (None: only on a terminal).
         log: where progress lines go: a text stream, None (nowhere) or "stderr" (the
             ``sys.stderr`` of the moment each line is written, which may be redirected).
@@ -448,10 +456,13 @@ class Trainer:
     def __init__(self, model: SignalModel, config: TrainConfig, run_dir: str | Path,
                  device: torch.device | str = "cpu", max_minutes: float | None = None,
                  resume: bool = False, progress: bool | None = None,
-                 log: Any = "stderr", basis: torch.Tensor | None = None) -> None:
+                 log: Any = "stderr", basis: torch.Tensor | None = None,
+                 init: str | Path | None = None) -> None:
         self.model, self.config = model, config
         # A user's basis: the network reads coefficients in it and trains against their CRBs.
         self.user_basis = None if basis is None else basis.to(torch.complex128)
+        self.init = None if init is None else Path(init)
+        self.init_payload: dict | None = None
         self.run_dir = Path(run_dir)
         self.device = torch.device(device)
         self.max_minutes = max_minutes
@@ -473,6 +484,14 @@ class Trainer:
         hi = torch.tensor(self.sampler.high, dtype=torch.float64)
         return (hi - lo).to(self.device)
 
+    def _clean_batch_size(self) -> int:
+        """Noiseless samples per batch: all of the batch, or batch_size // R for a loss that
+        measures each R times (the bias-reduced loss)."""
+        cfg = self.config
+        if losses.get(cfg.loss.name).repeated:
+            return cfg.data.batch_size // cfg.loss.realizations
+        return cfg.data.batch_size
+
     # ---- set-up ------------------------------------------------------------------------------
     def _setup_data(self) -> None:
         cfg, model = self.config, self.model
@@ -493,11 +512,12 @@ class Trainer:
                                  f"{cfg.data.val_size} plus one batch")
             self.dataset = ds
             self.subspace = self._offline_subspace(ds, n_train)
+            if self.init_payload is not None:
+                self._check_init_basis()
             k = None if self.subspace is None else self.subspace.k
             basis_for_signals = (None if ds.storage == "coefficients" or self.subspace is None
                                  else self.subspace.basis)
-            clean_bs = (cfg.data.batch_size // cfg.loss.K if losses.get(cfg.loss.name).repeated
-                        else cfg.data.batch_size)
+            clean_bs = self._clean_batch_size()
             self.source = HDF5Source(ds, 0, n_train, clean_bs, k=k,
                                      basis=basis_for_signals, block_rows=cfg.data.block_rows,
                                      blocks_in_memory=cfg.data.blocks_in_memory, seed=seed,
@@ -510,7 +530,9 @@ class Trainer:
             self.sampler = sampler_from_spec(model, cfg.data.sampling)
             theta_fit = self.sampler.sample(cfg.subspace.n_fit, derived_generator(seed, "basis"))
             signals_fit = model.simulate(theta_fit)
-            if self.user_basis is not None:
+            if self.init_payload is not None:
+                self.subspace = self._init_subspace()
+            elif self.user_basis is not None:
                 self.subspace = user_subspace(self.user_basis, signals_fit)
             elif cfg.subspace.enabled:
                 k = cfg.subspace.k or None
@@ -521,8 +543,7 @@ class Trainer:
             else:
                 self.subspace = None
             basis = None if self.subspace is None else self.subspace.basis
-            clean_bs = (cfg.data.batch_size // cfg.loss.K if losses.get(cfg.loss.name).repeated
-                        else cfg.data.batch_size)
+            clean_bs = self._clean_batch_size()
             self.source = OnlineSource(model, self.sampler, basis, clean_bs,
                                        cfg.data.batches_per_epoch, cfg.data.pool_size,
                                        cfg.data.pool_refresh, seed=seed, rank=self.dist.rank,
@@ -595,7 +616,53 @@ class Trainer:
             torch.manual_seed(derived_generator(cfg.seed, "init").initial_seed())
             net = ParameterNet(k, self.model.parameters, low, high, log, cfg.net)
         net.set_input_statistics(self.stats_inputs)
+        if self.init_payload is not None:
+            self._load_init_weights(net)
         return net.to(self.device)
+
+    # ---- --init (fine-tuning) ------------------------------------------------------------
+    def _read_init(self) -> dict:
+        """Read the --init checkpoint and refuse one trained for another model or sequence."""
+        path = self.init / "checkpoint.pt" if self.init.is_dir() else self.init
+        payload = read(path)
+        mine = model_to_dict(self.model)
+        theirs = payload.get("model", {})
+        if theirs != mine:
+            what = [k for k in mine if theirs.get(k) != mine[k]] or ["structure"]
+            raise InputError(f"--init: {path} was trained for another model or sequence "
+                             f"({', '.join(what)} differ); give the same --model, --sequence "
+                             f"and --fix")
+        return payload
+
+    def _init_subspace(self) -> Subspace | None:
+        basis = basis_from_real(self.init_payload["basis"])
+        if basis is None:
+            return None
+        stored = self.init_payload.get("subspace") or {}
+        return Subspace(basis, torch.ones(basis.shape[1], dtype=torch.float64),
+                        float(stored.get("energy") or 1.0))
+
+    def _check_init_basis(self) -> None:
+        theirs = basis_from_real(self.init_payload["basis"])
+        mine = None if self.subspace is None else self.subspace.basis
+        same = (theirs is None and mine is None) or (
+            theirs is not None and mine is not None and theirs.shape == mine.shape
+            and torch.allclose(theirs, mine.to(theirs.dtype), atol=1e-6))
+        if not same:
+            raise InputError(f"--init: the checkpoint's input representation (subspace basis) "
+                             f"differs from this run's; train from the same dataset/subspace")
+
+    def _load_init_weights(self, net: ParameterNet) -> None:
+        stored = self.init_payload["network"]["description"]
+        mine = net.describe()
+        what = [k for k in mine if k != "output_log" and stored.get(k) != mine[k]]
+        if stored.get("output_log") != mine["output_log"]:
+            what.append("output_log")
+        if what:
+            raise InputError(f"--init: the checkpoint's network differs from this run's "
+                             f"({', '.join(what)}); give the same [net] options and training "
+                             f"ranges")
+        net.load_state_dict(self.init_payload["network"]["state_dict"])
 
     # ---- one epoch --------------------------------------------------------------------------
     def _loss(self, net: torch.nn.Module, batch: NoisyBatch, scale: torch.Tensor,
@@ -606,7 +673,8 @@ class Trainer:
         crb = batch.crb.to(self.device) / scale ** 2
         loss = losses.get(cfg.name)
         return loss.compute(losses.LossInputs(est, target, crb, weights,
-                                              K=cfg.K if loss.repeated else 1, lam=cfg.lam))
+                                              K=cfg.realizations if loss.repeated else 1,
+                                              lam=cfg.lam, delta=cfg.delta))
 
     def _train_epoch(self, epoch: int) -> tuple[float, int, float]:
         cfg = self.config
@@ -618,7 +686,7 @@ class Trainer:
                                                   cfg.loss.mse_weights),
                                dtype=torch.float64, device=self.device)
         weights = (weights * scale ** 2).to(torch.float32)   # in scaled units
-        repeats = cfg.loss.K if losses.get(cfg.loss.name).repeated else 1
+        repeats = cfg.loss.realizations if losses.get(cfg.loss.name).repeated else 1
         n_batches = self.source.batches_per_epoch
         bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="batch",
                    leave=False, file=sys.stderr,
@@ -763,6 +831,7 @@ class Trainer:
             "world_size": self.dist.world,
             "device": str(self.device),
             "config": self.config.to_dict(),
+            "init": None if self.init is None else str(self.init),
         }
 
     # ---- resume ----------------------------------------------------------------------------
@@ -808,6 +877,8 @@ class Trainer:
             cio.check_output_folder(self.run_dir)   # a file there, no permission: fail now
         if self.resume:
             resumed = self._load_resume()
+        if self.init is not None and resumed is None:
+            self.init_payload = self._read_init()
         # RUN_DIR is created by the first (atomic) write, after epoch 1: bad input found during
         # set-up leaves nothing behind.
         self._setup_data()

@@ -34,8 +34,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--losses", metavar="NAME,NAME", default="",
                    help="also report these registered losses on the test set "
                         f"({', '.join(n for n in losses.names() if not losses.get(n).repeated)})")
+    p.add_argument("--bounds", choices=("physical", "training", "both"), default=None,
+                   help="search box of nlls/dictionary: the model's physical bounds, the "
+                        "networks' training ranges, or both side by side (default: nlls "
+                        "physical, dictionary training); or write nlls@training")
     add_device_argument(p)
     p.set_defaults(func=run)
+
+
+def expand_boxes(specs: list[str], bounds: str | None) -> list[str]:
+    """Give plain method names the --bounds box (``both``: one entry per box)."""
+    from ..baselines import METHODS
+    from ..compare import BOXES
+
+    if bounds is None:
+        return list(specs)
+    boxes = BOXES if bounds == "both" else (bounds,)
+    out: list[str] = []
+    for spec in specs:
+        out += [f"{spec}@{b}" for b in boxes] if spec in METHODS else [spec]
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,9 +65,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--voxels must be >= 1")
     check_positive(args.snr, "--snr")
     model = build_model(args) if args.model else None
+    specs = expand_boxes(args.estimators, args.bounds)
     basis = read_basis_for_estimators(args, model, args.estimators)
-    model, estimators = resolve_estimators(args.estimators, model=model, device=device,
-                                           basis=basis)
+    model, estimators = resolve_estimators(specs, model=model, device=device, basis=basis)
     snr = args.snr
     if snr is None:
         snr = next((s for s in (training_snr(e) for _, e in estimators) if s), DEFAULT_SNR)

@@ -74,6 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu (default) or cuda[:i]")
     p.add_argument("--resume", action="store_true",
                    help="continue RUN_DIR/checkpoint.pt (give the same options)")
+    p.add_argument("--init", metavar="CKPT",
+                   help="start from this trained checkpoint (same model, sequence and input "
+                        "representation), e.g. to fine-tune with --loss bias_reduced")
     p.add_argument("--dataset", metavar="FILE.h5", help="train offline on this dataset")
     p.add_argument("--batch-size", type=int, help="noisy samples per batch (and process)")
     p.add_argument("--lr", type=float, help="peak learning rate")
@@ -139,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     trainer = Trainer(model, config, args.out, device=device, max_minutes=args.max_minutes,
                       resume=args.resume, progress=False if args.no_progress else None,
-                      basis=read_basis(args, model))
+                      init=args.init, basis=read_basis(args, model))
     summary = trainer.fit()
     if trainer.dist.is_main:
         per = ", ".join(f"{p} {v:.3g}" for p, v in summary["val_crb_loss"].items()

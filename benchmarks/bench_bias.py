@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -165,7 +164,6 @@ def main() -> None:
     import torch
 
     import crbnet
-    from crbnet import models
     from crbnet.compare import box_options, compare, make_comparison_set, training_ranges
     from crbnet.tissue_points import study, tissue_points
 

@@ -649,8 +649,8 @@ class Trainer:
             theirs is not None and mine is not None and theirs.shape == mine.shape
             and torch.allclose(theirs, mine.to(theirs.dtype), atol=1e-6))
         if not same:
-            raise InputError(f"--init: the checkpoint's input representation (subspace basis) "
-                             f"differs from this run's; train from the same dataset/subspace")
+            raise InputError("--init: the checkpoint's input representation (subspace basis) "
+                             "differs from this run's; train from the same dataset/subspace")
 
     def _load_init_weights(self, net: ParameterNet) -> None:
         stored = self.init_payload["network"]["description"]

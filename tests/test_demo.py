@@ -70,3 +70,17 @@ def test_demo_refuses_an_unknown_loss(tmp_path):
         run(tmp_path / "x", tiny_config(losses=("crb", "nope")), progress=False,
             log=lambda *_: None)
     assert not (tmp_path / "x").exists()
+
+
+def test_an_interrupted_demo_leaves_nothing_behind(tmp_path, monkeypatch):
+    """Networks already trained when the demo fails must not be left in a half-made folder."""
+    import crbnet.compare
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(crbnet.compare, "compare", fail)
+    out = tmp_path / "demo"
+    with pytest.raises(OSError):
+        run(out, tiny_config(), progress=False, log=lambda *_: None)
+    assert list(tmp_path.iterdir()) == []

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from . import io, models
+from .nifti import atomic_directory
 from . import losses as loss_registry
 from .data import SNR_DEFINITION
 from .errors import InputError
@@ -152,84 +153,88 @@ def run(out_dir: str | Path, cfg: DemoConfig | None = None, progress: bool | Non
     out = io.check_output_folder(out_dir)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out} exists and is not empty; choose a new --out directory")
-    t0 = time.perf_counter()
-    model = models.get("mt_hybrid_state", fixed=cfg.fixed)
-    log(f"crbnet demo: {model.name} [{', '.join(model.parameters)}], fixed "
-        f"{model.fixed}, SNR {cfg.snr:g} (|M0|/sigma), {cfg.minutes_per_net:g} min per network")
+    # Everything is written into a temporary folder beside ``out`` that replaces it at the end:
+    # an interrupted demo leaves nothing behind.
+    final = out
+    with atomic_directory(final) as out:
+        t0 = time.perf_counter()
+        model = models.get("mt_hybrid_state", fixed=cfg.fixed)
+        log(f"crbnet demo: {model.name} [{', '.join(model.parameters)}], fixed "
+            f"{model.fixed}, SNR {cfg.snr:g} (|M0|/sigma), {cfg.minutes_per_net:g} min per network")
 
-    summaries = {}
-    epochs, max_minutes = cfg.epochs, cfg.minutes_per_net
-    for loss in cfg.losses:
-        label = net_label(loss)
-        log(f"[{time.perf_counter() - t0:5.0f} s] training the {label} ({loss} loss, "
-            f"{epochs} epochs)")
-        summaries[label] = _train(model, loss, cfg, out / f"{loss}_net", progress, epochs,
-                                  max_minutes)
-        # Later nets get exactly the epochs the first one completed, without a time guard: on
-        # a busy machine the guard may stop the first net early, and the comparison must not
-        # hinge on which net the machine was slower for. (A shortened schedule, annealed to
-        # its end, only helps the MSE-net.)
-        epochs, max_minutes = int(summaries[label]["epochs"]), None
-    if "crb" in cfg.losses:
-        log(f"[{time.perf_counter() - t0:5.0f} s] fine-tuning the CRB-net with the "
-            f"bias-reduced loss ({cfg.bias_epochs} epochs, {cfg.bias_realizations} "
-            "realizations per fingerprint)")
-        summaries["bias-reduced net"] = _train(model, "bias_reduced", cfg, out / "bias_net",
-                                               progress, cfg.bias_epochs, None,
-                                               init=out / "crb_net")
+        summaries = {}
+        epochs, max_minutes = cfg.epochs, cfg.minutes_per_net
+        for loss in cfg.losses:
+            label = net_label(loss)
+            log(f"[{time.perf_counter() - t0:5.0f} s] training the {label} ({loss} loss, "
+                f"{epochs} epochs)")
+            summaries[label] = _train(model, loss, cfg, out / f"{loss}_net", progress, epochs,
+                                      max_minutes)
+            # Later nets get exactly the epochs the first one completed, without a time guard: on
+            # a busy machine the guard may stop the first net early, and the comparison must not
+            # hinge on which net the machine was slower for. (A shortened schedule, annealed to
+            # its end, only helps the MSE-net.)
+            epochs, max_minutes = int(summaries[label]["epochs"]), None
+        if "crb" in cfg.losses:
+            log(f"[{time.perf_counter() - t0:5.0f} s] fine-tuning the CRB-net with the "
+                f"bias-reduced loss ({cfg.bias_epochs} epochs, {cfg.bias_realizations} "
+                "realizations per fingerprint)")
+            summaries["bias-reduced net"] = _train(model, "bias_reduced", cfg, out / "bias_net",
+                                                   progress, cfg.bias_epochs, None,
+                                                   init=out / "crb_net")
 
-    nets = {net_label(loss): checkpoint.load(out / f"{loss}_net" / "checkpoint.pt")
-            for loss in cfg.losses}
-    if "crb" in cfg.losses:
-        nets["bias-reduced net"] = checkpoint.load(out / "bias_net" / "checkpoint.pt")
-    ranges = training_ranges(model, list(nets.values()))
-    nlls = {label: baselines.get("nlls", model, progress=progress,
-                                 **box_options("nlls", model, box, ranges))
-            for label, box in (("NLLS", None), ("NLLS (training box)", "training"))}
+        nets = {net_label(loss): checkpoint.load(out / f"{loss}_net" / "checkpoint.pt")
+                for loss in cfg.losses}
+        if "crb" in cfg.losses:
+            nets["bias-reduced net"] = checkpoint.load(out / "bias_net" / "checkpoint.pt")
+        ranges = training_ranges(model, list(nets.values()))
+        nlls = {label: baselines.get("nlls", model, progress=progress,
+                                     **box_options("nlls", model, box, ranges))
+                for label, box in (("NLLS", None), ("NLLS (training box)", "training"))}
 
-    log(f"[{time.perf_counter() - t0:5.0f} s] comparing on {cfg.test_voxels} test voxels "
-        "(networks and NLLS in both boxes)")
-    test = make_comparison_set(model, cfg.test_voxels, cfg.snr, seed=cfg.seed + 1)
-    comparison = compare([*nets.items(), *nlls.items()], model=model, test=test)
-    comparison.save(out)
+        log(f"[{time.perf_counter() - t0:5.0f} s] comparing on {cfg.test_voxels} test voxels "
+            "(networks and NLLS in both boxes)")
+        test = make_comparison_set(model, cfg.test_voxels, cfg.snr, seed=cfg.seed + 1)
+        comparison = compare([*nets.items(), *nlls.items()], model=model, test=test)
+        comparison.save(out)
 
-    log(f"[{time.perf_counter() - t0:5.0f} s] tissue points {', '.join(cfg.points)}: "
-        f"{cfg.point_realizations} realizations each")
-    shown = [(label, nets[label]) for label in ("CRB-net", "bias-reduced net")
-             if label in nets] or list(nets.items())[:1]
-    points = study([*shown, *nlls.items()], tissue_points(model, ",".join(cfg.points)),
-                   [cfg.snr], realizations=cfg.point_realizations, seed=cfg.seed + 3,
-                   progress=progress)
-    points.save(out / "points")
+        log(f"[{time.perf_counter() - t0:5.0f} s] tissue points {', '.join(cfg.points)}: "
+            f"{cfg.point_realizations} realizations each")
+        shown = [(label, nets[label]) for label in ("CRB-net", "bias-reduced net")
+                 if label in nets] or list(nets.items())[:1]
+        points = study([*shown, *nlls.items()], tissue_points(model, ",".join(cfg.points)),
+                       [cfg.snr], realizations=cfg.point_realizations, seed=cfg.seed + 3,
+                       progress=progress)
+        points.save(out / "points")
 
-    log(f"[{time.perf_counter() - t0:5.0f} s] evaluating the networks on a {cfg.grid}×{cfg.grid} "
-        f"grid, {cfg.realizations} realizations per point")
-    grid = make_grid(model, cfg.grid)
-    evaluations = {}
-    for loss in cfg.losses:
-        label, net = net_label(loss), nets[net_label(loss)]
-        result = evaluate(net, grid, snr=cfg.snr, realizations=cfg.realizations,
-                          seed=cfg.seed + 2, progress=progress)
-        sub = out / f"evaluation_{loss}"
-        result.save(sub)
-        evaluations[label] = result.summary()
+        log(f"[{time.perf_counter() - t0:5.0f} s] evaluating the networks on a {cfg.grid}×{cfg.grid} "
+            f"grid, {cfg.realizations} realizations per point")
+        grid = make_grid(model, cfg.grid)
+        evaluations = {}
+        for loss in cfg.losses:
+            label, net = net_label(loss), nets[net_label(loss)]
+            result = evaluate(net, grid, snr=cfg.snr, realizations=cfg.realizations,
+                              seed=cfg.seed + 2, progress=progress)
+            sub = out / f"evaluation_{loss}"
+            result.save(sub)
+            evaluations[label] = result.summary()
 
-    wall = time.perf_counter() - t0
-    summary = {
-        "model": model.name, "parameters": list(model.parameters), "fixed": model.fixed,
-        "snr": cfg.snr, "snr_definition": SNR_DEFINITION,
-        "config": cfg.__dict__, "wall_time_s": wall,
-        "training": {k: {"val_crb_loss": v["val_crb_loss"],
-                         "val_crb_loss_mean": v["val_crb_loss_mean"], "epochs": v["epochs"],
-                         "wall_time_s": v["wall_time_s"]} for k, v in summaries.items()},
-        "comparison": comparison.to_json()["rows"],
-        "grid_evaluation": evaluations,
-        "tissue_points": points.to_json(),
-        "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform()},
-    }
-    io.write_json(out / "summary.json", summary)
-    io.write_text(out / "report.md", _report(model, cfg, comparison, summaries, wall, points))
-    log(f"[{wall:5.0f} s] wrote {out / 'report.md'}")
+        wall = time.perf_counter() - t0
+        summary = {
+            "model": model.name, "parameters": list(model.parameters), "fixed": model.fixed,
+            "snr": cfg.snr, "snr_definition": SNR_DEFINITION,
+            "config": cfg.__dict__, "wall_time_s": wall,
+            "training": {k: {"val_crb_loss": v["val_crb_loss"],
+                             "val_crb_loss_mean": v["val_crb_loss_mean"], "epochs": v["epochs"],
+                             "wall_time_s": v["wall_time_s"]} for k, v in summaries.items()},
+            "comparison": comparison.to_json()["rows"],
+            "grid_evaluation": evaluations,
+            "tissue_points": points.to_json(),
+            "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform()},
+        }
+        io.write_json(out / "summary.json", summary)
+        io.write_text(out / "report.md", _report(model, cfg, comparison, summaries, wall, points))
+    log(f"[{wall:5.0f} s] wrote {final / 'report.md'}")
     return summary
 
 

@@ -129,6 +129,6 @@ def describe(seq: Sequence) -> str:
     else:
         trf = f"pulses {s['trf_min'] * 1e6:.0f}–{s['trf_max'] * 1e6:.0f} µs"
     if "trf_assumed" in s:
-        trf += " (assumed: the file gives no pulse duration)"
+        trf += " (assumed: the schedule gives no pulse duration)"
     return (f"{s['n_pulses']} TRs, {s['duration']:.3g} s; peak B1 {s['peak_b1'] * 1e6:.1f} µT, "
             f"RF power {s['rf_power']:.3g} (rad/s)², {trf}")

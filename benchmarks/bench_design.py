@@ -59,13 +59,11 @@ def _lengthened(seq, limits):
     return seqs.MTSequence(TR=seq.TR, theta=seq.theta, TRF=trf, T_inv=seq.T_inv, k_RF=seq.k_RF)
 
 
-def _entry(designer, seq, name):
-    from crbnet import hardware
+def _entry(designer, labels, seq, name):
+    """The figures crbnet design reports for a sequence (cost, RF, violations, per point)."""
+    from crbnet.design.report import sequence_figures
 
-    rel = designer.relative_std(seq)
-    return {"name": name, "cost": float((rel ** 2).sum(1).mean()),
-            "relative_sqrt_crb": rel.tolist(), "hardware": hardware.rf_summary(seq),
-            "violations": hardware.violations(seq)}
+    return {"name": name, **sequence_figures(designer, seq, labels)}
 
 
 def bench_mt(minutes: float, seed: int) -> dict:
@@ -85,14 +83,15 @@ def bench_mt(minutes: float, seed: int) -> dict:
     result = designer.fit()
     wall = time.perf_counter() - t0
     previous = _previous_default()
-    rows = [_entry(designer, result.sequence, "designed in this run"),
-            _entry(designer, model.sequence, "shipped default (crbnet design)"),
-            _entry(designer, previous, "previous default (117 µT)"),
-            _entry(designer, _lengthened(previous, limits),
+    rows = [_entry(designer, labels, result.sequence, "designed in this run"),
+            _entry(designer, labels, model.sequence, "shipped default (crbnet design)"),
+            _entry(designer, labels, previous, "previous default (117 µT)"),
+            _entry(designer, labels, _lengthened(previous, limits),
                    "previous default, pulses lengthened to 23.5 µT")]
     reference = None
     if SHARED_CSV.exists():
-        rows.append(_entry(designer, load_control_points_csv(SHARED_CSV), "seed-style CSV"))
+        rows.append(_entry(designer, labels, load_control_points_csv(SHARED_CSV),
+                           "seed-style CSV"))
         reference = rows[-1]["cost"]
     else:
         print(f"note: {SHARED_CSV} not found; costs are not compared with the seed CSV")
@@ -123,12 +122,12 @@ def bench_fisp(minutes: float, seed: int) -> dict:
         t0 = time.perf_counter()
         result = designer.fit()
         wall += time.perf_counter() - t0
-        rows.append(_entry(designer, result.sequence, name))
+        rows.append(_entry(designer, labels, result.sequence, name))
         rows[-1].update(duration_s=float(result.sequence.TI + result.sequence.TR.sum()),
                         max_flip_deg=float(np.rad2deg(np.max(result.sequence.flip))))
         runs[name], histories[name] = result.runs, [(h["elapsed"], h["best"])
                                                     for h in result.history]
-    rows.append(_entry(designer, model.sequence, "default schedule"))
+    rows.append(_entry(designer, labels, model.sequence, "default schedule"))
     rows[-1].update(duration_s=float(model.sequence.TI + model.sequence.TR.sum()),
                     max_flip_deg=float(np.rad2deg(np.max(model.sequence.flip))))
     for r in rows:

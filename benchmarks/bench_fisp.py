@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import math
 import os
 import platform
@@ -294,7 +293,7 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from crbnet.io import atomic_path
+    from crbnet.plots import save_figure
 
     rows = result["rows"]
     train = result.get("training")
@@ -323,8 +322,7 @@ def plot(result: dict, path: Path) -> None:
         ax2.set_ylabel("crbnet train wall time (s)")
         ax2.set_title(f"training, {train['epochs']} epochs: {train['speedup']:.1f}x", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -392,10 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name}: {'missing' if ok is None else 'PASS' if ok else 'FAIL'}")
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from crbnet.io import atomic_path
+    from crbnet.io import write_json
 
-    with atomic_path(out / "bench_fisp.json") as tmp:
-        Path(tmp).write_text(json.dumps(result, indent=2))
+    write_json(out / "bench_fisp.json", result)
     plot(result, out / "bench_fisp.png")
     print(f"wrote {out / 'bench_fisp.json'} and {out / 'bench_fisp.png'}")
     return 0

@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     from crbnet.nifti import NiftiSignals, SpatialReference, write_image
     from crbnet.phantom import make_phantom, parse_shape
     from crbnet.subspace import crb_inflation, fit_subspace
-    from crbnet.train import Trainer, build_config
+    from crbnet.learning.trainer import Trainer
+    from crbnet.learning.training_config import build_config
 
     model = models.get(args.model)
     T = model.n_timepoints
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"dictionary built ({dictionary.n_atoms} atoms)")
     run = Path(args.checkpoint) if args.checkpoint else work / "net"
     # A smaller pool and validation set than the defaults: their CRBs dominate set-up on CPU.
-    cfg = build_config(model.name, overrides={
+    cfg = build_config(model, overrides={
         "loss": {"name": "crb"}, "subspace": {"n_check": 16},
         "data": {"snr": [30.0, 300.0], "pool_size": 2048, "pool_refresh": 256,
                  "val_size": 256, "batches_per_epoch": 100}})

@@ -39,11 +39,12 @@ def network_throughput(threads: int, seconds: float = 10.0) -> dict:
     import crbnet
     from crbnet.nets import ParameterNet, output_ranges
     from crbnet.data import ParameterSampler
-    from crbnet.train import MODEL_DEFAULTS, NetConfig
+    from crbnet.learning.training_config import model_training_defaults
+    from crbnet.nets import NetConfig
 
     torch.set_num_threads(threads)
     model = crbnet.get_model("mt_hybrid_state")
-    defaults = MODEL_DEFAULTS["mt_hybrid_state"]
+    defaults = model_training_defaults(model)
     cfg = NetConfig(**defaults["net"])
     k, batch = 20, defaults["data"]["batch_size"]
     low, high, log = output_ranges(ParameterSampler(model).spec_dict(), model.bounds, 0.1)

@@ -93,14 +93,15 @@ def net_label(loss: str) -> str:
 def _train(model: models.SignalModel, loss: str, cfg: DemoConfig, run_dir: Path,
            progress: bool | None, epochs: int, max_minutes: float | None,
            init: Path | None = None) -> dict:
-    from .train import Trainer, build_config
+    from .learning.trainer import Trainer
+    from .learning.training_config import build_config
 
     loss_options: dict[str, Any] = {"name": loss}
     optim: dict[str, Any] = {"epochs": epochs}
     if loss == "bias_reduced":
         loss_options["realizations"] = cfg.bias_realizations
         optim.update(lr=cfg.bias_lr, warmup_epochs=0)
-    config = build_config(model.name, overrides={
+    config = build_config(model, overrides={
         "loss": loss_options, "seed": cfg.seed,
         # A small parameter pool keeps CRB computation (the expensive part for MT) to a few
         # hundred points per epoch; M0 and noise are fresh in every batch anyway.

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if args.config:
         from pathlib import Path
 
-        from ..train import read_config_file
+        from ..learning.training_config import read_config_file
         from .train import apply_model_table
 
         apply_model_table(args, read_config_file(args.config).get("model", {}),

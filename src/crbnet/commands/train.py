@@ -23,7 +23,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
 def sampling_from_args(args: argparse.Namespace, base: dict | None = None) -> dict:
     """``[sampling]`` of the config file (``base``) updated by --range/--dist."""
     if getattr(args, "config", None) and base is None:
-        from ..train import read_config_file
+        from ..learning.training_config import read_config_file
 
         base = read_config_file(args.config).get("sampling", {})
     check_value("sampling", dict[str, dict], base or {})
@@ -110,7 +110,9 @@ def apply_model_table(args: argparse.Namespace, table: dict, config_path: Path) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import TrainConfig, Trainer, build_config, parse_set_option, read_config_file
+    from ..learning.trainer import Trainer
+    from ..learning.training_config import (TrainConfig, build_config, parse_set_option,
+                                            read_config_file)
 
     file_data: dict = {}
     if args.config:
@@ -138,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     file_data.pop("sampling", None)
     if sampling:
         overrides.setdefault("data", {}).setdefault("sampling", {}).update(sampling)
-    config = build_config(model.name, file_data, overrides)
+    config = build_config(model, file_data, overrides)
     device = resolve_device(args.device)
     trainer = Trainer(model, config, args.out, device=device, max_minutes=args.max_minutes,
                       resume=args.resume, progress=False if args.no_progress else None,

@@ -23,6 +23,10 @@ class T2Decay(SignalModel):
     sequence_kind = "times"
     specs = (ParameterSpec("T2", "s", (1e-3, 10.0), (0.01, 2.5), 0.08, True,
                            "transverse relaxation time"),)
+    # Found by measurement (docs/training.md lists what was tried).
+    training_defaults = {"data": {"batch_size": 256, "batches_per_epoch": 100, "pool_size": 0},
+                         "net": {"width": 128, "depth": 3},
+                         "optim": {"epochs": 30, "lr": 5e-3}}
 
     @classmethod
     def default_sequence(cls) -> seqs.TimesSequence:
@@ -41,6 +45,10 @@ class IRT1(SignalModel):
     sequence_kind = "times"
     specs = (ParameterSpec("T1", "s", (1e-3, 10.0), (0.1, 5.0), 1.0, True,
                            "longitudinal relaxation time"),)
+    # Found by measurement (docs/training.md lists what was tried).
+    training_defaults = {"data": {"batch_size": 256, "batches_per_epoch": 100, "pool_size": 0},
+                         "net": {"width": 128, "depth": 3},
+                         "optim": {"epochs": 60, "lr": 5e-3}}
 
     @classmethod
     def default_sequence(cls) -> seqs.TimesSequence:

@@ -78,7 +78,8 @@ class ModelOption:
 
 class SignalModel:
     """Base class. Subclasses set ``name``, ``sequence_kind``, ``specs`` and ``default_fixed``
-    (and ``options`` if their constructor takes settings) and implement :meth:`_simulate` on
+    (``options`` if their constructor takes settings, ``training_defaults`` if the built-in
+    training settings do not suit them) and implement :meth:`_simulate` on
     the full (estimated + fixed) parameter set."""
 
     name: str = ""
@@ -86,6 +87,10 @@ class SignalModel:
     specs: tuple[ParameterSpec, ...] = ()
     default_fixed: Mapping[str, float] = {}
     options: tuple[ModelOption, ...] = ()
+    #: Training defaults for this model, partial ``TrainConfig`` sections (``{"net": {"width":
+    #: 256}, "optim": {"lr": 2e-3}, ...}``) laid over the built-in defaults and under a config
+    #: file and the command line; empty: the built-in defaults (docs/training.md).
+    training_defaults: Mapping[str, Mapping[str, Any]] = {}
 
     def __init__(self, sequence: seqs.Sequence | None = None,
                  fixed: Mapping[str, float] | None = None) -> None:

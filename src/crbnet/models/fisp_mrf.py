@@ -62,6 +62,11 @@ class FISPMRF(SignalModel):
         ParameterSpec("B1", "", (0.3, 2.0), (0.7, 1.3), 1.0, False, "relative flip-angle scale"),
     )
     default_fixed = {"B1": 1.0}
+    # Found by measurement (docs/training.md lists what was tried).
+    training_defaults = {"data": {"batch_size": 256, "batches_per_epoch": 400, "pool_size": 8192,
+                                  "pool_refresh": 1024, "val_size": 1024},
+                         "net": {"width": 256, "depth": 4},
+                         "optim": {"epochs": 30, "lr": 2e-3}}
     # Voxels per pass of the tensor route (bounds memory and keeps the states cache-sized) and
     # per chunk in crbnet.crb when it takes that route (the TR loop has small per-step tensors,
     # so per-operation overhead dominates there). Results do not depend on either.

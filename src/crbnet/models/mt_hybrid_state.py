@@ -483,6 +483,11 @@ class MTHybridState(SignalModel):
                       "relative transmit scale (multiplies θ and the flip angle 2θ)"),
     )
     default_fixed = {"B1": 1.0}
+    # Found by measurement (docs/training.md lists what was tried).
+    training_defaults = {"data": {"batch_size": 256, "batches_per_epoch": 200, "pool_size": 8192,
+                                  "pool_refresh": 512, "val_size": 1024},
+                         "net": {"width": 256, "depth": 4},
+                         "optim": {"epochs": 40, "lr": 1e-3}}
     # Voxels per pass of :meth:`_simulate` and per chunk in crbnet.crb: the [T, N] temporaries
     # (×(P+1) under forward-mode autodiff) must stay cache-sized; larger chunks are several times
     # slower on CPU. Results do not depend on either.

@@ -49,6 +49,7 @@ class ProjectedModel(SignalModel):
         self.sequence_kind = model.sequence_kind
         self.specs = model.specs
         self.default_fixed = model.default_fixed
+        self.training_defaults = model.training_defaults
         self.sequence = model.sequence
         self.fixed = model.fixed
         self.parameters = model.parameters

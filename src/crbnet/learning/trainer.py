@@ -1,0 +1,456 @@
+"""The training loop of a CRB-informed network.
+
+One epoch = ``batches_per_epoch`` batches online, one pass over the training rows offline.
+After every epoch a fixed validation set (fixed θ, M0 and noise) is evaluated in CRB units per
+parameter — ``mean (θ̂−θ)²/CRB`` — whatever the training loss, and the run files are rewritten
+(:mod:`crbnet.learning.run_files`).
+
+Reproducibility and ``--resume``: every random piece has its own seeded stream
+(:func:`crbnet.data.derived_generator`): network initialization, subspace, validation set,
+online pool blocks, and one data generator per process whose state is saved each epoch with the
+weights, Adam state, schedule step and epoch. A resumed run therefore continues bit-for-bit
+like an uninterrupted one (same device, thread count and process count).
+
+The pieces: configuration in :mod:`~crbnet.learning.training_config`, data in
+:mod:`~crbnet.learning.training_data`, schedule in :mod:`~crbnet.learning.schedule`, processes
+in :mod:`~crbnet.learning.distributed`, ``--init`` in :mod:`~crbnet.learning.fine_tune`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import losses
+from ..checkpoint import NORMALIZATION, basis_to_real, model_to_dict
+from ..data import SNR_DEFINITION, NoisyBatch, derived_generator, make_noisy
+from ..errors import ComputationError, InputError
+from ..models.base import SignalModel
+from ..nets import ParameterNet, count_parameters, output_ranges
+from ..subspace import basis_record, crb_inflation
+from .distributed import (DistInfo, barrier, broadcast_flag, gather, init_distributed,
+                          state_fingerprint, wrap_for_training)
+from .fine_tune import InitCheckpoint
+from .run_files import RunFiles
+from .schedule import WarmupCosine
+from .training_config import TrainConfig
+from .training_data import TrainingData, prepare_data
+
+VALIDATION_CHUNK = 4096
+
+
+class Trainer:
+    """Trains a :class:`~crbnet.nets.ParameterNet` for ``model`` and writes RUN_DIR.
+
+    Args:
+        model: signal model (sequence and fixed parameters included).
+        config: :class:`~crbnet.learning.training_config.TrainConfig`.
+        run_dir: output directory (checkpoint.pt, metrics.csv, loss.png, summary.json).
+        device: torch device for the network (and online simulation).
+        max_minutes: stop at the first epoch end after this many minutes of this invocation.
+        resume: continue from RUN_DIR/checkpoint.pt (the config must be the same).
+        init: start from the weights of this trained checkpoint (file or run directory) instead
+            of a random initialization — fine-tuning, e.g. a bias-reduced network from a
+            CRB-loss one (:mod:`crbnet.learning.fine_tune` says what must match). Its basis
+            replaces the subspace fit. The optimizer and schedule start afresh.
+        progress: progress bars (None: only on a terminal).
+        log: where progress lines go: a text stream, None (nowhere) or "stderr" (the
+            ``sys.stderr`` of the moment each line is written, which may be redirected).
+        basis: a user's basis U [T, K]: the network reads coefficients in it and trains against
+            their CRBs.
+    """
+
+    def __init__(self, model: SignalModel, config: TrainConfig, run_dir: str | Path,
+                 device: torch.device | str = "cpu", max_minutes: float | None = None,
+                 resume: bool = False, progress: bool | None = None,
+                 log: Any = "stderr", basis: torch.Tensor | None = None,
+                 init: str | Path | None = None) -> None:
+        if max_minutes is not None and not max_minutes > 0:
+            raise InputError("--max-minutes must be positive")
+        # What the caller asked for.
+        self.model, self.config = model, config
+        self.user_basis = None if basis is None else basis.to(torch.complex128)
+        self.init = None if init is None else Path(init)
+        self.run_dir = Path(run_dir)
+        self.device = torch.device(device)
+        self.max_minutes = max_minutes
+        self.resume = resume
+        self.progress = progress
+        self.log = log
+        # Set up by fit(): processes, files, data, network and optimizer.
+        self.dist = DistInfo()
+        self.files = RunFiles(self.run_dir, say=self._say)
+        self.fine_tune: InitCheckpoint | None = None
+        self.data: TrainingData | None = None
+        self.net: ParameterNet | None = None
+        self.ddp_net: torch.nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.schedule: WarmupCosine | None = None
+        self.generator: torch.Generator | None = None
+        self.subspace_report: dict = {}
+        # Progress of the run (restored on --resume).
+        self.metrics: list[dict] = []
+        self.first_batch_fingerprint: float | None = None
+        self.stopped_by = "epochs"
+        self.elapsed_before = 0.0
+        self.t_start = 0.0
+        self.setup_seconds = 0.0
+
+    # ---- main --------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Train; returns the summary (also in RUN_DIR/summary.json)."""
+        self.t_start = time.perf_counter()
+        resumed = self._start()
+        self._build()
+        start_epoch = self._restore(resumed) if resumed is not None else self._fresh_start()
+        self.setup_seconds = time.perf_counter() - self.t_start
+        if self.dist.is_main:
+            self._say(setup_line(self))
+        summary = self._run_epochs(start_epoch)
+        if self.dist.active:
+            summary = self._finish_distributed(summary)
+        return summary
+
+    def _start(self) -> dict | None:
+        """Join the process group, check the config and the run directory, read the checkpoint
+        to resume from or the one to fine-tune. Returns the checkpoint to resume (or None).
+
+        RUN_DIR is created by the first (atomic) write, after epoch 1: bad input found during
+        set-up leaves nothing behind."""
+        self.dist, self.device = init_distributed(self.device)
+        self.files.is_main = self.dist.is_main
+        self.config.validate()
+        self.files.check_start(self.resume)
+        resumed = None
+        if self.resume:
+            resumed = self.files.load_resume(self.config, self.model, self.dist.world)
+        if self.init is not None and resumed is None:
+            self.fine_tune = InitCheckpoint(self.init, self.model)
+        return resumed
+
+    def _build(self) -> None:
+        """Data, network (wrapped for DDP under a process group), optimizer, schedule, and this
+        process's data generator."""
+        self.data = prepare_data(self.model, self.config, self.dist, self.device,
+                                 self.user_basis, self.fine_tune)
+        self.net, self.ddp_net = wrap_for_training(self._build_network(), self.dist, self.device,
+                                                   self.config.net.norm == "batch")
+        o = self.config.optim
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=o.lr,
+                                          weight_decay=o.weight_decay)
+        steps_per_epoch = self.data.source.batches_per_epoch
+        self.schedule = WarmupCosine(self.optimizer, o.lr, o.lr_min,
+                                     int(round(o.warmup_epochs * steps_per_epoch)),
+                                     o.epochs * steps_per_epoch)
+        self.generator = derived_generator(self.config.seed, "train-data", self.dist.rank)
+
+    def _build_network(self) -> ParameterNet:
+        cfg, model, data = self.config, self.model, self.data
+        k = data.subspace.k if data.subspace is not None else model.n_timepoints
+        low, high, log = output_ranges(data.sampler.spec_dict(), model.bounds,
+                                       cfg.net.output_margin)
+        # torch.nn initializes from the global CPU generator: seed it inside a fork so that
+        # the weights depend on the config's seed only and the caller's RNG state is untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derived_generator(cfg.seed, "init").initial_seed())
+            net = ParameterNet(k, model.parameters, low, high, log, cfg.net)
+        net.set_input_statistics(data.stats_inputs)
+        if self.fine_tune is not None:
+            self.fine_tune.load_weights(net)
+        return net.to(self.device)
+
+    def _restore(self, resumed: dict) -> int:
+        """Continue a run from its checkpoint; returns the epochs already done."""
+        r = resumed["resume"]
+        self.net.load_state_dict(resumed["network"]["state_dict"])
+        self.optimizer.load_state_dict(r["optimizer"])
+        self.schedule.load_state_dict(r["scheduler"])
+        self.generator.set_state(r["rng"]["data"][self.dist.rank])
+        torch.set_rng_state(r["rng"]["torch"][self.dist.rank])
+        self.metrics = list(resumed["training"]["metrics"])
+        self.elapsed_before = float(r["elapsed_s"])
+        self.subspace_report = resumed["subspace"]
+        start_epoch = int(r["epoch"])
+        self._say(f"resuming {self.run_dir} after epoch {start_epoch}")
+        return start_epoch
+
+    def _fresh_start(self) -> int:
+        self.subspace_report = self._subspace_report()
+        return 0
+
+    def _run_epochs(self, start_epoch: int) -> dict:
+        """Train, validate and write the run files epoch by epoch; returns the last summary."""
+        epochs = self.config.optim.epochs
+        summary = self._summary(start_epoch)
+        epoch = start_epoch
+        while epoch < epochs:
+            train_loss, samples, seconds = self._train_epoch(epoch)
+            epoch += 1
+            stop = False
+            if self.dist.is_main:
+                row = self._metrics_row(epoch, train_loss, samples, seconds)
+                self.metrics.append(row)
+                self._say(epoch_line(row, self.model.parameters, epochs))
+                stop = self._out_of_time() and epoch < epochs
+            stop = broadcast_flag(stop, self.dist, self.device)
+            if stop:
+                self.stopped_by = "time"
+            summary = self._write_files(epoch, final=stop or epoch == epochs)
+            if stop:
+                break
+        if start_epoch == epochs:
+            summary = self._write_files(epoch, final=True)
+        return summary
+
+    def _out_of_time(self) -> bool:
+        return (self.max_minutes is not None
+                and time.perf_counter() - self.t_start >= 60 * self.max_minutes)
+
+    def _metrics_row(self, epoch: int, train_loss: float, samples: int, seconds: float) -> dict:
+        """One row of metrics.csv: training loss, validation MSE/CRB, learning rate, speed."""
+        val = self.evaluate(self.net).tolist()
+        row = {"epoch": epoch, "train_loss": train_loss, "val_crb_loss_mean": sum(val) / len(val)}
+        row.update({f"val_crb_loss_{p}": v for p, v in zip(self.model.parameters, val)})
+        row.update({"lr": self.optimizer.param_groups[0]["lr"], "samples": samples,
+                    "epoch_seconds": seconds, "samples_per_s": samples / seconds,
+                    "elapsed_seconds": self._elapsed()})
+        return row
+
+    def _finish_distributed(self, summary: dict) -> dict:
+        """Record what shows that the processes drew different data but ended with the same
+        weights."""
+        fingerprints = gather(self.first_batch_fingerprint, self.dist)
+        weights = gather(state_fingerprint(self.net.state_dict()), self.dist)
+        summary["distributed"] = {"world_size": self.dist.world, "backend": self.dist.backend,
+                                  "first_batch_theta_sum": fingerprints,
+                                  "weights_fingerprint": weights}
+        self.files.write_summary(summary)
+        barrier(self.dist)
+        return summary
+
+    # ---- one epoch --------------------------------------------------------------------------
+    def _scales(self) -> torch.Tensor:
+        """Per-parameter scale (width of the training range, SI): losses are computed on
+        θ/scale and CRB/scale², which leaves CRB ratios unchanged and keeps float32 sane."""
+        lo = torch.tensor(self.data.sampler.low, dtype=torch.float64)
+        hi = torch.tensor(self.data.sampler.high, dtype=torch.float64)
+        return (hi - lo).to(self.device)
+
+    def _loss_weights(self, scale: torch.Tensor) -> torch.Tensor:
+        """The MSE weights (1/SI²) in scaled units."""
+        params = self.model.parameters
+        weights = torch.tensor(losses.mse_weights(params, dict(zip(params, scale.tolist())),
+                                                  self.config.loss.mse_weights),
+                               dtype=torch.float64, device=self.device)
+        return (weights * scale ** 2).to(torch.float32)
+
+    def _repeats(self) -> int:
+        """Noise draws per noiseless sample: R for a loss that measures each sample R times."""
+        cfg = self.config.loss
+        return cfg.realizations if losses.get(cfg.name).repeated else 1
+
+    def _loss(self, net: torch.nn.Module, batch: NoisyBatch, scale: torch.Tensor,
+              weights: torch.Tensor) -> torch.Tensor:
+        cfg = self.config.loss
+        est = net(batch.signals.to(self.device)) / scale.to(torch.float32)
+        target = (batch.theta.to(self.device) / scale).to(torch.float32)
+        crb = batch.crb.to(self.device) / scale ** 2
+        return losses.get(cfg.name).compute(losses.LossInputs(
+            est, target, crb, weights, K=self._repeats(), lam=cfg.lam, delta=cfg.delta))
+
+    def _train_epoch(self, epoch: int) -> tuple[float, int, float]:
+        """One epoch of optimizer steps; returns (mean loss, samples over all processes, s)."""
+        cfg = self.config
+        self.ddp_net.train()
+        scale = self._scales()
+        weights = self._loss_weights(scale)
+        repeats = self._repeats()
+        bar = tqdm(total=self.data.source.batches_per_epoch,
+                   desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="batch", leave=False,
+                   file=sys.stderr,
+                   disable=(not self.dist.is_main) or (None if self.progress is None
+                                                       else not self.progress))
+        total, count, samples = 0.0, 0, 0
+        t0 = time.perf_counter()
+        for b, clean in enumerate(self.data.source.batches(epoch, self.generator)):
+            noisy = make_noisy(clean, cfg.data.snr, tuple(cfg.data.m0_magnitude),
+                               self.generator, repeats=repeats)
+            if self.first_batch_fingerprint is None:
+                self.first_batch_fingerprint = float(clean.theta.double().sum())
+            value = self._step(noisy, scale, weights)
+            if not math.isfinite(value):
+                raise ComputationError(f"training loss became {value} at epoch {epoch + 1}, "
+                                       f"batch {b + 1}; lower optim.lr or enable "
+                                       "optim.grad_clip")
+            total += value
+            count += 1
+            samples += len(noisy.theta)
+            bar.update(1)
+            if b % 10 == 0:
+                bar.set_postfix(loss=f"{total / count:.4g}")
+        bar.close()
+        return total / max(count, 1), samples * self.dist.world, time.perf_counter() - t0
+
+    def _step(self, batch: NoisyBatch, scale: torch.Tensor, weights: torch.Tensor) -> float:
+        """One optimizer step on ``batch``; returns the loss value."""
+        loss = self._loss(self.ddp_net, batch, scale, weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.ddp_net.parameters(), self.config.optim.grad_clip)
+        self.optimizer.step()
+        self.schedule.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def evaluate(self, net: torch.nn.Module) -> torch.Tensor:
+        """[P] validation MSE/CRB per parameter (fixed noise)."""
+        net.eval()
+        val = self.data.val
+        out = []
+        for start in range(0, len(val.theta), VALIDATION_CHUNK):
+            chunk = val.signals[start:start + VALIDATION_CHUNK].to(self.device)
+            out.append(net(chunk).double().cpu())
+        est = torch.cat(out)
+        return losses.crb_ratio_per_parameter(est, val.theta.cpu(), val.crb.cpu())
+
+    # ---- what the run files hold -----------------------------------------------------------
+    def _elapsed(self) -> float:
+        return self.elapsed_before + (time.perf_counter() - self.t_start)
+
+    def _write_files(self, epoch: int, final: bool) -> dict:
+        summary = self._summary(epoch)
+        payload = self._payload(epoch, summary)   # on every process: it gathers their RNG states
+        cfg = self.config
+
+        def plot(path: Path) -> None:
+            from ..plots.training import plot_training_curves
+
+            plot_training_curves(self.metrics, list(self.model.parameters), path,
+                                 loss_name=cfg.loss.name,
+                                 title=f"{self.model.name}, {cfg.loss.name} loss, "
+                                       f"SNR {cfg.data.snr}")
+
+        self.files.write(payload, summary, self.metrics, final, plot)
+        return summary
+
+    def _payload(self, epoch: int, summary: dict) -> dict:
+        """checkpoint.pt: what inference needs, and the state that resumes the run."""
+        net, subspace = self.net, self.data.subspace
+        rng = {"data": self._gather_states(self.generator.get_state()),
+               "torch": self._gather_states(torch.get_rng_state())}
+        return {
+            "model": model_to_dict(self.model),
+            "sampling": self.data.sampler.spec_dict(),
+            "basis": basis_to_real(None if subspace is None else subspace.basis),
+            "subspace": self.subspace_report,
+            "normalization": dict(NORMALIZATION),
+            "network": {"description": net.describe(),
+                        "state_dict": {k: v.detach().cpu().clone()
+                                       for k, v in net.state_dict().items()}},
+            "training": {"config": self.config.to_dict(), "metrics": list(self.metrics),
+                         "summary": summary},
+            "resume": {"epoch": epoch, "optimizer": self.optimizer.state_dict(),
+                       "scheduler": self.schedule.state_dict(), "rng": rng,
+                       "world_size": self.dist.world, "elapsed_s": self._elapsed()},
+        }
+
+    def _gather_states(self, state: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.as_tensor(s) for s in gather(state.clone(), self.dist)]
+
+    def _summary(self, epoch: int) -> dict:
+        """summary.json."""
+        params = list(self.model.parameters)
+        cfg = self.config
+        last = self.metrics[-1] if self.metrics else {}
+        train_time = sum(m["epoch_seconds"] for m in self.metrics)
+        samples = sum(m["samples"] for m in self.metrics)
+        return {
+            "model": self.model.name,
+            "parameters": params,
+            "fixed": dict(self.model.fixed),
+            "loss": cfg.loss.name,
+            "snr": cfg.data.snr,
+            "snr_definition": SNR_DEFINITION,
+            "mode": cfg.data.mode,
+            "epochs": epoch,
+            "epochs_planned": cfg.optim.epochs,
+            "stopped_by": self.stopped_by,
+            "val_crb_loss": {p: last.get(f"val_crb_loss_{p}") for p in params},
+            "val_crb_loss_mean": last.get("val_crb_loss_mean"),
+            "val_definition": "mean over the fixed validation set of (estimate - truth)^2 / CRB, "
+                              "CRB of the full data at each sample's noise level",
+            "val_size": cfg.data.val_size,
+            "val_crb_over_prior_variance": self.data.prior_ratio,
+            "val_singular_samples": self.data.val_singular,
+            "best_val_crb_loss_mean": min((m["val_crb_loss_mean"] for m in self.metrics),
+                                          default=None),
+            "wall_time_s": self._elapsed(),
+            "train_time_s": train_time,
+            "samples": samples,
+            "samples_per_s": samples / train_time if train_time > 0 else None,
+            "setup_time_s": self.setup_seconds,
+            "subspace": self.subspace_report,
+            "network_parameters": count_parameters(self.net),
+            "world_size": self.dist.world,
+            "device": str(self.device),
+            "config": cfg.to_dict(),
+            "init": None if self.init is None else str(self.init),
+        }
+
+    def _subspace_report(self) -> dict:
+        """The input compression: k, energy kept and (rank 0) the CRB inflation it costs."""
+        s, cfg = self.data.subspace, self.config
+        if s is None:
+            return {"k": None, "energy": 1.0, "crb_inflation": None}
+        report: dict[str, Any] = {"k": s.k, "energy": s.energy, "n_timepoints":
+                                  self.model.n_timepoints, "crb_inflation": None,
+                                  "basis": basis_record(s.basis), "source": s.source}
+        if cfg.subspace.n_check and self.dist.is_main:
+            theta = self.data.sampler.sample(cfg.subspace.n_check,
+                                             derived_generator(cfg.seed, "crb-check"))
+            report["crb_inflation"] = crb_inflation(self.model, theta, s.basis)
+            report["crb_inflation_definition"] = ("median over the training distribution of "
+                                                  "CRB(compressed) / CRB(full), per parameter")
+        return report
+
+    def _say(self, text: str) -> None:
+        if self.dist.is_main and self.log is not None:
+            tqdm.write(text, file=sys.stderr if self.log == "stderr" else self.log)
+
+
+def setup_line(trainer: Trainer) -> str:
+    """The line announcing a run: model, loss, SNR, data, subspace, network, processes."""
+    s, cfg, model = trainer.subspace_report, trainer.config, trainer.model
+    src = (f"offline {cfg.data.dataset}" if cfg.data.mode == "offline" else
+           f"online, pool {cfg.data.pool_size}" if cfg.data.pool_size else "online, fresh")
+    comp = "none" if s["k"] is None else f"k={s['k']} of {model.n_timepoints}"
+    if s.get("crb_inflation"):
+        comp += " (CRB ×" + ", ".join(f"{p} {v:.4f}" for p, v in
+                                     s["crb_inflation"].items()) + ")"
+    return (f"crbnet train: {model.name} [{', '.join(model.parameters)}], "
+            f"loss {cfg.loss.name}, SNR {cfg.data.snr} (|M0|/sigma), data {src}, "
+            f"subspace {comp}, network {count_parameters(trainer.net)} weights, "
+            f"{trainer.dist.world} process(es), setup {trainer.setup_seconds:.1f} s")
+
+
+def epoch_line(row: dict, parameters: tuple[str, ...], epochs: int) -> str:
+    """The line after an epoch: losses, validation MSE/CRB per parameter, time, speed."""
+    per = "  ".join(f"{p} {row[f'val_crb_loss_{p}']:.3g}" for p in parameters)
+    return (f"epoch {row['epoch']:>3}/{epochs}  train {row['train_loss']:.4g}"
+            f"  val MSE/CRB mean {row['val_crb_loss_mean']:.4g} ({per})  "
+            f"{row['epoch_seconds']:.1f} s, {row['samples_per_s']:.0f} samples/s")
+
+
+def train(model: SignalModel, config: TrainConfig, run_dir: str | Path, **kwargs: Any) -> dict:
+    """Convenience wrapper: ``Trainer(model, config, run_dir, **kwargs).fit()``."""
+    return Trainer(model, config, run_dir, **kwargs).fit()
+
+
+__all__ = ["Trainer", "train", "setup_line", "epoch_line"]

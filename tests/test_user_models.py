@@ -146,3 +146,32 @@ def test_phantom_uses_a_models_own_tissue_values():
     wm = phantom.labels == 3
     assert wm.any()
     np.testing.assert_allclose(phantom.truth["fs"][wm], 0.25)
+
+
+def test_config_model_table_sets_model_options(tmp_path):
+    """``[model] options`` in a config file reach the model like --model-option, converted with
+    the declared type; the command line wins; a value of the wrong kind is one clear error."""
+    import argparse
+
+    from crbnet.commands import train as train_command
+    from crbnet.commands._common import build_model
+    from crbnet.errors import InputError
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    train_command.register(sub)
+    config = tmp_path / "c.toml"
+
+    def model_for(cli_args: list[str], table: dict):
+        args = parser.parse_args(["train", "--model", "fisp_mrf", "--out", "x", *cli_args])
+        train_command.apply_model_table(args, table, config)
+        return build_model(args)
+
+    assert model_for([], {"options": {"max_order": 3}}).max_order == 3
+    assert model_for(["--model-option", "max_order=5"],
+                     {"options": {"max_order": 3}}).max_order == 5
+    assert model_for([], {}).max_order == models.get("fisp_mrf").max_order   # untouched default
+    with pytest.raises(InputError, match="max_order expects int"):
+        model_for([], {"options": {"max_order": "many"}})
+    with pytest.raises(InputError, match="no option 'depth'"):
+        model_for([], {"options": {"depth": 3}})

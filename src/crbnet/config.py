@@ -127,6 +127,7 @@ class ModelTable:
         free: parameters estimated that are fixed by default (e.g. ``["B1"]``).
         sequence: sequence file, relative to the config file's folder.
         times: echo/inversion times in s (t2_decay, ir_t1).
+        options: the model's declared options, name → value (as ``--model-option``).
     """
 
     name: str = ""
@@ -134,6 +135,7 @@ class ModelTable:
     free: list[str] = field(default_factory=list)
     sequence: str = ""
     times: list[float] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 __all__ = ["check_table", "check_value", "describe_type", "ModelTable"]

@@ -10,7 +10,7 @@ from .. import losses
 from ..config import ModelTable, check_table, check_value
 from ..errors import InputError
 from ._common import (add_basis_argument, add_model_arguments, build_model, parse_assignments,
-                      read_basis, resolve_device, sequence_line)
+                      read_basis, resolve_device, sequence_line, split_assignments)
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -95,19 +95,26 @@ def apply_model_table(args: argparse.Namespace, table: dict, config_path: Path) 
     check_table("model", ModelTable, table)
     if "name" in table and table["name"] != args.model:
         raise InputError(f"config is for model {table['name']!r} but --model is {args.model!r}")
+    # New lists, not appends: the parser's default list must not change.
     cli_fixed = parse_assignments(args.fix, "--fix")
-    for name, value in dict(table.get("fixed", {})).items():
-        if name not in cli_fixed:
-            args.fix.append(f"{name}={value}")
-    for name in table.get("free", []):
-        if name not in args.free:
-            args.free.append(name)
+    args.fix = [*args.fix, *(f"{name}={value}" for name, value in
+                             dict(table.get("fixed", {})).items() if name not in cli_fixed)]
+    args.free = [*args.free, *(name for name in table.get("free", []) if name not in args.free)]
     if "sequence" in table and not args.sequence and not args.times:
         seq = Path(table["sequence"])
         args.sequence = str(seq if seq.is_absolute() else config_path.parent / seq)
     if "times" in table and not args.times and not args.sequence:
         args.times = ",".join(str(float(t)) for t in table["times"])
+    cli_options = dict(split_assignments(args.model_option, "--model-option"))
+    args.model_option = [*args.model_option, *(f"{name}={_option_text(value)}" for name, value
+                                               in dict(table.get("options", {})).items()
+                                               if name not in cli_options)]
 
+
+def _option_text(value: object) -> str:
+    """A TOML value as command-line text, so that one conversion (the model's declared type)
+    serves both."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 def run(args: argparse.Namespace) -> int:
     from ..learning.trainer import Trainer

@@ -35,7 +35,7 @@ import torch
 
 from . import models, sequences
 from .errors import InputError
-from .estimator import as_signal_tensor
+from .estimator import as_signal_tensor, register_estimator
 from .io import atomic_path
 from .models.base import SignalModel
 
@@ -358,6 +358,24 @@ def load(path: str | Path, device: torch.device | str | None = None) -> NetworkE
     return estimator_from_payload(read(path), device=device, source=str(path))
 
 
-__all__ = ["FORMAT", "VERSION", "CheckpointError", "NetworkEstimator",
+@register_estimator("network", "a trained network (option checkpoint: a checkpoint file or run "
+                               "directory from crbnet train)", needs_checkpoint=True)
+def network_estimator(model: SignalModel | None, checkpoint: str | Path,
+                      device: torch.device | str | None = None) -> NetworkEstimator:
+    """The estimator registry's ``network``: the trained network in ``checkpoint``, refused
+    when it was trained for another model, parameter set or sequence than ``model`` (None:
+    the checkpoint's own model)."""
+    estimator = load(checkpoint, device=device)
+    if model is not None:
+        from .compare import same_model
+
+        if not same_model(estimator.model, model):
+            raise InputError(f"{checkpoint} was trained for {estimator.model!r} with sequence "
+                             f"{sequences.sequence_hash(estimator.model.sequence)}, not for "
+                             f"{model!r} with sequence {sequences.sequence_hash(model.sequence)}")
+    return estimator
+
+
+__all__ = ["FORMAT", "VERSION", "CheckpointError", "NetworkEstimator", "network_estimator",
            "CoefficientNetworkEstimator", "load", "read", "save",
            "checksum", "model_to_dict", "model_from_dict", "NORMALIZATION"]

@@ -1,14 +1,25 @@
-"""What every estimator (network, NLLS, dictionary matching) offers, and shared helpers.
+"""What every estimator (network, NLLS, dictionary matching) offers, the estimator registry,
+and shared helpers.
 
 An estimator has ``model`` (a :class:`~crbnet.models.base.SignalModel`), ``parameters`` (the
 names of the estimated parameters, in column order), ``name`` (short label for reports) and
 ``predict(signals) -> Tensor [N, P]`` (SI units), where ``signals`` is a complex tensor or
 array ``[N, T]`` — the full time series as the model simulates it, with arbitrary complex M0.
+
+The registry (:func:`register_estimator`, :func:`get`, :func:`names`) names every kind of
+estimator: a factory ``factory(model, **options) -> Estimator`` (an estimator class is one)
+registered under a name. The built-ins are ``nlls`` and ``dictionary`` (crbnet.baselines) and
+``network`` (crbnet.checkpoint; its option ``checkpoint`` is a trained checkpoint). The CLI's
+``--method`` choices are the kinds that need no checkpoint.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import importlib
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -62,3 +73,103 @@ def as_signal_tensor(signals: torch.Tensor | np.ndarray, n_timepoints: int,
         raise InputError("signals contain NaN or Inf")
     return signals.to(dtype=dtype or signals.dtype,
                       device=device if device is not None else signals.device)
+
+
+# ---- registry ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EstimatorKind:
+    """A registered kind of estimator.
+
+    Attributes:
+        name: what ``--method``, ``compare`` and :func:`get` call it.
+        factory: ``factory(model, **options) -> Estimator``.
+        description: one line for humans.
+        needs_checkpoint: built from a trained checkpoint (option ``checkpoint``) rather than
+            from the model alone.
+    """
+
+    name: str
+    factory: Callable[..., Estimator]
+    description: str
+    needs_checkpoint: bool = False
+
+    @property
+    def option_names(self) -> list[str]:
+        """The keyword options the factory accepts (``model`` excluded)."""
+        target = self.factory.__init__ if inspect.isclass(self.factory) else self.factory
+        return [name for name, p in inspect.signature(target).parameters.items()
+                if name not in ("self", "model")
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+REGISTRY: dict[str, EstimatorKind] = {}
+# Modules whose import registers the built-in kinds (imported on first use of the registry, so
+# that this module stays free of imports of them).
+_BUILTIN_MODULES = ("crbnet.baselines", "crbnet.checkpoint")
+
+
+def register_estimator(name: str, description: str, needs_checkpoint: bool = False
+                       ) -> Callable[[Callable[..., Estimator]], Callable[..., Estimator]]:
+    """Decorator registering an estimator class or factory under ``name``."""
+    def decorate(factory: Callable[..., Estimator]) -> Callable[..., Estimator]:
+        if name in REGISTRY and REGISTRY[name].factory is not factory:
+            raise ValueError(f"estimator {name!r} is already registered")
+        REGISTRY[name] = EstimatorKind(name, factory, description, needs_checkpoint)
+        return factory
+    return decorate
+
+
+def _registry() -> dict[str, EstimatorKind]:
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+    return REGISTRY
+
+
+def names(needs_checkpoint: bool | None = None) -> list[str]:
+    """Registered estimator names; ``needs_checkpoint=False``: those built from the model alone
+    (the ``--method`` choices), True: those built from a checkpoint."""
+    registry = _registry()
+    ordered = sorted(registry, key=lambda n: registry[n].needs_checkpoint)  # stable: model-only first
+    return [n for n in ordered
+            if needs_checkpoint is None or registry[n].needs_checkpoint == needs_checkpoint]
+
+
+def kind(name: str) -> EstimatorKind:
+    """The registered kind ``name``; one-line :class:`InputError` for an unknown one."""
+    registry = _registry()
+    if name not in registry:
+        raise InputError(f"unknown method {name!r}; available: {', '.join(names())}")
+    return registry[name]
+
+
+def get(name: str, model: SignalModel | None, **options: Any) -> Estimator:
+    """An estimator of kind ``name`` for ``model``, configured by ``options`` (the factory's
+    keyword arguments); unknown options and bad values are one-line :class:`InputError`\ s."""
+    entry = kind(name)
+    accepted = entry.option_names
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise InputError(f"unknown option(s) for {name}: {', '.join(unknown)}; accepted: "
+                         f"{', '.join(accepted)}")
+    try:
+        return entry.factory(model, **options)
+    except InputError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"bad option for {name}: {exc}") from None
+
+
+class MethodTable(Mapping):
+    """Live read-only view ``{name: factory}`` of the kinds built from the model alone."""
+
+    def __getitem__(self, name: str) -> Callable[..., Estimator]:
+        entry = _registry().get(name)
+        if entry is None or entry.needs_checkpoint:
+            raise KeyError(name)
+        return entry.factory
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(names(needs_checkpoint=False))
+
+    def __len__(self) -> int:
+        return len(names(needs_checkpoint=False))

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..estimator import as_signal_tensor
+from ..estimator import as_signal_tensor, register_estimator
 from ..models.base import SignalModel, resolve_ranges
 
 #: Default dictionary size: about this many atoms in total, spread evenly over the parameters.
@@ -58,6 +58,8 @@ def default_points_per_parameter(n_parameters: int, total: int = DEFAULT_ATOMS) 
     return max(3, int(round(total ** (1.0 / n_parameters))))
 
 
+@register_estimator("dictionary", "MRF dictionary matching (maximum normalized inner "
+                                 "product) in SVD space")
 class DictionaryEstimator:
     """Maximum normalized inner product matching against a simulated dictionary.
 

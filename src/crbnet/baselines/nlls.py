@@ -39,7 +39,7 @@ import torch
 
 from ..crb import jacobian
 from ..errors import InputError
-from ..estimator import as_signal_tensor
+from ..estimator import as_signal_tensor, register_estimator
 from ..models.base import SignalModel, resolve_ranges
 from .dictionary import DictionaryEstimator, default_points_per_parameter
 
@@ -217,6 +217,8 @@ def levenberg_marquardt(model: SignalModel, signals: torch.Tensor, theta0: torch
                    gradient_cosine=cos)
 
 
+@register_estimator("nlls", "voxel-wise maximum-likelihood fit of the full model "
+                           "(Levenberg-Marquardt, complex M0 profiled out)")
 class NLLSEstimator:
     """Voxel-wise NLLS fit of the full signal model with complex M0 (maximum likelihood).
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .. import baselines, models, sequences
+from .. import estimator, models, sequences
 from ..errors import InputError
 from ..models.base import SignalModel
 
@@ -34,11 +34,18 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) 
 
 
 def add_estimator_arguments(parser: argparse.ArgumentParser, checkpoint_help: str) -> None:
-    """--checkpoint CKPT | --method nlls|dictionary (exactly one)."""
+    """--checkpoint CKPT | --method NAME (exactly one); the methods are the registered
+    estimators built from the model alone."""
     how = parser.add_mutually_exclusive_group(required=True)
     how.add_argument("--checkpoint", metavar="CKPT", help=checkpoint_help)
-    how.add_argument("--method", choices=list(baselines.METHODS),
-                     help="classical estimator instead of a network (needs --model)")
+    how.add_argument("--method", choices=estimator.names(needs_checkpoint=False),
+                     help=f"estimator instead of a network (needs --model): {method_help()}")
+
+
+def method_help() -> str:
+    """``name (description); ...`` of the registered estimators built from the model alone."""
+    return "; ".join(f"{n} ({estimator.kind(n).description})"
+                     for n in estimator.names(needs_checkpoint=False))
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,5 @@
-"""``crbnet fit``: NLLS or dictionary-matching estimates for complex signals in a .npy file."""
+"""``crbnet fit``: estimates for complex signals in a .npy file by a registered method that
+needs no checkpoint (NLLS, dictionary matching, ...)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import numpy as np
 
 from .. import baselines, io
 from ..errors import InputError
+from ..estimator import names as estimator_names
 from ._common import (add_basis_argument, add_device_argument, add_model_arguments, build_model,
-                      model_in_basis, parse_options, resolve_device)
+                      method_help, model_in_basis, parse_options, resolve_device)
 
 
 def add_option_argument(parser: argparse.ArgumentParser) -> None:
@@ -26,13 +28,13 @@ def load_signals(path: str) -> np.ndarray:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "fit", help="estimate parameters of complex signals (.npy) by NLLS or dictionary matching",
+        "fit", help="estimate parameters of complex signals (.npy) by a registered method "
+                    f"({', '.join(estimator_names(needs_checkpoint=False))})",
         description="Classical voxel-wise estimation. Input: complex array [N, T] (full time "
                     "series as the model simulates it, any complex M0). Output: float64 "
                     "[N, P] in SI units, columns in the model's parameter order (printed).")
-    p.add_argument("--method", required=True, choices=list(baselines.METHODS),
-                   help="nlls: Levenberg-Marquardt maximum-likelihood fit; dictionary: MRF "
-                        "dictionary matching in SVD space")
+    p.add_argument("--method", required=True, choices=estimator_names(needs_checkpoint=False),
+                   help=method_help())
     add_model_arguments(p)
     p.add_argument("--input", required=True, metavar="SIGNALS.npy", help="complex [N, T]")
     p.add_argument("--out", required=True, metavar="ESTIMATES.npy", help="float64 [N, P] (SI)")
@@ -56,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
     options = parse_options(args.option)
     options.setdefault("device", device)
     estimator = baselines.get(args.method, model, **options)
+    if not hasattr(estimator, "predict_with_m0"):
+        raise InputError(f"method {args.method} does not estimate M0 (predict_with_m0); "
+                         "`crbnet fit` needs it")
     signals = load_signals(args.input)
     theta, m0 = estimator.predict_with_m0(signals)
     theta = theta.cpu().numpy().astype(np.float64)

@@ -1,14 +1,19 @@
 """Acquisition sequences: what the scanner plays, independent of the tissue.
 
 Every sequence is a small frozen dataclass in SI units (s, rad). Each signal model takes one
-kind of sequence; :func:`load` reads them from JSON (all kinds) or from the hybrid-state
-control-point CSV (MT only). Defaults are defined here, in code, so the installed package needs
-no data files.
+kind of sequence (its ``sequence_kind``); the kinds are registered by name in :data:`KINDS`
+(:func:`register_sequence_kind`), and :func:`from_dict` / :func:`load` read any registered kind
+from JSON — its dataclass fields without a default are required, those with one optional — or
+from a CSV file where the class offers ``read_csv`` (the hybrid-state control points of
+``mt``). A sequence kind of one's own is a frozen dataclass with a ``kind`` field (``init=False``),
+``n_timepoints`` and ``to_dict()``, decorated with :func:`register_sequence_kind`. Defaults are
+defined here, in code, so the installed package needs no data files.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import hashlib
 import importlib.resources
@@ -16,7 +21,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -49,6 +54,56 @@ def _as_positive(value: Any, name: str) -> float:
     return v
 
 
+@dataclass(frozen=True)
+class SequenceKind:
+    """A registered sequence kind.
+
+    Attributes:
+        name: the kind (``SignalModel.sequence_kind``, ``seq.kind``).
+        cls: its dataclass.
+        required, optional: JSON fields (the dataclass's init fields without / with a default).
+        read_csv: reader of a CSV file of this kind (``cls.read_csv``), or None.
+    """
+
+    name: str
+    cls: type
+    required: frozenset[str]
+    optional: frozenset[str]
+    read_csv: Callable[[Path], Any] | None = None
+
+
+#: The sequence kinds by name.
+KINDS: dict[str, SequenceKind] = {}
+
+
+def register_sequence_kind(cls: type) -> type:
+    """Class decorator: register a sequence dataclass under its ``kind`` field's default."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls.__name__} must be a dataclass to be a sequence kind")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if "kind" not in fields or not isinstance(fields["kind"].default, str):
+        raise TypeError(f"{cls.__name__} needs a field kind: str = field(default=..., "
+                        "init=False)")
+    name = fields["kind"].default
+    if name in KINDS and KINDS[name].cls is not cls:
+        raise ValueError(f"sequence kind {name!r} is already registered")
+    given = [f for f in fields.values() if f.init]
+    required = frozenset(f.name for f in given if f.default is dataclasses.MISSING
+                         and f.default_factory is dataclasses.MISSING)
+    KINDS[name] = SequenceKind(name, cls, required,
+                               frozenset(f.name for f in given) - required,
+                               getattr(cls, "read_csv", None))
+    return cls
+
+
+def kind_of(name: str) -> SequenceKind:
+    """The registered kind ``name``; :class:`SequenceError` for an unknown one."""
+    if name not in KINDS:
+        raise SequenceError(f"unknown sequence kind {name!r}; registered: {', '.join(KINDS)}")
+    return KINDS[name]
+
+
+@register_sequence_kind
 @dataclass(frozen=True, eq=False)
 class MTSequence:
     """Hybrid-state sequence for the two-pool MT model (docs/physics.md §1).
@@ -99,7 +154,13 @@ class MTSequence:
         return {"TR": self.TR, "theta": self.theta.tolist(), "TRF": self.TRF.tolist(),
                 "T_inv": self.T_inv, "k_RF": self.k_RF}
 
+    @staticmethod
+    def read_csv(path: Path) -> "MTSequence":
+        """A control-point CSV file (:func:`load_control_points_csv`, default timing)."""
+        return load_control_points_csv(path)
 
+
+@register_sequence_kind
 @dataclass(frozen=True, eq=False)
 class FISPSequence:
     """FISP MR fingerprinting schedule (Jiang et al. 2015).
@@ -142,6 +203,7 @@ class FISPSequence:
         return out if self.TRF is None else {**out, "TRF": self.TRF}
 
 
+@register_sequence_kind
 @dataclass(frozen=True, eq=False)
 class TimesSequence:
     """Sampling times of an analytic model: echo times (T2 decay) or inversion times (IR), in s."""
@@ -275,32 +337,31 @@ def load_control_points_csv(path: str | Path, TR: float = 4.5e-3, cycle_duration
 
 
 def from_dict(data: dict, kind: str) -> Sequence:
-    """Build a sequence of ``kind`` ('mt', 'fisp', 'times') from a JSON-like dict."""
+    """Build a sequence of a registered ``kind`` ('mt', 'fisp', 'times', ...) from a JSON-like
+    dict."""
+    entry = kind_of(kind)
     if not isinstance(data, dict):
         raise SequenceError("a sequence must be a JSON object")
-    allowed = {
-        "mt": ({"TR", "theta", "TRF"}, {"T_inv", "k_RF"}),
-        "fisp": ({"flip", "TR"}, {"TE", "TI", "TRF"}),
-        "times": ({"times"}, set()),
-    }[kind]
-    required, optional = allowed
-    missing = required - data.keys()
+    missing = entry.required - data.keys()
     if missing:
         raise SequenceError(f"sequence is missing field(s): {', '.join(sorted(missing))}")
-    unknown = data.keys() - required - optional
+    unknown = data.keys() - entry.required - entry.optional
     if unknown:
         raise SequenceError(f"sequence has unknown field(s): {', '.join(sorted(unknown))}")
-    cls = {"mt": MTSequence, "fisp": FISPSequence, "times": TimesSequence}[kind]
-    return cls(**data)
+    return entry.cls(**data)
 
 
 def load(path: str | Path, kind: str) -> Sequence:
-    """Load a sequence file: JSON for every kind, control-point CSV for 'mt'."""
+    """Load a sequence file of a registered ``kind``: JSON for every kind, CSV for kinds whose
+    class reads it (control points for 'mt')."""
     path = Path(path)
+    entry = kind_of(kind)
     if path.suffix.lower() == ".csv":
-        if kind != "mt":
-            raise SequenceError("control-point CSV files describe MT hybrid-state sequences only")
-        return load_control_points_csv(path)
+        if entry.read_csv is None:
+            readers = [k for k, e in KINDS.items() if e.read_csv is not None]
+            raise SequenceError(f"CSV sequence files are read for kind(s) {', '.join(readers)} "
+                                f"only, not {kind!r}; give a JSON file")
+        return entry.read_csv(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -323,7 +384,7 @@ def to_json(seq: Sequence) -> str:
 
 
 __all__ = [
-    "SequenceError", "MTSequence", "FISPSequence", "TimesSequence", "Sequence", "load",
+    "SequenceError", "SequenceKind", "KINDS", "register_sequence_kind", "kind_of", "MTSequence", "FISPSequence", "TimesSequence", "Sequence", "load",
     "from_dict", "from_times", "load_control_points_csv", "hann_interpolate", "sequence_hash",
     "default_mt_sequence", "default_fisp_sequence", "default_echo_times",
     "default_inversion_times", "to_json",

@@ -98,7 +98,7 @@ def _train(model: models.SignalModel, loss: str, cfg: DemoConfig, run_dir: Path,
 
     loss_options: dict[str, Any] = {"name": loss}
     optim: dict[str, Any] = {"epochs": epochs}
-    if loss == "bias_reduced":
+    if loss_registry.get(loss).repeated:     # the bias-reduced fine-tune: R draws per sample
         loss_options["realizations"] = cfg.bias_realizations
         optim.update(lr=cfg.bias_lr, warmup_epochs=0)
     config = build_config(model, overrides={

@@ -137,28 +137,46 @@ _MT: dict[float, dict[str, dict[str, tuple[float, str]]]] = {
     },
 }
 
-#: Which table a model draws its tissue values from.
-_MODEL_TABLES = {"mt_hybrid_state": _MT, "fisp_mrf": _RELAXOMETRY, "t2_decay": _RELAXOMETRY,
-                 "ir_t1": _RELAXOMETRY}
+#: The built-in tissue tables; a model draws its values from the first that holds all of its
+#: parameters (B1 excepted: the phantom simulates its own transmit field).
+_TABLES = (_MT, _RELAXOMETRY)
 
 
-def tissue_table(model: str | SignalModel, field_strength: float = 3.0
+def _covers(table: dict[float, dict[str, dict[str, tuple[float, str]]]],
+            parameters: set[str]) -> bool:
+    return all(parameters <= set(values) for tissues in table.values()
+               for values in tissues.values())
+
+
+def tissue_table(model: str | SignalModel | type[SignalModel], field_strength: float = 3.0
                  ) -> dict[str, dict[str, tuple[float, str]]]:
-    """``{tissue: {parameter: (value SI, source)}}`` for a model (or a built-in model's name)
-    at a field strength. A model of one's own supplies its values as the class attribute
-    ``phantom_tissues`` in the same form, keyed by field strength (docs/models.md)."""
-    model_name = model if isinstance(model, str) else model.name
-    own = None if isinstance(model, str) else getattr(model, "phantom_tissues", None)
-    if own is None and model_name not in _MODEL_TABLES:
-        raise InputError(f"the phantom has no tissue values for model {model_name!r} (it knows "
-                         f"{', '.join(_MODEL_TABLES)}); a model of your own can give them as "
-                         f"the class attribute phantom_tissues, see docs/models.md")
-    table = own if own is not None else _MODEL_TABLES[model_name]
+    """``{tissue: {parameter: (value SI, source)}}`` for a model (a model, its class or
+    anything :func:`crbnet.models.resolve` accepts) at a field strength.
+
+    A model's own class attribute ``phantom_tissues`` (the same form, keyed by field
+    strength; docs/models.md) wins; otherwise the first built-in table that holds all of the
+    model's parameters (two-pool MT; T1/T2 relaxometry)."""
+    cls = model_registry.resolve(model) if isinstance(model, str) else model
+    name = cls.name
+    table = getattr(cls, "phantom_tissues", None)
+    if table is None:
+        needed = {s.name for s in cls.specs} - {"B1"}
+        table = next((t for t in _TABLES if _covers(t, needed)), None)
+    if table is None:
+        raise InputError(f"the phantom has no tissue values for model {name!r} (its tables "
+                         f"hold {' or '.join('/'.join(_table_parameters(t)) for t in _TABLES)});"
+                         f" a model of your own can give them as the class attribute "
+                         f"phantom_tissues, see docs/models.md")
     fs = float(field_strength)
     if fs not in table:
-        raise InputError(f"the phantom has {model_name} tissue values at "
+        raise InputError(f"the phantom has {name} tissue values at "
                          f"{', '.join(f'{f:g} T' for f in table)} only, not {fs:g} T")
     return table[fs]
+
+
+def _table_parameters(table: dict) -> list[str]:
+    first = next(iter(table.values()))
+    return list(next(iter(first.values())))
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,6 +361,32 @@ def make_phantom(model: SignalModel | str, shape: tuple[int, ...] = (128, 128), 
     """
     if isinstance(model, str):
         model = model_registry.get(model)
+    shape = _check_inputs(shape, snr, variation, m0_scale)
+    table = tissue_table(model, field_strength)
+
+    rng_fields, rng_noise = (np.random.default_rng(s)
+                             for s in np.random.SeedSequence(int(seed)).spawn(2))
+    grid = _grid(shape)
+    labels = _labels(*grid, voxel=2.0 / min(shape[:2]))
+    mask = labels > 0
+    if not mask.any():
+        raise InputError(f"shape {shape} is too small for a phantom")
+    # The field generator is drawn from in this order: parameter maps, B1, coil, phase.
+    truth = _parameter_maps(model, table, labels, variation, rng_fields, grid)
+    b1, b1_source = _transmit_field(model, mask, rng_fields, grid, truth)
+    m0 = _m0_map(labels, m0_scale, rng_fields, grid)
+    sigma = float(np.abs(m0[mask]).mean() / snr)
+    signal = _noisy_signals(model, truth, m0, mask, sigma, rng_noise, chunk_size)
+    return Phantom(model=model, signal=signal, mask=mask, labels=labels, truth=truth, m0=m0,
+                   b1=b1, sigma=sigma, snr=float(snr), seed=int(seed),
+                   field_strength=float(field_strength), variation=float(variation),
+                   m0_scale=float(m0_scale), affine=_affine(shape), time_step=_time_step(model),
+                   b1_source=b1_source)
+
+
+def _check_inputs(shape: tuple[int, ...], snr: float, variation: float,
+                  m0_scale: float) -> tuple[int, int, int]:
+    """The grid shape as three sizes (one slice for two); InputError for bad settings."""
     if not (snr > 0 and math.isfinite(snr)):
         raise InputError("SNR must be a positive number")
     if not 0 <= variation < 0.5:
@@ -353,61 +397,73 @@ def make_phantom(model: SignalModel | str, shape: tuple[int, ...] = (128, 128), 
         shape = (int(shape[0]), int(shape[1]), 1)
     if len(shape) != 3 or min(shape) < 1:
         raise InputError(f"shape must have 2 or 3 positive sizes, got {shape}")
-    shape = tuple(int(n) for n in shape)
-    table = tissue_table(model, field_strength)
+    return tuple(int(n) for n in shape)
 
-    rng_fields, rng_noise = (np.random.default_rng(s)
-                             for s in np.random.SeedSequence(int(seed)).spawn(2))
-    u, v, w = _grid(shape)
-    labels = _labels(u, v, w, voxel=2.0 / min(shape[:2]))
+
+def _parameter_maps(model: SignalModel, table: dict, labels: np.ndarray, variation: float,
+                    rng: np.random.Generator, grid: tuple[np.ndarray, ...]
+                    ) -> dict[str, np.ndarray]:
+    """Per estimated parameter (B1 apart): tissue value × (1 + variation · smooth field),
+    clipped to the bounds; 0 outside the brain."""
     mask = labels > 0
-    if not mask.any():
-        raise InputError(f"shape {shape} is too small for a phantom")
-
-    # Parameter maps: tissue value × (1 + variation · smooth field), clipped to the bounds.
     truth: dict[str, np.ndarray] = {}
     for p in model.parameters:
         if p == "B1":
             continue
-        nominal = np.zeros(shape)
+        nominal = np.zeros(labels.shape)
         for lab, name in LABELS.items():
             if lab > 0:
                 nominal[labels == lab] = table[name][p][0]
-        value = nominal * (1 + variation * _smooth_field(rng_fields, u, v, w))
+        value = nominal * (1 + variation * _smooth_field(rng, *grid))
         lo, hi = model.spec(p).bounds
         truth[p] = np.where(mask, np.clip(value, lo, hi), 0.0)
+    return truth
 
-    # Transmit field: smooth central brightening if B1 is estimated, else the fixed value.
+
+def _transmit_field(model: SignalModel, mask: np.ndarray, rng: np.random.Generator,
+                    grid: tuple[np.ndarray, ...], truth: dict[str, np.ndarray]
+                    ) -> tuple[np.ndarray, str]:
+    """B1 map and how it was made: a smooth central brightening if B1 is estimated (added to
+    ``truth``), else the fixed value."""
+    u, v, w = grid
     if "B1" in model.parameters:
         r2 = u ** 2 + v ** 2 + w ** 2
-        b1 = 0.88 + 0.24 * np.exp(-r2 / 0.5) + 0.03 * _smooth_field(rng_fields, u, v, w)
+        b1 = 0.88 + 0.24 * np.exp(-r2 / 0.5) + 0.03 * _smooth_field(rng, u, v, w)
         lo, hi = model.spec("B1").bounds
         b1 = np.clip(b1, max(lo, 0.75), min(hi, 1.25))
         truth["B1"] = np.where(mask, b1, 0.0)
-        b1_source = "estimated: simulated with a smooth B1 map (truth_B1)"
-    else:
-        b1 = np.full(shape, model.fixed.get("B1", 1.0))
-        b1_source = (f"fixed at {model.fixed['B1']:g} (simulated with that value)"
-                     if "B1" in model.fixed else "the model has no B1")
+        return b1, "estimated: simulated with a smooth B1 map (truth_B1)"
+    b1 = np.full(u.shape, model.fixed.get("B1", 1.0))
+    return b1, (f"fixed at {model.fixed['B1']:g} (simulated with that value)"
+                if "B1" in model.fixed else "the model has no B1")
 
-    # M0: proton density × smooth receive profile × smooth phase.
-    pd = np.zeros(shape)
+
+def _m0_map(labels: np.ndarray, m0_scale: float, rng: np.random.Generator,
+            grid: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Complex M0: proton density × smooth receive profile × smooth phase; 0 outside."""
+    u, v, w = grid
+    pd = np.zeros(labels.shape)
     for lab, name in LABELS.items():
         if lab > 0:
             pd[labels == lab] = PROTON_DENSITY[name]
     coil = 0.8 + 0.45 * np.exp(-((u - 0.35) ** 2 + (v + 0.25) ** 2 + 0.5 * w ** 2) / 0.8)
-    coil *= 1 + 0.03 * _smooth_field(rng_fields, u, v, w)
+    coil *= 1 + 0.03 * _smooth_field(rng, u, v, w)
     phase = math.pi * (0.55 * u - 0.35 * v + 0.3 * u * v + 0.15 * w) \
-        + 0.3 * _smooth_field(rng_fields, u, v, w)
-    m0 = np.where(mask, m0_scale * pd * coil * np.exp(1j * phase), 0.0).astype(np.complex128)
+        + 0.3 * _smooth_field(rng, u, v, w)
+    return np.where(labels > 0, m0_scale * pd * coil * np.exp(1j * phase),
+                    0.0).astype(np.complex128)
 
-    sigma = float(np.abs(m0[mask]).mean() / snr)
 
+def _noisy_signals(model: SignalModel, truth: dict[str, np.ndarray], m0: np.ndarray,
+                   mask: np.ndarray, sigma: float, rng: np.random.Generator,
+                   chunk_size: int) -> np.ndarray:
+    """complex64 ``[*shape, T]``: the model's signals × M0 in the brain, then complex noise of
+    σ per real/imaginary part everywhere."""
     # Signals, chunk by chunk over the brain voxels; background stays 0 before the noise.
     # Fortran order = NIfTI's storage order: the file is written without a transposed copy.
     # Voxels are indexed in that order too, so ``flat_signal`` is a view of ``signal``.
     T = model.n_timepoints
-    signal = np.zeros(shape + (T,), dtype=np.complex64, order="F")
+    signal = np.zeros(mask.shape + (T,), dtype=np.complex64, order="F")
     brain = np.flatnonzero(mask.ravel(order="F"))
     theta_all = np.stack([truth[p].ravel(order="F")[brain] for p in model.parameters], axis=1)
     m0_flat = m0.ravel(order="F")[brain]
@@ -423,15 +479,10 @@ def make_phantom(model: SignalModel | str, shape: tuple[int, ...] = (128, 128), 
     n_vox = flat_signal.shape[0]
     for start in range(0, n_vox, chunk_size):
         stop = min(start + chunk_size, n_vox)
-        noise = rng_noise.standard_normal((stop - start, T, 2), dtype=np.float32)
+        noise = rng.standard_normal((stop - start, T, 2), dtype=np.float32)
         noise *= np.float32(sigma)
         flat_signal[start:stop] += noise[..., 0] + 1j * noise[..., 1]
-
-    return Phantom(model=model, signal=signal, mask=mask, labels=labels, truth=truth, m0=m0,
-                   b1=b1, sigma=sigma, snr=float(snr), seed=int(seed),
-                   field_strength=float(field_strength), variation=float(variation),
-                   m0_scale=float(m0_scale), affine=_affine(shape), time_step=_time_step(model),
-                   b1_source=b1_source)
+    return signal
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from .models.base import SignalModel
 def _tissue_values(model: SignalModel, name: str) -> dict[str, float]:
     from .phantom import tissue_table    # the phantom module is heavy; only here
 
-    table = tissue_table(model.name)
+    table = tissue_table(model)
     if name not in table:
         raise InputError(f"unknown tissue {name!r} for {model.name}; known: {', '.join(table)}")
     return {k: v for k, (v, _) in table[name].items() if k in model.parameters}

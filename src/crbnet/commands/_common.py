@@ -23,14 +23,22 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) 
     parser.add_argument("--model-option", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting the model declares (e.g. max_order=30 for fisp_mrf; "
                              "`crbnet models` lists them), repeatable")
+    csv_models = [n for n, cls in models.REGISTRY.items()
+                  if sequences.kind_of(cls.sequence_kind).read_csv is not None]
     parser.add_argument("--sequence", metavar="FILE",
-                        help="sequence file (JSON; control-point CSV for mt_hybrid_state)")
+                        help=f"sequence file (JSON; control-point CSV for {', '.join(csv_models)})")
     parser.add_argument("--times", metavar="T1,T2,...",
-                        help="echo/inversion times in s for t2_decay and ir_t1")
+                        help=f"echo/inversion times in s for models with a times sequence "
+                             f"({', '.join(times_models())})")
     parser.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE",
                         help="hold a parameter fixed (SI), repeatable; B1=1 is fixed by default")
     parser.add_argument("--free", action="append", default=[], metavar="NAME",
                         help="estimate a parameter that is fixed by default (e.g. B1)")
+
+
+def times_models() -> list[str]:
+    """Built-in models whose sequence is a list of times (``--times``)."""
+    return [n for n, cls in models.REGISTRY.items() if cls.sequence_kind == "times"]
 
 
 def add_estimator_arguments(parser: argparse.ArgumentParser, checkpoint_help: str) -> None:
@@ -121,8 +129,8 @@ def build_model(args: argparse.Namespace) -> SignalModel:
     seq: Any = None
     if getattr(args, "times", None):
         if cls.sequence_kind != "times":
-            raise InputError(f"--times applies to models with a times sequence (t2_decay, "
-                             f"ir_t1), not {cls.name}")
+            raise InputError(f"--times applies to models with a times sequence "
+                             f"({', '.join(times_models())}), not {cls.name}")
         seq = parse_times(args.times)
     if getattr(args, "sequence", None):
         if seq is not None:

@@ -38,6 +38,7 @@ from .errors import InputError
 from .estimator import as_signal_tensor, register_estimator
 from .io import atomic_path
 from .models.base import SignalModel
+from .subspace import project
 
 FORMAT = "crbnet-checkpoint"
 VERSION = 1
@@ -240,13 +241,13 @@ class NetworkEstimator:
         y = as_signal_tensor(signals, self.model.n_timepoints, dtype=None,
                              device=torch.device("cpu"))
         out = []
-        basis = None if self.basis is None else self.basis.to(self.device, torch.complex64).conj()
+        basis = None if self.basis is None else self.basis.to(self.device, torch.complex64)
         # On the CPU, blocks of a few thousand voxels keep the conversion and projection in
         # cache (1.6x faster than one large block).
         block = self.batch_size if self.device.type != "cpu" else min(self.batch_size, 4096)
         for start in range(0, y.shape[0], block):
             chunk = y[start:start + block].to(self.device, torch.complex64)
-            z = chunk @ basis if basis is not None else chunk
+            z = project(chunk, basis)
             out.append(self.network(z).to(torch.float64).cpu())
         if not out:
             return torch.zeros(0, len(self.parameters), dtype=torch.float64)

@@ -13,6 +13,7 @@ import torch
 
 from .errors import InputError
 from .models.base import SignalModel
+from .subspace import project  # noqa: F401  (re-exported: data.project is public)
 
 DISTRIBUTIONS = ("uniform", "log-uniform")
 
@@ -193,13 +194,6 @@ class CleanBatch:
         return CleanBatch(torch.cat([b.theta for b in batches]),
                           torch.cat([b.coefficients for b in batches]),
                           torch.cat([b.crb for b in batches]))
-
-
-def project(signals: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
-    """Subspace coefficients ``Uᴴ y`` for each row of ``signals`` [N, T] -> [N, k]."""
-    if basis is None:
-        return signals
-    return signals @ basis.to(dtype=signals.dtype, device=signals.device).conj()
 
 
 def simulate_clean(model: SignalModel, theta: torch.Tensor, basis: torch.Tensor | None = None,

@@ -35,7 +35,7 @@ from .data import CleanBatch, ParameterSampler, derived_generator, simulate_clea
 from .errors import InputError
 from .io import atomic_path
 from .models.base import SignalModel
-from .subspace import Subspace, basis_hash, fit_subspace, user_subspace
+from .subspace import Subspace, basis_hash, fit_subspace, project, user_subspace
 
 FORMAT = "crbnet-dataset"
 VERSION = 1
@@ -170,7 +170,7 @@ class Dataset:
             else:
                 coef = torch.from_numpy(f["signals"][start:stop])
                 if basis is not None:
-                    coef = (coef.to(torch.complex128) @ basis.conj()).to(torch.complex64)
+                    coef = project(coef.to(torch.complex128), basis).to(torch.complex64)
         return CleanBatch(theta, coef, crb)
 
 

@@ -92,12 +92,21 @@ def fit_subspace(signals: torch.Tensor, k: int | None = None,
     return Subspace(vh[:k].mH.resolve_conj().contiguous(), s, e)
 
 
+def project(signals: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
+    """Subspace coefficients ``Uᴴ y`` for each row of ``signals`` [..., T] -> [..., K], in the
+    signals' dtype and device (``f @ conj(U)`` is ``(Uᴴ f)ᵀ`` row by row); the signals
+    themselves when there is no basis. The one projection every part of crbnet uses."""
+    if basis is None:
+        return signals
+    return signals @ basis.to(dtype=signals.dtype, device=signals.device).conj()
+
+
 def user_subspace(basis: torch.Tensor, signals: torch.Tensor) -> Subspace:
     """A given basis U [T, K] as a :class:`Subspace`, with the fraction of the energy of the
     noiseless ``signals`` [N, T] it keeps and the singular values of their coefficients."""
     u = basis.to(torch.complex128)
     signals = signals.to(torch.complex128)
-    coefficients = signals @ u.conj()
+    coefficients = project(signals, u)
     energy = float(coefficients.abs().pow(2).sum() / signals.abs().pow(2).sum())
     return Subspace(u, torch.linalg.svdvals(coefficients), energy, source="user")
 
@@ -245,6 +254,6 @@ def save_basis(path: str | Path, basis: torch.Tensor) -> None:
     write_npy(str(path), basis.detach().to("cpu", torch.complex128).numpy())
 
 
-__all__ = ["Subspace", "fit_subspace", "choose_k", "crb_inflation", "load_basis", "user_subspace",
+__all__ = ["Subspace", "project", "fit_subspace", "choose_k", "crb_inflation", "load_basis", "user_subspace",
            "check_orthonormal", "basis_hash", "basis_record", "save_basis",
            "ORTHONORMAL_TOLERANCE"]

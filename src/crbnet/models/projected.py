@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from ..subspace import project
 from .base import SignalModel
 
 
@@ -65,18 +66,18 @@ class ProjectedModel(SignalModel):
     def n_coefficients(self) -> int:
         return int(self.basis.shape[1])
 
-    def conj_basis(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """``conj(U)`` in ``dtype`` on ``device`` (cached), so ``f @ conj(U) = (Uᴴ f)ᵀ``."""
+    def basis_as(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """U in ``dtype`` on ``device`` (cached: the projection runs once per simulation)."""
         key = (dtype, str(device))
         if key not in self._cache:
-            self._cache[key] = self.basis.conj().to(device=device, dtype=dtype)
+            self._cache[key] = self.basis.to(device=device, dtype=dtype)
         return self._cache[key]
 
     def project(self, signals: torch.Tensor) -> torch.Tensor:
         """``Uᴴ y`` per row of ``signals`` [..., T] (real input is taken as complex)."""
         if not signals.is_complex():
             signals = torch.complex(signals, torch.zeros_like(signals))
-        return signals @ self.conj_basis(signals.dtype, signals.device)
+        return project(signals, self.basis_as(signals.dtype, signals.device))
 
     def simulate(self, theta: torch.Tensor, *, check: bool = True) -> torch.Tensor:
         return self.project(self.base.simulate(theta, check=check))

@@ -105,6 +105,146 @@ def _gradient_cosine(A: torch.Tensor, b: torch.Tensor, cost: torch.Tensor,
     return cos.amax(1)
 
 
+@dataclass
+class _Iterate:
+    """Per-voxel state of the fit: estimate, model signal, M0, residual, cost, Jacobian,
+    damping (λ, ν) and bookkeeping."""
+
+    theta: torch.Tensor
+    f: torch.Tensor
+    m0: torch.Tensor
+    r: torch.Tensor
+    cost: torch.Tensor
+    jac: torch.Tensor
+    lam: torch.Tensor
+    nu: torch.Tensor
+    done: torch.Tensor
+    converged: torch.Tensor
+    n_iter: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Tolerances:
+    gtol: float
+    xtol: float
+    ftol: float
+    zero_residual: float
+
+
+def _residual(model: SignalModel, theta: torch.Tensor, y: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(f, M0, r, cost)`` at ``theta``, with M0 at its least-squares value."""
+    f = model.simulate(theta, check=False)
+    m0 = _project_m0(f, y)
+    r = m0[:, None] * f - y
+    return f, m0, r, (r.conj() * r).real.sum(-1)
+
+
+def _start(model: SignalModel, y: torch.Tensor, theta0: torch.Tensor, lower: torch.Tensor,
+           upper: torch.Tensor) -> _Iterate:
+    n, dev = theta0.shape[0], y.device
+    theta = torch.minimum(torch.maximum(theta0, lower), upper).clone()
+    f, m0, r, cost = _residual(model, theta, y)
+    return _Iterate(theta=theta, f=f, m0=m0, r=r, cost=cost, jac=jacobian(model, theta),
+                    lam=torch.full((n,), 1e-3, dtype=torch.float64, device=dev),
+                    nu=torch.full((n,), 2.0, dtype=torch.float64, device=dev),
+                    done=torch.zeros(n, dtype=torch.bool, device=dev),
+                    converged=torch.zeros(n, dtype=torch.bool, device=dev),
+                    n_iter=torch.zeros(n, dtype=torch.int64, device=dev))
+
+
+def _damped_step(A: torch.Tensor, b: torch.Tensor, blocked: torch.Tensor, lam: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Marquardt-scaled, damped step with blocked parameters frozen: ``(δ, solved, D)``
+    (δ = 0 where the damped system could not be solved)."""
+    d = torch.diagonal(A, dim1=-2, dim2=-1).clamp_min(0).sqrt()
+    d = torch.where(d > 0, d, torch.ones_like(d))
+    free = torch.cat((~blocked, blocked.new_ones(blocked.shape[0], 2)), 1).to(A.dtype)
+    eye = torch.eye(A.shape[-1], dtype=torch.float64, device=A.device)
+    As = A / (d[:, :, None] * d[:, None, :]) * free[:, :, None] * free[:, None, :]
+    As = As + torch.diag_embed(1 - free) + lam[:, None, None] * eye
+    chol, info = torch.linalg.cholesky_ex(As)
+    z = torch.cholesky_solve((-b / d * free)[..., None], chol)[..., 0]
+    step = z / d
+    solved = (info == 0) & torch.isfinite(step).all(1)
+    return torch.where(solved[:, None], step, torch.zeros_like(step)), solved, d
+
+
+def _predicted_drop(A: torch.Tensor, b: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """Cost drop of ``step`` predicted by the linear model."""
+    return -(2 * (b * step).sum(1) + (step[:, None, :] @ A @ step[..., None])[:, 0, 0])
+
+
+def _drop_stationary(it: _Iterate, act: torch.Tensor, y_energy: torch.Tensor,
+                     lower: torch.Tensor, upper: torch.Tensor, tol: _Tolerances) -> tuple:
+    """Normal equations of the active voxels; those already stationary (cosine ≤ gtol or a
+    zero residual) are marked converged and leave. Returns ``(act, A, b, blocked, cos)`` of
+    the voxels that move on."""
+    P = it.theta.shape[1]
+    A, b = _normal_equations(it.jac[act], it.f[act], it.m0[act], it.r[act])
+    blocked = _blocked(it.theta[act], b[:, :P], lower, upper)
+    cos = _gradient_cosine(A, b, it.cost[act], blocked)
+    stationary = (cos <= tol.gtol) | (it.cost[act] <= tol.zero_residual * y_energy[act])
+    it.converged[act[stationary]] = True
+    it.done[act[stationary]] = True
+    moving = ~stationary
+    return act[moving], A[moving], b[moving], blocked[moving], cos[moving]
+
+
+def _iterate(model: SignalModel, y: torch.Tensor, it: _Iterate, act: torch.Tensor,
+             A: torch.Tensor, b: torch.Tensor, blocked: torch.Tensor, cos: torch.Tensor,
+             y_energy: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
+             tol: _Tolerances) -> None:
+    """One damped step for the active voxels: try it, accept it if the cost drops, update
+    the damping and the convergence flags."""
+    P = it.theta.shape[1]
+    th, ca, lam_a = it.theta[act], it.cost[act], it.lam[act]
+    it.n_iter[act] += 1
+    step, solved, d = _damped_step(A, b, blocked, lam_a)
+    # Predicted cost drop of the unclipped step: when even that is below the cost's
+    # round-off, no step can make progress (the clipped one may predict a rise instead).
+    predicted_free = _predicted_drop(A, b, step)
+    th_trial = torch.minimum(torch.maximum(th + step[:, :P], lower), upper)
+    predicted = _predicted_drop(A, b, torch.cat((th_trial - th, step[:, P:]), 1))
+
+    f_trial, m0_trial, r_trial, c_trial = _residual(model, th_trial, y[act])
+    accept = solved & torch.isfinite(c_trial) & (c_trial < ca)
+    actual = ca - c_trial
+    rho = torch.where(predicted > 0, actual / predicted.clamp_min(_TINY),
+                      torch.zeros_like(actual))
+
+    # Nielsen's damping update.
+    shrink = (1 - (2 * rho - 1) ** 3).clamp_min(1.0 / 3.0)
+    lam_new = torch.where(accept, lam_a * shrink, lam_a * it.nu[act])
+    nu_new = torch.where(accept, torch.full_like(lam_a, 2.0), it.nu[act] * 2)
+
+    scaled_step = (d[:, :P] * (th_trial - th)).norm(dim=1)
+    scaled_theta = (d[:, :P] * th_trial).norm(dim=1)
+    small_step = accept & (lam_a < 1e-2) & (scaled_step <= tol.xtol * (scaled_theta + tol.xtol))
+    small_gain = (accept & (actual <= tol.ftol * ca) & (predicted <= tol.ftol * ca)
+                  & (rho <= 2))
+    exact = accept & (c_trial <= tol.zero_residual * y_energy[act])
+    # No decrease possible: damping exhausted, or the predicted gain is below the cost's
+    # round-off. That is a minimum to working precision if the gradient is also tiny.
+    stalled = ~accept & ((lam_new > 1e16) | (solved & (predicted_free <= _EPS4 * ca)))
+    at_floor = stalled & (cos <= ROUNDOFF_GTOL)
+
+    now_converged = small_step | small_gain | exact | at_floor
+    it.converged[act] = now_converged
+    it.done[act] = now_converged | stalled
+
+    acc = act[accept]
+    if acc.numel():
+        it.theta[acc] = th_trial[accept]
+        it.f[acc] = f_trial[accept]
+        it.m0[acc] = m0_trial[accept]
+        it.r[acc] = r_trial[accept]
+        it.cost[acc] = c_trial[accept]
+        it.jac[acc] = jacobian(model, th_trial[accept])
+    it.lam[act] = lam_new
+    it.nu[act] = nu_new
+
+
 def levenberg_marquardt(model: SignalModel, signals: torch.Tensor, theta0: torch.Tensor,
                         lower: torch.Tensor, upper: torch.Tensor, max_iter: int = 200,
                         gtol: float = 1e-8, xtol: float = 1e-10, ftol: float = 1e-14,
@@ -116,105 +256,29 @@ def levenberg_marquardt(model: SignalModel, signals: torch.Tensor, theta0: torch
     the data are fitted exactly (noiseless input).
     """
     y = signals
-    n, P = theta0.shape
-    dev = y.device
-    theta = torch.minimum(torch.maximum(theta0, lower), upper).clone()
-    f = model.simulate(theta, check=False)
-    m0 = _project_m0(f, y)
-    r = m0[:, None] * f - y
-    cost = (r.conj() * r).real.sum(-1)
+    tol = _Tolerances(gtol, xtol, ftol, zero_residual)
+    it = _start(model, y, theta0, lower, upper)
     y_energy = (y.conj() * y).real.sum(-1)
-    jac = jacobian(model, theta)
-    lam = torch.full((n,), 1e-3, dtype=torch.float64, device=dev)
-    nu = torch.full((n,), 2.0, dtype=torch.float64, device=dev)
-    done = torch.zeros(n, dtype=torch.bool, device=dev)
-    converged = torch.zeros(n, dtype=torch.bool, device=dev)
-    n_iter = torch.zeros(n, dtype=torch.int64, device=dev)
-    eye = torch.eye(P + 2, dtype=torch.float64, device=dev)
-
     for _ in range(max_iter):
-        act = (~done).nonzero().squeeze(1)
+        act = (~it.done).nonzero().squeeze(1)
         if act.numel() == 0:
             break
-        A, b = _normal_equations(jac[act], f[act], m0[act], r[act])
-        th = theta[act]
-        blocked = _blocked(th, b[:, :P], lower, upper)
-        cos = _gradient_cosine(A, b, cost[act], blocked)
-        stationary = (cos <= gtol) | (cost[act] <= zero_residual * y_energy[act])
-        converged[act[stationary]] = True
-        done[act[stationary]] = True
-        moving = ~stationary
-        act, th, A, b, blocked, cos = (act[moving], th[moving], A[moving], b[moving],
-                                       blocked[moving], cos[moving])
+        act, A, b, blocked, cos = _drop_stationary(it, act, y_energy, lower, upper, tol)
         if act.numel() == 0:
             break
-        ca, lam_a = cost[act], lam[act]
-        n_iter[act] += 1
+        _iterate(model, y, it, act, A, b, blocked, cos, y_energy, lower, upper, tol)
+    return _result(it, y_energy, lower, upper, zero_residual)
 
-        # Marquardt-scaled, damped step with blocked parameters frozen.
-        d = torch.diagonal(A, dim1=-2, dim2=-1).clamp_min(0).sqrt()
-        d = torch.where(d > 0, d, torch.ones_like(d))
-        free = torch.cat((~blocked, blocked.new_ones(blocked.shape[0], 2)), 1).to(A.dtype)
-        As = A / (d[:, :, None] * d[:, None, :]) * free[:, :, None] * free[:, None, :]
-        As = As + torch.diag_embed(1 - free) + lam_a[:, None, None] * eye
-        chol, info = torch.linalg.cholesky_ex(As)
-        z = torch.cholesky_solve((-b / d * free)[..., None], chol)[..., 0]
-        step = z / d
-        solved = (info == 0) & torch.isfinite(step).all(1)
-        step = torch.where(solved[:, None], step, torch.zeros_like(step))
-        # Predicted cost drop of the unclipped step: when even that is below the cost's
-        # round-off, no step can make progress (the clipped one may predict a rise instead).
-        predicted_free = -(2 * (b * step).sum(1)
-                           + (step[:, None, :] @ A @ step[..., None])[:, 0, 0])
-        th_trial = torch.minimum(torch.maximum(th + step[:, :P], lower), upper)
-        step_eff = torch.cat((th_trial - th, step[:, P:]), 1)
-        quadratic = (step_eff[:, None, :] @ A @ step_eff[..., None])[:, 0, 0]
-        predicted = -(2 * (b * step_eff).sum(1) + quadratic)     # cost drop of the linear model
 
-        f_trial = model.simulate(th_trial, check=False)
-        m0_trial = _project_m0(f_trial, y[act])
-        r_trial = m0_trial[:, None] * f_trial - y[act]
-        c_trial = (r_trial.conj() * r_trial).real.sum(-1)
-        accept = solved & torch.isfinite(c_trial) & (c_trial < ca)
-        actual = ca - c_trial
-        rho = torch.where(predicted > 0, actual / predicted.clamp_min(_TINY),
-                          torch.zeros_like(actual))
-
-        # Nielsen's damping update.
-        shrink = (1 - (2 * rho - 1) ** 3).clamp_min(1.0 / 3.0)
-        lam_new = torch.where(accept, lam_a * shrink, lam_a * nu[act])
-        nu_new = torch.where(accept, torch.full_like(lam_a, 2.0), nu[act] * 2)
-
-        scaled_step = (d[:, :P] * (th_trial - th)).norm(dim=1)
-        scaled_theta = (d[:, :P] * th_trial).norm(dim=1)
-        small_step = accept & (lam_a < 1e-2) & (scaled_step <= xtol * (scaled_theta + xtol))
-        small_gain = accept & (actual <= ftol * ca) & (predicted <= ftol * ca) & (rho <= 2)
-        exact = accept & (c_trial <= zero_residual * y_energy[act])
-        # No decrease possible: damping exhausted, or the predicted gain is below the cost's
-        # round-off. That is a minimum to working precision if the gradient is also tiny.
-        stalled = ~accept & ((lam_new > 1e16) | (solved & (predicted_free <= _EPS4 * ca)))
-        at_floor = stalled & (cos <= ROUNDOFF_GTOL)
-
-        now_converged = small_step | small_gain | exact | at_floor
-        converged[act] = now_converged
-        done[act] = now_converged | stalled
-
-        acc = act[accept]
-        if acc.numel():
-            theta[acc] = th_trial[accept]
-            f[acc] = f_trial[accept]
-            m0[acc] = m0_trial[accept]
-            r[acc] = r_trial[accept]
-            cost[acc] = c_trial[accept]
-            jac[acc] = jacobian(model, th_trial[accept])
-        lam[act] = lam_new
-        nu[act] = nu_new
-
-    A, b = _normal_equations(jac, f, m0, r)
-    cos = _gradient_cosine(A, b, cost, _blocked(theta, b[:, :P], lower, upper))
-    cos = torch.where(cost <= zero_residual * y_energy, torch.zeros_like(cos), cos)
-    return NLLSFit(theta=theta, m0=m0, cost=cost, converged=converged, n_iter=n_iter,
-                   gradient_cosine=cos)
+def _result(it: _Iterate, y_energy: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
+            zero_residual: float) -> NLLSFit:
+    """The fit, with the final gradient cosine (0 for a zero residual)."""
+    P = it.theta.shape[1]
+    A, b = _normal_equations(it.jac, it.f, it.m0, it.r)
+    cos = _gradient_cosine(A, b, it.cost, _blocked(it.theta, b[:, :P], lower, upper))
+    cos = torch.where(it.cost <= zero_residual * y_energy, torch.zeros_like(cos), cos)
+    return NLLSFit(theta=it.theta, m0=it.m0, cost=it.cost, converged=it.converged,
+                   n_iter=it.n_iter, gradient_cosine=cos)
 
 
 @register_estimator("nlls", "voxel-wise maximum-likelihood fit of the full model "

@@ -1,6 +1,7 @@
-"""What every registered model and every registered loss promises, checked over the registries
-(built-in models, the worked example from examples/, every loss in crbnet.losses): small sizes,
-float64 where the maths is checked."""
+"""What every registered model, loss, estimator and sequence kind promises, checked over the
+registries (built-in models and the worked example from examples/, every loss in crbnet.losses,
+every estimator in crbnet.estimator — the network included —, every kind in
+crbnet.sequences.KINDS): small sizes, float64 where the maths is checked."""
 
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 import crbnet
-from crbnet import baselines, losses, models, sequences
+from crbnet import estimator, losses, models, sequences
+from crbnet.errors import InputError
 from crbnet.baselines.nlls import NLLSEstimator
 from crbnet.train import Trainer, build_config
 from test_crb import brute_force_crb  # finite differences over (θ, Re M0, Im M0)
@@ -67,7 +69,7 @@ def test_nlls_recovers_noiseless_truth(spec):
 @pytest.mark.parametrize("spec", MODEL_SPECS, ids=MODEL_IDS)
 def test_one_training_epoch(spec, tmp_path):
     model = small_model(spec)
-    cfg = build_config(model.name, overrides={
+    cfg = build_config(model, overrides={
         "data": {"batches_per_epoch": 2, "batch_size": 32, "val_size": 32, "pool_size": 32,
                  "pool_refresh": 16},
         "subspace": {"n_fit": 64, "n_check": 4}, "net": {"width": 8, "depth": 1},
@@ -109,17 +111,133 @@ def test_loss_contract(name):
 
 
 # ---- estimators ----------------------------------------------------------------------------
-@pytest.mark.parametrize("method", list(baselines.METHODS))
-def test_estimator_contract(method):
-    """Every classical estimator: [N, P] float64 in the model's parameter order, within the
-    bounds, close to the truth on noiseless signals of any complex M0, and M0 with it."""
-    model = models.get("ir_t1")
+ESTIMATOR_MODEL = "ir_t1"
+
+
+@pytest.fixture(scope="module")
+def ir_t1_checkpoint(tmp_path_factory):
+    """A small ir_t1 network (a few epochs: the contract is about form, not accuracy)."""
+    out = tmp_path_factory.mktemp("ir_t1_net")
+    cfg = build_config(ESTIMATOR_MODEL, overrides={
+        "data": {"batches_per_epoch": 20, "batch_size": 64, "val_size": 64},
+        "subspace": {"n_fit": 128, "n_check": 0}, "net": {"width": 16, "depth": 1},
+        "optim": {"epochs": 2}})
+    Trainer(models.get(ESTIMATOR_MODEL), cfg, out, progress=False, log=None).fit()
+    return out
+
+
+def build_estimator(name: str, model: models.SignalModel, checkpoint: Path):
+    options = {"checkpoint": checkpoint} if estimator.kind(name).needs_checkpoint else {}
+    return estimator.get(name, model, **options)
+
+
+@pytest.mark.parametrize("name", estimator.names())
+def test_estimator_contract(name, ir_t1_checkpoint):
+    """Every registered estimator: an Estimator of the model, [N, P] float64 in the model's
+    parameter order, within the bounds, the same for any |M0| and a (small) phase of M0."""
+    model = models.get(ESTIMATOR_MODEL)
+    est = build_estimator(name, model, ir_t1_checkpoint)
+    assert isinstance(est, estimator.Estimator) and est.name
+    assert tuple(est.parameters) == tuple(model.parameters)
     truth = torch.tensor([[0.3], [1.1], [2.5]], dtype=torch.float64)
-    m0 = torch.tensor([1.0, -0.5j, 2.0 + 1.0j], dtype=torch.complex128)
-    estimator = baselines.get(method, model)
-    theta, m0_hat = estimator.predict_with_m0(m0[:, None] * model.simulate(truth))
+    signals = model.simulate(truth)
+    theta = est.predict(signals)
     assert theta.dtype == torch.float64 and theta.shape == (3, 1)
     lo, hi = model.bounds["T1"]
     assert ((theta >= lo) & (theta <= hi)).all()
+    m0 = torch.tensor([2.0 * np.exp(0.3j), 0.5, 1.5j], dtype=torch.complex128)
+    torch.testing.assert_close(est.predict(m0[:, None] * signals), theta, rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("name", estimator.names(needs_checkpoint=False))
+def test_model_only_estimators_recover_noiseless_truth(name):
+    """The estimators built from the model alone (the --method choices): close to the truth on
+    noiseless signals of any complex M0, and M0 with it."""
+    model = models.get(ESTIMATOR_MODEL)
+    truth = torch.tensor([[0.3], [1.1], [2.5]], dtype=torch.float64)
+    m0 = torch.tensor([1.0, -0.5j, 2.0 + 1.0j], dtype=torch.complex128)
+    theta, m0_hat = estimator.get(name, model).predict_with_m0(m0[:, None] * model.simulate(truth))
     torch.testing.assert_close(theta, truth, rtol=0.05, atol=0)     # a dictionary's grid step
     torch.testing.assert_close(m0_hat.to(torch.complex128), m0, rtol=0.05, atol=0)
+
+
+def test_network_estimator_refuses_another_model(ir_t1_checkpoint):
+    with pytest.raises(InputError, match="was trained for"):
+        estimator.get("network", models.get("t2_decay"), checkpoint=ir_t1_checkpoint)
+    with pytest.raises(InputError, match="unknown option"):
+        estimator.get("network", models.get(ESTIMATOR_MODEL), path=ir_t1_checkpoint)
+
+
+# ---- sequence kinds ----------------------------------------------------------------------
+def default_sequence_of(kind: str) -> sequences.Sequence:
+    cls = next(c for c in models.REGISTRY.values() if c.sequence_kind == kind)
+    return cls.default_sequence()
+
+
+@pytest.mark.parametrize("kind", list(sequences.KINDS))
+def test_sequence_kind_contract(kind, tmp_path):
+    """Every registered kind: a model uses it, its JSON round-trips (same hash), and a missing
+    or unknown field is one clear error."""
+    entry = sequences.kind_of(kind)
+    seq = default_sequence_of(kind)
+    assert seq.kind == kind and isinstance(seq, entry.cls) and seq.n_timepoints > 0
+    data = seq.to_dict()
+    assert entry.required <= set(data) <= entry.required | entry.optional
+    path = tmp_path / "seq.json"
+    path.write_text(sequences.to_json(seq))
+    for again in (sequences.from_dict(data, kind), sequences.load(path, kind)):
+        assert sequences.sequence_hash(again) == sequences.sequence_hash(seq)
+    missing = sorted(entry.required)[0]
+    with pytest.raises(sequences.SequenceError, match=f"missing field.*{missing}"):
+        sequences.from_dict({k: v for k, v in data.items() if k != missing}, kind)
+    with pytest.raises(sequences.SequenceError, match="unknown field.*colour"):
+        sequences.from_dict({**data, "colour": 1}, kind)
+
+
+def test_a_sequence_kind_of_ones_own_registers_and_loads(tmp_path):
+    """A new kind is a dataclass and a decorator: from_dict and load read it, a model that
+    takes it accepts it, and CSV files are refused for it with one line."""
+    from dataclasses import dataclass, field
+
+    @sequences.register_sequence_kind
+    @dataclass(frozen=True, eq=False)
+    class GradientEchoTimes:
+        TE: list
+        TR: float = 0.05
+        kind: str = field(default="gre_test", init=False)
+
+        @property
+        def n_timepoints(self) -> int:
+            return len(self.TE)
+
+        def to_dict(self) -> dict:
+            return {"TE": list(self.TE), "TR": self.TR}
+
+    try:
+        assert sequences.kind_of("gre_test").required == {"TE"}
+        seq = sequences.from_dict({"TE": [0.01, 0.02, 0.04]}, "gre_test")
+        assert isinstance(seq, GradientEchoTimes) and seq.TR == 0.05
+
+        class T2Star(models.SignalModel):
+            name = "t2star_test"
+            sequence_kind = "gre_test"
+            specs = (models.ParameterSpec("T2s", "s", (1e-3, 1.0), (0.01, 0.1), 0.04, True),)
+
+            @classmethod
+            def default_sequence(cls):
+                return seq
+
+            def _simulate(self, p):
+                te = torch.tensor(self.sequence.TE, dtype=p["T2s"].dtype)
+                return torch.exp(-te / p["T2s"][:, None]).to(torch.complex128)
+
+        (tmp_path / "te.json").write_text('{"TE": [0.005, 0.01], "TR": 0.1}')
+        model = T2Star(sequence=sequences.load(tmp_path / "te.json", "gre_test"))
+        assert model.n_timepoints == 2 and model.sequence.TR == 0.1
+        (tmp_path / "te.csv").write_text("theta_rad,trf_ms\n")
+        with pytest.raises(sequences.SequenceError, match="CSV sequence files"):
+            sequences.load(tmp_path / "te.csv", "gre_test")
+        with pytest.raises(sequences.SequenceError, match="unknown sequence kind"):
+            sequences.from_dict({}, "no_such_kind")
+    finally:
+        del sequences.KINDS["gre_test"]

@@ -144,7 +144,7 @@ def kind(name: str) -> EstimatorKind:
 
 def get(name: str, model: SignalModel | None, **options: Any) -> Estimator:
     """An estimator of kind ``name`` for ``model``, configured by ``options`` (the factory's
-    keyword arguments); unknown options and bad values are one-line :class:`InputError`\ s."""
+    keyword arguments); an unknown option or a bad value is a one-line :class:`InputError`."""
     entry = kind(name)
     accepted = entry.option_names
     unknown = sorted(set(options) - set(accepted))

@@ -90,6 +90,28 @@ def test_other_losses_report_crb_units(tmp_path, loss):
     assert summary["val_crb_loss"]["T1"] > 0  # the validation metric is MSE/CRB for any loss
 
 
+def test_training_defaults_come_from_the_model():
+    """A model's own training_defaults (no crbnet table) sit between the built-in defaults and
+    the overrides; a malformed one is one clear error."""
+    from crbnet.errors import InputError
+    from crbnet.models import T2Decay
+    from crbnet.nets import NetConfig
+
+    class WideT2(T2Decay):
+        training_defaults = {"net": {"width": 7}, "optim": {"epochs": 3}}
+
+    cfg = build_config(WideT2(), overrides={"optim": {"epochs": 5}})
+    # The class attribute replaces T2Decay's table: depth is the built-in default again.
+    assert (cfg.net.width, cfg.net.depth, cfg.optim.epochs) == (7, NetConfig().depth, 5)
+    assert build_config(T2Decay).net.width == 128 and build_config("t2_decay").optim.epochs == 30
+
+    class Broken(T2Decay):
+        training_defaults = {"nett": {"width": 7}}
+
+    with pytest.raises(InputError, match="nett"):
+        build_config(Broken)
+
+
 def test_config_file_and_overrides(tmp_path):
     cfg_file = tmp_path / "cfg.toml"
     cfg_file.write_text("""

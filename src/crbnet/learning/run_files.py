@@ -14,13 +14,21 @@ import io as _io
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import torch
 
 from .. import io as cio
-from ..checkpoint import model_to_dict, read, save
+from ..checkpoint import NORMALIZATION, basis_to_real, model_to_dict, read, save
+from ..data import SNR_DEFINITION
 from ..errors import InputError
 from ..models.base import SignalModel
+from ..nets import count_parameters
+from .distributed import gather
 from .training_config import TrainConfig
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
 
 FILES = ("checkpoint.pt", "metrics.csv", "summary.json", "loss.png")
 PLOT_INTERVAL_S = 30.0
@@ -111,6 +119,74 @@ class RunFiles:
         cio.write_text(self.run_dir / "metrics.csv", buf.getvalue())
 
 
+def checkpoint_payload(trainer: "Trainer", epoch: int, summary: Mapping[str, Any]) -> dict:
+    """checkpoint.pt: what inference needs (model, sampling, basis, normalization, network),
+    the training record, and the state that resumes the run. Call it on every process: it
+    gathers each process's generator states."""
+    net, subspace, dist = trainer.net, trainer.data.subspace, trainer.dist
+
+    def gathered(state: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.as_tensor(s) for s in gather(state.clone(), dist)]
+
+    rng = {"data": gathered(trainer.generator.get_state()),
+           "torch": gathered(torch.get_rng_state())}
+    return {
+        "model": model_to_dict(trainer.model),
+        "sampling": trainer.data.sampler.spec_dict(),
+        "basis": basis_to_real(None if subspace is None else subspace.basis),
+        "subspace": trainer.subspace_report,
+        "normalization": dict(NORMALIZATION),
+        "network": {"description": net.describe(),
+                    "state_dict": {k: v.detach().cpu().clone()
+                                   for k, v in net.state_dict().items()}},
+        "training": {"config": trainer.config.to_dict(), "metrics": list(trainer.metrics),
+                     "summary": summary},
+        "resume": {"epoch": epoch, "optimizer": trainer.optimizer.state_dict(),
+                   "scheduler": trainer.schedule.state_dict(), "rng": rng,
+                   "world_size": dist.world, "elapsed_s": trainer.elapsed()},
+    }
+
+
+def run_summary(trainer: "Trainer", epoch: int) -> dict:
+    """summary.json after ``epoch`` epochs."""
+    model, cfg, metrics = trainer.model, trainer.config, trainer.metrics
+    params = list(model.parameters)
+    last = metrics[-1] if metrics else {}
+    train_time = sum(m["epoch_seconds"] for m in metrics)
+    samples = sum(m["samples"] for m in metrics)
+    return {
+        "model": model.name,
+        "parameters": params,
+        "fixed": dict(model.fixed),
+        "loss": cfg.loss.name,
+        "snr": cfg.data.snr,
+        "snr_definition": SNR_DEFINITION,
+        "mode": cfg.data.mode,
+        "epochs": epoch,
+        "epochs_planned": cfg.optim.epochs,
+        "stopped_by": trainer.stopped_by,
+        "val_crb_loss": {p: last.get(f"val_crb_loss_{p}") for p in params},
+        "val_crb_loss_mean": last.get("val_crb_loss_mean"),
+        "val_definition": "mean over the fixed validation set of (estimate - truth)^2 / CRB, "
+                          "CRB of the full data at each sample's noise level",
+        "val_size": cfg.data.val_size,
+        "val_crb_over_prior_variance": trainer.data.prior_ratio,
+        "val_singular_samples": trainer.data.val_singular,
+        "best_val_crb_loss_mean": min((m["val_crb_loss_mean"] for m in metrics), default=None),
+        "wall_time_s": trainer.elapsed(),
+        "train_time_s": train_time,
+        "samples": samples,
+        "samples_per_s": samples / train_time if train_time > 0 else None,
+        "setup_time_s": trainer.setup_seconds,
+        "subspace": trainer.subspace_report,
+        "network_parameters": count_parameters(trainer.net),
+        "world_size": trainer.dist.world,
+        "device": str(trainer.device),
+        "config": cfg.to_dict(),
+        "init": None if trainer.init is None else str(trainer.init),
+    }
+
+
 def _check_same_config(stored: Mapping[str, Any], mine: Mapping[str, Any]) -> None:
     if stored == mine:
         return
@@ -122,4 +198,4 @@ def _check_same_config(stored: Mapping[str, Any], mine: Mapping[str, Any]) -> No
                      f"({', '.join(diffs) or 'structure'}); give the same options")
 
 
-__all__ = ["RunFiles", "FILES"]
+__all__ = ["RunFiles", "FILES", "checkpoint_payload", "run_summary"]

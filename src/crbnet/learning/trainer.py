@@ -28,19 +28,18 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import losses
-from ..checkpoint import NORMALIZATION, basis_to_real, model_to_dict
-from ..data import SNR_DEFINITION, NoisyBatch, derived_generator, make_noisy
+from ..data import NoisyBatch, derived_generator, make_noisy
 from ..errors import ComputationError, InputError
 from ..models.base import SignalModel
 from ..nets import ParameterNet, count_parameters, output_ranges
-from ..subspace import basis_record, crb_inflation
 from .distributed import (DistInfo, barrier, broadcast_flag, gather, init_distributed,
                           state_fingerprint, wrap_for_training)
 from .fine_tune import InitCheckpoint
-from .run_files import RunFiles
+from .objective import TrainingObjective
+from .run_files import RunFiles, checkpoint_payload, run_summary
 from .schedule import WarmupCosine
 from .training_config import TrainConfig
-from .training_data import TrainingData, prepare_data
+from .training_data import TrainingData, prepare_data, subspace_report
 
 VALIDATION_CHUNK = 4096
 
@@ -93,6 +92,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.schedule: WarmupCosine | None = None
         self.generator: torch.Generator | None = None
+        self.objective: TrainingObjective | None = None
         self.subspace_report: dict = {}
         # Progress of the run (restored on --resume).
         self.metrics: list[dict] = []
@@ -149,6 +149,8 @@ class Trainer:
                                      int(round(o.warmup_epochs * steps_per_epoch)),
                                      o.epochs * steps_per_epoch)
         self.generator = derived_generator(self.config.seed, "train-data", self.dist.rank)
+        self.objective = TrainingObjective(self.config.loss, self.model, self.data.sampler,
+                                           self.device)
 
     def _build_network(self) -> ParameterNet:
         cfg, model, data = self.config, self.model, self.data
@@ -181,13 +183,14 @@ class Trainer:
         return start_epoch
 
     def _fresh_start(self) -> int:
-        self.subspace_report = self._subspace_report()
+        self.subspace_report = subspace_report(self.model, self.data, self.config,
+                                               self.dist.is_main)
         return 0
 
     def _run_epochs(self, start_epoch: int) -> dict:
         """Train, validate and write the run files epoch by epoch; returns the last summary."""
         epochs = self.config.optim.epochs
-        summary = self._summary(start_epoch)
+        summary = run_summary(self, start_epoch)
         epoch = start_epoch
         while epoch < epochs:
             train_loss, samples, seconds = self._train_epoch(epoch)
@@ -219,7 +222,7 @@ class Trainer:
         row.update({f"val_crb_loss_{p}": v for p, v in zip(self.model.parameters, val)})
         row.update({"lr": self.optimizer.param_groups[0]["lr"], "samples": samples,
                     "epoch_seconds": seconds, "samples_per_s": samples / seconds,
-                    "elapsed_seconds": self._elapsed()})
+                    "elapsed_seconds": self.elapsed()})
         return row
 
     def _finish_distributed(self, summary: dict) -> dict:
@@ -235,42 +238,10 @@ class Trainer:
         return summary
 
     # ---- one epoch --------------------------------------------------------------------------
-    def _scales(self) -> torch.Tensor:
-        """Per-parameter scale (width of the training range, SI): losses are computed on
-        θ/scale and CRB/scale², which leaves CRB ratios unchanged and keeps float32 sane."""
-        lo = torch.tensor(self.data.sampler.low, dtype=torch.float64)
-        hi = torch.tensor(self.data.sampler.high, dtype=torch.float64)
-        return (hi - lo).to(self.device)
-
-    def _loss_weights(self, scale: torch.Tensor) -> torch.Tensor:
-        """The MSE weights (1/SI²) in scaled units."""
-        params = self.model.parameters
-        weights = torch.tensor(losses.mse_weights(params, dict(zip(params, scale.tolist())),
-                                                  self.config.loss.mse_weights),
-                               dtype=torch.float64, device=self.device)
-        return (weights * scale ** 2).to(torch.float32)
-
-    def _repeats(self) -> int:
-        """Noise draws per noiseless sample: R for a loss that measures each sample R times."""
-        cfg = self.config.loss
-        return cfg.realizations if losses.get(cfg.name).repeated else 1
-
-    def _loss(self, net: torch.nn.Module, batch: NoisyBatch, scale: torch.Tensor,
-              weights: torch.Tensor) -> torch.Tensor:
-        cfg = self.config.loss
-        est = net(batch.signals.to(self.device)) / scale.to(torch.float32)
-        target = (batch.theta.to(self.device) / scale).to(torch.float32)
-        crb = batch.crb.to(self.device) / scale ** 2
-        return losses.get(cfg.name).compute(losses.LossInputs(
-            est, target, crb, weights, K=self._repeats(), lam=cfg.lam, delta=cfg.delta))
-
     def _train_epoch(self, epoch: int) -> tuple[float, int, float]:
         """One epoch of optimizer steps; returns (mean loss, samples over all processes, s)."""
         cfg = self.config
         self.ddp_net.train()
-        scale = self._scales()
-        weights = self._loss_weights(scale)
-        repeats = self._repeats()
         bar = tqdm(total=self.data.source.batches_per_epoch,
                    desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="batch", leave=False,
                    file=sys.stderr,
@@ -280,10 +251,10 @@ class Trainer:
         t0 = time.perf_counter()
         for b, clean in enumerate(self.data.source.batches(epoch, self.generator)):
             noisy = make_noisy(clean, cfg.data.snr, tuple(cfg.data.m0_magnitude),
-                               self.generator, repeats=repeats)
+                               self.generator, repeats=self.objective.repeats)
             if self.first_batch_fingerprint is None:
                 self.first_batch_fingerprint = float(clean.theta.double().sum())
-            value = self._step(noisy, scale, weights)
+            value = self._step(noisy)
             if not math.isfinite(value):
                 raise ComputationError(f"training loss became {value} at epoch {epoch + 1}, "
                                        f"batch {b + 1}; lower optim.lr or enable "
@@ -297,9 +268,9 @@ class Trainer:
         bar.close()
         return total / max(count, 1), samples * self.dist.world, time.perf_counter() - t0
 
-    def _step(self, batch: NoisyBatch, scale: torch.Tensor, weights: torch.Tensor) -> float:
+    def _step(self, batch: NoisyBatch) -> float:
         """One optimizer step on ``batch``; returns the loss value."""
-        loss = self._loss(self.ddp_net, batch, scale, weights)
+        loss = self.objective(self.ddp_net, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.optim.grad_clip > 0:
@@ -321,12 +292,13 @@ class Trainer:
         return losses.crb_ratio_per_parameter(est, val.theta.cpu(), val.crb.cpu())
 
     # ---- what the run files hold -----------------------------------------------------------
-    def _elapsed(self) -> float:
+    def elapsed(self) -> float:
+        """Seconds of training so far, earlier invocations (before --resume) included."""
         return self.elapsed_before + (time.perf_counter() - self.t_start)
 
     def _write_files(self, epoch: int, final: bool) -> dict:
-        summary = self._summary(epoch)
-        payload = self._payload(epoch, summary)   # on every process: it gathers their RNG states
+        summary = run_summary(self, epoch)
+        payload = checkpoint_payload(self, epoch, summary)   # on every process: gathers RNG states
         cfg = self.config
 
         def plot(path: Path) -> None:
@@ -339,86 +311,6 @@ class Trainer:
 
         self.files.write(payload, summary, self.metrics, final, plot)
         return summary
-
-    def _payload(self, epoch: int, summary: dict) -> dict:
-        """checkpoint.pt: what inference needs, and the state that resumes the run."""
-        net, subspace = self.net, self.data.subspace
-        rng = {"data": self._gather_states(self.generator.get_state()),
-               "torch": self._gather_states(torch.get_rng_state())}
-        return {
-            "model": model_to_dict(self.model),
-            "sampling": self.data.sampler.spec_dict(),
-            "basis": basis_to_real(None if subspace is None else subspace.basis),
-            "subspace": self.subspace_report,
-            "normalization": dict(NORMALIZATION),
-            "network": {"description": net.describe(),
-                        "state_dict": {k: v.detach().cpu().clone()
-                                       for k, v in net.state_dict().items()}},
-            "training": {"config": self.config.to_dict(), "metrics": list(self.metrics),
-                         "summary": summary},
-            "resume": {"epoch": epoch, "optimizer": self.optimizer.state_dict(),
-                       "scheduler": self.schedule.state_dict(), "rng": rng,
-                       "world_size": self.dist.world, "elapsed_s": self._elapsed()},
-        }
-
-    def _gather_states(self, state: torch.Tensor) -> list[torch.Tensor]:
-        return [torch.as_tensor(s) for s in gather(state.clone(), self.dist)]
-
-    def _summary(self, epoch: int) -> dict:
-        """summary.json."""
-        params = list(self.model.parameters)
-        cfg = self.config
-        last = self.metrics[-1] if self.metrics else {}
-        train_time = sum(m["epoch_seconds"] for m in self.metrics)
-        samples = sum(m["samples"] for m in self.metrics)
-        return {
-            "model": self.model.name,
-            "parameters": params,
-            "fixed": dict(self.model.fixed),
-            "loss": cfg.loss.name,
-            "snr": cfg.data.snr,
-            "snr_definition": SNR_DEFINITION,
-            "mode": cfg.data.mode,
-            "epochs": epoch,
-            "epochs_planned": cfg.optim.epochs,
-            "stopped_by": self.stopped_by,
-            "val_crb_loss": {p: last.get(f"val_crb_loss_{p}") for p in params},
-            "val_crb_loss_mean": last.get("val_crb_loss_mean"),
-            "val_definition": "mean over the fixed validation set of (estimate - truth)^2 / CRB, "
-                              "CRB of the full data at each sample's noise level",
-            "val_size": cfg.data.val_size,
-            "val_crb_over_prior_variance": self.data.prior_ratio,
-            "val_singular_samples": self.data.val_singular,
-            "best_val_crb_loss_mean": min((m["val_crb_loss_mean"] for m in self.metrics),
-                                          default=None),
-            "wall_time_s": self._elapsed(),
-            "train_time_s": train_time,
-            "samples": samples,
-            "samples_per_s": samples / train_time if train_time > 0 else None,
-            "setup_time_s": self.setup_seconds,
-            "subspace": self.subspace_report,
-            "network_parameters": count_parameters(self.net),
-            "world_size": self.dist.world,
-            "device": str(self.device),
-            "config": cfg.to_dict(),
-            "init": None if self.init is None else str(self.init),
-        }
-
-    def _subspace_report(self) -> dict:
-        """The input compression: k, energy kept and (rank 0) the CRB inflation it costs."""
-        s, cfg = self.data.subspace, self.config
-        if s is None:
-            return {"k": None, "energy": 1.0, "crb_inflation": None}
-        report: dict[str, Any] = {"k": s.k, "energy": s.energy, "n_timepoints":
-                                  self.model.n_timepoints, "crb_inflation": None,
-                                  "basis": basis_record(s.basis), "source": s.source}
-        if cfg.subspace.n_check and self.dist.is_main:
-            theta = self.data.sampler.sample(cfg.subspace.n_check,
-                                             derived_generator(cfg.seed, "crb-check"))
-            report["crb_inflation"] = crb_inflation(self.model, theta, s.basis)
-            report["crb_inflation_definition"] = ("median over the training distribution of "
-                                                  "CRB(compressed) / CRB(full), per parameter")
-        return report
 
     def _say(self, text: str) -> None:
         if self.dist.is_main and self.log is not None:

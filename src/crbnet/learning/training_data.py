@@ -19,7 +19,8 @@ from ..data import (CleanBatch, NoisyBatch, OnlineSource, ParameterSampler, deri
                     make_noisy, project, sampler_from_spec, simulate_clean)
 from ..errors import InputError
 from ..models.base import SignalModel
-from ..subspace import Subspace, basis_hash, choose_k, fit_subspace, user_subspace
+from ..subspace import (Subspace, basis_hash, basis_record, choose_k, crb_inflation,
+                        fit_subspace, user_subspace)
 from .distributed import DistInfo
 from .fine_tune import InitCheckpoint
 from .training_config import TrainConfig
@@ -174,6 +175,25 @@ def offline_subspace(ds: Any, n_train: int, config: TrainConfig,
     return fit_subspace(fit.coefficients.to(torch.complex128), k=s.k or None, energy=s.energy)
 
 
+def subspace_report(model: SignalModel, data: TrainingData, config: TrainConfig,
+                    is_main: bool) -> dict:
+    """The input compression: k, energy kept, the basis record and (main process, if
+    ``subspace.n_check``) the CRB inflation it costs, per parameter."""
+    s = data.subspace
+    if s is None:
+        return {"k": None, "energy": 1.0, "crb_inflation": None}
+    report: dict[str, Any] = {"k": s.k, "energy": s.energy, "n_timepoints": model.n_timepoints,
+                              "crb_inflation": None, "basis": basis_record(s.basis),
+                              "source": s.source}
+    if config.subspace.n_check and is_main:
+        theta = data.sampler.sample(config.subspace.n_check,
+                                    derived_generator(config.seed, "crb-check"))
+        report["crb_inflation"] = crb_inflation(model, theta, s.basis)
+        report["crb_inflation_definition"] = ("median over the training distribution of "
+                                              "CRB(compressed) / CRB(full), per parameter")
+    return report
+
+
 def crb_over_prior(model: SignalModel, val: NoisyBatch) -> dict[str, float]:
     """Per parameter, median over the validation set of CRB / Var(training prior).
 
@@ -189,5 +209,5 @@ def crb_over_prior(model: SignalModel, val: NoisyBatch) -> dict[str, float]:
     return out
 
 
-__all__ = ["TrainingData", "prepare_data", "clean_batch_size", "offline_subspace",
+__all__ = ["TrainingData", "prepare_data", "clean_batch_size", "offline_subspace", "subspace_report",
            "crb_over_prior"]

@@ -195,8 +195,9 @@ def test_sequence_kind_contract(kind, tmp_path):
 
 
 def test_a_sequence_kind_of_ones_own_registers_and_loads(tmp_path):
-    """A new kind is a dataclass and a decorator: from_dict and load read it, a model that
-    takes it accepts it, and CSV files are refused for it with one line."""
+    """A new kind is a dataclass and a decorator: from_dict and load read it, the hardware
+    checks read its pulses, a model that takes it accepts it, and CSV files are refused for it
+    with one line."""
     from dataclasses import dataclass, field
 
     @sequences.register_sequence_kind
@@ -213,10 +214,18 @@ def test_a_sequence_kind_of_ones_own_registers_and_loads(tmp_path):
         def to_dict(self) -> dict:
             return {"TE": list(self.TE), "TR": self.TR}
 
+        def rf_pulses(self):
+            n = len(self.TE)
+            return np.full(n, 0.2), np.full(n, 1e-3), self.TR * n
+
     try:
         assert sequences.kind_of("gre_test").required == {"TE"}
         seq = sequences.from_dict({"TE": [0.01, 0.02, 0.04]}, "gre_test")
         assert isinstance(seq, GradientEchoTimes) and seq.TR == 0.05
+        from crbnet import hardware
+        summary = hardware.rf_summary(seq)                       # its pulses reach the checks
+        assert summary["n_pulses"] == 3 and summary["peak_b1"] == pytest.approx(
+            0.2 / 1e-3 / hardware.GAMMA)
 
         class T2Star(models.SignalModel):
             name = "t2star_test"

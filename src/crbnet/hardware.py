@@ -12,8 +12,10 @@ docs/physics.md, "Hardware limits"):
   for SAR (proportional to B1² times the duty cycle).
 - Pulse durations within a range (short pulses need high amplitudes; long ones eat the TR).
 
-FISP schedules carry no pulse duration of their own; where a file gives none, rectangular
-pulses of :data:`FISP_DEFAULT_TRF` are assumed, and the summary says so.
+The pulses come from the sequence's own ``rf_pulses()`` (sequences without it, such as the
+sampling times of analytic models, play no RF). FISP schedules carry no pulse duration of their
+own; where a file gives none, rectangular pulses of :data:`FISP_DEFAULT_TRF` are assumed
+(``assumed_pulse_duration``), and the summary says so.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError
-from .sequences import FISPSequence, MTSequence, Sequence
+from .sequences import FISPSequence, Sequence
 
 #: Gyromagnetic ratio of ¹H (rad/s/T).
 GAMMA = 267.52e6
 #: Pulse duration assumed for a FISP schedule that does not give one (s).
-FISP_DEFAULT_TRF = 1e-3
+FISP_DEFAULT_TRF = FISPSequence.ASSUMED_TRF
 
 
 @dataclass(frozen=True)
@@ -64,13 +66,10 @@ class HardwareLimits:
 
 def pulses(seq: Sequence) -> tuple[np.ndarray, np.ndarray, float] | None:
     """``(flip angle α [T] rad, pulse duration TRF [T] s, cycle duration s)`` of the RF pulses
-    of one cycle, or None for sequences without RF (sampling times of analytic models)."""
-    if isinstance(seq, MTSequence):
-        return 2 * np.abs(seq.theta), seq.TRF, seq.cycle_duration
-    if isinstance(seq, FISPSequence):
-        trf = np.full_like(seq.flip, FISP_DEFAULT_TRF if seq.TRF is None else seq.TRF)
-        return np.abs(seq.flip), trf, float(seq.TI + np.sum(seq.TR))
-    return None
+    of one cycle (the sequence's ``rf_pulses()``), or None for sequences without RF (sampling
+    times of analytic models)."""
+    rf_pulses = getattr(seq, "rf_pulses", None)
+    return None if rf_pulses is None else rf_pulses()
 
 
 def rf_summary(seq: Sequence) -> dict | None:
@@ -90,8 +89,9 @@ def rf_summary(seq: Sequence) -> dict | None:
         "duration": float(duration),
         "n_pulses": int(alpha.size),
     }
-    if isinstance(seq, FISPSequence) and seq.TRF is None:
-        summary["trf_assumed"] = FISP_DEFAULT_TRF
+    assumed = getattr(seq, "assumed_pulse_duration", None)
+    if assumed is not None:
+        summary["trf_assumed"] = assumed
     return summary
 
 

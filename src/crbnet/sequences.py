@@ -6,7 +6,9 @@ kind of sequence (its ``sequence_kind``); the kinds are registered by name in :d
 from JSON — its dataclass fields without a default are required, those with one optional — or
 from a CSV file where the class offers ``read_csv`` (the hybrid-state control points of
 ``mt``). A sequence kind of one's own is a frozen dataclass with a ``kind`` field (``init=False``),
-``n_timepoints`` and ``to_dict()``, decorated with :func:`register_sequence_kind`. Defaults are
+``n_timepoints`` and ``to_dict()``, decorated with :func:`register_sequence_kind`; a kind that
+plays RF pulses also offers ``rf_pulses()`` (flip angles, pulse durations, cycle duration), which
+the hardware checks read (:mod:`crbnet.hardware`). Defaults are
 defined here, in code, so the installed package needs no data files.
 """
 
@@ -21,7 +23,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -154,6 +156,10 @@ class MTSequence:
         return {"TR": self.TR, "theta": self.theta.tolist(), "TRF": self.TRF.tolist(),
                 "T_inv": self.T_inv, "k_RF": self.k_RF}
 
+    def rf_pulses(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(flip angle α [T] rad, TRF [T] s, cycle duration s)``: α = 2θ."""
+        return 2 * np.abs(self.theta), self.TRF, self.cycle_duration
+
     @staticmethod
     def read_csv(path: Path) -> "MTSequence":
         """A control-point CSV file (:func:`load_control_points_csv`, default timing)."""
@@ -180,6 +186,8 @@ class FISPSequence:
     TI: float = 20e-3
     TRF: float | None = None
     kind: str = field(default="fisp", init=False)
+    #: Pulse duration assumed for hardware reports where the schedule gives none (s).
+    ASSUMED_TRF: ClassVar[float] = 1e-3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "flip", _as_float_array(self.flip, "flip"))
@@ -196,6 +204,17 @@ class FISPSequence:
     @property
     def n_timepoints(self) -> int:
         return int(self.flip.size)
+
+    @property
+    def assumed_pulse_duration(self) -> float | None:
+        """The pulse duration the hardware reports assume (None: the schedule gives TRF)."""
+        return self.ASSUMED_TRF if self.TRF is None else None
+
+    def rf_pulses(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(flip angle [T] rad, TRF [T] s, cycle duration s)``; the cycle runs from the
+        inversion to the end of the last TR."""
+        trf = self.ASSUMED_TRF if self.TRF is None else self.TRF
+        return np.abs(self.flip), np.full_like(self.flip, trf), float(self.TI + np.sum(self.TR))
 
     def to_dict(self) -> dict:
         # TRF only when given, so that schedules without it keep their hash.

@@ -12,6 +12,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Mapping
 
+from .learning.distributed import DistInfo, init_distributed, state_fingerprint
 from .learning.schedule import WarmupCosine
 from .learning.trainer import Trainer, train
 from .learning.training_config import (DataConfig, LossConfig, NetConfig, OptimConfig,
@@ -27,4 +28,5 @@ MODEL_DEFAULTS: Mapping[str, Mapping] = MappingProxyType(
 
 __all__ = ["TrainConfig", "DataConfig", "SubspaceConfig", "OptimConfig", "LossConfig",
            "NetConfig", "MODEL_DEFAULTS", "Trainer", "train", "build_config", "read_config_file",
-           "parse_set_option", "WarmupCosine", "deep_merge", "model_training_defaults"]
+           "parse_set_option", "WarmupCosine", "deep_merge", "model_training_defaults",
+           "DistInfo", "init_distributed", "state_fingerprint"]

@@ -53,6 +53,10 @@ def test_models_json_lists_every_model(capsys):
     assert set(listed) == set(models.names())
     names = [p["name"] for p in listed["mt_hybrid_state"]["parameters"]]
     assert names == ["m0s", "T1f", "T2f", "Rx", "T1s", "T2s", "B1"]
+    for name, entry in listed.items():       # kind and training defaults from the model class
+        cls = models.resolve(name)
+        assert entry["sequence_kind"] == cls.sequence_kind
+        assert entry["training_defaults"] == cls.training_defaults
 
 
 @pytest.mark.parametrize("args, message", [

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from .. import hardware, models
+from ..learning.training_config import model_training_defaults
 from ._common import sequence_line
 
 
@@ -55,14 +56,21 @@ def run(args: argparse.Namespace) -> int:
                   f"{o['description']}  [--model-option {o['name']}=VALUE]")
         if d.get("truncation") is not None:
             _print_truncation(d["truncation"])
+        defaults = ", ".join(f"{section}.{key}={value}" for section, table
+                             in d["training_defaults"].items() for key, value in table.items())
+        print(f"  sequence kind {d['sequence_kind']}; training defaults: "
+              f"{defaults or 'the built-in ones'}")
         print()
     return 0
 
 
 def _describe(model) -> dict:
-    """The model's description plus its default sequence's RF figures (None without RF) and,
+    """The model's description plus its sequence kind, its training defaults, its default
+    sequence's RF figures (None without RF) and,
     for a model with an EPG truncation option, :func:`truncation_table`."""
-    out = {**model.describe(), "sequence_rf": hardware.rf_summary(model.sequence)}
+    out = {**model.describe(), "sequence_kind": model.sequence_kind,
+           "training_defaults": model_training_defaults(model),
+           "sequence_rf": hardware.rf_summary(model.sequence)}
     table = truncation_table(model)
     if table is not None:
         out["truncation"] = table

@@ -141,12 +141,40 @@ def _finding(rows: list[dict], parameters: tuple[str, ...]) -> list[str]:
 def run(out_dir: str | Path, cfg: DemoConfig | None = None, progress: bool | None = None,
         log: Any = print) -> dict:
     """Train, evaluate, compare and write ``out_dir/report.md``; returns the summary dict."""
-    from . import baselines, checkpoint
-    from .compare import box_options, compare, make_comparison_set, training_ranges
-    from .evaluate import evaluate, make_grid
-    from .tissue_points import study, tissue_points
-
     cfg = cfg or DemoConfig()
+    out = _check(cfg, out_dir)
+    # Everything is written into a temporary folder beside ``out`` that replaces it at the end:
+    # an interrupted demo leaves nothing behind.
+    final = out
+    with atomic_directory(final) as out:
+        t0 = time.perf_counter()
+
+        def stage(text: str) -> None:
+            log(f"[{time.perf_counter() - t0:5.0f} s] {text}")
+
+        model = models.get("mt_hybrid_state", fixed=cfg.fixed)
+        log(f"crbnet demo: {model.name} [{', '.join(model.parameters)}], fixed "
+            f"{model.fixed}, SNR {cfg.snr:g} (|M0|/sigma), {cfg.minutes_per_net:g} min per network")
+        summaries = _train_networks(model, cfg, out, progress, stage)
+        nets, nlls = _estimators(model, cfg, out, progress)
+        stage(f"comparing on {cfg.test_voxels} test voxels (networks and NLLS in both boxes)")
+        comparison = _compare(model, cfg, nets, nlls, out)
+        stage(f"tissue points {', '.join(cfg.points)}: {cfg.point_realizations} realizations "
+              "each")
+        points = _tissue_points(model, cfg, nets, nlls, out, progress)
+        stage(f"evaluating the networks on a {cfg.grid}×{cfg.grid} grid, {cfg.realizations} "
+              "realizations per point")
+        evaluations = _grid_evaluations(model, cfg, nets, out, progress)
+        wall = time.perf_counter() - t0
+        summary = _summary(model, cfg, wall, summaries, comparison, evaluations, points)
+        io.write_json(out / "summary.json", summary)
+        io.write_text(out / "report.md", _report(model, cfg, comparison, summaries, wall, points))
+    log(f"[{wall:5.0f} s] wrote {final / 'report.md'}")
+    return summary
+
+
+def _check(cfg: DemoConfig, out_dir: str | Path) -> Path:
+    """The output folder, after checking the losses and that the folder is new or empty."""
     if not cfg.losses or len(set(cfg.losses)) != len(cfg.losses):
         raise InputError("the demo needs one or more different losses")
     for loss in cfg.losses:
@@ -154,96 +182,123 @@ def run(out_dir: str | Path, cfg: DemoConfig | None = None, progress: bool | Non
     out = io.check_output_folder(out_dir)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out} exists and is not empty; choose a new --out directory")
-    # Everything is written into a temporary folder beside ``out`` that replaces it at the end:
-    # an interrupted demo leaves nothing behind.
-    final = out
-    with atomic_directory(final) as out:
-        t0 = time.perf_counter()
-        model = models.get("mt_hybrid_state", fixed=cfg.fixed)
-        log(f"crbnet demo: {model.name} [{', '.join(model.parameters)}], fixed "
-            f"{model.fixed}, SNR {cfg.snr:g} (|M0|/sigma), {cfg.minutes_per_net:g} min per network")
+    return out
 
-        summaries = {}
-        epochs, max_minutes = cfg.epochs, cfg.minutes_per_net
-        for loss in cfg.losses:
-            label = net_label(loss)
-            log(f"[{time.perf_counter() - t0:5.0f} s] training the {label} ({loss} loss, "
-                f"{epochs} epochs)")
-            summaries[label] = _train(model, loss, cfg, out / f"{loss}_net", progress, epochs,
-                                      max_minutes)
-            # Later nets get exactly the epochs the first one completed, without a time guard: on
-            # a busy machine the guard may stop the first net early, and the comparison must not
-            # hinge on which net the machine was slower for. (A shortened schedule, annealed to
-            # its end, only helps the MSE-net.)
-            epochs, max_minutes = int(summaries[label]["epochs"]), None
-        if "crb" in cfg.losses:
-            log(f"[{time.perf_counter() - t0:5.0f} s] fine-tuning the CRB-net with the "
-                f"bias-reduced loss ({cfg.bias_epochs} epochs, {cfg.bias_realizations} "
-                "realizations per fingerprint)")
-            summaries["bias-reduced net"] = _train(model, "bias_reduced", cfg, out / "bias_net",
-                                                   progress, cfg.bias_epochs, None,
-                                                   init=out / "crb_net")
 
-        nets = {net_label(loss): checkpoint.load(out / f"{loss}_net" / "checkpoint.pt")
-                for loss in cfg.losses}
-        if "crb" in cfg.losses:
-            nets["bias-reduced net"] = checkpoint.load(out / "bias_net" / "checkpoint.pt")
-        ranges = training_ranges(model, list(nets.values()))
-        nlls = {label: baselines.get("nlls", model, progress=progress,
-                                     **box_options("nlls", model, box, ranges))
-                for label, box in (("NLLS", None), ("NLLS (training box)", "training"))}
+def _train_networks(model: models.SignalModel, cfg: DemoConfig, out: Path,
+                    progress: bool | None, stage: Any) -> dict[str, dict]:
+    """One network per loss, then (with the CRB loss) the CRB-net fine-tuned with the
+    bias-reduced loss; their training summaries by label."""
+    summaries = {}
+    epochs, max_minutes = cfg.epochs, cfg.minutes_per_net
+    for loss in cfg.losses:
+        label = net_label(loss)
+        stage(f"training the {label} ({loss} loss, {epochs} epochs)")
+        summaries[label] = _train(model, loss, cfg, out / f"{loss}_net", progress, epochs,
+                                  max_minutes)
+        # Later nets get exactly the epochs the first one completed, without a time guard: on
+        # a busy machine the guard may stop the first net early, and the comparison must not
+        # hinge on which net the machine was slower for. (A shortened schedule, annealed to
+        # its end, only helps the MSE-net.)
+        epochs, max_minutes = int(summaries[label]["epochs"]), None
+    if "crb" in cfg.losses:
+        stage(f"fine-tuning the CRB-net with the bias-reduced loss ({cfg.bias_epochs} epochs, "
+              f"{cfg.bias_realizations} realizations per fingerprint)")
+        summaries["bias-reduced net"] = _train(model, "bias_reduced", cfg, out / "bias_net",
+                                               progress, cfg.bias_epochs, None,
+                                               init=out / "crb_net")
+    return summaries
 
-        log(f"[{time.perf_counter() - t0:5.0f} s] comparing on {cfg.test_voxels} test voxels "
-            "(networks and NLLS in both boxes)")
-        test = make_comparison_set(model, cfg.test_voxels, cfg.snr, seed=cfg.seed + 1)
-        comparison = compare([*nets.items(), *nlls.items()], model=model, test=test)
-        comparison.save(out)
 
-        log(f"[{time.perf_counter() - t0:5.0f} s] tissue points {', '.join(cfg.points)}: "
-            f"{cfg.point_realizations} realizations each")
-        shown = [(label, nets[label]) for label in ("CRB-net", "bias-reduced net")
-                 if label in nets] or list(nets.items())[:1]
-        points = study([*shown, *nlls.items()], tissue_points(model, ",".join(cfg.points)),
-                       [cfg.snr], realizations=cfg.point_realizations, seed=cfg.seed + 3,
-                       progress=progress)
-        points.save(out / "points")
+def _estimators(model: models.SignalModel, cfg: DemoConfig, out: Path, progress: bool | None
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The trained networks and NLLS in the physical and in the training box, by label."""
+    from . import baselines, checkpoint
+    from .compare import box_options, training_ranges
 
-        log(f"[{time.perf_counter() - t0:5.0f} s] evaluating the networks on a {cfg.grid}×{cfg.grid} "
-            f"grid, {cfg.realizations} realizations per point")
-        grid = make_grid(model, cfg.grid)
-        evaluations = {}
-        for loss in cfg.losses:
-            label, net = net_label(loss), nets[net_label(loss)]
-            result = evaluate(net, grid, snr=cfg.snr, realizations=cfg.realizations,
-                              seed=cfg.seed + 2, progress=progress)
-            sub = out / f"evaluation_{loss}"
-            result.save(sub)
-            evaluations[label] = result.summary()
+    nets = {net_label(loss): checkpoint.load(out / f"{loss}_net" / "checkpoint.pt")
+            for loss in cfg.losses}
+    if "crb" in cfg.losses:
+        nets["bias-reduced net"] = checkpoint.load(out / "bias_net" / "checkpoint.pt")
+    ranges = training_ranges(model, list(nets.values()))
+    nlls = {label: baselines.get("nlls", model, progress=progress,
+                                 **box_options("nlls", model, box, ranges))
+            for label, box in (("NLLS", None), ("NLLS (training box)", "training"))}
+    return nets, nlls
 
-        wall = time.perf_counter() - t0
-        summary = {
-            "model": model.name, "parameters": list(model.parameters), "fixed": model.fixed,
-            "snr": cfg.snr, "snr_definition": SNR_DEFINITION,
-            "config": cfg.__dict__, "wall_time_s": wall,
-            "training": {k: {"val_crb_loss": v["val_crb_loss"],
-                             "val_crb_loss_mean": v["val_crb_loss_mean"], "epochs": v["epochs"],
-                             "wall_time_s": v["wall_time_s"]} for k, v in summaries.items()},
-            "comparison": comparison.to_json()["rows"],
-            "grid_evaluation": evaluations,
-            "tissue_points": points.to_json(),
-            "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform()},
-        }
-        io.write_json(out / "summary.json", summary)
-        io.write_text(out / "report.md", _report(model, cfg, comparison, summaries, wall, points))
-    log(f"[{wall:5.0f} s] wrote {final / 'report.md'}")
-    return summary
+
+def _compare(model: models.SignalModel, cfg: DemoConfig, nets: dict, nlls: dict,
+             out: Path) -> Any:
+    from .compare import compare, make_comparison_set
+
+    test = make_comparison_set(model, cfg.test_voxels, cfg.snr, seed=cfg.seed + 1)
+    comparison = compare([*nets.items(), *nlls.items()], model=model, test=test)
+    comparison.save(out)
+    return comparison
+
+
+def _tissue_points(model: models.SignalModel, cfg: DemoConfig, nets: dict, nlls: dict,
+                   out: Path, progress: bool | None) -> Any:
+    """Bias and std at the tissue points of the CRB-net and the bias-reduced net (else the
+    first net) and NLLS."""
+    from .tissue_points import study, tissue_points
+
+    shown = [(label, nets[label]) for label in ("CRB-net", "bias-reduced net")
+             if label in nets] or list(nets.items())[:1]
+    points = study([*shown, *nlls.items()], tissue_points(model, ",".join(cfg.points)),
+                   [cfg.snr], realizations=cfg.point_realizations, seed=cfg.seed + 3,
+                   progress=progress)
+    points.save(out / "points")
+    return points
+
+
+def _grid_evaluations(model: models.SignalModel, cfg: DemoConfig, nets: dict, out: Path,
+                      progress: bool | None) -> dict[str, dict]:
+    """Each loss's network evaluated over the grid; summaries by label."""
+    from .evaluate import evaluate, make_grid
+
+    grid = make_grid(model, cfg.grid)
+    evaluations = {}
+    for loss in cfg.losses:
+        label, net = net_label(loss), nets[net_label(loss)]
+        result = evaluate(net, grid, snr=cfg.snr, realizations=cfg.realizations,
+                          seed=cfg.seed + 2, progress=progress)
+        result.save(out / f"evaluation_{loss}")
+        evaluations[label] = result.summary()
+    return evaluations
+
+
+def _summary(model: models.SignalModel, cfg: DemoConfig, wall: float, summaries: dict,
+             comparison: Any, evaluations: dict, points: Any) -> dict:
+    """summary.json."""
+    return {
+        "model": model.name, "parameters": list(model.parameters), "fixed": model.fixed,
+        "snr": cfg.snr, "snr_definition": SNR_DEFINITION,
+        "config": cfg.__dict__, "wall_time_s": wall,
+        "training": {k: {"val_crb_loss": v["val_crb_loss"],
+                         "val_crb_loss_mean": v["val_crb_loss_mean"], "epochs": v["epochs"],
+                         "wall_time_s": v["wall_time_s"]} for k, v in summaries.items()},
+        "comparison": comparison.to_json()["rows"],
+        "grid_evaluation": evaluations,
+        "tissue_points": points.to_json(),
+        "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform()},
+    }
 
 
 def _report(model: models.SignalModel, cfg: DemoConfig, comparison: Any,
             summaries: dict, wall: float, points: Any) -> str:
+    """report.md: the result, training, bias at tissue points, the grid, the full scale."""
+    lines = [*_report_result(model, cfg, comparison),
+             *_report_training(model, cfg, summaries),
+             *_report_points(cfg, summaries, points),
+             *_report_grid(model, cfg),
+             *_report_full_scale(model, cfg, wall)]
+    return "\n".join(lines)
+
+
+def _report_result(model: models.SignalModel, cfg: DemoConfig, comparison: Any) -> list[str]:
     params = model.parameters
-    units = model.units
-    lines = [
+    return [
         "# crbnet demo: CRB-informed vs MSE training",
         "",
         f"Model `{model.name}` (two-pool MT, hybrid state, crbnet's default 666-TR sequence), "
@@ -266,6 +321,12 @@ def _report(model: models.SignalModel, cfg: DemoConfig, comparison: Any,
         comparison.to_markdown(),
         "![MSE/CRB per parameter](comparison.png)",
         "",
+    ]
+
+
+def _report_training(model: models.SignalModel, cfg: DemoConfig, summaries: dict) -> list[str]:
+    params = model.parameters
+    lines = [
         "## Training",
         "",
         "| network | epochs | wall time | validation MSE/CRB mean | " +
@@ -279,7 +340,11 @@ def _report(model: models.SignalModel, cfg: DemoConfig, comparison: Any,
     lines.append("")
     for loss in cfg.losses:
         lines += [f"{net_label(loss)}: ![loss curves]({loss}_net/loss.png)", ""]
-    lines += [
+    return lines
+
+
+def _report_points(cfg: DemoConfig, summaries: dict, points: Any) -> list[str]:
+    return [
         "## Bias at tissue points",
         "",
         f"Bias and std in units of √CRB (± one standard error) at the phantom's "
@@ -298,6 +363,12 @@ def _report(model: models.SignalModel, cfg: DemoConfig, comparison: Any,
         points.to_markdown(),
         "![bias and std at tissue points](points/points.png)",
         "",
+    ]
+
+
+def _report_grid(model: models.SignalModel, cfg: DemoConfig) -> list[str]:
+    params = model.parameters
+    lines = [
         "## Over the parameter space",
         "",
         f"Bias, std and MSE in CRB units on a {cfg.grid}×{cfg.grid} grid over "
@@ -308,7 +379,12 @@ def _report(model: models.SignalModel, cfg: DemoConfig, comparison: Any,
     for loss in cfg.losses:
         label = net_label(loss)
         lines += [f"{label}: ![{label} evaluation](evaluation_{loss}/evaluation.png)", ""]
-    lines += [
+    return lines
+
+
+def _report_full_scale(model: models.SignalModel, cfg: DemoConfig, wall: float) -> list[str]:
+    units = model.units
+    return [
         "## Full scale",
         "",
         "This demo trains each network briefly (T1s fixed, a small CRB pool). The full-scale "
@@ -330,10 +406,10 @@ def _report(model: models.SignalModel, cfg: DemoConfig, comparison: Any,
         f"Demo wall time: {wall / 60:.1f} min on {torch.get_num_threads()} CPU thread(s).",
         "",
         "Units: SI throughout (s, 1/s); MSE/CRB is dimensionless.",
-        "Parameter units: " + ", ".join(f"{p} [{units[p] or '-'}]" for p in params) + ".",
+        "Parameter units: " + ", ".join(f"{p} [{units[p] or '-'}]" for p in model.parameters)
+        + ".",
         "",
     ]
-    return "\n".join(lines)
 
 
 #: Measured on the 2-core development machine (crbnet 0.1, default MT configuration, SNR 100).

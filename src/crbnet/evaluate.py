@@ -400,9 +400,9 @@ def evaluate(estimator: Estimator, grid: Grid | torch.Tensor, snr: float = 100.0
 
     def count_gross(pts: slice, signals: torch.Tensor, est: np.ndarray) -> None:
         g, r = est.shape[0], est.shape[1]
-        kinds = classify_gross_errors(
-            model, signals.cpu(), torch.from_numpy(est.reshape(-1, P)),
-            theta[pts].repeat_interleave(r, 0), torch.from_numpy(bound[pts]).repeat_interleave(r, 0))
+        kinds = classify_gross_errors(model, signals.cpu(), torch.from_numpy(est.reshape(-1, P)),
+                                      theta[pts].repeat_interleave(r, 0),
+                                      torch.from_numpy(bound[pts]).repeat_interleave(r, 0))
         for kind in KINDS:
             gross_counts[kind][pts] += kinds[kind].view(g, r).sum(1).numpy()
 

@@ -37,7 +37,7 @@ from .errors import InputError
 from .estimator import Estimator
 from .gross_errors import GROSS_ERROR_THRESHOLD, KINDS
 from .gross_errors import classify_gross_errors, projected_cost  # noqa: F401  (re-exported)
-from .losses import finite_crb
+from .losses import crb_normalized
 from .models.base import SignalModel
 
 
@@ -147,15 +147,19 @@ def _derived(theta: np.ndarray, crb: np.ndarray, moments: _Moments,
         m4 = moments.fourth_central()
         var_se = np.sqrt(np.maximum(m4 - var ** 2 * (n - 3) / (n - 1), 0.0) / n)
         std_se = np.where(std > 0, var_se / (2 * std), np.nan)
-        finite = finite_crb(torch.from_numpy(crb)).numpy()
-        root = np.where(finite, np.sqrt(np.where(finite, crb, 1.0)), np.nan)
+        root = torch.from_numpy(np.sqrt(crb))
+
+        def per_sqrt_crb(x: np.ndarray) -> np.ndarray:      # NaN where the CRB is not finite
+            return crb_normalized(torch.from_numpy(np.asarray(x, dtype=np.float64)), root).numpy()
+
         out = {
             "theta": theta, "mean": theta + mean_err, "bias": mean_err, "bias_se": bias_se,
             "std": std, "std_se": std_se, "crb": crb, "n": n,
-            "bias_over_sqrt_crb": mean_err / root, "bias_over_sqrt_crb_se": bias_se / root,
+            "bias_over_sqrt_crb": per_sqrt_crb(mean_err),
+            "bias_over_sqrt_crb_se": per_sqrt_crb(bias_se),
             "relative_bias_percent": 100 * mean_err / np.abs(theta),
             "relative_bias_percent_se": 100 * bias_se / np.abs(theta),
-            "std_over_sqrt_crb": std / root, "std_over_sqrt_crb_se": std_se / root,
+            "std_over_sqrt_crb": per_sqrt_crb(std), "std_over_sqrt_crb_se": per_sqrt_crb(std_se),
             "n_failed": n_failed,
         }
     for key in KINDS:

@@ -236,6 +236,14 @@ def score(estimates: torch.Tensor, test: ComparisonSet, parameters: Sequence[str
     return out
 
 
+def gross_error_fractions(model: SignalModel, test: ComparisonSet, estimates: torch.Tensor
+                          ) -> dict[str, float]:
+    """Fractions of the test voxels off by > 5 √CRB (``gross_fraction``) and of those split
+    into ``local_minimum_fraction`` and ``alternative_fraction`` (:mod:`crbnet.gross_errors`)."""
+    kinds = classify_gross_errors(model, test.signals, estimates, test.theta, test.crb)
+    return {f"{kind}_fraction": float(flags.double().mean()) for kind, flags in kinds.items()}
+
+
 def check_losses(names: Sequence[str]) -> list[str]:
     """Registered losses that can score one noisy draw per voxel (not the repeated ones)."""
     for name in names:
@@ -338,10 +346,9 @@ def compare(estimators: Sequence[tuple[str, Estimator]], model: SignalModel | No
     rows = []
     for label, est in estimators:
         estimates, seconds = timed_predict(est, test.signals, batch_size)
-        kinds = classify_gross_errors(model, test.signals, estimates, test.theta, test.crb)
         row = {"label": label, "estimator": str(getattr(est, "name", type(est).__name__)),
                **score(estimates, test, model.parameters),
-               **{f"{k}_fraction": float(v.double().mean()) for k, v in kinds.items()},
+               **gross_error_fractions(model, test, estimates),
                "voxels_per_second": test.signals.shape[0] / seconds if seconds > 0 else math.inf,
                "predict_seconds": seconds}
         if losses:

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+import crbnet
 from crbnet import baselines, cli, sequences
 from crbnet.evaluate import evaluate, make_grid
-from crbnet.gross_errors import projected_cost
+from crbnet.crb import crb
+from crbnet.gross_errors import classify_gross_errors, projected_cost
 from crbnet.models import ParameterSpec, SignalModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,6 +44,22 @@ class OffResonance(SignalModel):
 @pytest.fixture(scope="module")
 def model():
     return OffResonance()
+
+
+def test_local_minimum_and_alternative_solution_are_told_apart():
+    model = crbnet.get_model("t2_decay")
+    truth = torch.tensor([[0.05], [0.05], [0.05]], dtype=torch.float64)
+    other = torch.tensor([[0.02]], dtype=torch.float64)
+    # voxel 0: data made at T2 = 0.02 -> an estimate of 0.02 fits better than the truth
+    # voxel 1: data made at the truth -> an estimate of 0.02 fits worse: a local minimum
+    # voxel 2: data at the truth, estimate at the truth: no gross error
+    y = torch.cat([model.simulate(other), model.simulate(truth[1:])]) * (0.6 - 0.8j)
+    bound = crb(model, truth, sigma=1e-3)
+    est = torch.tensor([[0.02], [0.02], [0.05]], dtype=torch.float64)
+    out = classify_gross_errors(model, y, est, truth, bound)
+    assert out["gross"].tolist() == [True, True, False]
+    assert out["alternative"].tolist() == [True, False, False]
+    assert out["local_minimum"].tolist() == [False, True, False]
 
 
 def test_the_built_model_has_secondary_minima(model):

@@ -36,7 +36,6 @@ from .baselines.dictionary import parameter_axis
 from .errors import InputError
 from .estimator import Estimator
 from .gross_errors import GROSS_ERROR_THRESHOLD, KINDS
-from .gross_errors import classify_gross_errors, projected_cost  # noqa: F401  (re-exported)
 from .losses import crb_normalized
 from .models.base import SignalModel
 
@@ -318,5 +317,4 @@ def study(estimators: Sequence[tuple[str, Estimator]], points: Points, snrs: Seq
 
 
 __all__ = ["Points", "PointStudy", "tissue_points", "sweep_points", "point_statistics",
-           "classify_gross_errors", "projected_cost", "welch_test", "study",
-           "GROSS_ERROR_THRESHOLD"]
+           "welch_test", "study", "GROSS_ERROR_THRESHOLD"]

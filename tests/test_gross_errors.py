@@ -1,5 +1,6 @@
-"""Gross errors in grid-mode evaluation: local minima and alternative solutions on cases built
-to have them (a model whose fit cost has known secondary minima, fits started in them)."""
+"""Gross errors: local minima and alternative solutions told apart on hand-built data, and
+reported by grid-mode evaluation on cases built to have them (a model whose fit cost has known
+secondary minima, fits started in them; a fit that finds deeper minima at low SNR)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import torch
 
 import crbnet
 from crbnet import baselines, cli, sequences
-from crbnet.evaluate import evaluate, make_grid
 from crbnet.crb import crb
+from crbnet.evaluate import evaluate, make_grid
 from crbnet.gross_errors import classify_gross_errors, projected_cost
 from crbnet.models import ParameterSpec, SignalModel
 

@@ -57,9 +57,11 @@ def test_dictionary_fit_equals_least_squares_on_the_simulated_atom(full_atoms_by
     assert torch.equal(fit.theta, dictionary.predict(y))
 
 
-@pytest.mark.parametrize("projected", [False, True])
-def test_signal_and_crb_equal_simulate_plus_crb(projected):
-    model = models.get("fisp_mrf")
+@pytest.mark.parametrize("name, projected", [("fisp_mrf", False), ("fisp_mrf", True),
+                                             ("t2_decay", False)])
+def test_signal_and_crb_equal_simulate_plus_crb(name, projected):
+    """Gram route (fisp_mrf), its own Jacobian projected, and torch.func (t2_decay)."""
+    model = models.get(name)
     gen = torch.Generator().manual_seed(2)
     theta = ParameterSampler(model).sample(6, gen).to(torch.float64)
     if projected:

@@ -3,14 +3,20 @@
 For every voxel in the mask, with ``y`` its complex time series (T points), the estimator gives
 ``θ̂``; then
 
-* ``M0̂ = f(θ̂)ᴴ y / ‖f(θ̂)‖²`` — the least-squares complex M0 given θ̂ (the simulated ``f`` is
-  reused for the residual);
+* ``M0̂ = f(θ̂)ᴴ y / ‖f(θ̂)‖²`` — the least-squares complex M0 given θ̂;
 * the residual noise level ``σ̂_v² = ‖y − M0̂ f(θ̂)‖² / (2T − P − 2)`` (2T real data, P + 2 fitted
   real unknowns: θ and the real and imaginary part of M0 — exact for a least-squares fit, an
   upper estimate for any other estimator, whose misfit adds to the residual);
 * the CRB standard deviation ``sqrt(CRB_p(θ̂; σ, |M0̂|))`` (docs/statistics.md §2), computed once for σ = 1 and
   scaled by the voxel's σ. Voxels whose Fisher matrix is singular (e.g. T2s where m0s = 0) get
   NaN and are counted.
+
+No simulation of ``f(θ̂)`` is repeated: the forward-mode pass that gives the Jacobian for the
+CRB gives ``f(θ̂)`` too (:func:`crbnet.crb.signal_and_crb`; a model with a cheaper Gram-only
+CRB route is simulated once beside it); an estimator that fitted the signal itself (``predict_with_fit``: dictionary matching, NLLS) supplies M0 and the
+residual, so without CRB maps its voxels need no simulation at all. ``apply.json`` reports the
+seconds per stage (``seconds_by_stage``: survey, read, estimate, m0_residual, signal_and_crb,
+write, other).
 
 Noise level σ (the standard deviation of the real and of the imaginary part of the noise):
 
@@ -408,9 +414,9 @@ def _estimate_chunk(estimator: Estimator, model: SignalModel, y: np.ndarray,
                     device: torch.device, uncertainty: bool, times: StageTimes) -> _ChunkResult:
     """θ̂, M0, the residual variance and (``uncertainty``) √CRB for σ = 1 of voxels ``y``.
 
-    The model is evaluated at θ̂ at most once: where the CRB is wanted, its forward-mode pass
-    gives ``f(θ̂)`` too; where not, ``f(θ̂)`` is simulated only for voxels whose M0 and
-    residual the estimator did not supply."""
+    Where the CRB is wanted, :func:`crbnet.crb.signal_and_crb` gives ``f(θ̂)`` with it; where
+    not, ``f(θ̂)`` is simulated only when some voxel's M0 and residual did not come from the
+    estimator's own fit."""
     from .crb import signal_and_crb
 
     n, T = y.shape

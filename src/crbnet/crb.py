@@ -278,12 +278,19 @@ def crb_details(model: SignalModel, theta: torch.Tensor, basis: torch.Tensor | N
 
 def signal_and_crb(model: SignalModel, theta: torch.Tensor, chunk_size: int | None = None,
                    rcond: float | None = None) -> tuple[torch.Tensor, CRBResult]:
-    """The signal ``f(θ)`` [N, T] (complex128) with the unscaled CRB of :func:`crb_details`,
-    both from one forward-mode pass per chunk (the pass that gives the Jacobian gives the
-    signal): cheaper than ``model.simulate`` plus :func:`crb_details` where the signal is
-    needed too (``crbnet apply``: M0 and the residual at the estimate)."""
+    """The signal ``f(θ)`` [N, T] (complex128) with the unscaled CRB of :func:`crb_details`
+    (``crbnet apply`` needs both: M0 and the residual at the estimate).
+
+    One forward-mode pass per chunk gives both (its primal is the signal), which saves the
+    separate simulation — except for a model that forms the Fisher matrix's Gram matrix
+    itself (``explicit_real_gram``, e.g. a compiled kernel that never stores the Jacobian):
+    that route plus a plain simulation is the cheaper one there (mt_hybrid_state: about 1.5×)."""
     model.check_theta(theta)
     theta64 = theta.to(torch.float64)
+    if model.explicit_real_gram(theta64[:0]) is not None:
+        with torch.no_grad():
+            signal = model.simulate(theta64).to(torch.complex128)
+        return signal, crb_details(model, theta, chunk_size=chunk_size, rcond=rcond)
     chunk_size = chunk_size or default_chunk_size(model)
     signals, parts = [], []
     for start in range(0, theta.shape[0], chunk_size):

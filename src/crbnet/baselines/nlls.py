@@ -39,7 +39,8 @@ import torch
 
 from ..crb import jacobian
 from ..errors import InputError
-from ..estimator import as_signal_tensor, register_estimator
+from ..estimator import (SignalFit, as_signal_tensor, least_squares_m0,
+                         register_estimator)
 from ..models.base import SignalModel, resolve_ranges
 from .dictionary import DictionaryEstimator, default_points_per_parameter
 
@@ -74,11 +75,6 @@ class NLLSFit:
     converged: torch.Tensor
     n_iter: torch.Tensor
     gradient_cosine: torch.Tensor
-
-
-def _project_m0(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Least-squares complex M0 per voxel: ``fᴴy / fᴴf``."""
-    return (f.conj() * y).sum(-1) / (f.conj() * f).real.sum(-1).clamp_min(_TINY)
 
 
 def _normal_equations(jac: torch.Tensor, f: torch.Tensor, m0: torch.Tensor, r: torch.Tensor
@@ -135,7 +131,7 @@ def _residual(model: SignalModel, theta: torch.Tensor, y: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(f, M0, r, cost)`` at ``theta``, with M0 at its least-squares value."""
     f = model.simulate(theta, check=False)
-    m0 = _project_m0(f, y)
+    m0 = least_squares_m0(f, y)
     r = m0[:, None] * f - y
     return f, m0, r, (r.conj() * r).real.sum(-1)
 
@@ -382,6 +378,11 @@ class NLLSEstimator:
         """Parameters [N, P] (float64, SI) and complex M0 [N]."""
         res = self.fit(signals)
         return res.theta, res.m0
+
+    def predict_with_fit(self, signals: torch.Tensor | np.ndarray) -> SignalFit:
+        """Estimates with their least-squares M0 and residual energy (the final cost)."""
+        res = self.fit(signals)
+        return SignalFit(theta=res.theta, m0=res.m0, rss=res.cost)
 
     def predict(self, signals: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Parameters [N, P] (float64, SI, order of ``parameters``)."""

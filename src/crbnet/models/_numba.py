@@ -37,16 +37,20 @@ def compile_parallel(function: Callable) -> Callable:
 @contextlib.contextmanager
 def threads() -> Iterator[None]:
     """Run the enclosed kernel calls on PyTorch's thread count; numba's setting is restored
-    afterwards."""
+    afterwards, and PyTorch's too: with numba's OpenMP threading layer, starting it and setting
+    its thread count also set the OpenMP count that PyTorch uses."""
     import torch
 
     numba = module()
+    torch_threads = torch.get_num_threads()
     before = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    numba.set_num_threads(max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS)))
     try:
         yield
     finally:
         numba.set_num_threads(before)
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
 
 
 @functools.cache

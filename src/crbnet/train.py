@@ -720,7 +720,7 @@ class Trainer:
         bar.close()
         return total / max(count, 1), samples * self.dist.world, time.perf_counter() - t0
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def evaluate(self, net: torch.nn.Module) -> torch.Tensor:
         """[P] validation MSE/CRB per parameter (fixed noise)."""
         net.eval()
@@ -893,8 +893,10 @@ class Trainer:
         else:
             self.ddp_net = self.net
         o = self.config.optim
+        # foreach: one multi-tensor update per step instead of one per weight tensor — the
+        # same arithmetic (bit-for-bit, tested), a fraction of the per-operation overhead.
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=o.lr,
-                                          weight_decay=o.weight_decay)
+                                          weight_decay=o.weight_decay, foreach=True)
         steps_per_epoch = self.source.batches_per_epoch
         self.schedule = WarmupCosine(self.optimizer, o.lr, o.lr_min,
                                      int(round(o.warmup_epochs * steps_per_epoch)),

@@ -4,6 +4,16 @@ Importing numba alone costs a quarter of a second, so nothing here runs at impor
 kernel is compiled with a disk cache where numba can write one (else in every process), with
 reassociation and contraction so that LLVM may reorder and vectorize sums (results move by
 round-off only), and runs on as many threads as PyTorch uses.
+
+Threading layer. numba's default choice on Linux is its OpenMP layer, whose worker threads
+keep spinning after each kernel (GNU OpenMP's busy wait) in a second OpenMP runtime next to
+PyTorch's. On a machine whose cores are busy those spinning threads take the CPU from the
+PyTorch work that follows: training steps after a pool refresh ran 20× slower (23 → 490 ms
+per step, 1 thread, load 10 on 2 cores), and nothing came back until the spinning stopped.
+numba's own "workqueue" layer has no such wait and runs these kernels as fast (measured
+equal within noise), so crbnet asks for it unless the user chose a layer
+(``NUMBA_THREADING_LAYER``) or numba already started its threads. workqueue does not allow two
+kernels at once from different Python threads; :func:`threads` holds a lock around each call.
 """
 
 from __future__ import annotations
@@ -12,15 +22,32 @@ import contextlib
 import functools
 import importlib
 import importlib.util
+import os
+import threading
 import warnings
 from typing import Callable, Iterator
 
 
 def module():
-    """The numba module (imported here, on first use)."""
+    """The numba module (imported here, on first use), set to the workqueue threading layer
+    where nobody chose one (see the module docstring)."""
     import numba
 
+    _prefer_workqueue(numba)
     return numba
+
+
+def _prefer_workqueue(numba) -> None:
+    if os.environ.get("NUMBA_THREADING_LAYER"):
+        return
+    from numba.np.ufunc import parallel
+
+    if not parallel._is_initialized and numba.config.THREADING_LAYER == "default":
+        numba.config.THREADING_LAYER = "workqueue"
+
+
+# One kernel launch at a time (the workqueue layer refuses concurrent launches).
+_launch_lock = threading.Lock()
 
 
 def compile_parallel(function: Callable) -> Callable:
@@ -41,12 +68,14 @@ def threads() -> Iterator[None]:
     import torch
 
     numba = module()
-    before = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    try:
-        yield
-    finally:
-        numba.set_num_threads(before)
+    with _launch_lock:
+        before = numba.get_num_threads()
+        numba.set_num_threads(max(1, min(torch.get_num_threads(),
+                                         numba.config.NUMBA_NUM_THREADS)))
+        try:
+            yield
+        finally:
+            numba.set_num_threads(before)
 
 
 @functools.cache

@@ -110,10 +110,12 @@ def compare(args: argparse.Namespace, exact_max_order: int, log=print) -> dict:
         before_src = checkout(args.before, tmp / "before")
         sources = {"after": (ROOT / "src", None), "before": (before_src, exact_max_order)}
         try:
-            # Only this checkout has a compiled kernel whose disk cache a first run fills (once
-            # per machine); the old code has nothing to warm (its checkout is fresh on disk).
-            warm = train_once(ROOT / "src", tmp / "warm-after", None, args)
-            log(f"  warm-up after: {warm['wall_s']:.1f} s")
+            # This checkout's compiled kernels fill numba's disk cache on a first run (once per
+            # machine); 9b2b98a has none. --warm-before warms a --before that has them too.
+            for side in ("after", "before") if getattr(args, "warm_before", False) else ("after",):
+                src, order = sources[side]
+                warm = train_once(src, tmp / f"warm-{side}", order, args)
+                log(f"  warm-up {side}: {warm['wall_s']:.1f} s")
             order_of_runs = []
             for i in range(args.repeats):
                 order_of_runs += ["after", "before"] if i % 2 == 0 else ["before", "after"]
@@ -127,6 +129,7 @@ def compare(args: argparse.Namespace, exact_max_order: int, log=print) -> dict:
             remove_checkout(tmp / "before")
     med = {side: statistics.median(r["wall_s"] for r in runs[side]) for side in runs}
     return {"before_rev": args.before, "before_max_order": exact_max_order,
+            "warm_before": bool(getattr(args, "warm_before", False)),
             "epochs": args.epochs, "threads": args.threads, "repeats": args.repeats,
             "settings": list(SETTINGS), "ranges": list(RANGES),
             "command": ["crbnet"] + train_command(Path("RUN_DIR"), args),
@@ -169,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per side")
     parser.add_argument("--before", default="9b2b98a", help="git revision of the 'before' code")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warm-before", action="store_true",
+                        help="an untimed warm-up run of --before too (a revision with numba "
+                             "kernels, whose fresh checkout compiles them on its first run)")
     parser.add_argument("--quick", action="store_true", help="2 epochs, one timed run per side")
     parser.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)

@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     import crbnet
     from crbnet import baselines
-    from crbnet.compare import make_comparison_set, score, timed_predict, training_snr
+    from crbnet.compare import (gross_error_fractions, make_comparison_set, score, timed_predict,
+                                training_snr)
     from crbnet.io import write_json
     from crbnet.plots.evaluation import plot_comparison
 
@@ -118,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             seconds = min([seconds] + [timed_predict(est, data.signals)[1] for _ in range(2)])
         row = {"label": label, "voxels": int(data.signals.shape[0]), "seconds": seconds,
                "voxels_per_second": data.signals.shape[0] / seconds,
-               **score(estimates, data, model.parameters)}
+               **score(estimates, data, model.parameters),
+               **gross_error_fractions(model, data, estimates)}
         if data is test and n_nlls < args.voxels:
             row["on_nlls_subset"] = score(estimates[subset], sub_test, model.parameters)
         rows.append(row)
@@ -177,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'  (NLLS set)':<12} {n_nlls:>7d} {'':>12} " + " ".join(
                 f"{sub['mse_over_crb'][p]:>14.3g}" for p in params) +
                 f" {sub['mse_over_crb_mean_over_parameters']:>7.3g}")
+    for r in rows:
+        print(f"{r['label']}: off by > 5 sqrtCRB {100 * r['gross_fraction']:.1f} % of voxels "
+              f"(local minima {100 * r['local_minimum_fraction']:.1f} %, alternative solutions "
+              f"{100 * r['alternative_fraction']:.1f} %)")
     for label, (dictionary, setup) in dictionaries.items():
         print(f"setup (excluded): {label}: {setup:.1f} s for {dictionary.n_atoms} atoms")
     print(f"setup (excluded): NLLS start dictionary {nlls_setup:.1f} s")

@@ -266,6 +266,25 @@ def test_fit_command_round_trip(tmp_path, capsys):
         assert np.load(tmp_path / f"{method}_m0.npy").shape == (3,)
 
 
+def test_fit_command_bounds_training_confines_the_search(tmp_path, capsys):
+    """--bounds training: NLLS searches the training range (T2 0.01-2.5 s) instead of the
+    physical bounds (0.001-10 s); a truth below the range ends on its edge."""
+    model = crbnet.get_model("t2_decay")
+    lo = model.spec("T2").train_range[0]
+    truth = torch.tensor([[0.5 * lo], [0.05]], dtype=torch.float64)
+    np.save(tmp_path / "y.npy", (_complex_m0(2, seed=4)[:, None] * model.simulate(truth)).numpy())
+    found = {}
+    for box in ("physical", "training"):
+        out = tmp_path / f"{box}.npy"
+        assert main(["fit", "--method", "nlls", "--model", "t2_decay", "--bounds", box,
+                     "--input", str(tmp_path / "y.npy"), "--out", str(out)]) == 0
+        found[box] = np.load(out)[:, 0]
+    capsys.readouterr()
+    np.testing.assert_allclose(found["physical"], truth[:, 0].numpy(), rtol=1e-8)
+    assert found["training"][0] == pytest.approx(lo, rel=1e-12)
+    assert found["training"][1] == pytest.approx(0.05, rel=1e-8)
+
+
 def test_fit_command_bad_input_exits_2(tmp_path, capsys):
     model = crbnet.get_model("t2_decay")
     good = model.simulate(torch.tensor([[0.05]], dtype=torch.float64)).numpy()

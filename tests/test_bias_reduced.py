@@ -58,6 +58,12 @@ def test_init_fine_tunes_and_refuses_a_foreign_checkpoint(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "--init" in err and len(err.splitlines()) == 1
     assert not other.exists()
+    # same model, another sequence (other echo times): refused likewise
+    rc = cli.main(["train", "--model", "t2_decay", "--times", "0.01,0.02,0.04,0.08", "--out",
+                   str(other), "--init", str(base)] + TINY)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "sequence" in err and len(err.splitlines()) == 1
+    assert not other.exists()
     # same model, another architecture: refused too
     rc = cli.main(["train", "--model", "t2_decay", "--out", str(other), "--init", str(base)]
                   + TINY + ["--set", "net.width=8"])

@@ -35,6 +35,18 @@ def test_crb_loss_by_hand():
     assert per_param_inf.tolist() == pytest.approx([2.0, 2.0])  # param 1: only 16/8
 
 
+def test_crb_normalized_leaves_out_unusable_bounds():
+    """values/CRB, NaN where the CRB is infinite, zero or negative; no NaN gradient leaks into
+    the entries with a usable bound (the CRB loss differentiates through it)."""
+    values = t([[2.0, 3.0, 4.0, 5.0]]).requires_grad_()
+    crb = t([[4.0, math.inf, 0.0, -1.0]])
+    ratio = losses.crb_normalized(values, crb)
+    assert ratio[0, 0].item() == 0.5 and torch.isnan(ratio[0, 1:]).all()
+    assert losses.finite_crb(crb).tolist() == [[True, False, False, False]]
+    losses.crb(values, torch.zeros_like(values), crb).backward()
+    assert values.grad.tolist() == [[2 * 2.0 / 4.0, 0.0, 0.0, 0.0]]
+
+
 def test_crb_loss_gradient_by_hand():
     est = t([[1.0, -2.0]]).requires_grad_()
     truth, crb = t([[0.0, 0.0]]), t([[0.5, 4.0]])

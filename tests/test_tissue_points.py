@@ -12,8 +12,8 @@ import crbnet
 from crbnet import cli
 from crbnet.crb import crb
 from crbnet.errors import InputError
-from crbnet.tissue_points import (Points, classify_gross_errors, point_statistics, study,
-                                  sweep_points, tissue_points, welch_test)
+from crbnet.tissue_points import (Points, point_statistics, study, sweep_points, tissue_points,
+                                  welch_test)
 
 
 class OffsetEstimator:
@@ -79,22 +79,6 @@ def test_welch_test_and_bonferroni():
     rows = res.rows()
     assert {r["estimator"] for r in rows} == {"one", "two"}
     assert all("welch_p_bonferroni" in r for r in rows if r["estimator"] == "one")
-
-
-def test_local_minimum_and_alternative_solution_are_told_apart():
-    model = crbnet.get_model("t2_decay")
-    truth = torch.tensor([[0.05], [0.05], [0.05]], dtype=torch.float64)
-    other = torch.tensor([[0.02]], dtype=torch.float64)
-    # voxel 0: data made at T2 = 0.02 -> an estimate of 0.02 fits better than the truth
-    # voxel 1: data made at the truth -> an estimate of 0.02 fits worse: a local minimum
-    # voxel 2: data at the truth, estimate at the truth: no gross error
-    y = torch.cat([model.simulate(other), model.simulate(truth[1:])]) * (0.6 - 0.8j)
-    bound = crb(model, truth, sigma=1e-3)
-    est = torch.tensor([[0.02], [0.02], [0.05]], dtype=torch.float64)
-    out = classify_gross_errors(model, y, est, truth, bound)
-    assert out["gross"].tolist() == [True, True, False]
-    assert out["alternative"].tolist() == [True, False, False]
-    assert out["local_minimum"].tolist() == [False, True, False]
 
 
 def test_points_from_names_csv_and_sweep(tmp_path):

@@ -24,10 +24,12 @@ import torch
 
 from . import losses as loss_registry
 from .crb import SingularFisherWarning, crb
-from .data import ParameterSampler, add_noise, random_m0
+from .data import ParameterSampler, noisy_measurements
 from .errors import InputError
 from .estimator import Estimator
 from .evaluate import SNR_DEFINITION, _json_ready
+from .gross_errors import classify_gross_errors
+from .losses import crb_normalized, finite_crb
 from .models.base import SignalModel
 from .sequences import sequence_hash
 
@@ -191,9 +193,8 @@ def make_comparison_set(model: SignalModel, n: int, snr: float, seed: int = 0) -
         raise InputError(f"SNR must be a positive number, got {snr!r}")
     gen = torch.Generator().manual_seed(seed)
     theta = ParameterSampler(model).sample(n, gen)
-    m0 = random_m0(n, generator=gen)
     clean = torch.cat([model.simulate(theta[s:s + 4096]) for s in range(0, n, 4096)])
-    signals = add_noise(m0[:, None] * clean, 1.0 / snr, gen)
+    signals, _ = noisy_measurements(clean, 1.0 / snr, gen)     # |M0| = 1, random phase
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SingularFisherWarning)
         bound = crb(model, theta, sigma=1.0 / snr)
@@ -219,21 +220,28 @@ def score(estimates: torch.Tensor, test: ComparisonSet, parameters: Sequence[str
           ) -> dict[str, Any]:
     """MSE/CRB per parameter (mean and median over voxels with a finite CRB and a finite
     estimate), plus counts of excluded voxels."""
-    err2 = (estimates - test.theta) ** 2
-    ratio = err2 / test.crb
+    ratio = crb_normalized((estimates - test.theta) ** 2, test.crb)
+    usable = finite_crb(test.crb)
     out: dict[str, Any] = {"mse_over_crb": {}, "mse_over_crb_median": {},
                            "n_infinite_crb": {}, "n_failed": {}}
     for j, p in enumerate(parameters):
-        finite_crb = torch.isfinite(test.crb[:, j]) & (test.crb[:, j] > 0)
-        ok = finite_crb & torch.isfinite(estimates[:, j])
+        ok = usable[:, j] & torch.isfinite(ratio[:, j])
         r = ratio[ok, j]
         out["mse_over_crb"][p] = float(r.mean()) if r.numel() else math.nan
         out["mse_over_crb_median"][p] = float(r.median()) if r.numel() else math.nan
-        out["n_infinite_crb"][p] = int((~finite_crb).sum())
-        out["n_failed"][p] = int((finite_crb & ~ok).sum())
+        out["n_infinite_crb"][p] = int((~usable[:, j]).sum())
+        out["n_failed"][p] = int((usable[:, j] & ~ok).sum())
     vals = [v for v in out["mse_over_crb"].values() if math.isfinite(v)]
     out["mse_over_crb_mean_over_parameters"] = float(np.mean(vals)) if vals else math.nan
     return out
+
+
+def gross_error_fractions(model: SignalModel, test: ComparisonSet, estimates: torch.Tensor
+                          ) -> dict[str, float]:
+    """Fractions of the test voxels off by > 5 √CRB (``gross_fraction``) and of those split
+    into ``local_minimum_fraction`` and ``alternative_fraction`` (:mod:`crbnet.gross_errors`)."""
+    kinds = classify_gross_errors(model, test.signals, estimates, test.theta, test.crb)
+    return {f"{kind}_fraction": float(flags.double().mean()) for kind, flags in kinds.items()}
 
 
 def check_losses(names: Sequence[str]) -> list[str]:
@@ -338,12 +346,9 @@ def compare(estimators: Sequence[tuple[str, Estimator]], model: SignalModel | No
     rows = []
     for label, est in estimators:
         estimates, seconds = timed_predict(est, test.signals, batch_size)
-        from .tissue_points import classify_gross_errors
-
-        kinds = classify_gross_errors(model, test.signals, estimates, test.theta, test.crb)
         row = {"label": label, "estimator": str(getattr(est, "name", type(est).__name__)),
                **score(estimates, test, model.parameters),
-               **{f"{k}_fraction": float(v.double().mean()) for k, v in kinds.items()},
+               **gross_error_fractions(model, test, estimates),
                "voxels_per_second": test.signals.shape[0] / seconds if seconds > 0 else math.inf,
                "predict_seconds": seconds}
         if losses:

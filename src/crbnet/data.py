@@ -249,6 +249,23 @@ class NoisyBatch:
     m0: torch.Tensor
 
 
+def noisy_measurements(clean: torch.Tensor, sigma: float | torch.Tensor,
+                       generator: torch.Generator | None = None,
+                       m0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``y = M0·f + n`` for each row ``f`` of ``clean`` [N, k] (a signal or its coefficients).
+
+    ``m0`` [N] complex is given, or drawn here with |M0| = 1 and a uniform phase — the test sets
+    of evaluation and comparison, where σ = 1/SNR. ``n`` is complex white Gaussian noise of std
+    ``sigma`` (scalar or [N]) on the real and on the imaginary part. Every noisy set in crbnet
+    (training, validation, evaluation, comparison) is made here. Returns ``(signals, m0)``.
+    """
+    if m0 is None:
+        m0 = random_m0(clean.shape[0], generator=generator)
+    dtype = torch.promote_types(clean.dtype, torch.complex64)
+    scaled = clean * m0.to(device=clean.device, dtype=dtype)[:, None]
+    return add_noise(scaled, sigma, generator), m0
+
+
 def make_noisy(clean: CleanBatch, snr: float | tuple[float, float] | list[float],
                m0_magnitude: tuple[float, float] = (1.0, 1.0),
                generator: torch.Generator | None = None, repeats: int = 1) -> NoisyBatch:
@@ -267,9 +284,8 @@ def make_noisy(clean: CleanBatch, snr: float | tuple[float, float] | list[float]
         m0 = m0.repeat_interleave(repeats)
     sigma = m0.abs() / snr_values
     coef = clean.coefficients
-    scaled = coef * m0.to(device=coef.device, dtype=coef.dtype)[:, None]
-    signals = add_noise(scaled, sigma.to(torch.float64 if coef.dtype == torch.complex128
-                                         else torch.float32), generator)
+    signals, _ = noisy_measurements(coef, sigma.to(torch.float64 if coef.dtype == torch.complex128
+                                                   else torch.float32), generator, m0=m0)
     crb_train = clean.crb / snr_values.to(clean.crb.device, clean.crb.dtype)[:, None] ** 2
     return NoisyBatch(signals=signals, theta=clean.theta, crb=crb_train,
                       snr=snr_values, m0=m0)

@@ -18,6 +18,12 @@ log-uniformly), so no point sits on the range's edge.
 
 Points where a parameter's CRB is infinite (not identifiable there) get NaN metrics for that
 parameter and are left out of its summary means; the summary says how many and which.
+
+Gross errors: every realization whose estimate is off by more than 5 √CRB in some parameter is
+classified as a *local minimum* (its data cost, M0 projected out, is above the cost at the
+truth) or an *alternative solution* (at or below it) by :mod:`crbnet.gross_errors`, for every
+estimator — NLLS, dictionary and network alike (that module says what each label means for
+each). The result keeps the counts per point and reports the fractions of all realizations.
 """
 
 from __future__ import annotations
@@ -35,9 +41,11 @@ import torch
 from .baselines.dictionary import parameter_axis
 from .models.base import resolve_ranges
 from .crb import SingularFisherWarning, crb
-from .data import SNR_DEFINITION as _SNR, ParameterSampler, add_noise, random_m0
+from .data import SNR_DEFINITION as _SNR, ParameterSampler, add_noise, noisy_measurements
 from .errors import InputError
 from .estimator import Estimator
+from .gross_errors import GROSS_ERROR_THRESHOLD, KINDS, classify_gross_errors
+from .losses import crb_normalized, finite_crb
 from .models.base import SignalModel
 
 SNR_DEFINITION = _SNR + "; here |M0| = 1 with a uniformly random phase"
@@ -156,6 +164,7 @@ class EvaluationResult:
     n_voxels: int
     predict_seconds: float
     grid: Grid
+    gross_counts: dict[str, np.ndarray] | None = None   # [G] per kind of gross_errors.KINDS
 
     @property
     def sigma(self) -> float:
@@ -166,11 +175,13 @@ class EvaluationResult:
         return self.n_voxels / self.predict_seconds if self.predict_seconds > 0 else math.inf
 
     def _finite_crb(self) -> np.ndarray:
-        return np.isfinite(self.crb) & (self.crb > 0)
+        return finite_crb(torch.from_numpy(self.crb)).numpy()
 
     def _ratio(self, num: np.ndarray, den: np.ndarray) -> np.ndarray:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(self._finite_crb(), num / den, np.nan)
+        """``num/den`` with ``den`` the CRB or its square root; NaN where the CRB is unusable."""
+        with np.errstate(invalid="ignore"):
+            return crb_normalized(torch.from_numpy(np.asarray(num, dtype=np.float64)),
+                                  torch.from_numpy(np.asarray(den, dtype=np.float64))).numpy()
 
     @property
     def bias_over_sqrt_crb(self) -> np.ndarray:
@@ -219,6 +230,29 @@ class EvaluationResult:
             }
         return out
 
+    def gross_error_fractions(self) -> dict[str, np.ndarray] | None:
+        """Per point [G]: ``gross_fraction``, ``local_minimum_fraction`` and
+        ``alternative_fraction`` of its realizations (None when not classified)."""
+        if self.gross_counts is None:
+            return None
+        return {f"{k}_fraction": self.gross_counts[k] / self.realizations for k in KINDS}
+
+    def gross_error_summary(self) -> dict[str, Any] | None:
+        """Over all points × realizations: how many estimates are off by more than 5 √CRB
+        (``gross``) and how they split into local minima and alternative solutions, as counts
+        and fractions of all realizations (None when not classified)."""
+        if self.gross_counts is None:
+            return None
+        total = int(self.theta.shape[0] * self.realizations)
+        out: dict[str, Any] = {"threshold_sqrt_crb": GROSS_ERROR_THRESHOLD,
+                               "n_realizations": total}
+        for kind in KINDS:
+            n = int(self.gross_counts[kind].sum())
+            out[f"n_{kind}"] = n
+            out[f"{kind}_fraction"] = n / total if total else math.nan
+        out["n_points_with_local_minimum"] = int((self.gross_counts["local_minimum"] > 0).sum())
+        return out
+
     def to_json(self, include_points: bool = True) -> dict[str, Any]:
         """JSON-ready dictionary: configuration, summary and (optionally) per-point arrays."""
         d: dict[str, Any] = {
@@ -242,6 +276,12 @@ class EvaluationResult:
                      "fixed_values": self.grid.fixed_values,
                      "kind": "grid" if self.grid.axes else "samples"},
             "summary": self.summary(),
+            "gross_errors": self.gross_error_summary(),
+            "gross_errors_definition": (
+                f"realizations off by > {GROSS_ERROR_THRESHOLD:g} sqrt(CRB) in some parameter "
+                "with a finite CRB; local_minimum: their data cost (M0 projected out) is above "
+                "the cost at the truth (the estimator missed a better fit); alternative: at or "
+                "below it (the data prefer another point); fractions of all realizations"),
             "metrics": {
                 "bias": "mean(estimate) - truth over the realizations (SI)",
                 "std": "sample standard deviation over the realizations, ddof 1 (SI)",
@@ -257,6 +297,7 @@ class EvaluationResult:
                 "mse": self.mse, "bias_over_sqrt_crb": self.bias_over_sqrt_crb,
                 "std_over_sqrt_crb": self.std_over_sqrt_crb, "mse_over_crb": self.mse_over_crb,
                 "n_failed": self.n_failed,
+                **(self.gross_error_fractions() or {}),
             }
         return _json_ready(d)
 
@@ -305,8 +346,8 @@ class _PointStats:
 def evaluate(estimator: Estimator, grid: Grid | torch.Tensor, snr: float = 100.0,
              realizations: int = 100, seed: int = 0, batch_size: int = 8192,
              progress: bool | None = None,
-             on_block: Callable[[slice, torch.Tensor, np.ndarray], None] | None = None
-             ) -> EvaluationResult:
+             on_block: Callable[[slice, torch.Tensor, np.ndarray], None] | None = None,
+             classify: bool = True) -> EvaluationResult:
     """Bias, std and MSE of ``estimator`` on every point of ``grid``, against the CRB.
 
     Args:
@@ -321,6 +362,9 @@ def evaluate(estimator: Estimator, grid: Grid | torch.Tensor, snr: float = 100.0
         on_block: called after each block as ``on_block(points, signals, estimates)`` with the
             point slice, the noisy signals [g·r, T] and the estimates [g, r, P] (NaN where the
             estimate failed) — for statistics beyond bias/std/MSE without a second pass.
+        classify: count, per point, the realizations off by more than 5 √CRB and split them
+            into local minima and alternative solutions (:mod:`crbnet.gross_errors`; costs one
+            simulation of each such estimate and of its truth).
 
     Estimates that come back NaN/Inf count as failures (``n_failed``) and are left out of the
     statistics of their point. Timing covers the ``predict`` calls only, after an untimed
@@ -349,11 +393,18 @@ def evaluate(estimator: Estimator, grid: Grid | torch.Tensor, snr: float = 100.0
     truth = theta.numpy()
     stats = _PointStats(G, P)
     n_failed = np.zeros(G, dtype=np.int64)
+    gross_counts = {kind: np.zeros(G, dtype=np.int64) for kind in KINDS} if classify else None
 
     def noisy(f_points: torch.Tensor, r: int) -> torch.Tensor:
-        clean = f_points.repeat_interleave(r, 0)
-        m0 = random_m0(clean.shape[0], generator=generator)
-        return add_noise(m0[:, None] * clean, sigma, generator)
+        return noisy_measurements(f_points.repeat_interleave(r, 0), sigma, generator)[0]
+
+    def count_gross(pts: slice, signals: torch.Tensor, est: np.ndarray) -> None:
+        g, r = est.shape[0], est.shape[1]
+        kinds = classify_gross_errors(model, signals.cpu(), torch.from_numpy(est.reshape(-1, P)),
+                                      theta[pts].repeat_interleave(r, 0),
+                                      torch.from_numpy(bound[pts]).repeat_interleave(r, 0))
+        for kind in KINDS:
+            gross_counts[kind][pts] += kinds[kind].view(g, r).sum(1).numpy()
 
     # Warm-up (untimed, separate generator so the evaluation draws do not depend on it).
     warm_gen = torch.Generator().manual_seed(seed + 1)
@@ -385,6 +436,8 @@ def evaluate(estimator: Estimator, grid: Grid | torch.Tensor, snr: float = 100.0
             n_failed[pts] += bad.sum(1)
             est = np.where(bad[..., None], np.nan, est)
             stats.add(pts, est - truth[pts][:, None, :])
+            if gross_counts is not None:
+                count_gross(pts, y, est)
             if on_block is not None:
                 on_block(pts, y, est)
             bar.update(y.shape[0])
@@ -399,4 +452,5 @@ def evaluate(estimator: Estimator, grid: Grid | torch.Tensor, snr: float = 100.0
         model=model.name, estimator=str(getattr(estimator, "name", type(estimator).__name__)),
         parameters=tuple(model.parameters), units=dict(model.units), theta=truth, crb=bound,
         bias=bias, std=std, mse=mse, n_failed=n_failed, snr=float(snr), realizations=R,
-        seed=int(seed), n_voxels=G * R, predict_seconds=seconds, grid=grid)
+        seed=int(seed), n_voxels=G * R, predict_seconds=seconds, grid=grid,
+        gross_counts=gross_counts)

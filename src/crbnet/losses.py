@@ -51,6 +51,25 @@ def _finite_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, values, torch.zeros_like(values)).sum() / count
 
 
+def finite_crb(crb: torch.Tensor) -> torch.Tensor:
+    """Entries where the CRB is usable as a scale: finite and positive (an infinite CRB means
+    the parameter is not identifiable in that sample)."""
+    return torch.isfinite(crb) & (crb > 0)
+
+
+def crb_normalized(values: torch.Tensor, crb: torch.Tensor) -> torch.Tensor:
+    """``values / CRB`` entry by entry, NaN where the CRB is not finite and positive.
+
+    The one place where anything is put in CRB units — losses, validation, evaluation,
+    comparison and gross-error tests all go through it. Gradients flow only through the
+    entries with a usable CRB (the others never divide by the bad CRB).
+    """
+    crb = crb.to(device=values.device, dtype=values.dtype)
+    usable = finite_crb(crb)
+    ratio = values / torch.where(usable, crb, torch.ones_like(crb))
+    return torch.where(usable, ratio, torch.full_like(ratio, float("nan")))
+
+
 def mse(estimate: torch.Tensor, target: torch.Tensor,
         weights: torch.Tensor | Sequence[float] | None = None) -> torch.Tensor:
     """``mean_{i,p} w_p (θ̂_ip − θ_ip)²`` (``w = 1`` when ``weights`` is None)."""
@@ -62,10 +81,8 @@ def mse(estimate: torch.Tensor, target: torch.Tensor,
 
 def crb(estimate: torch.Tensor, target: torch.Tensor, crb: torch.Tensor) -> torch.Tensor:
     """``mean_{i,p} (θ̂_ip − θ_ip)² / CRB_ip`` over entries with a finite CRB."""
-    crb = crb.to(estimate.dtype)
-    finite = torch.isfinite(crb) & (crb > 0)
-    safe = torch.where(finite, crb, torch.ones_like(crb))
-    return _finite_mean((estimate - target) ** 2 / safe, finite)
+    crb = crb.to(estimate.dtype)        # an overflow to inf in a float32 CRB leaves it out
+    return _finite_mean(crb_normalized((estimate - target) ** 2, crb), finite_crb(crb))
 
 
 def relative_mse(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -99,13 +116,11 @@ def bias_reduced(estimates: torch.Tensor, target: torch.Tensor, crb: torch.Tenso
     if estimates.ndim != 3 or estimates.shape[1] < 2:
         raise ValueError("bias_reduced needs estimates of shape [N, R, P] with R >= 2")
     crb = crb.to(estimates.dtype)
-    finite = torch.isfinite(crb) & (crb > 0)
-    safe = torch.where(finite, crb, torch.ones_like(crb))
     mean = estimates.mean(1)
     var = estimates.var(1, unbiased=True)
-    bias_term = (mean - target) ** 2 / safe
-    excess = torch.relu(var / safe - delta)
-    return _finite_mean(bias_term + lam * excess, finite)
+    bias_term = crb_normalized((mean - target) ** 2, crb)
+    excess = torch.relu(crb_normalized(var, crb) - delta)
+    return _finite_mean(bias_term + lam * excess, finite_crb(crb))
 
 
 def crb_ratio_per_parameter(estimate: torch.Tensor, target: torch.Tensor,
@@ -113,9 +128,8 @@ def crb_ratio_per_parameter(estimate: torch.Tensor, target: torch.Tensor,
     """[P] mean over samples of ``(θ̂ − θ)² / CRB`` (finite CRBs only): the validation metric,
     the same whatever loss trained the network."""
     crb = crb.to(torch.float64)
-    finite = torch.isfinite(crb) & (crb > 0)
-    safe = torch.where(finite, crb, torch.ones_like(crb))
-    ratio = (estimate.to(torch.float64) - target.to(torch.float64)) ** 2 / safe
+    finite = finite_crb(crb)
+    ratio = crb_normalized((estimate.to(torch.float64) - target.to(torch.float64)) ** 2, crb)
     ratio = torch.where(finite, ratio, torch.zeros_like(ratio))
     return ratio.sum(0) / finite.sum(0).clamp_min(1)
 
@@ -233,4 +247,5 @@ def mse_weights(parameters: Sequence[str], scales: Mapping[str, float],
 
 
 __all__ = ["LOSSES", "REGISTRY", "Loss", "LossInputs", "register", "names", "get", "mse", "crb",
-           "bias_reduced", "relative_mse", "log_mse", "crb_ratio_per_parameter", "mse_weights"]
+           "bias_reduced", "relative_mse", "log_mse", "crb_ratio_per_parameter", "mse_weights",
+           "finite_crb", "crb_normalized"]

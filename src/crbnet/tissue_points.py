@@ -16,17 +16,15 @@ Two estimators are compared on the bias with Welch's unequal-variance t-test on 
 Bonferroni correction over all tests made (points × parameters × SNRs): ``p_adjusted =
 min(1, m·p)``.
 
-Gross errors: a realization whose error exceeds ``threshold``·√CRB in some parameter is
-classified by its data cost ``C(θ) = ‖y‖² − |fᴴy|²/‖f‖²`` (M0 projected out): above the cost at
-the true θ it is a *local minimum* (the fit stopped at a worse point than the truth — the
-optimizer's fault); at or below it an *alternative solution* (the data prefer another θ — the
-problem's ambiguity, which no local bound describes).
+Gross errors: the fraction of a point's realizations off by more than 5 √CRB in some
+parameter, split into *local minima* (data cost above the truth's) and *alternative solutions*
+(at or below it), as counted by :func:`crbnet.evaluate.evaluate` with
+:mod:`crbnet.gross_errors`.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -35,14 +33,11 @@ import numpy as np
 import torch
 
 from .baselines.dictionary import parameter_axis
-from .crb import SingularFisherWarning
-from .crb import crb as crb_of
 from .errors import InputError
 from .estimator import Estimator
+from .gross_errors import GROSS_ERROR_THRESHOLD, KINDS
+from .losses import crb_normalized
 from .models.base import SignalModel
-
-#: A realization is a gross error when some parameter is off by more than this many √CRB.
-GROSS_ERROR_THRESHOLD = 5.0
 
 
 # ---- points --------------------------------------------------------------------------------
@@ -89,39 +84,6 @@ def sweep_points(model: SignalModel, base: Points, parameter: str, n: int = 9,
     return Points(names, torch.stack(rows), sweep=parameter)
 
 
-# ---- gross errors --------------------------------------------------------------------------
-def projected_cost(model: SignalModel, theta: torch.Tensor, signals: torch.Tensor
-                   ) -> torch.Tensor:
-    """[N] ``min over complex M0 of ‖M0·f(θ) − y‖² = ‖y‖² − |fᴴy|²/‖f‖²``."""
-    f = model.simulate(theta.to(torch.float64)).to(torch.complex128)
-    y = signals.to(torch.complex128)
-    fy = (f.conj() * y).sum(-1)
-    return (y.abs() ** 2).sum(-1) - fy.abs() ** 2 / (f.abs() ** 2).sum(-1)
-
-
-def classify_gross_errors(model: SignalModel, signals: torch.Tensor, estimates: torch.Tensor,
-                          truth: torch.Tensor, crb: torch.Tensor,
-                          threshold: float = GROSS_ERROR_THRESHOLD) -> dict[str, torch.Tensor]:
-    """Per voxel: ``gross`` (error > threshold·√CRB in a parameter with finite CRB),
-    ``local_minimum`` (gross, final cost above the truth's) and ``alternative`` (gross, cost at
-    or below the truth's); [N] bool each. Non-finite estimates are neither."""
-    finite = torch.isfinite(crb) & (crb > 0)
-    z = (estimates - truth).abs() / torch.where(finite, crb, torch.ones_like(crb)).sqrt()
-    ok = torch.isfinite(estimates).all(-1)
-    gross = ok & (torch.where(finite, z, torch.zeros_like(z)) > threshold).any(-1)
-    local = torch.zeros_like(gross)
-    if gross.any():
-        idx = gross.nonzero().squeeze(1)
-        lower = torch.tensor([model.bounds[p][0] for p in model.parameters], dtype=torch.float64)
-        upper = torch.tensor([model.bounds[p][1] for p in model.parameters], dtype=torch.float64)
-        est = torch.minimum(torch.maximum(estimates[idx], lower), upper)
-        c_est = projected_cost(model, est, signals[idx])
-        c_true = projected_cost(model, truth[idx], signals[idx])
-        # a relative margin keeps round-off at an exact tie on the "alternative" side
-        local[idx] = c_est > c_true * (1 + 1e-9) + 1e-300
-    return {"gross": gross, "local_minimum": local, "alternative": gross & ~local}
-
-
 # ---- statistics ----------------------------------------------------------------------------
 @dataclass
 class _Moments:
@@ -159,32 +121,16 @@ def point_statistics(estimator: Estimator, points: Points, snr: float, realizati
     realizations of a point share its clean signal and CRB."""
     from .evaluate import evaluate
 
-    model = estimator.model
     G, P = points.theta.shape
     moments = _Moments((G, P))
-    counts = {k: np.zeros(G) for k in ("gross", "local_minimum", "alternative")}
-    state: dict[str, Any] = {}
 
     def on_block(pts: slice, signals: torch.Tensor, est: np.ndarray) -> None:
-        truth = points.theta[pts].numpy()
-        moments.add(pts, est - truth[:, None, :])
-        if not classify:
-            return
-        g, r = est.shape[0], est.shape[1]
-        crb_rows = torch.from_numpy(state["crb"][pts]).repeat_interleave(r, 0)
-        truth_rows = points.theta[pts].repeat_interleave(r, 0)
-        out = classify_gross_errors(model, signals.cpu(), torch.from_numpy(est.reshape(-1, P)),
-                                    truth_rows, crb_rows)
-        for key in counts:
-            counts[key][pts] += out[key].view(g, r).sum(1).numpy()
+        moments.add(pts, est - points.theta[pts].numpy()[:, None, :])
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SingularFisherWarning)
-        state["crb"] = crb_of(model, points.theta, sigma=1.0 / snr).numpy()
     res = evaluate(estimator, points.theta, snr=snr, realizations=realizations, seed=seed,
-                   batch_size=batch_size, progress=progress, on_block=on_block)
-    return _derived(res.theta, res.crb, moments, counts if classify else None,
-                    res.n_failed, realizations)
+                   batch_size=batch_size, progress=progress, on_block=on_block,
+                   classify=classify)
+    return _derived(res.theta, res.crb, moments, res.gross_counts, res.n_failed, realizations)
 
 
 def _derived(theta: np.ndarray, crb: np.ndarray, moments: _Moments,
@@ -200,18 +146,22 @@ def _derived(theta: np.ndarray, crb: np.ndarray, moments: _Moments,
         m4 = moments.fourth_central()
         var_se = np.sqrt(np.maximum(m4 - var ** 2 * (n - 3) / (n - 1), 0.0) / n)
         std_se = np.where(std > 0, var_se / (2 * std), np.nan)
-        finite = np.isfinite(crb) & (crb > 0)
-        root = np.where(finite, np.sqrt(np.where(finite, crb, 1.0)), np.nan)
+        root = torch.from_numpy(np.sqrt(crb))
+
+        def per_sqrt_crb(x: np.ndarray) -> np.ndarray:      # NaN where the CRB is not finite
+            return crb_normalized(torch.from_numpy(np.asarray(x, dtype=np.float64)), root).numpy()
+
         out = {
             "theta": theta, "mean": theta + mean_err, "bias": mean_err, "bias_se": bias_se,
             "std": std, "std_se": std_se, "crb": crb, "n": n,
-            "bias_over_sqrt_crb": mean_err / root, "bias_over_sqrt_crb_se": bias_se / root,
+            "bias_over_sqrt_crb": per_sqrt_crb(mean_err),
+            "bias_over_sqrt_crb_se": per_sqrt_crb(bias_se),
             "relative_bias_percent": 100 * mean_err / np.abs(theta),
             "relative_bias_percent_se": 100 * bias_se / np.abs(theta),
-            "std_over_sqrt_crb": std / root, "std_over_sqrt_crb_se": std_se / root,
+            "std_over_sqrt_crb": per_sqrt_crb(std), "std_over_sqrt_crb_se": per_sqrt_crb(std_se),
             "n_failed": n_failed,
         }
-    for key in ("gross", "local_minimum", "alternative"):
+    for key in KINDS:
         out[f"{key}_fraction"] = (counts[key] / realizations if counts is not None
                                   else np.full(theta.shape[0], np.nan))
     return out
@@ -367,5 +317,4 @@ def study(estimators: Sequence[tuple[str, Estimator]], points: Points, snrs: Seq
 
 
 __all__ = ["Points", "PointStudy", "tissue_points", "sweep_points", "point_statistics",
-           "classify_gross_errors", "projected_cost", "welch_test", "study",
-           "GROSS_ERROR_THRESHOLD"]
+           "welch_test", "study", "GROSS_ERROR_THRESHOLD"]

@@ -20,7 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Evaluate a trained network (--checkpoint) or a classical method (--method) "
                     "on a grid over the parameter space (2-D: two chosen parameters, others at "
                     "their defaults) or on samples of the training distribution, with R noise "
-                    "realizations per point. Writes DIR/evaluation.json and DIR/evaluation.png. "
+                    "realizations per point. Writes DIR/evaluation.json and DIR/evaluation.png, "
+                    "with the fraction of estimates off by > 5 sqrtCRB split into local minima "
+                    "(fit cost above the truth's) and alternative solutions. "
                     "SNR = |M0|/sigma with |M0| = 1.")
     add_estimator_arguments(p, "trained network (file or run dir)")
     add_model_arguments(p, required=False)
@@ -135,8 +137,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"{p:<10} {s['mse_over_crb']:>9.3g} {s['bias_over_sqrt_crb']:>15.3g} "
               f"{s['std_over_sqrt_crb']:>12.3g} {s['n_points']:>7d} "
               f"{s['n_points_infinite_crb']:>8d}")
+    print(format_gross_errors(result.gross_error_summary()))
     print(f"{result.voxels_per_second:,.0f} voxels/s; wrote {paths['json']} and {paths['png']}")
     return 0
+
+
+def format_gross_errors(summary: dict | None) -> str:
+    """One line: realizations off by > 5 sqrtCRB, split into local minima and alternatives."""
+    if summary is None:
+        return "gross errors not classified"
+    return (f"gross errors (> {summary['threshold_sqrt_crb']:g} sqrtCRB): "
+            f"{100 * summary['gross_fraction']:.2f} % of {summary['n_realizations']} "
+            f"realizations; local minima (cost above the truth's) "
+            f"{100 * summary['local_minimum_fraction']:.2f} %, alternative solutions (at or "
+            f"below) {100 * summary['alternative_fraction']:.2f} %")
 
 
 def run_points(args: argparse.Namespace, model, estimators: list, snrs: list[float] | None,

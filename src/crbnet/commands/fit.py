@@ -37,6 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, metavar="SIGNALS.npy", help="complex [N, T]")
     p.add_argument("--out", required=True, metavar="ESTIMATES.npy", help="float64 [N, P] (SI)")
     p.add_argument("--m0-out", metavar="M0.npy", help="also write the complex M0 [N]")
+    p.add_argument("--bounds", choices=("physical", "training"), default=None,
+                   help="search box: the model's physical bounds or its training ranges (the "
+                        "box a network trained with the defaults knows; default: nlls "
+                        "physical, dictionary training)")
     add_option_argument(p)
     add_basis_argument(p, "the input holds the K subspace coefficients [N, K] in this basis; "
                           "the fit works in coefficient space")
@@ -55,6 +59,10 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     options = parse_options(args.option)
     options.setdefault("device", device)
+    if args.bounds:
+        from ..compare import box_options, training_ranges
+
+        options.update(box_options(args.method, model, args.bounds, training_ranges(model)))
     estimator = baselines.get(args.method, model, **options)
     signals = load_signals(args.input)
     theta, m0 = estimator.predict_with_m0(signals)

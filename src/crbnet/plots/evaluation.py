@@ -97,11 +97,17 @@ def _norm_and_cmap(metric: str, data: np.ndarray) -> tuple[Any, Any]:
 
 
 def _title(result: "EvaluationResult") -> str:
+    gross = result.gross_error_summary()
+    gross_line = "" if gross is None else (
+        f"\nestimates off by > {gross['threshold_sqrt_crb']:g} √CRB: "
+        f"{100 * gross['gross_fraction']:.2f} % — local minima (cost above the truth's) "
+        f"{100 * gross['local_minimum_fraction']:.2f} %, alternative solutions (at or below) "
+        f"{100 * gross['alternative_fraction']:.2f} %")
     return (f"{result.estimator} on {result.model}: SNR {result.snr:g} (|M0|/σ, |M0| = 1), "
             f"{result.realizations} noise realizations per point, "
             f"{result.voxels_per_second:,.0f} voxels/s\n"
             "white = ideal (bias 0, std = √CRB, MSE = CRB); red above, blue below; "
-            "grey = CRB infinite or estimator failed")
+            "grey = CRB infinite or estimator failed" + gross_line)
 
 
 def plot_evaluation(result: "EvaluationResult", path: str | Path) -> None:
@@ -109,7 +115,7 @@ def plot_evaluation(result: "EvaluationResult", path: str | Path) -> None:
     estimated parameter (rows) and metric (columns)."""
     grid = result.grid
     P = len(result.parameters)
-    fig, axes = subplots(P, len(METRICS), figsize=(4.8 * len(METRICS), 3.4 * P + 0.9),
+    fig, axes = subplots(P, len(METRICS), figsize=(4.8 * len(METRICS), 3.4 * P + 1.1),
                              squeeze=False, layout="constrained")
     data = {m: getattr(result, m) for m in METRICS}
     summary = result.summary()

@@ -197,12 +197,18 @@ def throughput(model, seq, args, bs_states: int | None) -> list[dict]:
 
 
 # ---- training before / after -----------------------------------------------------------------
-def training(args, exact_max_order: int) -> dict:
-    """``bench_fisp_train.compare`` (the same comparison, run from here with this script's
-    thread and epoch options, ``--train-repeats`` timed runs per side)."""
+def _bench_fisp_train():
+    """The sibling script ``bench_fisp_train.py`` as a module."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench_fisp_train
 
+    return bench_fisp_train
+
+
+def training(args, exact_max_order: int) -> dict:
+    """``bench_fisp_train.compare`` (the same comparison, run from here with this script's
+    thread and epoch options, ``--train-repeats`` timed runs per side)."""
+    bench_fisp_train = _bench_fisp_train()
     options = argparse.Namespace(threads=args.train_threads, epochs=args.train_epochs,
                                  repeats=args.train_repeats, before=args.before, seed=args.seed)
     return bench_fisp_train.compare(options, exact_max_order,
@@ -348,13 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name}: {'missing' if value is None else f'{value:.2f}'}")
     for name, ok in result["targets"].items():
         print(f"  {name}: {'missing' if ok is None else 'PASS' if ok else 'FAIL'}")
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    from crbnet.io import write_json
-
-    write_json(out / "bench_fisp.json", result)
-    plot(result, out / "bench_fisp.png")
-    print(f"wrote {out / 'bench_fisp.json'} and {out / 'bench_fisp.png'}")
+    _bench_fisp_train().write_results(result, Path(args.out_dir), "bench_fisp", plot)
     return 0
 
 

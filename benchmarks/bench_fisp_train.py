@@ -198,14 +198,18 @@ def main(argv: list[str] | None = None) -> int:
           f"{result['after']['wall_s']:.1f} s: {result['speedup']:.2f}x "
           f"({'PASS' if result['speedup'] >= TARGET else 'FAIL'}; best-of: "
           f"{result['speedup_min']:.2f}x)")
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    write_results(result, Path(args.out_dir), "bench_fisp_train", plot)
+    return 0
+
+
+def write_results(result: dict, out: Path, stem: str, plot_fn) -> None:
+    """``<out>/<stem>.json`` and ``.png`` (``plot_fn(result, path)``), then say so."""
     from crbnet.io import write_json
 
-    write_json(out / "bench_fisp_train.json", result)
-    plot(result, out / "bench_fisp_train.png")
-    print(f"wrote {out / 'bench_fisp_train.json'} and {out / 'bench_fisp_train.png'}")
-    return 0
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{stem}.json", result)
+    plot_fn(result, out / f"{stem}.png")
+    print(f"wrote {out / f'{stem}.json'} and {out / f'{stem}.png'}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ load.
 Usage::
 
     python benchmarks/bench_fisp_train.py [--threads 1] [--epochs 4] [--repeats 2]
-        [--before 9b2b98a] [--out-dir benchmarks/results] [--quick]
+        [--before 9b2b98a] [--out-dir benchmarks/results] [--quick] [--default-settings]
+        [--warm-before]
 
 Writes ``<out-dir>/bench_fisp_train.json`` and ``.png``; target: speed-up ≥ 2 (ratio of the
 median wall times).
@@ -64,7 +65,7 @@ def remove_checkout(into: Path) -> None:
 def train_command(run_dir: Path, args: argparse.Namespace) -> list[str]:
     cli = ["train", "--model", "fisp_mrf", "--out", str(run_dir), "--epochs", str(args.epochs),
            "--seed", str(args.seed), "--no-progress"]
-    for setting in SETTINGS:
+    for setting in () if getattr(args, "default_settings", False) else SETTINGS:
         cli += ["--set", setting]
     for spec in RANGES:
         cli += ["--range", spec]
@@ -131,7 +132,8 @@ def compare(args: argparse.Namespace, exact_max_order: int, log=print) -> dict:
     return {"before_rev": args.before, "before_max_order": exact_max_order,
             "warm_before": bool(getattr(args, "warm_before", False)),
             "epochs": args.epochs, "threads": args.threads, "repeats": args.repeats,
-            "settings": list(SETTINGS), "ranges": list(RANGES),
+            "settings": [] if getattr(args, "default_settings", False) else list(SETTINGS),
+            "ranges": list(RANGES),
             "command": ["crbnet"] + train_command(Path("RUN_DIR"), args),
             "runs": runs, "order": order_of_runs,
             "before": {"wall_s": med["before"]}, "after": {"wall_s": med["after"]},
@@ -157,7 +159,9 @@ def plot(result: dict, path: Path) -> None:
                            f"{result['before_max_order']})", "after (this checkout)"])
     ax.set_ylabel("crbnet train wall time (s), median and runs")
     load = [r["load_before"][0] for side in ("before", "after") for r in result["runs"][side]]
-    ax.set_title(f"fisp_mrf training, {result['epochs']} epochs, {result['threads']} thread(s), "
+    settings = "scaled settings" if result["settings"] else "default settings"
+    ax.set_title(f"fisp_mrf training ({settings}), {result['epochs']} epochs, "
+                 f"{result['threads']} thread(s), "
                  f"load {min(load):.1f}–{max(load):.1f}: {result['speedup']:.2f}x", fontsize=9)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
@@ -175,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm-before", action="store_true",
                         help="an untimed warm-up run of --before too (a revision with numba "
                              "kernels, whose fresh checkout compiles them on its first run)")
+    parser.add_argument("--default-settings", action="store_true",
+                        help="the default fisp_mrf data settings instead of SETTINGS (pool "
+                             "8192: minutes per old run); writes bench_fisp_train_default.*")
     parser.add_argument("--quick", action="store_true", help="2 epochs, one timed run per side")
     parser.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
@@ -189,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     result = {"n_timepoints": model.n_timepoints, "states": model.n_states,
               "cpu_count": os.cpu_count(), "platform": platform.platform(),
               "torch": torch.__version__, "load_average_start": list(os.getloadavg())}
-    print(f"fisp_mrf training, {args.epochs} epochs, {args.threads} thread(s), "
-          f"{', '.join(SETTINGS)}; before = {args.before} with max_order {model.max_order}")
+    settings = "default settings" if args.default_settings else ", ".join(SETTINGS)
+    print(f"fisp_mrf training, {args.epochs} epochs, {args.threads} thread(s), {settings}; "
+          f"before = {args.before} with max_order {model.max_order}")
     result.update(compare(args, model.max_order))
     result["load_average_end"] = list(os.getloadavg())
     result["target"] = {"speedup >= 2": result["speedup"] >= TARGET}
@@ -198,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{result['after']['wall_s']:.1f} s: {result['speedup']:.2f}x "
           f"({'PASS' if result['speedup'] >= TARGET else 'FAIL'}; best-of: "
           f"{result['speedup_min']:.2f}x)")
-    write_results(result, Path(args.out_dir), "bench_fisp_train", plot)
+    stem = "bench_fisp_train_default" if args.default_settings else "bench_fisp_train"
+    write_results(result, Path(args.out_dir), stem, plot)
     return 0
 
 

@@ -109,8 +109,6 @@ def crb_reference(phantom, device) -> np.ndarray:
 
 
 def tissue_table(phantom, results, crb_var) -> list[dict]:
-    from crbnet.apply import map_name
-
     model = phantom.model
     rows = []
     brain = phantom.mask
@@ -126,7 +124,7 @@ def tissue_table(phantom, results, crb_var) -> list[dict]:
                    "estimators": {}}
             for label, res in results.items():
                 used = res.mask[tmask]
-                est = res.maps[map_name(p)][tmask][used]
+                est = res.maps[model.map_name(p)][tmask][used]
                 err = est - truth[used]
                 entry = {"n": int(used.sum())}
                 if used.any():

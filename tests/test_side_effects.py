@@ -53,6 +53,24 @@ def test_mt_kernel_restores_numba_threads():
         torch.set_num_threads(before_torch)
 
 
+def test_compiled_kernel_keeps_torch_threads():
+    """Starting numba's OpenMP layer (first kernel call, fresh process) must not change
+    PyTorch's thread count."""
+    script = """
+import torch
+torch.set_num_threads(1)
+from crbnet import models
+model = models.get("fisp_mrf")
+for _ in range(2):
+    model.simulate(torch.tensor([[1.0, 0.1]], dtype=torch.float64))
+    assert torch.get_num_threads() == 1, torch.get_num_threads()
+"""
+    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 def save_gz(path: Path, data: np.ndarray) -> Path:
     import nibabel as nib
     nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))

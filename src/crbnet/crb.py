@@ -263,11 +263,7 @@ def crb_details(model: SignalModel, theta: torch.Tensor, basis: torch.Tensor | N
     use_gram = basis is None and model.explicit_real_gram(theta64[:0]) is not None
     if chunk_size is None:
         chunk_size = _GRAM_CHUNK if use_gram else default_chunk_size(model)
-    if rcond is None:
-        rcond = 1000 * torch.finfo(torch.float64).eps
-    width = torch.tensor([hi - lo for lo, hi in model.train_ranges.values()],
-                         dtype=torch.float64, device=theta.device)
-    variances, singular = [], []
+    parts = []
     for start in range(0, theta.shape[0], chunk_size):
         th = theta64[start:start + chunk_size]
         gram = model.explicit_real_gram(th) if use_gram else None
@@ -276,10 +272,54 @@ def crb_details(model: SignalModel, theta: torch.Tensor, basis: torch.Tensor | N
         else:
             sig, columns = _signal_and_jacobian(model, th)
             F = _fisher_from_columns(columns, sig, basis).to(torch.float64)
-        res = _invert_fisher(F, model.n_parameters, rcond, torch.maximum(th.abs(), width))
-        variances.append(res.variance.to(theta.dtype))
-        singular.append(res.singular)
-    if not variances:                                       # no voxels
+        parts.append(_invert(model, F, th, rcond))
+    return _joined(parts, model, theta)
+
+
+def signal_and_crb(model: SignalModel, theta: torch.Tensor, chunk_size: int | None = None,
+                   rcond: float | None = None) -> tuple[torch.Tensor, CRBResult]:
+    """The signal ``f(θ)`` [N, T] (complex128) with the unscaled CRB of :func:`crb_details`
+    (``crbnet apply`` needs both: M0 and the residual at the estimate).
+
+    One forward-mode pass per chunk gives both (its primal is the signal), which saves the
+    separate simulation — except for a model that forms the Fisher matrix's Gram matrix
+    itself (``explicit_real_gram``, e.g. a compiled kernel that never stores the Jacobian):
+    that route plus a plain simulation is the cheaper one there (mt_hybrid_state: about 1.5×)."""
+    model.check_theta(theta)
+    theta64 = theta.to(torch.float64)
+    if model.explicit_real_gram(theta64[:0]) is not None:
+        with torch.no_grad():
+            signal = model.simulate(theta64).to(torch.complex128)
+        return signal, crb_details(model, theta, chunk_size=chunk_size, rcond=rcond)
+    chunk_size = chunk_size or default_chunk_size(model)
+    signals, parts = [], []
+    for start in range(0, theta.shape[0], chunk_size):
+        th = theta64[start:start + chunk_size]
+        sig, columns = _signal_and_jacobian(model, th)
+        F = _fisher_from_columns(columns, sig).to(torch.float64)
+        signals.append(_as_complex(sig).to(torch.complex128))
+        parts.append(_invert(model, F, th, rcond))
+    if not signals:
+        signals.append(torch.zeros(0, model.n_timepoints, dtype=torch.complex128,
+                                   device=theta.device))
+    return torch.cat(signals), _joined(parts, model, theta)
+
+
+def _invert(model: SignalModel, F: torch.Tensor, theta: torch.Tensor,
+            rcond: float | None) -> CRBResult:
+    """:func:`_invert_fisher` with the default ``rcond`` and the parameter scales of
+    :func:`crb_details` (``max(|θ|, width of the training range)``)."""
+    if rcond is None:
+        rcond = 1000 * torch.finfo(torch.float64).eps
+    width = torch.tensor([hi - lo for lo, hi in model.train_ranges.values()],
+                         dtype=torch.float64, device=theta.device)
+    return _invert_fisher(F, model.n_parameters, rcond, torch.maximum(theta.abs(), width))
+
+
+def _joined(parts: list[CRBResult], model: SignalModel, theta: torch.Tensor) -> CRBResult:
+    """The chunks' results as one, variances in ``theta``'s dtype."""
+    if not parts:                                           # no voxels
         return CRBResult(variance=theta.new_zeros(0, model.n_parameters),
                          singular=torch.zeros(0, dtype=torch.bool, device=theta.device))
-    return CRBResult(variance=torch.cat(variances), singular=torch.cat(singular))
+    return CRBResult(variance=torch.cat([r.variance for r in parts]).to(theta.dtype),
+                     singular=torch.cat([r.singular for r in parts]))

@@ -4,10 +4,15 @@ An estimator has ``model`` (a :class:`~crbnet.models.base.SignalModel`), ``param
 names of the estimated parameters, in column order), ``name`` (short label for reports) and
 ``predict(signals) -> Tensor [N, P]`` (SI units), where ``signals`` is a complex tensor or
 array ``[N, T]`` — the full time series as the model simulates it, with arbitrary complex M0.
+
+An estimator that fits the signal itself (dictionary matching, NLLS) may also offer
+``predict_with_fit(signals) -> SignalFit``: the estimates with the complex M0 and the residual
+energy of its fit, so that a caller (``crbnet apply``) need not simulate ``f(θ̂)`` again.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -26,6 +31,28 @@ class Estimator(Protocol):
     def parameters(self) -> tuple[str, ...]: ...
 
     def predict(self, signals: torch.Tensor | np.ndarray) -> torch.Tensor: ...
+
+
+@dataclass
+class SignalFit:
+    """An estimator's fit of N voxels ``y ≈ M0·f(θ̂)``.
+
+    Attributes:
+        theta: [N, P] float64 estimates (SI).
+        m0: [N] complex128 least-squares M0 given θ̂ (input units).
+        rss: [N] float64 residual energy ``‖y − M0·f(θ̂)‖²`` (input units squared).
+    """
+
+    theta: torch.Tensor
+    m0: torch.Tensor
+    rss: torch.Tensor
+
+
+def least_squares_m0(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Complex M0 minimizing ``‖y − M0·f‖²`` per row: ``fᴴy / fᴴf`` ([N] from [N, T] each; a
+    zero ``f`` gives M0 = 0)."""
+    energy = (f.real.square() + f.imag.square()).sum(-1) if f.is_complex() else f.square().sum(-1)
+    return (f.conj() * y).sum(-1) / energy.clamp_min(torch.finfo(energy.dtype).tiny)
 
 
 def _all_finite(x: torch.Tensor) -> bool:

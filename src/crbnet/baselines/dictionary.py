@@ -12,9 +12,11 @@ signal is compressed as ``y @ V_k``; inner products between compressed rows equa
 the full rows projected on the subspace. ``k`` is the smallest rank that keeps a fraction
 ``energy`` of the dictionary's energy (or a given ``rank``).
 
-Memory: the compressed dictionary (A × k complex) is stored; matching works on blocks of at
-most ``chunk_elements`` voxel × atom scores, so the working set stays bounded whatever the
-numbers of voxels and atoms.
+Memory: the compressed dictionary (A × k complex) is stored, and the uncompressed one too when
+it is small (``full_atoms_bytes``; it gives the exact M0 and residual of a match,
+:meth:`DictionaryEstimator.predict_with_fit`); matching works on blocks of at most
+``chunk_elements`` voxel × atom scores, so the working set stays bounded whatever the numbers
+of voxels and atoms.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..estimator import as_signal_tensor
+from ..estimator import SignalFit, as_signal_tensor, least_squares_m0
 from ..models.base import SignalModel, resolve_ranges
 
 #: Default dictionary size: about this many atoms in total, spread evenly over the parameters.
@@ -75,6 +77,9 @@ class DictionaryEstimator:
         simulate_chunk: atoms simulated per call while building (memory of the simulation).
         device: where the dictionary lives and matching runs (default CPU).
         progress: tqdm progress bar while building (None: only on a terminal).
+        full_atoms_bytes: the uncompressed atoms (A × T complex128) are kept too when they
+            take at most this many bytes; :meth:`predict_with_fit` then takes the matched
+            atoms from them instead of simulating them again.
 
     The dictionary is simulated on the first :meth:`predict` (or an explicit :meth:`build`).
     """
@@ -86,7 +91,7 @@ class DictionaryEstimator:
                  atoms: torch.Tensor | np.ndarray | None = None, rank: int | None = None,
                  energy: float = 1 - 1e-6, chunk_elements: int = 2 ** 22,
                  simulate_chunk: int = 4096, device: torch.device | str | None = None,
-                 progress: bool | None = None) -> None:
+                 progress: bool | None = None, full_atoms_bytes: int = 2 ** 28) -> None:
         self.model = model
         self.n_points = n_points
         self.ranges = resolve_ranges(model, ranges)
@@ -96,6 +101,7 @@ class DictionaryEstimator:
         self.simulate_chunk = int(simulate_chunk)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.progress = progress
+        self.full_atoms_bytes = int(full_atoms_bytes)
         if not 0 < self.energy <= 1:
             raise InputError(f"energy must be in (0, 1], got {energy}")
         if self.chunk_elements < 1 or self.simulate_chunk < 1:
@@ -115,6 +121,7 @@ class DictionaryEstimator:
         self.atom_norms: torch.Tensor | None = None       # [A] compressed norm of f(θ_a)
         self.captured_energy: float | None = None
         self._atoms_real: torch.Tensor | None = None      # [A, 2k] (Re, Im) for fast scores
+        self.atoms_full: torch.Tensor | None = None       # [A, T] f(θ_a), if small enough
 
     # ---- description -----------------------------------------------------------------------
     @property
@@ -189,9 +196,12 @@ class DictionaryEstimator:
             k = min(k, T)
         self.captured_energy = float(evals[:k].sum() / total)
         basis = evecs[:, :k].contiguous()
-        compressed, norms = [], []
+        compressed, norms, full = [], [], []
+        keep_full = self.n_atoms * T * 16 <= self.full_atoms_bytes
         for i, (start, stop) in enumerate(chunks):
             f = kept[i] if one_pass else self._simulate(start, stop)
+            if keep_full:
+                full.append(f)
             c = f @ basis
             n = c.norm(dim=1)
             compressed.append(c / n.clamp_min(torch.finfo(torch.float64).tiny)[:, None])
@@ -203,6 +213,7 @@ class DictionaryEstimator:
         self._atoms_real = None
         self.atoms_compressed = torch.cat(compressed)
         self.atom_norms = torch.cat(norms)
+        self.atoms_full = torch.cat(full) if keep_full else None
         return self
 
     def _simulate(self, start: int, stop: int) -> torch.Tensor:
@@ -221,8 +232,12 @@ class DictionaryEstimator:
         Returns:
             (index [N] int64 into the atoms, M0 [N] complex128), on the dictionary's device.
         """
+        return self._match(as_signal_tensor(signals, self.model.n_timepoints,
+                                            device=self.device))
+
+    def _match(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`match` of signals already checked and on the dictionary's device."""
         self.build()
-        y = as_signal_tensor(signals, self.model.n_timepoints, device=self.device)
         A = self.n_atoms
         atom_block = min(A, self.chunk_elements)
         voxel_block = max(1, self.chunk_elements // atom_block)
@@ -301,6 +316,24 @@ class DictionaryEstimator:
         index, m0 = self.match(signals)
         theta = self.atoms_theta[index.cpu()]
         return theta.to(out_device), m0.to(out_device)
+
+    def predict_with_fit(self, signals: torch.Tensor | np.ndarray) -> SignalFit:
+        """Estimates with the least-squares M0 and residual energy of the matched atoms, in
+        the full signal space (exact, unlike the subspace M0 of :meth:`predict_with_m0`): the
+        atoms come from the stored uncompressed dictionary when it was kept
+        (``full_atoms_bytes``), else they are simulated again."""
+        out_device = signals.device if isinstance(signals, torch.Tensor) else torch.device("cpu")
+        y = as_signal_tensor(signals, self.model.n_timepoints, device=self.device)
+        index = self._match(y)[0]
+        theta = self.atoms_theta[index.cpu()]
+        if self.atoms_full is not None:
+            f = self.atoms_full[index]
+        else:
+            f = self.model.simulate(theta.to(self.device), check=False).to(torch.complex128)
+        m0 = least_squares_m0(f, y)
+        rss = (y - m0[:, None] * f).abs().square().sum(-1)
+        return SignalFit(theta=theta.to(out_device), m0=m0.to(out_device),
+                         rss=rss.to(out_device))
 
     def predict(self, signals: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Parameters [N, P] (float64, SI, order of ``parameters``)."""

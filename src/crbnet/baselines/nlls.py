@@ -39,7 +39,7 @@ import torch
 
 from ..crb import jacobian
 from ..errors import InputError
-from ..estimator import as_signal_tensor
+from ..estimator import SignalFit, as_signal_tensor, least_squares_m0
 from ..models.base import SignalModel, resolve_ranges
 from .dictionary import DictionaryEstimator, default_points_per_parameter
 
@@ -74,11 +74,6 @@ class NLLSFit:
     converged: torch.Tensor
     n_iter: torch.Tensor
     gradient_cosine: torch.Tensor
-
-
-def _project_m0(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Least-squares complex M0 per voxel: ``fᴴy / fᴴf``."""
-    return (f.conj() * y).sum(-1) / (f.conj() * f).real.sum(-1).clamp_min(_TINY)
 
 
 def _normal_equations(jac: torch.Tensor, f: torch.Tensor, m0: torch.Tensor, r: torch.Tensor
@@ -120,7 +115,7 @@ def levenberg_marquardt(model: SignalModel, signals: torch.Tensor, theta0: torch
     dev = y.device
     theta = torch.minimum(torch.maximum(theta0, lower), upper).clone()
     f = model.simulate(theta, check=False)
-    m0 = _project_m0(f, y)
+    m0 = least_squares_m0(f, y)
     r = m0[:, None] * f - y
     cost = (r.conj() * r).real.sum(-1)
     y_energy = (y.conj() * y).real.sum(-1)
@@ -172,7 +167,7 @@ def levenberg_marquardt(model: SignalModel, signals: torch.Tensor, theta0: torch
         predicted = -(2 * (b * step_eff).sum(1) + quadratic)     # cost drop of the linear model
 
         f_trial = model.simulate(th_trial, check=False)
-        m0_trial = _project_m0(f_trial, y[act])
+        m0_trial = least_squares_m0(f_trial, y[act])
         r_trial = m0_trial[:, None] * f_trial - y[act]
         c_trial = (r_trial.conj() * r_trial).real.sum(-1)
         accept = solved & torch.isfinite(c_trial) & (c_trial < ca)
@@ -316,6 +311,11 @@ class NLLSEstimator:
         """Parameters [N, P] (float64, SI) and complex M0 [N]."""
         res = self.fit(signals)
         return res.theta, res.m0
+
+    def predict_with_fit(self, signals: torch.Tensor | np.ndarray) -> SignalFit:
+        """Estimates with their least-squares M0 and residual energy (the final cost)."""
+        res = self.fit(signals)
+        return SignalFit(theta=res.theta, m0=res.m0, rss=res.cost)
 
     def predict(self, signals: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Parameters [N, P] (float64, SI, order of ``parameters``)."""

@@ -5,15 +5,17 @@ kernel is compiled with a disk cache where numba can write one (else in every pr
 reassociation and contraction so that LLVM may reorder and vectorize sums (results move by
 round-off only), and runs on as many threads as PyTorch uses.
 
-Threading layer. numba's default choice on Linux is its OpenMP layer, whose worker threads
-keep spinning after each kernel (GNU OpenMP's busy wait) in a second OpenMP runtime next to
-PyTorch's. On a machine whose cores are busy those spinning threads take the CPU from the
-PyTorch work that follows: training steps after a pool refresh ran 20× slower (23 → 490 ms
-per step, 1 thread, load 10 on 2 cores), and nothing came back until the spinning stopped.
-numba's own "workqueue" layer has no such wait and runs these kernels as fast (measured
-equal within noise), so crbnet asks for it unless the user chose a layer
-(``NUMBA_THREADING_LAYER``) or numba already started its threads. workqueue does not allow two
-kernels at once from different Python threads; :func:`threads` holds a lock around each call.
+Threading layer. numba's default choice on Linux is its OpenMP layer: a second OpenMP
+runtime beside PyTorch's whose worker threads busy-wait after each kernel, and whose start
+also reset the OpenMP thread count PyTorch uses (1 → 2 here; :func:`threads` restores it).
+On a machine whose cores are busy this made the training steps that follow a pool refresh 20×
+slower (23 → 490 ms per step, 1 PyTorch thread, load 10 on 2 cores; 24–29 ms with
+``GOMP_SPINCOUNT=0`` or ``OMP_WAIT_POLICY=passive``, i.e. without the busy wait; on an idle
+machine no difference). numba's own "workqueue" layer has neither effect and runs these
+kernels as fast (measured equal within noise), so crbnet asks for it unless the user chose a
+layer (``NUMBA_THREADING_LAYER``) or numba already started its threads. workqueue does not
+allow two kernels at once from different Python threads; :func:`threads` holds a lock around
+each call.
 """
 
 from __future__ import annotations
@@ -64,18 +66,21 @@ def compile_parallel(function: Callable) -> Callable:
 @contextlib.contextmanager
 def threads() -> Iterator[None]:
     """Run the enclosed kernel calls on PyTorch's thread count; numba's setting is restored
-    afterwards."""
+    afterwards, and PyTorch's too: with numba's OpenMP threading layer, starting it and setting
+    its thread count also set the OpenMP count that PyTorch uses."""
     import torch
 
     numba = module()
     with _launch_lock:
+        torch_threads = torch.get_num_threads()
         before = numba.get_num_threads()
-        numba.set_num_threads(max(1, min(torch.get_num_threads(),
-                                         numba.config.NUMBA_NUM_THREADS)))
+        numba.set_num_threads(max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS)))
         try:
             yield
         finally:
             numba.set_num_threads(before)
+            if torch.get_num_threads() != torch_threads:
+                torch.set_num_threads(torch_threads)
 
 
 @functools.cache

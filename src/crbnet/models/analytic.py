@@ -22,7 +22,7 @@ class T2Decay(SignalModel):
     name = "t2_decay"
     sequence_kind = "times"
     specs = (ParameterSpec("T2", "s", (1e-3, 10.0), (0.01, 2.5), 0.08, True,
-                           "transverse relaxation time"),)
+                           "transverse relaxation time", map_name="T2map"),)
 
     @classmethod
     def default_sequence(cls) -> seqs.TimesSequence:
@@ -40,7 +40,7 @@ class IRT1(SignalModel):
     name = "ir_t1"
     sequence_kind = "times"
     specs = (ParameterSpec("T1", "s", (1e-3, 10.0), (0.1, 5.0), 1.0, True,
-                           "longitudinal relaxation time"),)
+                           "longitudinal relaxation time", map_name="T1map"),)
 
     @classmethod
     def default_sequence(cls) -> seqs.TimesSequence:

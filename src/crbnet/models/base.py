@@ -33,6 +33,8 @@ class ParameterSpec:
         default: a typical value (SI), used for fixed parameters and examples.
         log_uniform: whether training samples this parameter log-uniformly by default.
         description: one line for humans.
+        map_name: file name stem of its parameter map (BIDS style where there is one:
+            ``T1map``, ``T2map``, ``TB1map``); empty: the parameter's name.
     """
 
     name: str
@@ -42,6 +44,7 @@ class ParameterSpec:
     default: float
     log_uniform: bool = False
     description: str = ""
+    map_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,10 @@ class SignalModel:
                 return s
         raise ModelError(f"unknown parameter {name!r} for model {self.name!r}; "
                          f"known: {', '.join(self.all_parameters)}")
+
+    def map_name(self, name: str) -> str:
+        """File name stem of a parameter's map (its spec's ``map_name``, else its name)."""
+        return self.spec(name).map_name or name
 
     @property
     def units(self) -> dict[str, str]:

@@ -57,9 +57,12 @@ class FISPMRF(SignalModel):
     name = "fisp_mrf"
     sequence_kind = "fisp"
     specs = (
-        ParameterSpec("T1", "s", (0.01, 10.0), (0.1, 5.0), 1.0, True, "longitudinal relaxation time"),
-        ParameterSpec("T2", "s", (0.001, 5.0), (0.01, 2.5), 0.08, True, "transverse relaxation time"),
-        ParameterSpec("B1", "", (0.3, 2.0), (0.7, 1.3), 1.0, False, "relative flip-angle scale"),
+        ParameterSpec("T1", "s", (0.01, 10.0), (0.1, 5.0), 1.0, True, "longitudinal relaxation time",
+                      map_name="T1map"),
+        ParameterSpec("T2", "s", (0.001, 5.0), (0.01, 2.5), 0.08, True, "transverse relaxation time",
+                      map_name="T2map"),
+        ParameterSpec("B1", "", (0.3, 2.0), (0.7, 1.3), 1.0, False, "relative flip-angle scale",
+                      map_name="TB1map"),
     )
     default_fixed = {"B1": 1.0}
     # Voxels per pass of the tensor route (bounds memory and keeps the states cache-sized) and

@@ -480,7 +480,7 @@ class MTHybridState(SignalModel):
         ParameterSpec("T2s", "s", (1e-6, 1e-3), (5e-6, 20e-6), 12e-6, False,
                       "transverse relaxation time of the semi-solid pool"),
         ParameterSpec("B1", "", (0.3, 2.0), (0.7, 1.3), 1.0, False,
-                      "relative transmit scale (multiplies θ and the flip angle 2θ)"),
+                      "relative transmit scale (multiplies θ and the flip angle 2θ)", map_name="TB1map"),
     )
     default_fixed = {"B1": 1.0}
     # Voxels per pass of :meth:`_simulate` and per chunk in crbnet.crb: the [T, N] temporaries

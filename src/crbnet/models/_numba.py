@@ -5,9 +5,9 @@ kernel is compiled with a disk cache where numba can write one (else in every pr
 reassociation and contraction so that LLVM may reorder and vectorize sums (results move by
 round-off only), and runs on as many threads as PyTorch uses.
 
-Threading layer. numba's default choice on Linux is its OpenMP layer: a second OpenMP
-runtime beside PyTorch's whose worker threads busy-wait after each kernel, and whose start
-also reset the OpenMP thread count PyTorch uses (1 → 2 here; :func:`threads` restores it).
+Threading layer. numba's default choice on Linux is its OpenMP layer, whose worker threads
+busy-wait after each kernel and whose start also reset the OpenMP thread count PyTorch uses
+(1 → 2 here; :func:`threads` restores it).
 On a machine whose cores are busy this made the training steps that follow a pool refresh 20×
 slower (23 → 490 ms per step, 1 PyTorch thread, load 10 on 2 cores; 24–29 ms with
 ``GOMP_SPINCOUNT=0`` or ``OMP_WAIT_POLICY=passive``, i.e. without the busy wait; on an idle

@@ -17,10 +17,10 @@ In one run, on the default 400-TR schedule:
   before on every device); blochsim simulate and
   Jacobian (``diff=("T1", "T2")``) at its equal-accuracy states, and at 26 states (not equal
   accuracy; the old crbnet default) for context;
-- training: ``crbnet train --model fisp_mrf`` end to end (process wall time, a short fixed
-  configuration, ``--train-epochs``) with this checkout's code and with the code of
-  ``--before`` (default 9b2b98a, extracted with ``git archive``) given the same exact number of
-  EPG states; ``--no-train`` skips it.
+- training: ``crbnet train --model fisp_mrf`` end to end, this checkout against ``--before``
+  (default 9b2b98a) given the same exact number of EPG states, by
+  ``benchmarks/bench_fisp_train.py`` (its settings; ``--train-epochs``, ``--train-threads``,
+  ``--train-repeats``); ``--no-train`` skips it.
 
 Targets (PASS/FAIL): truncation error ≤ 1e-5; Jacobian and float32 simulate ≥ blochsim's at
 equal accuracy; CRB ≤ 5× a float64 simulation in crbnet; training ≥ 2× faster than before.
@@ -43,9 +43,7 @@ import importlib.util
 import math
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -59,9 +57,6 @@ OLD_DEFAULT_STATES = 26
 # Tissues for the accuracy checks: T1 ≤ 5 s, T2 ≤ min(T1, 3 s), CSF included.
 ACCURACY_TISSUES = [(t1, t2) for t1 in (0.3, 0.8, 1.5, 4.0, 5.0)
                     for t2 in (0.03, 0.1, 0.3, 1.0, 2.0, 3.0) if t2 <= t1]
-# Short training run, the same before and after: every pool sample gets a CRB.
-TRAIN_SETTINGS = ("data.pool_size=512", "data.pool_refresh=128", "data.val_size=128",
-                  "data.batches_per_epoch=30")
 
 
 def best_time(fn, repeats: int) -> float:
@@ -202,53 +197,22 @@ def throughput(model, seq, args, bs_states: int | None) -> list[dict]:
 
 
 # ---- training before / after -----------------------------------------------------------------
-def extract_source(rev: str, into: Path) -> Path | None:
-    """``src`` of revision ``rev`` of this repository, or None where git cannot give it."""
-    try:
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src"],
-                                 capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return into / "src"
+def _bench_fisp_train():
+    """The sibling script ``bench_fisp_train.py`` as a module."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_fisp_train
+
+    return bench_fisp_train
 
 
-def train_once(src: Path, run_dir: Path, max_order: int | None, args) -> dict:
-    """Wall time of ``crbnet train --model fisp_mrf`` in a fresh process using package ``src``;
-    ``max_order`` replaces the model's default order (the old code had a fixed 25)."""
-    cli = ["train", "--model", "fisp_mrf", "--out", str(run_dir), "--epochs",
-           str(args.train_epochs), "--seed", str(args.seed), "--no-progress"]
-    for setting in TRAIN_SETTINGS:
-        cli += ["--set", setting]
-    patch = ("" if max_order is None else
-             "from crbnet.models.fisp_mrf import FISPMRF\n"
-             f"FISPMRF.__init__.__defaults__ = (None, None, {int(max_order)})\n")
-    code = (f"import torch, sys\ntorch.set_num_threads({args.train_threads})\n{patch}"
-            f"from crbnet.cli import main\nsys.exit(main({cli!r}))\n")
-    env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS=str(args.train_threads))
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"training with {src} failed:\n{proc.stderr[-3000:]}")
-    return {"src": str(src), "max_order": max_order, "wall_s": wall}
-
-
-def training(args, exact_max_order: int) -> dict | None:
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        before_src = extract_source(args.before, tmp)
-        if before_src is None:
-            print(f"  (git archive {args.before} failed: no before/after training comparison)")
-            return None
-        after = train_once(ROOT / "src", tmp / "after", None, args)
-        print(f"  after  ({ROOT / 'src'}): {after['wall_s']:.1f} s", flush=True)
-        before = train_once(before_src, tmp / "before", exact_max_order, args)
-        print(f"  before ({args.before}, max_order {exact_max_order}): {before['wall_s']:.1f} s",
-              flush=True)
-    return {"before_rev": args.before, "epochs": args.train_epochs, "threads": args.train_threads,
-            "settings": list(TRAIN_SETTINGS), "before": before, "after": after,
-            "speedup": before["wall_s"] / after["wall_s"]}
+def training(args, exact_max_order: int) -> dict:
+    """``bench_fisp_train.compare`` (the same comparison, run from here with this script's
+    thread and epoch options, ``--train-repeats`` timed runs per side)."""
+    bench_fisp_train = _bench_fisp_train()
+    options = argparse.Namespace(threads=args.train_threads, epochs=args.train_epochs,
+                                 repeats=args.train_repeats, before=args.before, seed=args.seed)
+    return bench_fisp_train.compare(options, exact_max_order,
+                                    log=lambda line: print(line, flush=True))
 
 
 # ---- report -------------------------------------------------------------------------------
@@ -343,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-epochs", type=int, default=2)
     parser.add_argument("--train-threads", type=int, default=None,
                         help="threads of the training runs (default: --threads)")
+    parser.add_argument("--train-repeats", type=int, default=1,
+                        help="timed training runs per side (alternating)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.train_threads is None:
@@ -380,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"throughput ({args.voxels} voxels, {args.threads} threads)")
     result["rows"] = throughput(model, seq, args, bs_states)
     if not args.no_train:
-        print(f"training ({args.train_epochs} epochs, {', '.join(TRAIN_SETTINGS)})")
+        print(f"training ({args.train_epochs} epochs; bench_fisp_train.py settings)")
         result["training"] = training(args, model.max_order)
     result["load_average_end"] = list(os.getloadavg())
     result.update(judge(result))
@@ -388,13 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name}: {'missing' if value is None else f'{value:.2f}'}")
     for name, ok in result["targets"].items():
         print(f"  {name}: {'missing' if ok is None else 'PASS' if ok else 'FAIL'}")
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    from crbnet.io import write_json
-
-    write_json(out / "bench_fisp.json", result)
-    plot(result, out / "bench_fisp.png")
-    print(f"wrote {out / 'bench_fisp.json'} and {out / 'bench_fisp.png'}")
+    _bench_fisp_train().write_results(result, Path(args.out_dir), "bench_fisp", plot)
     return 0
 
 

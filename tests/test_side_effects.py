@@ -92,3 +92,32 @@ def test_library_notes_go_through_logging_and_the_cli_prints_them(tmp_path, capl
     capsys.readouterr()
     logging.getLogger("crbnet.nifti").info("a note for the user")
     assert capsys.readouterr().err == "crbnet: note: a note for the user\n"
+
+
+def test_kernels_use_the_workqueue_layer_unless_the_user_chose_one():
+    # numba's OpenMP layer leaves spinning threads that slow the PyTorch work after a kernel
+    # (crbnet.models._numba); workqueue refuses concurrent launches, which the lock serializes.
+    script = """
+import threading, numba, torch
+from crbnet import models
+model = models.get("fisp_mrf")
+theta = torch.tensor([[0.8, 0.05], [1.5, 0.2], [4.0, 2.0]] * 20, dtype=torch.float64)
+serial = model.simulate(theta)
+results = [None] * 4
+def work(i):
+    results[i] = model.simulate(theta)
+threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+assert all(torch.equal(r, serial) for r in results)
+print(numba.threading_layer())
+"""
+    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}
+    for chosen, expected in ((None, "workqueue"), ("omp", "omp")):
+        run_env = dict(env) if chosen is None else dict(env, NUMBA_THREADING_LAYER=chosen)
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              env=run_env, timeout=300)
+        if chosen is not None and "threading layer" in done.stderr.lower():
+            continue                    # this machine's numba has no OpenMP layer to choose
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split()[-1] == expected

@@ -142,8 +142,10 @@ class Trainer:
         self.net, self.ddp_net = wrap_for_training(self._build_network(), self.dist, self.device,
                                                    self.config.net.norm == "batch")
         o = self.config.optim
+        # foreach: one multi-tensor update per step instead of one per weight tensor — the
+        # same arithmetic (bit-for-bit, tested), a fraction of the per-operation overhead.
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=o.lr,
-                                          weight_decay=o.weight_decay)
+                                          weight_decay=o.weight_decay, foreach=True)
         steps_per_epoch = self.data.source.batches_per_epoch
         self.schedule = WarmupCosine(self.optimizer, o.lr, o.lr_min,
                                      int(round(o.warmup_epochs * steps_per_epoch)),
@@ -279,7 +281,7 @@ class Trainer:
         self.schedule.step()
         return float(loss.detach())
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def evaluate(self, net: torch.nn.Module) -> torch.Tensor:
         """[P] validation MSE/CRB per parameter (fixed noise)."""
         net.eval()

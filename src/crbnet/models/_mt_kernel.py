@@ -328,9 +328,7 @@ def _load():
     """The compiled kernel (compiling or loading it on the first call)."""
     global numba
     if _compiled is None:
-        import numba as numba_module
-
-        numba = numba_module
+        numba = _numba.module()       # also picks the threading layer (see _numba)
         try:
             _compile(cache=True)
         except RuntimeError:        # no writable cache directory: compile in every process
@@ -355,21 +353,15 @@ def signal_and_jacobian(rows, beta, B1, chain, theta, w0, b1_free, signal=None, 
     """Run the kernel (arguments as :func:`_signal_and_jacobian`; each output is filled when
     given) with as many threads as PyTorch uses (numba keeps its own pool). The thread count
     is set for this call only and restored afterwards."""
-    import torch
-
     if rows.shape[0] == 0:
         return
     kernel = _load()
-    before = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    try:
-        empty2, empty3 = np.empty((1, 1)), np.empty((1, 1, 1))
+    empty2, empty3 = np.empty((1, 1)), np.empty((1, 1, 1))
+    with _numba.threads():
         kernel(rows, beta, B1, chain, theta, w0, b1_free,
                empty2 if signal is None else signal, signal is not None,
                empty3 if jac is None else jac, jac is not None,
                empty3 if gram is None else gram, gram is not None)
-    finally:
-        numba.set_num_threads(before)
 
 
 # Whether the kernel can be used (numba installed and importable); else the PyTorch code runs.

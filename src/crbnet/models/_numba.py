@@ -4,6 +4,18 @@ Importing numba alone costs a quarter of a second, so nothing here runs at impor
 kernel is compiled with a disk cache where numba can write one (else in every process), with
 reassociation and contraction so that LLVM may reorder and vectorize sums (results move by
 round-off only), and runs on as many threads as PyTorch uses.
+
+Threading layer. numba's default choice on Linux is its OpenMP layer, whose worker threads
+busy-wait after each kernel and whose start also reset the OpenMP thread count PyTorch uses
+(1 → 2 here; :func:`threads` restores it).
+On a machine whose cores are busy this made the training steps that follow a pool refresh 20×
+slower (23 → 490 ms per step, 1 PyTorch thread, load 10 on 2 cores; 24–29 ms with
+``GOMP_SPINCOUNT=0`` or ``OMP_WAIT_POLICY=passive``, i.e. without the busy wait; on an idle
+machine no difference). numba's own "workqueue" layer has neither effect and runs these
+kernels as fast (measured equal within noise), so crbnet asks for it unless the user chose a
+layer (``NUMBA_THREADING_LAYER``) or numba already started its threads. workqueue does not
+allow two kernels at once from different Python threads; :func:`threads` holds a lock around
+each call.
 """
 
 from __future__ import annotations
@@ -12,15 +24,32 @@ import contextlib
 import functools
 import importlib
 import importlib.util
+import os
+import threading
 import warnings
 from typing import Callable, Iterator
 
 
 def module():
-    """The numba module (imported here, on first use)."""
+    """The numba module (imported here, on first use), set to the workqueue threading layer
+    where nobody chose one (see the module docstring)."""
     import numba
 
+    _prefer_workqueue(numba)
     return numba
+
+
+def _prefer_workqueue(numba) -> None:
+    if os.environ.get("NUMBA_THREADING_LAYER"):
+        return
+    from numba.np.ufunc import parallel
+
+    if not parallel._is_initialized and numba.config.THREADING_LAYER == "default":
+        numba.config.THREADING_LAYER = "workqueue"
+
+
+# One kernel launch at a time (the workqueue layer refuses concurrent launches).
+_launch_lock = threading.Lock()
 
 
 def compile_parallel(function: Callable) -> Callable:
@@ -42,15 +71,16 @@ def threads() -> Iterator[None]:
     import torch
 
     numba = module()
-    torch_threads = torch.get_num_threads()
-    before = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS)))
-    try:
-        yield
-    finally:
-        numba.set_num_threads(before)
-        if torch.get_num_threads() != torch_threads:
-            torch.set_num_threads(torch_threads)
+    with _launch_lock:
+        torch_threads = torch.get_num_threads()
+        before = numba.get_num_threads()
+        numba.set_num_threads(max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS)))
+        try:
+            yield
+        finally:
+            numba.set_num_threads(before)
+            if torch.get_num_threads() != torch_threads:
+                torch.set_num_threads(torch_threads)
 
 
 @functools.cache

@@ -164,8 +164,8 @@ def main() -> None:
     import torch
 
     import crbnet
-    from crbnet.compare import box_options, compare, make_comparison_set, training_ranges
-    from crbnet.tissue_points import study, tissue_points
+    from crbnet.assessment.compare import box_options, compare, make_comparison_set, training_ranges
+    from crbnet.assessment.point_statistics import study, tissue_points
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -203,7 +203,7 @@ def main() -> None:
                  realizations=args.realizations, seed=args.seed + 1)
     timing["networks_evaluation_s"] = time.perf_counter() - t0
     ranges = training_ranges(model, [crb_net])
-    nlls = [(label, crbnet.baselines.get("nlls", model, **box_options("nlls", model, box, ranges)))
+    nlls = [(label, crbnet.estimators.get("nlls", model, **box_options("nlls", model, box, ranges)))
             for label, box in (("NLLS", None), ("NLLS (training box)", "training"))]
     rows = nets.rows()
     nlls_json = None

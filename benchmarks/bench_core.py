@@ -5,7 +5,7 @@ For ``mt_hybrid_state`` (default 666-TR sequence, and the seed authors' control-
 
 - ``model.simulate`` in float32 and float64 and ``crbnet.crb`` (float64) at batch sizes 1k, 4k,
   16k, 64k voxels (parameters drawn from the training ranges); the CRB twice: its default CPU
-  route (``crb``: the compiled forward-mode kernel of ``crbnet.models._mt_kernel``) and the
+  route (``crb``: the compiled forward-mode kernel of ``crbnet.physics.models._mt_kernel``) and the
   generic route it replaces on CPU (``crb:func``: ``torch.func.jvp`` + ``vmap`` through
   ``simulate``, which is what runs on CUDA); the targets are judged on ``crb``;
 - the reference the seed authors' approach implies: per voxel, ``scipy.integrate.solve_ivp``
@@ -169,7 +169,7 @@ def bench_sequence(label: str, seq, args, progress) -> dict:
 
     import crbnet
     from crbnet import models
-    from crbnet.data import ParameterSampler
+    from crbnet.learning.data import ParameterSampler
 
     model = models.get("mt_hybrid_state", sequence=seq)
     sampler = ParameterSampler(model)
@@ -219,7 +219,7 @@ def bench_sequence(label: str, seq, args, progress) -> dict:
                  "voxels_per_s": len(th_ref) / ref_seconds}
 
     # Agreement: the ODE iterated to convergence vs the fast model, its Jacobian and CRB.
-    from crbnet.crb import jacobian
+    from crbnet.stats.crb import jacobian
 
     th_chk = theta[:args.check_voxels].double().cpu()
     fast_sig = model.simulate(th_chk).real.numpy()

@@ -69,11 +69,11 @@ def _entry(designer, labels, seq, name):
 def bench_mt(minutes: float, seed: int) -> dict:
     import crbnet
     from crbnet.design import DesignSpace, SequenceDesigner
-    from crbnet.hardware import HardwareLimits
-    from crbnet.sequences import load_control_points_csv
-    from crbnet.tissue import load_points
+    from crbnet.physics.hardware import HardwareLimits
+    from crbnet.physics.sequences import load_control_points_csv
+    from crbnet.assessment.points import load_points
 
-    model = crbnet.models.get("mt_hybrid_state")
+    model = crbnet.physics.models.get("mt_hybrid_state")
     labels, points = load_points(model, ["WM", "GM"])
     limits = HardwareLimits()
     designer = SequenceDesigner(model, points, snr=50, space=DesignSpace(limits, n_control=64),
@@ -108,10 +108,10 @@ def bench_fisp(minutes: float, seed: int) -> dict:
     flip angles with the TRs (within the default's TR range, no longer in total)."""
     import crbnet
     from crbnet.design import DesignSpace, SequenceDesigner
-    from crbnet.hardware import HardwareLimits
-    from crbnet.tissue import load_points
+    from crbnet.physics.hardware import HardwareLimits
+    from crbnet.assessment.points import load_points
 
-    model = crbnet.models.get("fisp_mrf")
+    model = crbnet.physics.models.get("fisp_mrf")
     labels, points = load_points(model, ["WM", "GM"])
     rows, runs, histories, wall = [], {}, {}, 0.0
     for optimize_tr, name in ((False, "designed: flip angles"),

@@ -3,7 +3,7 @@
 In one run, on the default 400-TR schedule:
 
 - accuracy: crbnet's default (exact: orders that can reach an echo, see
-  ``crbnet.models.fisp_mrf``) against an untruncated recursion (every order up to the number of
+  ``crbnet.physics.models.fisp_mrf``) against an untruncated recursion (every order up to the number of
   TRs), and blochsim's MRF simulator (``blochsim.mrf_sim``, float32 only) against itself with
   every order kept, over tissues up to T1 5 s, T2 3 s (CSF included); blochsim gets the fewest
   EPG states (from ``--bs-states``) that keep its worst relative error ≤ 1e-5. The two
@@ -129,7 +129,7 @@ def _theta(T1, T2):
 def crbnet_accuracy(model) -> dict:
     import torch
 
-    from crbnet.models.fisp_mrf import epg_signal
+    from crbnet.physics.models.fisp_mrf import epg_signal
 
     seq = model.sequence
     T1 = np.array([t[0] for t in ACCURACY_TISSUES])
@@ -146,7 +146,7 @@ def throughput(model, seq, args, bs_states: int | None) -> list[dict]:
     import torch
 
     import crbnet
-    from crbnet.crb import signal_and_jacobian
+    from crbnet.stats.crb import signal_and_jacobian
 
     gen = torch.Generator().manual_seed(args.seed)
     n = args.voxels

@@ -76,11 +76,11 @@ def launcher(cli: list[str], threads: int, max_order: int | None) -> str:
     """Python code that sets the thread count, (old code) the EPG order, and runs the CLI."""
     patch = ""
     if max_order is not None:
-        patch = ("from crbnet.models.fisp_mrf import FISPMRF\n"
+        patch = ("from crbnet.physics.models.fisp_mrf import FISPMRF\n"
                  "FISPMRF.__init__.__defaults__ = (None, None, %d)\n"
                  "assert FISPMRF().max_order == %d\n" % (max_order, max_order))
     return (f"import sys, torch\ntorch.set_num_threads({threads})\n{patch}"
-            f"from crbnet.cli import main\nsys.exit(main({cli!r}))\n")
+            f"from crbnet.cli.app import main\nsys.exit(main({cli!r}))\n")
 
 
 def train_once(src: Path, run_dir: Path, max_order: int | None,

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     import crbnet
     from crbnet import baselines
-    from crbnet.evaluate import evaluate, make_grid
+    from crbnet.assessment.evaluate import evaluate, make_grid
     from crbnet.io import write_json
 
     model = crbnet.get_model(args.model)

@@ -1,7 +1,7 @@
 """Phantom study: per-tissue accuracy and precision of CRB-net, MSE-net and NLLS on the brain
 phantom, against the truth and the Cramér–Rao bound.
 
-Every estimator runs through the same path as ``crbnet apply`` (:func:`crbnet.apply.
+Every estimator runs through the same path as ``crbnet apply`` (:func:`crbnet.imaging.apply.
 apply_to_volume`, noise level estimated from the data). Per tissue (WM, GM, CSF, lesion) and
 parameter the table gives the truth (mean ± std over the tissue's voxels; the spread is the
 phantom's smooth within-tissue variation), each estimator's estimates (mean ± std), its error
@@ -56,9 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_estimators(args, device):
     """``{label: estimator}`` and the common model."""
-    from crbnet import baselines, checkpoint, models
+    from crbnet import baselines, models
+    from crbnet.learning import checkpoint
     from crbnet.errors import InputError
-    from crbnet.sequences import sequence_hash
+    from crbnet.physics.sequences import sequence_hash
 
     nets = {}
     if args.crb_net:
@@ -96,8 +97,8 @@ def load_estimators(args, device):
 def crb_reference(phantom, device) -> np.ndarray:
     """Per brain voxel CRB variance [N, P] at the truth with the true σ and M0 (inf where the
     Fisher matrix is singular)."""
-    from crbnet import crb
-    from crbnet.crb import SingularFisherWarning
+    from crbnet.stats import crb
+    from crbnet.stats.crb import SingularFisherWarning
 
     model = phantom.model
     theta = torch.from_numpy(np.stack([phantom.truth[p][phantom.mask]
@@ -222,11 +223,11 @@ def figure(rows, labels, model, path, title):
 
 
 def run(args) -> int:
-    from crbnet.apply import apply_to_volume
+    from crbnet.imaging.apply import apply_to_volume
     from crbnet.io import write_json, write_text
-    from crbnet.nifti import ArraySignals
-    from crbnet.phantom import make_phantom, parse_shape
-    from crbnet.sequences import sequence_hash
+    from crbnet.imaging.nifti import ArraySignals
+    from crbnet.imaging.phantom import make_phantom, parse_shape
+    from crbnet.physics.sequences import sequence_hash
 
     if args.threads:
         torch.set_num_threads(args.threads)

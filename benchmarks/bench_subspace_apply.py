@@ -81,8 +81,8 @@ def timed(fn):
 def read_and_predict(estimator, path: Path, mask: np.ndarray) -> np.ndarray:
     """The part of ``apply`` whose cost depends on the input's representation: read the file
     (projecting a time series on the basis as apply does) and run the estimator on the mask."""
-    from crbnet.apply import as_model_input
-    from crbnet.nifti import NiftiSignals
+    from crbnet.imaging.apply import as_model_input
+    from crbnet.imaging.nifti import NiftiSignals
 
     source = as_model_input(NiftiSignals(path), estimator.model)
     out = []
@@ -104,7 +104,7 @@ def crb_floor(model, phantom) -> dict:
     """Per parameter and tissue: the median over its voxels of √CRB/θ at the truth (the
     phantom's σ and |M0|), and 0.674 times it — the median |error| / θ of an unbiased
     estimator that reaches the CRB (median of |N(0, 1)| = 0.674)."""
-    from crbnet.crb import crb
+    from crbnet.stats.crb import crb
 
     out: dict = {}
     for tissue, where in phantom.tissue_masks().items():
@@ -138,14 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from crbnet import models
-    from crbnet.apply import apply_to_volume
-    from crbnet.baselines import DictionaryEstimator
-    from crbnet.checkpoint import load
-    from crbnet.data import ParameterSampler, derived_generator
-    from crbnet.models.projected import ProjectedModel
-    from crbnet.nifti import NiftiSignals, SpatialReference, write_image
-    from crbnet.phantom import make_phantom, parse_shape
-    from crbnet.subspace import crb_inflation, fit_subspace
+    from crbnet.imaging.apply import apply_to_volume
+    from crbnet.estimators import DictionaryEstimator
+    from crbnet.learning.checkpoint import load
+    from crbnet.learning.data import ParameterSampler, derived_generator
+    from crbnet.physics.models.projected import ProjectedModel
+    from crbnet.imaging.nifti import NiftiSignals, SpatialReference, write_image
+    from crbnet.imaging.phantom import make_phantom, parse_shape
+    from crbnet.stats.subspace import crb_inflation, fit_subspace
     from crbnet.learning.trainer import Trainer
     from crbnet.learning.training_config import build_config
 

@@ -37,10 +37,10 @@ def network_throughput(threads: int, seconds: float = 10.0) -> dict:
     import torch
 
     import crbnet
-    from crbnet.nets import ParameterNet, output_ranges
-    from crbnet.data import ParameterSampler
+    from crbnet.learning.nets import ParameterNet, output_ranges
+    from crbnet.learning.data import ParameterSampler
     from crbnet.learning.training_config import model_training_defaults
-    from crbnet.nets import NetConfig
+    from crbnet.learning.nets import NetConfig
 
     torch.set_num_threads(threads)
     model = crbnet.get_model("mt_hybrid_state")

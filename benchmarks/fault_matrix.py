@@ -13,7 +13,7 @@ read-only folder, a full disk — the last two need root for a tmpfs mount and a
 otherwise), wrongly typed configuration values (``--set``, TOML, ``--lr inf``), text inputs that
 are not UTF-8, corrupt compressed NIfTI, malformed HDF5 dataset attributes, non-numeric .npy.
 
-Commands run in this process through :func:`crbnet.cli.main` (the one error boundary), with a
+Commands run in this process through :func:`crbnet.cli.app.main` (the one error boundary), with a
 tiny trained network, phantom and dataset made first. Writes benchmarks/results/fault_matrix.json
 and .png (cases tried/handled per command).
 
@@ -38,7 +38,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from crbnet.cli import main
+from crbnet.cli.app import main
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # A tiny training run (seconds). Given as a config file, so that the --set values a case tries

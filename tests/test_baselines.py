@@ -11,11 +11,11 @@ import torch
 
 import crbnet
 from crbnet import baselines, sequences
-from crbnet.baselines import DictionaryEstimator, NLLSEstimator
-from crbnet.cli import main
-from crbnet.data import ParameterSampler, add_noise, random_m0
+from crbnet.estimators import DictionaryEstimator, NLLSEstimator
+from crbnet.cli.app import main
+from crbnet.learning.data import ParameterSampler, add_noise, random_m0
 from crbnet.errors import InputError
-from crbnet.evaluate import evaluate, make_grid
+from crbnet.assessment.evaluate import evaluate, make_grid
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -54,7 +54,7 @@ def test_factory_and_interface(fisp):
     assert isinstance(dic, DictionaryEstimator) and dic.n_atoms == 25
     for est in (nlls, dic):
         assert est.model is fisp and est.parameters == ("T1", "T2") and isinstance(est.name, str)
-        assert isinstance(est, crbnet.estimator.Estimator)
+        assert isinstance(est, crbnet.estimators.protocol.Estimator)
     with pytest.raises(InputError, match="unknown method"):
         baselines.get("svm", fisp)
     with pytest.raises(InputError, match="unknown option"):

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from crbnet import cli, losses
+from crbnet.cli import app as cli
+from crbnet.learning import losses
 
 TINY = ["--set", "data.batches_per_epoch=3", "--set", "data.batch_size=64",
         "--set", "data.val_size=64", "--set", "subspace.n_fit=256", "--set", "subspace.n_check=0",
@@ -41,7 +42,7 @@ def test_init_fine_tunes_and_refuses_a_foreign_checkpoint(tmp_path, capsys):
     assert cli.main(["train", "--model", "t2_decay", "--out", str(tuned), "--init", str(base),
                      "--loss", "bias_reduced", "--set", "loss.realizations=16",
                      "--set", "loss.delta=1.0"] + TINY) == 0
-    from crbnet.checkpoint import read
+    from crbnet.learning.checkpoint import read
 
     start = read(base / "checkpoint.pt")["network"]["state_dict"]
     after = read(tuned / "checkpoint.pt")

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import crbnet
-from crbnet import checkpoint
+from crbnet.learning import checkpoint
 from crbnet.errors import InputError
-from crbnet.estimator import Estimator, as_signal_tensor
-from crbnet.nets import invariant_features
+from crbnet.estimators.protocol import Estimator, as_signal_tensor
+from crbnet.learning.nets import invariant_features
 from crbnet.train import Trainer, build_config
 
 TINY = {"data": {"batches_per_epoch": 5, "batch_size": 64, "val_size": 64},

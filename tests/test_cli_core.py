@@ -9,7 +9,7 @@ import pytest
 
 import crbnet
 from crbnet import models
-from crbnet.cli import main
+from crbnet.cli.app import main
 
 
 def run_cli(*args):

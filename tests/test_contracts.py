@@ -1,7 +1,7 @@
 """What every registered model, loss, estimator and sequence kind promises, checked over the
-registries (built-in models and the worked example from examples/, every loss in crbnet.losses,
-every estimator in crbnet.estimator — the network included —, every kind in
-crbnet.sequences.KINDS): small sizes, float64 where the maths is checked."""
+registries (built-in models and the worked example from examples/, every loss in crbnet.learning.losses,
+every estimator in crbnet.estimators.protocol — the network included —, every kind in
+crbnet.physics.sequences.KINDS): small sizes, float64 where the maths is checked."""
 
 from pathlib import Path
 
@@ -10,9 +10,11 @@ import pytest
 import torch
 
 import crbnet
-from crbnet import estimator, losses, models, sequences
+from crbnet import models, sequences
+from crbnet.estimators import protocol as estimator
+from crbnet.learning import losses
 from crbnet.errors import InputError
-from crbnet.baselines.nlls import NLLSEstimator
+from crbnet.estimators.nlls import NLLSEstimator
 from crbnet.train import Trainer, build_config
 from test_crb import brute_force_crb  # finite differences over (θ, Re M0, Im M0)
 
@@ -222,7 +224,7 @@ def test_a_sequence_kind_of_ones_own_registers_and_loads(tmp_path):
         assert sequences.kind_of("gre_test").required == {"TE"}
         seq = sequences.from_dict({"TE": [0.01, 0.02, 0.04]}, "gre_test")
         assert isinstance(seq, GradientEchoTimes) and seq.TR == 0.05
-        from crbnet import hardware
+        from crbnet.physics import hardware
         summary = hardware.rf_summary(seq)                       # its pulses reach the checks
         assert summary["n_pulses"] == 3 and summary["peak_b1"] == pytest.approx(
             0.2 / 1e-3 / hardware.GAMMA)

@@ -9,7 +9,7 @@ import torch
 
 import crbnet
 from crbnet import models, sequences
-from crbnet.crb import SingularFisherWarning, crb_details
+from crbnet.stats.crb import SingularFisherWarning, crb_details
 
 
 def t2_closed_form_crb(times, T2, m, sigma):

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import crbnet
-from crbnet import data
-from crbnet.crb import crb as crb_fn
-from crbnet.datasets import Dataset, HDF5Source, check_compatible, write_dataset
+from crbnet.learning import data
+from crbnet.stats.crb import crb as crb_fn
+from crbnet.learning.datasets import Dataset, HDF5Source, check_compatible, write_dataset
 from crbnet.errors import InputError
-from crbnet.subspace import choose_k, crb_inflation, fit_subspace
+from crbnet.stats.subspace import choose_k, crb_inflation, fit_subspace
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from crbnet.demo import DemoConfig, run
+from crbnet.cli.demo_pipeline import DemoConfig, run
 from crbnet.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -74,12 +74,12 @@ def test_demo_refuses_an_unknown_loss(tmp_path):
 
 def test_an_interrupted_demo_leaves_nothing_behind(tmp_path, monkeypatch):
     """Networks already trained when the demo fails must not be left in a half-made folder."""
-    import crbnet.compare
+    import crbnet.assessment.compare
 
     def fail(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(crbnet.compare, "compare", fail)
+    monkeypatch.setattr(crbnet.assessment.compare, "compare", fail)
     out = tmp_path / "demo"
     with pytest.raises(OSError):
         run(out, tiny_config(), progress=False, log=lambda *_: None)

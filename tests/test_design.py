@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from crbnet import hardware, models, sequences
+from crbnet import models, sequences
+from crbnet.physics import hardware
 from crbnet.design import DesignSpace, SequenceDesigner
 from crbnet.design.controls import FISPControls, MTControls, hann_matrix
 from crbnet.design.cost import complex_step_jacobian, forward_mode_jacobian
-from crbnet.hardware import GAMMA, HardwareLimits
-from crbnet.tissue import load_points
+from crbnet.physics.hardware import GAMMA, HardwareLimits
+from crbnet.assessment.points import load_points
 
 
 def _short_mt_sequence(n: int = 60) -> sequences.MTSequence:
@@ -85,7 +86,7 @@ def test_design_cost_equals_crb_of_the_played_sequence():
 def test_complex_step_jacobian_matches_forward_mode():
     model = models.get("fisp_mrf", sequence=_short_fisp_sequence(), max_order=8, fixed={})
     theta = torch.tensor([[0.9, 0.07, 0.95], [3.5, 1.5, 1.1]], dtype=torch.float64)
-    from crbnet.models.fisp_mrf import epg_echoes
+    from crbnet.physics.models.fisp_mrf import epg_echoes
 
     seq = model.sequence
     flip, tr = torch.tensor(seq.flip), torch.tensor(seq.TR)
@@ -225,7 +226,7 @@ def test_points_from_tissue_names_and_csv(tmp_path):
     model = models.get("mt_hybrid_state", fixed={"B1": 1.0, "T1s": 1.0})
     labels, theta = load_points(model, ["WM,GM"])
     assert labels == ["WM", "GM"] and theta.shape == (2, 5)
-    from crbnet.phantom import tissue_table
+    from crbnet.imaging.phantom import tissue_table
     assert theta[0, model.parameters.index("m0s")] == tissue_table(model.name)["WM"]["m0s"][0]
     csv_file = tmp_path / "pts.csv"
     csv_file.write_text("label,m0s,T2f\nlesion-like,0.05,0.12\n")

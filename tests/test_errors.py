@@ -19,10 +19,10 @@ import h5py
 import numpy as np
 import pytest
 
-from crbnet import cli
-from crbnet.datasets import Dataset
+from crbnet.cli import app as cli
+from crbnet.learning.datasets import Dataset
 from crbnet.errors import InputError
-from crbnet.nifti import NiftiSignals
+from crbnet.imaging.nifti import NiftiSignals
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -61,7 +61,7 @@ def phantom_dir(tmp_path_factory):
 def fake_command(monkeypatch):
     """A command module added the way a new command is (a file in crbnet/commands and a name
     in cli.COMMANDS), whose run raises what the test puts in ``raise_this``."""
-    module = types.ModuleType("crbnet.commands._fake_for_test")
+    module = types.ModuleType("crbnet.cli._fake_for_test")
     state = {"raise_this": None}
 
     def register(sub):

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 import crbnet
-from crbnet.baselines import DictionaryEstimator
-from crbnet.cli import main
-from crbnet.compare import compare, make_comparison_set, resolve_estimators
-from crbnet.crb import crb
+from crbnet.estimators import DictionaryEstimator
+from crbnet.cli.app import main
+from crbnet.assessment.compare import compare, make_comparison_set, resolve_estimators
+from crbnet.stats.crb import crb
 from crbnet.errors import InputError
-from crbnet.evaluate import Grid, evaluate, make_grid
+from crbnet.assessment.evaluate import Grid, evaluate, make_grid
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -27,7 +27,7 @@ class KnownErrorEstimator:
     bias/√CRB = β, std/√CRB = γ, MSE/CRB = β² + γ².
 
     It finds the truth by matching against the evaluation points themselves (a dictionary of
-    exactly those points, far apart relative to the noise); the CRB comes from crbnet.crb at
+    exactly those points, far apart relative to the noise); the CRB comes from crbnet.stats.crb at
     the evaluation SNR.
     """
 

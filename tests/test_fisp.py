@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from crbnet import models, sequences
-from crbnet.crb import crb_details, jacobian, signal_and_jacobian
-from crbnet.models.base import ModelError
-from crbnet.models.fisp_mrf import epg_signal, exact_n_states
+from crbnet.stats.crb import crb_details, jacobian, signal_and_jacobian
+from crbnet.physics.models.base import ModelError
+from crbnet.physics.models.fisp_mrf import epg_signal, exact_n_states
 
 # Tissues across the parameter bounds: short relaxation, white and grey matter, long T2,
 # CSF (T1 4 s, T2 2 s), the longest brain relaxation (5 s, 3 s) and the upper corner.
@@ -223,7 +223,7 @@ def test_epg_signal_gradient_in_flip_and_tr_matches_finite_differences():
 
 
 def test_models_command_prints_truncation_error(capsys):
-    from crbnet.cli import main
+    from crbnet.cli.app import main
 
     assert main(["models"]) == 0
     out = capsys.readouterr().out

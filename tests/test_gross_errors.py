@@ -12,11 +12,12 @@ import pytest
 import torch
 
 import crbnet
-from crbnet import baselines, cli, sequences
-from crbnet.crb import crb
-from crbnet.evaluate import evaluate, make_grid
-from crbnet.gross_errors import classify_gross_errors, projected_cost
-from crbnet.models import ParameterSpec, SignalModel
+from crbnet import baselines, sequences
+from crbnet.cli import app as cli
+from crbnet.stats.crb import crb
+from crbnet.assessment.evaluate import evaluate, make_grid
+from crbnet.assessment.gross_errors import classify_gross_errors, projected_cost
+from crbnet.physics.models import ParameterSpec, SignalModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

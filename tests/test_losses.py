@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from crbnet import losses
+from crbnet.learning import losses
 
 
 def t(rows):

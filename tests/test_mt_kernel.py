@@ -1,4 +1,4 @@
-"""The compiled CPU route of the MT Jacobian and CRB (crbnet.models._mt_kernel) against the
+"""The compiled CPU route of the MT Jacobian and CRB (crbnet.physics.models._mt_kernel) against the
 torch.func route through ``simulate``, which the other tests check against an ODE solver,
 reverse mode and finite differences."""
 
@@ -10,7 +10,7 @@ from torch.func import jacfwd
 
 import crbnet
 from crbnet import models, sequences
-from crbnet.crb import SingularFisherWarning, _invert_fisher, _signal_and_jacobian, crb_details
+from crbnet.stats.crb import SingularFisherWarning, _invert_fisher, _signal_and_jacobian, crb_details
 
 
 def _sequence(n: int, with_zero_flips: bool) -> sequences.MTSequence:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from crbnet.errors import InputError
-from crbnet.nifti import (NiftiSignals, SpatialReference, atomic_directory, iter_blocks,
+from crbnet.imaging.nifti import (NiftiSignals, SpatialReference, atomic_directory, iter_blocks,
                           read_mask, write_image)
 
 

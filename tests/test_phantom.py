@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from crbnet import models
-from crbnet.cli import main
+from crbnet.cli.app import main
 from crbnet.errors import InputError
-from crbnet.phantom import LABELS, PROTON_DENSITY, make_phantom, save_phantom, tissue_table
-from crbnet.sequences import sequence_hash
+from crbnet.imaging.phantom import LABELS, PROTON_DENSITY, make_phantom, save_phantom, tissue_table
+from crbnet.physics.sequences import sequence_hash
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from crbnet import sequences as seqs
-from crbnet.sequences import SequenceError
+from crbnet.physics.sequences import SequenceError
 
 
 def test_hann_interpolation_hits_control_points_and_midpoints():

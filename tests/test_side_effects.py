@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crbnet import cli
-from crbnet.nifti import NiftiSignals
+from crbnet.cli import app as cli
+from crbnet.imaging.nifti import NiftiSignals
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def test_mt_kernel_restores_numba_threads():
     import numba
 
     from crbnet import models
-    from crbnet.models import _mt_kernel
+    from crbnet.physics.models import _mt_kernel
     if not _mt_kernel.available():
         return
     numba.set_num_threads(1)
@@ -90,13 +90,13 @@ def test_library_notes_go_through_logging_and_the_cli_prints_them(tmp_path, capl
     monkeypatch.undo()
     assert cli.main(["models", "--json"]) == 0            # the CLI sets up its log output
     capsys.readouterr()
-    logging.getLogger("crbnet.nifti").info("a note for the user")
+    logging.getLogger("crbnet.imaging.nifti").info("a note for the user")
     assert capsys.readouterr().err == "crbnet: note: a note for the user\n"
 
 
 def test_kernels_use_the_workqueue_layer_unless_the_user_chose_one():
     # numba's OpenMP layer leaves spinning threads that slow the PyTorch work after a kernel
-    # (crbnet.models._numba); workqueue refuses concurrent launches, which the lock serializes.
+    # (crbnet.physics.models._numba); workqueue refuses concurrent launches, which the lock serializes.
     script = """
 import threading, numba, torch
 from crbnet import models

@@ -12,15 +12,15 @@ import torch
 
 import crbnet
 from crbnet import models
-from crbnet.apply import apply_to_volume
-from crbnet.baselines import DictionaryEstimator
-from crbnet.cli import main
-from crbnet.crb import crb
+from crbnet.imaging.apply import apply_to_volume
+from crbnet.estimators import DictionaryEstimator
+from crbnet.cli.app import main
+from crbnet.stats.crb import crb
 from crbnet.errors import InputError
-from crbnet.models.projected import ProjectedModel
-from crbnet.nifti import ArraySignals
-from crbnet.phantom import make_phantom
-from crbnet.subspace import basis_hash, fit_subspace, load_basis
+from crbnet.physics.models.projected import ProjectedModel
+from crbnet.imaging.nifti import ArraySignals
+from crbnet.imaging.phantom import make_phantom
+from crbnet.stats.subspace import basis_hash, fit_subspace, load_basis
 from crbnet.train import Trainer, build_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,7 +31,7 @@ TINY = {"data": {"batches_per_epoch": 5, "batch_size": 64, "val_size": 64},
 
 
 def svd_basis(model, k: int, seed: int = 0) -> torch.Tensor:
-    theta = crbnet.data.ParameterSampler(model).sample(512, torch.Generator().manual_seed(seed))
+    theta = crbnet.learning.data.ParameterSampler(model).sample(512, torch.Generator().manual_seed(seed))
     return fit_subspace(model.simulate(theta), k=k).basis
 
 
@@ -117,7 +117,7 @@ def test_subspace_crb_matches_finite_differences(name):
 def test_complete_basis_gives_the_time_domain_crb(name):
     model = models.get(name)
     pm = ProjectedModel(model, random_unitary(model.n_timepoints, seed=3))
-    theta = crbnet.data.ParameterSampler(model).sample(8, torch.Generator().manual_seed(1))
+    theta = crbnet.learning.data.ParameterSampler(model).sample(8, torch.Generator().manual_seed(1))
     assert torch.allclose(crb(pm, theta), crb(model, theta), rtol=1e-10, atol=0)
 
 
@@ -206,7 +206,7 @@ def test_cli_coefficient_workflow_and_refusals(tmp_path, capsys):
 
 
 def test_edge_flags_mark_estimates_at_the_range_ends(t2):
-    from crbnet.apply import edge_flags
+    from crbnet.imaging.apply import edge_flags
 
     theta = np.array([[0.01], [0.0102], [0.08], [2.49], [3.0]])
     flags = edge_flags(theta, t2, {"T2": (0.01, 2.5)})[:, 0]

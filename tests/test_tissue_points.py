@@ -9,10 +9,10 @@ import torch
 from scipy import stats
 
 import crbnet
-from crbnet import cli
-from crbnet.crb import crb
+from crbnet.cli import app as cli
+from crbnet.stats.crb import crb
 from crbnet.errors import InputError
-from crbnet.tissue_points import (Points, point_statistics, study, sweep_points, tissue_points,
+from crbnet.assessment.point_statistics import (Points, point_statistics, study, sweep_points, tissue_points,
                                   welch_test)
 
 
@@ -123,7 +123,7 @@ def test_evaluate_points_cli_two_boxes(tmp_path, capsys):
 
 
 def test_compare_shows_both_boxes(tmp_path):
-    from crbnet.compare import box_options, resolve_estimators, training_ranges
+    from crbnet.assessment.compare import box_options, resolve_estimators, training_ranges
 
     out = tmp_path / "cmp"
     assert cli.main(["compare", "nlls", "--model", "t2_decay", "--bounds", "both", "--voxels",

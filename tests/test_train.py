@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import crbnet
-from crbnet import cli
+from crbnet.cli import app as cli
 from crbnet.train import Trainer, build_config, parse_set_option
 
 # Tiny settings shared by the tests: a few batches, a small network.
@@ -94,8 +94,8 @@ def test_training_defaults_come_from_the_model():
     """A model's own training_defaults (no crbnet table) sit between the built-in defaults and
     the overrides; a malformed one is one clear error."""
     from crbnet.errors import InputError
-    from crbnet.models import T2Decay
-    from crbnet.nets import NetConfig
+    from crbnet.physics.models import T2Decay
+    from crbnet.learning.nets import NetConfig
 
     class WideT2(T2Decay):
         training_defaults = {"net": {"width": 7}, "optim": {"epochs": 3}}

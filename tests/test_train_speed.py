@@ -3,7 +3,7 @@ the same arithmetic as the per-tensor one, bit for bit, on the trainer's network
 
 import torch
 
-from crbnet.nets import NetConfig, ParameterNet
+from crbnet.learning.nets import NetConfig, ParameterNet
 
 
 def _weights_after_steps(foreach: bool) -> torch.Tensor:

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import crbnet
-from crbnet import cli, models
+from crbnet import models
+from crbnet.cli import app as cli
 from test_crb import brute_force_crb  # finite differences over (θ, Re M0, Im M0)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +99,7 @@ def test_module_and_plugin_specs_give_the_same_model(monkeypatch):
 @pytest.mark.parametrize("spec, message", [
     ("examples/nope.py:TwoCompartmentT2", "not found"),
     (f"{ROOT / 'examples' / 'two_compartment_t2.py'}:Nope", "no class"),
-    ("crbnet.sequences:MTSequence", "not a SignalModel"),
+    ("crbnet.physics.sequences:MTSequence", "not a SignalModel"),
     ("no_such_model", "unknown model"),
 ])
 def test_bad_model_specs_give_one_line(capsys, spec, message):
@@ -133,7 +134,7 @@ def test_phantom_of_a_model_without_tissue_values(tmp_path, capsys):
 
 
 def test_phantom_uses_a_models_own_tissue_values():
-    from crbnet.phantom import make_phantom
+    from crbnet.imaging.phantom import make_phantom
     base = models.resolve(SPEC)
     values = {"CSF": (0.0, 0.02, 1.5), "GM": (0.1, 0.015, 0.09), "WM": (0.25, 0.012, 0.07),
               "lesion": (0.1, 0.015, 0.11)}
@@ -153,8 +154,8 @@ def test_config_model_table_sets_model_options(tmp_path):
     the declared type; the command line wins; a value of the wrong kind is one clear error."""
     import argparse
 
-    from crbnet.commands import train as train_command
-    from crbnet.commands._common import build_model
+    from crbnet.cli import train as train_command
+    from crbnet.cli._common import build_model
     from crbnet.errors import InputError
 
     parser = argparse.ArgumentParser()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from . import models, sequences
-from .checkpoint import load
-from .crb import crb, jacobian
-from .models import get as get_model
+from crbnet import models, sequences
+from crbnet.learning.checkpoint import load
+from crbnet.stats.crb import crb, jacobian
+from crbnet.physics.models import get as get_model
 
 __version__ = "0.1.0"
 

@@ -1,7 +1,7 @@
 """Typed validation of configuration tables against the dataclasses that declare them.
 
 The training configuration is declared once, as dataclasses with type annotations
-(:class:`crbnet.learning.training_config.TrainConfig` and its sections, :class:`crbnet.nets.NetConfig`,
+(:class:`crbnet.learning.training_config.TrainConfig` and its sections, :class:`crbnet.learning.nets.NetConfig`,
 :class:`ModelTable` below). :func:`check_table` checks a table read from a TOML/JSON file or
 from ``--set`` against those annotations before any dataclass is built or any work starts, and
 names the offending key, the expected type and the value it got. Range rules (``lr > 0``, ...)
@@ -23,7 +23,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .errors import InputError
+from crbnet.errors import InputError
 
 
 def check_table(section: str, schema: type, table: Any) -> dict:

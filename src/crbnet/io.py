@@ -24,7 +24,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .errors import InputError, output_error
+from crbnet.errors import InputError, output_error
 
 
 def current_umask() -> int:

@@ -12,17 +12,17 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Mapping
 
-from .learning.distributed import DistInfo, init_distributed, state_fingerprint
-from .learning.schedule import WarmupCosine
-from .learning.trainer import Trainer, train
-from .learning.training_config import (DataConfig, LossConfig, NetConfig, OptimConfig,
+from crbnet.learning.distributed import DistInfo, init_distributed, state_fingerprint
+from crbnet.learning.schedule import WarmupCosine
+from crbnet.learning.trainer import Trainer, train
+from crbnet.learning.training_config import (DataConfig, LossConfig, NetConfig, OptimConfig,
                                        SubspaceConfig, TrainConfig, build_config, deep_merge,
                                        model_training_defaults, parse_set_option,
                                        read_config_file)
-from .models import REGISTRY as _MODELS
+from crbnet.physics.models import REGISTRY as _MODELS
 
 #: The built-in models' training defaults by name (read-only; each model declares its own as
-#: :attr:`~crbnet.models.base.SignalModel.training_defaults`).
+#: :attr:`~crbnet.physics.models.base.SignalModel.training_defaults`).
 MODEL_DEFAULTS: Mapping[str, Mapping] = MappingProxyType(
     {name: cls.training_defaults for name, cls in _MODELS.items()})
 

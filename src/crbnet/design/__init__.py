@@ -6,7 +6,7 @@ parameters most precisely, within what a 3 T scanner can play.
 by construction, :mod:`.cost` defines the cost, :mod:`.points` picks tissue points.
 """
 
-from .controls import CONTROLS, DesignSpace
-from .designer import DesignResult, SequenceDesigner
+from crbnet.design.controls import CONTROLS, DesignSpace
+from crbnet.design.designer import DesignResult, SequenceDesigner
 
 __all__ = ["CONTROLS", "DesignSpace", "DesignResult", "SequenceDesigner"]

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .. import sequences as seqs
-from ..errors import InputError
-from ..hardware import FISP_DEFAULT_TRF, HardwareLimits
-from ..models.base import SignalModel
-from .cost import complex_step_jacobian, forward_mode_jacobian
+from crbnet.physics import sequences as seqs
+from crbnet.errors import InputError
+from crbnet.physics.hardware import FISP_DEFAULT_TRF, HardwareLimits
+from crbnet.physics.models.base import SignalModel
+from crbnet.design.cost import complex_step_jacobian, forward_mode_jacobian
 
 # Kept off the limits by this relative margin, so that round-off never pushes a designed
 # sequence over one.
@@ -34,7 +34,7 @@ _MARGIN = 1e-9
 
 
 def hann_matrix(n_control: int, n_out: int) -> np.ndarray:
-    """The linear map [n_out, n_control] of :func:`crbnet.sequences.hann_interpolate`. Its
+    """The linear map [n_out, n_control] of :func:`crbnet.physics.sequences.hann_interpolate`. Its
     rows are convex weights (non-negative, summing to 1), so a box or a linear inequality that
     holds at every control point holds along the whole train."""
     return np.stack([seqs.hann_interpolate(col, n_out) for col in np.eye(n_control)], 1)
@@ -176,7 +176,7 @@ class MTControls(Controls):
 
     def signal_and_jacobian(self, model: SignalModel, played: dict[str, torch.Tensor],
                             points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..models.mt_hybrid_state import steady_state_signal
+        from crbnet.physics.models.mt_hybrid_state import steady_state_signal
 
         theta_col = played["theta"][:, None]
         w0_col = (played["theta"] ** 2 / played["TRF"])[:, None]
@@ -265,7 +265,7 @@ class FISPControls(Controls):
 
     def signal_and_jacobian(self, model: SignalModel, played: dict[str, torch.Tensor],
                             points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..models.fisp_mrf import epg_echoes
+        from crbnet.physics.models.fisp_mrf import epg_echoes
 
         seq = self.start
         n_states = getattr(model, "n_states", None) or model.max_order + 1

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch.func import jvp, vmap
 
-from ..crb import _fisher_from_columns
+from crbnet.stats.crb import _fisher_from_columns
 
 Signal = Callable[[torch.Tensor], torch.Tensor]
 

@@ -7,9 +7,9 @@ import dataclasses
 
 import numpy as np
 
-from .. import hardware
-from ..sequences import Sequence
-from .designer import DesignResult, SequenceDesigner
+from crbnet.physics import hardware
+from crbnet.physics.sequences import Sequence
+from crbnet.design.designer import DesignResult, SequenceDesigner
 
 SNR_NOTE = "SNR = |M0| / sigma, sigma the noise std of the real and of the imaginary part"
 
@@ -17,7 +17,7 @@ SNR_NOTE = "SNR = |M0| / sigma, sigma the noise std of the real and of the imagi
 def sequence_figures(designer: SequenceDesigner, sequence: Sequence,
                      labels: list[str]) -> dict:
     """RF figures, limit violations, cost and per-point √CRB (SI) and √CRB/value of a sequence
-    at the design's points (CRBs from crbnet.crb)."""
+    at the design's points (CRBs from crbnet.stats.crb)."""
     rel = designer.relative_std(sequence)
     points = designer.points.numpy()
     weights = designer.weights.numpy()

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import torch
 import torch.distributed as dist
 
-from ..checkpoint import checksum
+from crbnet.learning.checkpoint import checksum
 
 
 @dataclass

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import basis_from_real, model_to_dict, read
-from ..errors import InputError
-from ..models.base import SignalModel
-from ..nets import ParameterNet
-from ..subspace import Subspace
+from crbnet.learning.checkpoint import basis_from_real, model_to_dict, read
+from crbnet.errors import InputError
+from crbnet.physics.models.base import SignalModel
+from crbnet.learning.nets import ParameterNet
+from crbnet.stats.subspace import Subspace
 
 
 class InitCheckpoint:

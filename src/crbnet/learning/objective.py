@@ -1,4 +1,4 @@
-"""The training objective: a registered loss (:mod:`crbnet.losses`) evaluated in scaled units.
+"""The training objective: a registered loss (:mod:`crbnet.learning.losses`) evaluated in scaled units.
 
 Losses are computed on θ/scale and CRB/scale², with scale the width of each parameter's training
 range (SI): CRB ratios are unchanged and float32 stays well conditioned. The MSE weights
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from .. import losses
-from ..data import NoisyBatch, ParameterSampler
-from ..models.base import SignalModel
-from .training_config import LossConfig
+from crbnet.learning import losses
+from crbnet.learning.data import NoisyBatch, ParameterSampler
+from crbnet.physics.models.base import SignalModel
+from crbnet.learning.training_config import LossConfig
 
 
 class TrainingObjective:

@@ -18,17 +18,17 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 
-from .. import io as cio
-from ..checkpoint import NORMALIZATION, basis_to_real, model_to_dict, read, save
-from ..data import SNR_DEFINITION
-from ..errors import InputError
-from ..models.base import SignalModel
-from ..nets import count_parameters
-from .distributed import gather
-from .training_config import TrainConfig
+from crbnet import io as cio
+from crbnet.learning.checkpoint import NORMALIZATION, basis_to_real, model_to_dict, read, save
+from crbnet.learning.data import SNR_DEFINITION
+from crbnet.errors import InputError
+from crbnet.physics.models.base import SignalModel
+from crbnet.learning.nets import count_parameters
+from crbnet.learning.distributed import gather
+from crbnet.learning.training_config import TrainConfig
 
 if TYPE_CHECKING:
-    from .trainer import Trainer
+    from crbnet.learning.trainer import Trainer
 
 FILES = ("checkpoint.pt", "metrics.csv", "summary.json", "loss.png")
 PLOT_INTERVAL_S = 30.0

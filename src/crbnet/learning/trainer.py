@@ -6,7 +6,7 @@ parameter — ``mean (θ̂−θ)²/CRB`` — whatever the training loss, and the
 (:mod:`crbnet.learning.run_files`).
 
 Reproducibility and ``--resume``: every random piece has its own seeded stream
-(:func:`crbnet.data.derived_generator`): network initialization, subspace, validation set,
+(:func:`crbnet.learning.data.derived_generator`): network initialization, subspace, validation set,
 online pool blocks, and one data generator per process whose state is saved each epoch with the
 weights, Adam state, schedule step and epoch. A resumed run therefore continues bit-for-bit
 like an uninterrupted one (same device, thread count and process count).
@@ -27,25 +27,25 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .. import losses
-from ..data import NoisyBatch, derived_generator, make_noisy
-from ..errors import ComputationError, InputError
-from ..models.base import SignalModel
-from ..nets import ParameterNet, count_parameters, output_ranges
-from .distributed import (DistInfo, barrier, broadcast_flag, gather, init_distributed,
+from crbnet.learning import losses
+from crbnet.learning.data import NoisyBatch, derived_generator, make_noisy
+from crbnet.errors import ComputationError, InputError
+from crbnet.physics.models.base import SignalModel
+from crbnet.learning.nets import ParameterNet, count_parameters, output_ranges
+from crbnet.learning.distributed import (DistInfo, barrier, broadcast_flag, gather, init_distributed,
                           state_fingerprint, wrap_for_training)
-from .fine_tune import InitCheckpoint
-from .objective import TrainingObjective
-from .run_files import RunFiles, checkpoint_payload, run_summary
-from .schedule import WarmupCosine
-from .training_config import TrainConfig
-from .training_data import TrainingData, prepare_data, subspace_report
+from crbnet.learning.fine_tune import InitCheckpoint
+from crbnet.learning.objective import TrainingObjective
+from crbnet.learning.run_files import RunFiles, checkpoint_payload, run_summary
+from crbnet.learning.schedule import WarmupCosine
+from crbnet.learning.training_config import TrainConfig
+from crbnet.learning.training_data import TrainingData, prepare_data, subspace_report
 
 VALIDATION_CHUNK = 4096
 
 
 class Trainer:
-    """Trains a :class:`~crbnet.nets.ParameterNet` for ``model`` and writes RUN_DIR.
+    """Trains a :class:`~crbnet.learning.nets.ParameterNet` for ``model`` and writes RUN_DIR.
 
     Args:
         model: signal model (sequence and fixed parameters included).
@@ -304,7 +304,7 @@ class Trainer:
         cfg = self.config
 
         def plot(path: Path) -> None:
-            from ..plots.training import plot_training_curves
+            from crbnet.plots.training import plot_training_curves
 
             plot_training_curves(self.metrics, list(self.model.parameters), path,
                                  loss_name=cfg.loss.name,

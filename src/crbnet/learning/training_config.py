@@ -1,7 +1,7 @@
 """The training configuration: its schema, the layers it is assembled from, and how they are read.
 
 ``TrainConfig`` is assembled in this order, later wins: built-in defaults → the model's
-:attr:`~crbnet.models.base.SignalModel.training_defaults` → config file (TOML; JSON and YAML
+:attr:`~crbnet.physics.models.base.SignalModel.training_defaults` → config file (TOML; JSON and YAML
 too) → command line (``--set SECTION.KEY=VALUE`` and the named flags). A config file has the
 tables ``[model]`` (name, fixed, free, sequence, times, options — folded into the model
 arguments by the CLI), ``[sampling]`` (``NAME = {range = [lo, hi], distribution =
@@ -17,13 +17,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .. import io as cio
-from .. import losses
-from ..config import check_table, check_value
-from ..data import check_snr
-from ..errors import InputError
-from ..models.base import SignalModel
-from ..nets import NetConfig
+from crbnet import io as cio
+from crbnet.learning import losses
+from crbnet.config import check_table, check_value
+from crbnet.learning.data import check_snr
+from crbnet.errors import InputError
+from crbnet.physics.models.base import SignalModel
+from crbnet.learning.nets import NetConfig
 
 # ---------------------------------------------------------------------------------------------
 # Schema
@@ -41,7 +41,7 @@ class DataConfig:
         batch_size: noisy samples per batch and process.
         batches_per_epoch: batches per epoch (online).
         pool_size, pool_refresh: online pool (0 = fresh θ and CRB every batch); see
-            :class:`crbnet.data.OnlineSource`.
+            :class:`crbnet.learning.data.OnlineSource`.
         val_size: validation samples (offline: the last rows of the file, held out).
         block_rows, blocks_in_memory: offline streaming granularity.
         sampling: per-parameter range/distribution overrides.
@@ -89,7 +89,7 @@ class OptimConfig:
 @dataclass
 class LossConfig:
     """Training loss. ``mse_weights``: per-parameter weights in 1/SI² (default 1/width² of the
-    training range). Bias-reduced loss (see :mod:`crbnet.losses`): ``realizations`` R noise
+    training range). Bias-reduced loss (see :mod:`crbnet.learning.losses`): ``realizations`` R noise
     draws per noiseless sample (a batch holds ``batch_size // R`` samples × R), weight ``lam``
     and threshold ``delta`` (CRB units) of the variance penalty."""
 
@@ -233,9 +233,9 @@ def read_config_file(path: str | Path) -> dict:
 def model_training_defaults(model: SignalModel | type[SignalModel] | str) -> dict:
     """The model's own training defaults (:attr:`SignalModel.training_defaults`, partial config
     sections found by measurement); ``model`` is a model, a model class or anything
-    :func:`crbnet.models.resolve` accepts. ``{}`` for a model that declares none."""
+    :func:`crbnet.physics.models.resolve` accepts. ``{}`` for a model that declares none."""
     if isinstance(model, str):
-        from ..models import resolve
+        from crbnet.physics.models import resolve
 
         model = resolve(model)
     defaults = getattr(model, "training_defaults", None) or {}

@@ -2,7 +2,7 @@
 (online simulation or an offline HDF5 dataset), the fixed validation set and the signals the
 network's input statistics come from.
 
-Every random piece has its own seeded stream (:func:`crbnet.data.derived_generator`): subspace,
+Every random piece has its own seeded stream (:func:`crbnet.learning.data.derived_generator`): subspace,
 validation set and its noise, input statistics; the batch sources are seeded by the config's
 seed and the process's rank.
 """
@@ -14,16 +14,16 @@ from typing import Any
 
 import torch
 
-from .. import losses
-from ..data import (CleanBatch, NoisyBatch, OnlineSource, ParameterSampler, derived_generator,
+from crbnet.learning import losses
+from crbnet.learning.data import (CleanBatch, NoisyBatch, OnlineSource, ParameterSampler, derived_generator,
                     make_noisy, project, sampler_from_spec, simulate_clean)
-from ..errors import InputError
-from ..models.base import SignalModel
-from ..subspace import (Subspace, basis_hash, basis_record, choose_k, crb_inflation,
+from crbnet.errors import InputError
+from crbnet.physics.models.base import SignalModel
+from crbnet.stats.subspace import (Subspace, basis_hash, basis_record, choose_k, crb_inflation,
                         fit_subspace, user_subspace)
-from .distributed import DistInfo
-from .fine_tune import InitCheckpoint
-from .training_config import TrainConfig
+from crbnet.learning.distributed import DistInfo
+from crbnet.learning.fine_tune import InitCheckpoint
+from crbnet.learning.training_config import TrainConfig
 
 
 @dataclass
@@ -117,7 +117,7 @@ def _online(model: SignalModel, config: TrainConfig, dist: DistInfo, device: tor
 
 def _offline(model: SignalModel, config: TrainConfig, dist: DistInfo, device: torch.device,
              user_basis: torch.Tensor | None, init: InitCheckpoint | None) -> tuple:
-    from ..datasets import Dataset, HDF5Source, check_compatible
+    from crbnet.learning.datasets import Dataset, HDF5Source, check_compatible
 
     cfg = config
     ds = Dataset(cfg.data.dataset)

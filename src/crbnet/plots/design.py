@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..sequences import FISPSequence, MTSequence, Sequence
-from . import save_figure, subplots
+from crbnet.physics.sequences import FISPSequence, MTSequence, Sequence
+from crbnet.plots import save_figure, subplots
 
 
 def _trains(seq: Sequence) -> list[tuple[str, np.ndarray, np.ndarray]]:

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from . import get_cmap, save_figure, subplots
+from crbnet.plots import get_cmap, save_figure, subplots
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..evaluate import EvaluationResult
+    from crbnet.assessment.evaluate import EvaluationResult
 
 METRICS = ("bias_over_sqrt_crb", "std_over_sqrt_crb", "mse_over_crb")
 METRIC_LABELS = {

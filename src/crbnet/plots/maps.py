@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from . import save_figure, subplots
+from crbnet.plots import save_figure, subplots
 
 
 def display_scale(unit: str, values: np.ndarray) -> tuple[float, str]:

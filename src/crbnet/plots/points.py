@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import save_figure, subplots
+from crbnet.plots import save_figure, subplots
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..tissue_points import PointStudy
+    from crbnet.assessment.point_statistics import PointStudy
 
 _ROWS = (("bias_over_sqrt_crb", "bias / √CRB", 0.0), ("std_over_sqrt_crb", "std / √CRB", 1.0))
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .. import losses
-from . import save_figure, subplots
+from crbnet.learning import losses
+from crbnet.plots import save_figure, subplots
 
 
 def plot_training_curves(metrics: Sequence[Mapping[str, float]], parameters: Sequence[str],

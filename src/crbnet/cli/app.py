@@ -1,0 +1,104 @@
+"""Command-line interface: ``crbnet <command> ...`` (also ``python -m crbnet``).
+
+Each command lives in ``crbnet/cli/<name>.py`` with ``register(subparsers)``; this file
+only assembles them and holds the one error boundary of every command (:func:`run_command`):
+
+* bad input (:class:`~crbnet.errors.InputError`, a missing input file, text that is not
+  UTF-8) → one line on stderr, exit code 2;
+* the environment refuses (:class:`OSError`: permission denied, disk full, a folder where a
+  file goes, ...) → one line naming the path and the reason, exit code 1;
+* anything else is a bug → one line naming it, exit code 1.
+
+No traceback is printed unless ``--debug`` (before or after the command name) or the
+environment variable ``CRBNET_DEBUG=1`` asks for it; then the exception propagates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Callable
+
+from crbnet import __version__
+from crbnet.errors import ComputationError, InputError, describe_os_error
+
+# Order = order in ``crbnet --help``. A module that fails to import is a bug, not optional.
+COMMANDS = ["demo", "models", "simulate", "crb", "design", "dataset", "train", "fit", "evaluate",
+            "compare", "phantom", "apply", "basis"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crbnet",
+        description="Cramér–Rao bound-informed neural networks for quantitative MRI. "
+                    "All values in SI units (s, 1/s, rad) unless a command says otherwise.")
+    parser.add_argument("--version", action="version", version=f"crbnet {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show Python tracebacks (also: environment CRBNET_DEBUG=1)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"crbnet.cli.{name}").register(sub)
+    for command_parser in sub.choices.values():
+        # SUPPRESS: an absent sub-command flag must not reset a --debug given before it.
+        command_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                    help="show Python tracebacks")
+    return parser
+
+
+def debug_requested(args: argparse.Namespace | None = None) -> bool:
+    """Whether tracebacks are wanted (``--debug`` or ``CRBNET_DEBUG`` set to a true value)."""
+    env = os.environ.get("CRBNET_DEBUG", "").strip().lower()
+    return bool(getattr(args, "debug", False)) or env not in ("", "0", "false", "no")
+
+
+def _say(text: str) -> None:
+    print("crbnet: " + " ".join(text.split()), file=sys.stderr)
+
+
+def run_command(func: Callable[[], object], debug: bool = False) -> int:
+    """Run one command; every failure becomes one line on stderr and an exit code."""
+    try:
+        return int(func() or 0)
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        code, text = describe_failure(exc)
+        _say(text)
+        return code
+
+
+def describe_failure(exc: BaseException) -> tuple[int, str]:
+    """(exit code, one-line message) for an exception that ends a command."""
+    if isinstance(exc, InputError):
+        return 2, f"error: {exc}"
+    if isinstance(exc, UnicodeDecodeError):
+        return 2, f"error: a text input is not UTF-8 ({exc.reason} at byte {exc.start})"
+    if isinstance(exc, FileNotFoundError) and exc.filename is not None:
+        return 2, f"error: no such file: {exc.filename}"
+    if isinstance(exc, OSError):
+        return 1, f"error: {describe_os_error(exc)}"
+    if isinstance(exc, ComputationError):
+        return 1, f"error: {exc}"
+    if isinstance(exc, MemoryError):
+        return 1, "error: out of memory (use smaller blocks or batches)"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return 1, (f"internal error: {type(exc).__name__}: {first[:300]} (a bug; run with --debug "
+               "for the traceback)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from crbnet.cli import _logging
+
+    _logging.configure()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run_command(lambda: args.func(args), debug=debug_requested(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Classical estimators the networks are compared with; each follows the
+:class:`~crbnet.estimators.protocol.Estimator` protocol (``predict(signals) -> [N, P]``, SI, float64) and
+adds ``predict_with_m0(signals) -> (theta, m0)``. Both are registered in the estimator registry
+(:mod:`crbnet.estimators.protocol`) by their module.
+
+- :class:`NLLSEstimator` (``'nlls'``): voxel-wise maximum-likelihood fit, Levenberg–Marquardt.
+- :class:`DictionaryEstimator` (``'dictionary'``): MRF dictionary matching in SVD space.
+"""
+
+from __future__ import annotations
+
+from crbnet.estimators.protocol import Estimator, MethodTable
+from crbnet.estimators.protocol import get as _get
+from crbnet.physics.models.base import SignalModel
+from crbnet.estimators.dictionary import DictionaryEstimator
+from crbnet.estimators.nlls import NLLSEstimator, NLLSFit
+
+#: ``{name: class}`` of the registered estimators built from the model alone (a live view of
+#: the registry: ``'nlls'``, ``'dictionary'`` and any registered later).
+METHODS = MethodTable()
+
+
+def get(method: str, model: SignalModel, **options) -> Estimator:
+    """A registered estimator by name (``'nlls'``, ``'dictionary'``, ``'network'`` with
+    ``checkpoint=PATH``, ...), configured by ``options`` (its keyword arguments)."""
+    return _get(method, model, **options)
+
+
+__all__ = ["get", "METHODS", "NLLSEstimator", "NLLSFit", "DictionaryEstimator"]

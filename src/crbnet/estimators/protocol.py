@@ -1,0 +1,201 @@
+"""What every estimator (network, NLLS, dictionary matching) offers, the estimator registry,
+and shared helpers.
+
+An estimator has ``model`` (a :class:`~crbnet.physics.models.base.SignalModel`), ``parameters`` (the
+names of the estimated parameters, in column order), ``name`` (short label for reports) and
+``predict(signals) -> Tensor [N, P]`` (SI units), where ``signals`` is a complex tensor or
+array ``[N, T]`` — the full time series as the model simulates it, with arbitrary complex M0.
+
+An estimator that fits the signal itself (dictionary matching, NLLS) may also offer
+``predict_with_fit(signals) -> SignalFit``: the estimates with the complex M0 and the residual
+energy of its fit, so that a caller (``crbnet apply``) need not simulate ``f(θ̂)`` again.
+
+The registry (:func:`register_estimator`, :func:`get`, :func:`names`) names every kind of
+estimator: a factory ``factory(model, **options) -> Estimator`` (an estimator class is one)
+registered under a name. The built-ins are ``nlls`` and ``dictionary`` (crbnet.estimators) and
+``network`` (crbnet.learning.checkpoint; its option ``checkpoint`` is a trained checkpoint). The CLI's
+``--method`` choices are the kinds that need no checkpoint.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from crbnet.errors import InputError
+from crbnet.physics.models.base import SignalModel
+
+
+@runtime_checkable
+class Estimator(Protocol):
+    model: SignalModel
+    name: str
+
+    @property
+    def parameters(self) -> tuple[str, ...]: ...
+
+    def predict(self, signals: torch.Tensor | np.ndarray) -> torch.Tensor: ...
+
+
+@dataclass
+class SignalFit:
+    """An estimator's fit of N voxels ``y ≈ M0·f(θ̂)``.
+
+    Attributes:
+        theta: [N, P] float64 estimates (SI).
+        m0: [N] complex128 least-squares M0 given θ̂ (input units).
+        rss: [N] float64 residual energy ``‖y − M0·f(θ̂)‖²`` (input units squared).
+    """
+
+    theta: torch.Tensor
+    m0: torch.Tensor
+    rss: torch.Tensor
+
+
+def least_squares_m0(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Complex M0 minimizing ``‖y − M0·f‖²`` per row: ``fᴴy / fᴴf`` ([N] from [N, T] each; a
+    zero ``f`` gives M0 = 0)."""
+    energy = (f.real.square() + f.imag.square()).sum(-1) if f.is_complex() else f.square().sum(-1)
+    return (f.conj() * y).sum(-1) / energy.clamp_min(torch.finfo(energy.dtype).tiny)
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """Whether every element is finite. A NaN or Inf anywhere makes the sum non-finite, so one
+    reduction answers almost always; only a non-finite sum (which huge finite values could
+    also give, by overflow) needs the element-wise check."""
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(torch.view_as_real(x)).all())
+
+
+def as_signal_tensor(signals: torch.Tensor | np.ndarray, n_timepoints: int,
+                     dtype: torch.dtype | None = torch.complex128,
+                     device: torch.device | str | None = None) -> torch.Tensor:
+    """Check and convert measured signals to a complex tensor [N, T] (``dtype=None`` keeps the
+    input's complex dtype).
+
+    Raises :class:`InputError` for a real-valued input, a wrong number of time points, or
+    NaN/Inf values (mask those voxels out first).
+    """
+    if isinstance(signals, np.ndarray):
+        signals = torch.from_numpy(np.ascontiguousarray(signals))
+    if not isinstance(signals, torch.Tensor):
+        raise InputError(f"signals must be a tensor or array, got {type(signals).__name__}")
+    if not signals.is_complex():
+        raise InputError("signals must be complex (real and imaginary part); for magnitude and "
+                         "phase data combine them as magnitude·exp(i·phase) first")
+    if signals.ndim == 1:
+        signals = signals[None]
+    if signals.ndim != 2:
+        raise InputError(f"signals must have shape [N, T], got {list(signals.shape)}")
+    if signals.shape[1] != n_timepoints:
+        raise InputError(f"signals have {signals.shape[1]} time points but the sequence has "
+                         f"{n_timepoints}")
+    if not _all_finite(signals):
+        raise InputError("signals contain NaN or Inf")
+    return signals.to(dtype=dtype or signals.dtype,
+                      device=device if device is not None else signals.device)
+
+
+# ---- registry ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EstimatorKind:
+    """A registered kind of estimator.
+
+    Attributes:
+        name: what ``--method``, ``compare`` and :func:`get` call it.
+        factory: ``factory(model, **options) -> Estimator``.
+        description: one line for humans.
+        needs_checkpoint: built from a trained checkpoint (option ``checkpoint``) rather than
+            from the model alone.
+    """
+
+    name: str
+    factory: Callable[..., Estimator]
+    description: str
+    needs_checkpoint: bool = False
+
+    @property
+    def option_names(self) -> list[str]:
+        """The keyword options the factory accepts (``model`` excluded)."""
+        target = self.factory.__init__ if inspect.isclass(self.factory) else self.factory
+        return [name for name, p in inspect.signature(target).parameters.items()
+                if name not in ("self", "model")
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+REGISTRY: dict[str, EstimatorKind] = {}
+# Modules whose import registers the built-in kinds (imported on first use of the registry, so
+# that this module stays free of imports of them).
+_BUILTIN_MODULES = ("crbnet.baselines", "crbnet.learning.checkpoint")
+
+
+def register_estimator(name: str, description: str, needs_checkpoint: bool = False
+                       ) -> Callable[[Callable[..., Estimator]], Callable[..., Estimator]]:
+    """Decorator registering an estimator class or factory under ``name``."""
+    def decorate(factory: Callable[..., Estimator]) -> Callable[..., Estimator]:
+        if name in REGISTRY and REGISTRY[name].factory is not factory:
+            raise ValueError(f"estimator {name!r} is already registered")
+        REGISTRY[name] = EstimatorKind(name, factory, description, needs_checkpoint)
+        return factory
+    return decorate
+
+
+def _registry() -> dict[str, EstimatorKind]:
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+    return REGISTRY
+
+
+def names(needs_checkpoint: bool | None = None) -> list[str]:
+    """Registered estimator names; ``needs_checkpoint=False``: those built from the model alone
+    (the ``--method`` choices), True: those built from a checkpoint."""
+    registry = _registry()
+    ordered = sorted(registry, key=lambda n: registry[n].needs_checkpoint)  # stable: model-only first
+    return [n for n in ordered
+            if needs_checkpoint is None or registry[n].needs_checkpoint == needs_checkpoint]
+
+
+def kind(name: str) -> EstimatorKind:
+    """The registered kind ``name``; one-line :class:`InputError` for an unknown one."""
+    registry = _registry()
+    if name not in registry:
+        raise InputError(f"unknown method {name!r}; available: {', '.join(names())}")
+    return registry[name]
+
+
+def get(name: str, model: SignalModel | None, **options: Any) -> Estimator:
+    """An estimator of kind ``name`` for ``model``, configured by ``options`` (the factory's
+    keyword arguments); an unknown option or a bad value is a one-line :class:`InputError`."""
+    entry = kind(name)
+    accepted = entry.option_names
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise InputError(f"unknown option(s) for {name}: {', '.join(unknown)}; accepted: "
+                         f"{', '.join(accepted)}")
+    try:
+        return entry.factory(model, **options)
+    except InputError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"bad option for {name}: {exc}") from None
+
+
+class MethodTable(Mapping):
+    """Live read-only view ``{name: factory}`` of the kinds built from the model alone."""
+
+    def __getitem__(self, name: str) -> Callable[..., Estimator]:
+        entry = _registry().get(name)
+        if entry is None or entry.needs_checkpoint:
+            raise KeyError(name)
+        return entry.factory
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(names(needs_checkpoint=False))
+
+    def __len__(self) -> int:
+        return len(names(needs_checkpoint=False))

@@ -1,0 +1,1 @@
+"""Imaging: NIfTI input/output, the digital phantom, and maps from volumes."""

@@ -1,0 +1,251 @@
+"""Training losses (docs/statistics.md §4). Learning only: no physics here.
+
+Notation: N samples, P parameters, estimate ``θ̂`` [N, P], truth ``θ`` [N, P], ``CRB`` [N, P] the
+Cramér–Rao bound of each sample at *its training noise level* (``crb_unit·σ²/|M0|²``).
+
+* :func:`mse` — ``mean_{i,p} w_p·(θ̂_ip − θ_ip)²``; ``w`` optional per-parameter weights (the
+  hand-tuned classic; the trainer uses ``w_p = 1/width_p²`` of the training range by default so
+  that parameters with small units are not ignored).
+* :func:`crb` — the seed paper's loss: ``mean_{i,p} (θ̂_ip − θ_ip)² / CRB_ip``. An efficient
+  unbiased estimator scores 1, whatever the parameter or the noise level.
+* :func:`relative_mse` — ``mean_{i,p} (θ̂_ip − θ_ip)² / θ_ip²`` (entries with θ = 0 left out);
+  a baseline of the seed paper, unaware of the noise level.
+* :func:`log_mse` — ``mean_{i,p} (log θ̂_ip − log θ_ip)²``, estimates clamped to a tiny positive
+  number first (a network's output range may reach slightly below zero); the other baseline.
+* :func:`bias_reduced` — after Mao, Flassbeck & Assländer (arXiv 2312.11468). Each noiseless
+  sample is measured R times with independent noise (R "realizations"); with ``θ̄_ip`` the mean
+  and ``v_ip`` the unbiased variance (divisor R−1) of its R estimates::
+
+      L = mean_{i,p} (θ̄_ip − θ_ip)² / CRB_ip  +  λ · mean_{i,p} max(0, v_ip / CRB_ip − δ)
+
+  The first term is the CRB-normalized squared bias (its expectation is bias²/CRB + v/(R·CRB):
+  the sample mean of R estimates still carries 1/R of their variance). The second term only
+  penalizes variance above δ times the bound (δ = 1: an unbiased estimator cannot go below the
+  bound, so that part is not a defect). Both means run over the same entries, so the sum equals
+  the mean of the summed terms. The paper fine-tunes a CRB-loss network with R = 200, λ = 1,
+  δ = 1. Training-config defaults: R = 8, λ = 0.1, δ = 1. Measured on t2_decay at SNR 10
+  (docs/training.md §8): λ = 0 and 0.1 gave the smallest bias (mean |bias|/√CRB 0.04 on a
+  grid, vs 0.13 for the CRB loss), λ = 1 0.09, and λ = 10 pushed the variance below the bound
+  at the price of a large bias (0.50).
+
+Entries whose CRB is infinite (parameter not identifiable in that sample) are left out of the
+means: no finite error is "bad" there.
+
+Every loss is registered once in :data:`REGISTRY` (:func:`register`): the name that configs,
+``crbnet train --loss``, ``crbnet compare --losses`` and ``crbnet demo --losses`` use, and how
+to call it on a batch (:class:`LossInputs`). Adding a loss is one function and one
+``@register`` adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import torch
+
+
+def _finite_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over entries where ``mask`` holds (0 if there are none)."""
+    count = mask.sum().clamp_min(1)
+    return torch.where(mask, values, torch.zeros_like(values)).sum() / count
+
+
+def finite_crb(crb: torch.Tensor) -> torch.Tensor:
+    """Entries where the CRB is usable as a scale: finite and positive (an infinite CRB means
+    the parameter is not identifiable in that sample)."""
+    return torch.isfinite(crb) & (crb > 0)
+
+
+def crb_normalized(values: torch.Tensor, crb: torch.Tensor) -> torch.Tensor:
+    """``values / CRB`` entry by entry, NaN where the CRB is not finite and positive.
+
+    The one place where anything is put in CRB units — losses, validation, evaluation,
+    comparison and gross-error tests all go through it. Gradients flow only through the
+    entries with a usable CRB (the others never divide by the bad CRB).
+    """
+    crb = crb.to(device=values.device, dtype=values.dtype)
+    usable = finite_crb(crb)
+    ratio = values / torch.where(usable, crb, torch.ones_like(crb))
+    return torch.where(usable, ratio, torch.full_like(ratio, float("nan")))
+
+
+def mse(estimate: torch.Tensor, target: torch.Tensor,
+        weights: torch.Tensor | Sequence[float] | None = None) -> torch.Tensor:
+    """``mean_{i,p} w_p (θ̂_ip − θ_ip)²`` (``w = 1`` when ``weights`` is None)."""
+    sq = (estimate - target) ** 2
+    if weights is not None:
+        sq = sq * torch.as_tensor(weights, dtype=sq.dtype, device=sq.device)
+    return sq.mean()
+
+
+def crb(estimate: torch.Tensor, target: torch.Tensor, crb: torch.Tensor) -> torch.Tensor:
+    """``mean_{i,p} (θ̂_ip − θ_ip)² / CRB_ip`` over entries with a finite CRB."""
+    crb = crb.to(estimate.dtype)        # an overflow to inf in a float32 CRB leaves it out
+    return _finite_mean(crb_normalized((estimate - target) ** 2, crb), finite_crb(crb))
+
+
+def relative_mse(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``mean_{i,p} (θ̂_ip − θ_ip)² / θ_ip²`` over entries with θ ≠ 0."""
+    nonzero = target != 0
+    safe = torch.where(nonzero, target, torch.ones_like(target))
+    return _finite_mean(((estimate - target) / safe) ** 2, nonzero)
+
+
+def log_mse(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``mean_{i,p} (log θ̂_ip − log θ_ip)²`` over entries with θ > 0; θ̂ is clamped to the
+    smallest positive normal number of its dtype before the log."""
+    positive = target > 0
+    tiny = torch.finfo(estimate.dtype).tiny
+    log_ratio = (torch.log(estimate.clamp_min(tiny))
+                 - torch.log(torch.where(positive, target, torch.ones_like(target))))
+    return _finite_mean(log_ratio ** 2, positive)
+
+
+def bias_reduced(estimates: torch.Tensor, target: torch.Tensor, crb: torch.Tensor,
+                 lam: float = 0.1, delta: float = 1.0) -> torch.Tensor:
+    """Bias-reduced loss (module docstring).
+
+    Args:
+        estimates: [N, R, P] estimates of R noisy measurements of each of N noiseless samples.
+        target: [N, P] true parameters (shared by the R realizations).
+        crb: [N, P] CRB at the training noise level of each sample (shared likewise).
+        lam: weight λ of the variance-excess term.
+        delta: variance allowed before the penalty starts, in units of the CRB.
+    """
+    if estimates.ndim != 3 or estimates.shape[1] < 2:
+        raise ValueError("bias_reduced needs estimates of shape [N, R, P] with R >= 2")
+    crb = crb.to(estimates.dtype)
+    mean = estimates.mean(1)
+    var = estimates.var(1, unbiased=True)
+    bias_term = crb_normalized((mean - target) ** 2, crb)
+    excess = torch.relu(crb_normalized(var, crb) - delta)
+    return _finite_mean(bias_term + lam * excess, finite_crb(crb))
+
+
+def crb_ratio_per_parameter(estimate: torch.Tensor, target: torch.Tensor,
+                            crb: torch.Tensor) -> torch.Tensor:
+    """[P] mean over samples of ``(θ̂ − θ)² / CRB`` (finite CRBs only): the validation metric,
+    the same whatever loss trained the network."""
+    crb = crb.to(torch.float64)
+    finite = finite_crb(crb)
+    ratio = crb_normalized((estimate.to(torch.float64) - target.to(torch.float64)) ** 2, crb)
+    ratio = torch.where(finite, ratio, torch.zeros_like(ratio))
+    return ratio.sum(0) / finite.sum(0).clamp_min(1)
+
+
+# ---- the registry --------------------------------------------------------------------------
+@dataclass
+class LossInputs:
+    """What a loss may use for one batch.
+
+    Attributes:
+        estimate: [N, P] estimates; for a ``repeated`` loss, N = n·K with the K noisy draws
+            of each noiseless sample in consecutive rows.
+        target: [N, P] true parameters (rows repeated K times likewise).
+        crb: [N, P] CRB of each row at its own noise level.
+        weights: [P] MSE weights (1/SI²).
+        K: noise draws per noiseless sample (1 unless the loss is ``repeated``).
+        lam: weight λ of the bias-reduced loss's variance term.
+        delta: variance (CRB units) the bias-reduced loss allows before penalizing.
+    """
+
+    estimate: torch.Tensor
+    target: torch.Tensor
+    crb: torch.Tensor
+    weights: torch.Tensor | Sequence[float] | None = None
+    K: int = 1
+    lam: float = 0.1
+    delta: float = 1.0
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A registered loss.
+
+    Attributes:
+        name: the name configs and the CLI use.
+        compute: ``LossInputs -> scalar tensor``.
+        description: one line for help texts and reports.
+        crb_units: whether its value is in CRB units (1 = efficient unbiased).
+        repeated: whether it needs K noise draws of each noiseless sample.
+    """
+
+    name: str
+    compute: Callable[[LossInputs], torch.Tensor]
+    description: str
+    crb_units: bool = False
+    repeated: bool = False
+
+
+REGISTRY: dict[str, Loss] = {}
+
+
+def register(name: str, description: str, *, crb_units: bool = False, repeated: bool = False
+             ) -> Callable[[Callable[[LossInputs], torch.Tensor]],
+                           Callable[[LossInputs], torch.Tensor]]:
+    """Decorator: register ``compute(inputs: LossInputs) -> tensor`` as loss ``name``."""
+    def decorate(compute: Callable[[LossInputs], torch.Tensor]
+                 ) -> Callable[[LossInputs], torch.Tensor]:
+        if name in REGISTRY:
+            raise ValueError(f"loss {name!r} is registered twice")
+        REGISTRY[name] = Loss(name, compute, description, crb_units, repeated)
+        return compute
+    return decorate
+
+
+def names() -> list[str]:
+    return list(REGISTRY)
+
+
+def get(name: str) -> Loss:
+    """The registered loss ``name``; :class:`~crbnet.errors.InputError` if there is none."""
+    from crbnet.errors import InputError
+
+    if name not in REGISTRY:
+        raise InputError(f"unknown loss {name!r}; available: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+@register("mse", "mean of w_p (estimate - truth)^2, w_p = 1/width^2 of the training range")
+def _mse_loss(x: LossInputs) -> torch.Tensor:
+    return mse(x.estimate, x.target, x.weights)
+
+
+@register("crb", "mean of (estimate - truth)^2 / CRB (1 = efficient unbiased)", crb_units=True)
+def _crb_loss(x: LossInputs) -> torch.Tensor:
+    return crb(x.estimate, x.target, x.crb)
+
+
+@register("bias_reduced", "CRB-normalized squared bias of R draws + lam * variance above "
+          "delta * CRB", crb_units=True, repeated=True)
+def _bias_reduced_loss(x: LossInputs) -> torch.Tensor:
+    P = x.estimate.shape[-1]
+    return bias_reduced(x.estimate.reshape(-1, x.K, P), x.target[::x.K], x.crb[::x.K],
+                        lam=x.lam, delta=x.delta)
+
+
+@register("relative_mse", "mean of (estimate - truth)^2 / truth^2")
+def _relative_mse_loss(x: LossInputs) -> torch.Tensor:
+    return relative_mse(x.estimate, x.target)
+
+
+@register("log_mse", "mean of (log estimate - log truth)^2")
+def _log_mse_loss(x: LossInputs) -> torch.Tensor:
+    return log_mse(x.estimate, x.target)
+
+
+#: Registered loss names (kept for code that reads the old tuple).
+LOSSES = tuple(REGISTRY)
+
+
+def mse_weights(parameters: Sequence[str], scales: Mapping[str, float],
+                overrides: Mapping[str, float] | None = None) -> list[float]:
+    """Per-parameter MSE weights: ``1/scale²`` unless ``overrides`` gives a weight."""
+    overrides = overrides or {}
+    return [float(overrides.get(p, 1.0 / float(scales[p]) ** 2)) for p in parameters]
+
+
+__all__ = ["LOSSES", "REGISTRY", "Loss", "LossInputs", "register", "names", "get", "mse", "crb",
+           "bias_reduced", "relative_mse", "log_mse", "crb_ratio_per_parameter", "mse_weights",
+           "finite_crb", "crb_normalized"]

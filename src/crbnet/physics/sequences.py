@@ -1,0 +1,410 @@
+"""Acquisition sequences: what the scanner plays, independent of the tissue.
+
+Every sequence is a small frozen dataclass in SI units (s, rad). Each signal model takes one
+kind of sequence (its ``sequence_kind``); the kinds are registered by name in :data:`KINDS`
+(:func:`register_sequence_kind`), and :func:`from_dict` / :func:`load` read any registered kind
+from JSON — its dataclass fields without a default are required, those with one optional — or
+from a CSV file where the class offers ``read_csv`` (the hybrid-state control points of
+``mt``). A sequence kind of one's own is a frozen dataclass with a ``kind`` field (``init=False``),
+``n_timepoints`` and ``to_dict()``, decorated with :func:`register_sequence_kind`; a kind that
+plays RF pulses also offers ``rf_pulses()`` (flip angles, pulse durations, cycle duration), which
+the hardware checks read (:mod:`crbnet.physics.hardware`). Defaults are
+defined here, in code, so the installed package needs no data files.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import hashlib
+import importlib.resources
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from crbnet.errors import InputError
+
+
+class SequenceError(InputError):
+    """A sequence file or object is malformed."""
+
+
+def _as_float_array(values: Any, name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise SequenceError(f"sequence field {name!r} must be a list of numbers") from exc
+    if arr.size == 0:
+        raise SequenceError(f"sequence field {name!r} is empty")
+    if not np.all(np.isfinite(arr)):
+        raise SequenceError(f"sequence field {name!r} contains NaN or Inf")
+    return arr
+
+
+def _as_positive(value: Any, name: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as exc:
+        raise SequenceError(f"sequence field {name!r} must be a number") from exc
+    if not math.isfinite(v) or v <= 0:
+        raise SequenceError(f"sequence field {name!r} must be a positive finite number, got {value!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class SequenceKind:
+    """A registered sequence kind.
+
+    Attributes:
+        name: the kind (``SignalModel.sequence_kind``, ``seq.kind``).
+        cls: its dataclass.
+        required, optional: JSON fields (the dataclass's init fields without / with a default).
+        read_csv: reader of a CSV file of this kind (``cls.read_csv``), or None.
+    """
+
+    name: str
+    cls: type
+    required: frozenset[str]
+    optional: frozenset[str]
+    read_csv: Callable[[Path], Any] | None = None
+
+
+#: The sequence kinds by name.
+KINDS: dict[str, SequenceKind] = {}
+
+
+def register_sequence_kind(cls: type) -> type:
+    """Class decorator: register a sequence dataclass under its ``kind`` field's default."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls.__name__} must be a dataclass to be a sequence kind")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if "kind" not in fields or not isinstance(fields["kind"].default, str):
+        raise TypeError(f"{cls.__name__} needs a field kind: str = field(default=..., "
+                        "init=False)")
+    name = fields["kind"].default
+    if name in KINDS and KINDS[name].cls is not cls:
+        raise ValueError(f"sequence kind {name!r} is already registered")
+    given = [f for f in fields.values() if f.init]
+    required = frozenset(f.name for f in given if f.default is dataclasses.MISSING
+                         and f.default_factory is dataclasses.MISSING)
+    KINDS[name] = SequenceKind(name, cls, required,
+                               frozenset(f.name for f in given) - required,
+                               getattr(cls, "read_csv", None))
+    return cls
+
+
+def kind_of(name: str) -> SequenceKind:
+    """The registered kind ``name``; :class:`SequenceError` for an unknown one."""
+    if name not in KINDS:
+        raise SequenceError(f"unknown sequence kind {name!r}; registered: {', '.join(KINDS)}")
+    return KINDS[name]
+
+
+@register_sequence_kind
+@dataclass(frozen=True, eq=False)
+class MTSequence:
+    """Hybrid-state sequence for the two-pool MT model (docs/physics.md §1).
+
+    Attributes:
+        TR: repetition time (s), constant.
+        theta: per TR, the polar angle of the free pool's spin-locked magnetization (rad),
+            shape [T]: *half* the flip angle α of the TR's alternating pulses (α = 2θ, RF
+            amplitude ω1 = 2θ/TRF for a rectangular pulse); B1 scales it. See
+            docs/physics.md §1.
+        TRF: RF pulse duration of each TR (s), shape [T].
+        T_inv: duration of the inversion pulse at the start of each cycle (s).
+        k_RF: semi-solid saturation constant; the mean saturation rate over a TR is
+            ``W = k_RF * theta**2 * T2s / (TRF * TR)``. It lumps pulse shape and the
+            semi-solid lineshape; 4 matches the seed paper's code.
+    """
+
+    TR: float
+    theta: np.ndarray
+    TRF: np.ndarray
+    T_inv: float = 10e-3
+    k_RF: float = 4.0
+    kind: str = field(default="mt", init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "TR", _as_positive(self.TR, "TR"))
+        object.__setattr__(self, "theta", _as_float_array(self.theta, "theta"))
+        object.__setattr__(self, "TRF", _as_float_array(self.TRF, "TRF"))
+        object.__setattr__(self, "T_inv", _as_positive(self.T_inv, "T_inv"))
+        object.__setattr__(self, "k_RF", _as_positive(self.k_RF, "k_RF"))
+        if self.theta.shape != self.TRF.shape:
+            raise SequenceError(
+                f"theta has {self.theta.size} entries but TRF has {self.TRF.size}; they must match"
+            )
+        if np.any(self.TRF <= 0) or np.any(self.TRF > self.TR):
+            raise SequenceError("every TRF must lie in (0, TR]")
+
+    @property
+    def n_timepoints(self) -> int:
+        return int(self.theta.size)
+
+    @property
+    def cycle_duration(self) -> float:
+        """Duration of one cycle (s)."""
+        return self.TR * self.n_timepoints
+
+    def to_dict(self) -> dict:
+        return {"TR": self.TR, "theta": self.theta.tolist(), "TRF": self.TRF.tolist(),
+                "T_inv": self.T_inv, "k_RF": self.k_RF}
+
+    def rf_pulses(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(flip angle α [T] rad, TRF [T] s, cycle duration s)``: α = 2θ."""
+        return 2 * np.abs(self.theta), self.TRF, self.cycle_duration
+
+    @staticmethod
+    def read_csv(path: Path) -> "MTSequence":
+        """A control-point CSV file (:func:`load_control_points_csv`, default timing)."""
+        return load_control_points_csv(path)
+
+
+@register_sequence_kind
+@dataclass(frozen=True, eq=False)
+class FISPSequence:
+    """FISP MR fingerprinting schedule (Jiang et al. 2015).
+
+    Attributes:
+        flip: flip angle of each TR (rad), shape [T]; B1 scales it.
+        TR: repetition time of each TR (s), shape [T].
+        TE: echo time (s), constant, must be shorter than every TR.
+        TI: delay between the (ideal) inversion and the first pulse (s).
+        TRF: duration of the (rectangular) RF pulses (s), for hardware reports only — the EPG
+            model treats pulses as instantaneous; None: not given (reports assume 1 ms).
+    """
+
+    flip: np.ndarray
+    TR: np.ndarray
+    TE: float = 2e-3
+    TI: float = 20e-3
+    TRF: float | None = None
+    kind: str = field(default="fisp", init=False)
+    #: Pulse duration assumed for hardware reports where the schedule gives none (s).
+    ASSUMED_TRF: ClassVar[float] = 1e-3
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "flip", _as_float_array(self.flip, "flip"))
+        object.__setattr__(self, "TR", _as_float_array(self.TR, "TR"))
+        object.__setattr__(self, "TE", _as_positive(self.TE, "TE"))
+        object.__setattr__(self, "TI", _as_positive(self.TI, "TI"))
+        if self.TRF is not None:
+            object.__setattr__(self, "TRF", _as_positive(self.TRF, "TRF"))
+        if self.flip.shape != self.TR.shape:
+            raise SequenceError(f"flip has {self.flip.size} entries but TR has {self.TR.size}")
+        if np.any(self.TR <= self.TE):
+            raise SequenceError("every TR must be longer than TE")
+
+    @property
+    def n_timepoints(self) -> int:
+        return int(self.flip.size)
+
+    @property
+    def assumed_pulse_duration(self) -> float | None:
+        """The pulse duration the hardware reports assume (None: the schedule gives TRF)."""
+        return self.ASSUMED_TRF if self.TRF is None else None
+
+    def rf_pulses(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(flip angle [T] rad, TRF [T] s, cycle duration s)``; the cycle runs from the
+        inversion to the end of the last TR."""
+        trf = self.ASSUMED_TRF if self.TRF is None else self.TRF
+        return np.abs(self.flip), np.full_like(self.flip, trf), float(self.TI + np.sum(self.TR))
+
+    def to_dict(self) -> dict:
+        # TRF only when given, so that schedules without it keep their hash.
+        out = {"flip": self.flip.tolist(), "TR": self.TR.tolist(), "TE": self.TE, "TI": self.TI}
+        return out if self.TRF is None else {**out, "TRF": self.TRF}
+
+
+@register_sequence_kind
+@dataclass(frozen=True, eq=False)
+class TimesSequence:
+    """Sampling times of an analytic model: echo times (T2 decay) or inversion times (IR), in s."""
+
+    times: np.ndarray
+    kind: str = field(default="times", init=False)
+
+    def __post_init__(self) -> None:
+        t = _as_float_array(self.times, "times")
+        if np.any(t < 0):
+            raise SequenceError("times must be non-negative")
+        object.__setattr__(self, "times", t)
+
+    @property
+    def n_timepoints(self) -> int:
+        return int(self.times.size)
+
+    def to_dict(self) -> dict:
+        return {"times": self.times.tolist()}
+
+
+Sequence = MTSequence | FISPSequence | TimesSequence
+
+
+def sequence_hash(seq: Sequence) -> str:
+    """Short stable hash of a sequence (identifies it in checkpoints and NIfTI sidecars)."""
+    payload = json.dumps({"kind": seq.kind, **seq.to_dict()}, sort_keys=True).encode()
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# Defaults
+
+
+def hann_interpolate(control_points: np.ndarray, n_out: int) -> np.ndarray:
+    """Interpolate a periodic list of control points onto ``n_out`` samples.
+
+    Between points a and b at fraction u the value is
+    ``(a*(1 - cos(pi*(1-u))) + b*(1 - cos(pi*u))) / 2``; the last point connects to the first,
+    since the train repeats every cycle.
+    """
+    cp = np.asarray(control_points, dtype=np.float64)
+    n_cp = cp.size
+    pos = np.arange(n_out) * n_cp / n_out
+    i = np.floor(pos).astype(int)
+    u = pos - i
+    a = cp[i % n_cp]
+    b = cp[(i + 1) % n_cp]
+    return (a * (1 - np.cos(np.pi * (1 - u))) + b * (1 - np.cos(np.pi * u))) / 2
+
+
+def default_mt_sequence() -> MTSequence:
+    """crbnet's own hybrid-state MT sequence: 666 TRs of 4.5 ms (a 3 s cycle), designed by
+    ``crbnet design`` within 3 T limits (peak B1 ≤ 23.5 µT, pulses 0.1–1 ms, mean RF power
+    ≤ 3·10⁶ (rad/s)²) for white and gray matter at SNR 50, all six parameters estimated.
+
+    θ and TRF at 64 control points per cycle, Hann-interpolated; stored as package data (the
+    design's ``sequence.json``); docs/design.md gives the command that regenerates it.
+    """
+    return from_dict(dict(_packaged_sequence("mt_hybrid_state_default.json")), "mt")
+
+
+@functools.lru_cache(maxsize=None)
+def _packaged_sequence(name: str) -> tuple:
+    """A sequence file shipped in ``crbnet/resources`` (read once; items as a tuple so that the
+    cached value cannot be changed by a caller)."""
+    resource = importlib.resources.files("crbnet").joinpath("resources", name)
+    return tuple(json.loads(resource.read_text(encoding="utf-8")).items())
+
+
+def default_fisp_sequence(n: int = 400) -> FISPSequence:
+    """A FISP-MRF schedule in the spirit of Jiang et al. 2015 (MRM 74:1621).
+
+    Flip angles follow repeated half-sine lobes of decreasing amplitude (max 70°, then 50°,
+    35°, 60°...), TR varies smoothly between 11 and 14 ms (Perlin-like in the paper; a sum of
+    sinusoids here), TE = 2 ms, inversion 20 ms before the first pulse.
+    """
+    idx = np.arange(n)
+    lobe_len = 100
+    amplitudes = np.deg2rad(np.array([70.0, 45.0, 60.0, 30.0, 55.0, 40.0, 65.0, 35.0]))
+    amp = amplitudes[(idx // lobe_len) % amplitudes.size]
+    flip = np.deg2rad(5.0) + amp * np.sin(np.pi * (idx % lobe_len) / lobe_len) ** 2
+    tr = 12.5e-3 + 1.0e-3 * np.sin(2 * np.pi * idx / 173) + 0.5e-3 * np.sin(2 * np.pi * idx / 61)
+    return FISPSequence(flip=flip, TR=tr, TE=2e-3, TI=20e-3)
+
+
+def default_echo_times() -> TimesSequence:
+    """32 echoes every 10 ms (multi-echo spin echo)."""
+    return TimesSequence(times=10e-3 * np.arange(1, 33))
+
+
+def default_inversion_times() -> TimesSequence:
+    """12 inversion times, log-spaced 50 ms – 4 s."""
+    return TimesSequence(times=np.geomspace(0.05, 4.0, 12))
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_control_points_csv(path: str | Path, TR: float = 4.5e-3, cycle_duration: float = 3.0,
+                            T_inv: float = 10e-3, k_RF: float = 4.0) -> MTSequence:
+    """Read hybrid-state control points (columns ``theta_rad, trf_ms``; '#' comments).
+
+    The points span one cycle and are Hann-interpolated onto ``floor(cycle_duration / TR)`` TRs (3 s / 4.5 ms → 666).
+    """
+    path = Path(path)
+    rows: list[tuple[float, float]] = []
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            lines = [ln for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
+    except OSError as exc:
+        raise SequenceError(f"cannot read sequence file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise SequenceError(f"sequence file {path} is not UTF-8 text ({exc.reason})") from None
+    reader = csv.reader(lines)
+    header = next(reader, None)
+    if header is None or [h.strip() for h in header[:2]] != ["theta_rad", "trf_ms"]:
+        raise SequenceError(f"{path}: expected a header 'theta_rad,trf_ms'")
+    for lineno, row in enumerate(reader, start=2):
+        try:
+            rows.append((float(row[0]), float(row[1])))
+        except (IndexError, ValueError) as exc:
+            raise SequenceError(f"{path}: malformed control point on data row {lineno}: {row}") from exc
+    if len(rows) < 2:
+        raise SequenceError(f"{path}: needs at least 2 control points")
+    cp = np.array(rows)
+    n = int(cycle_duration / TR + 1e-9)
+    return MTSequence(TR=TR, theta=hann_interpolate(cp[:, 0], n),
+                      TRF=hann_interpolate(cp[:, 1], n) * 1e-3, T_inv=T_inv, k_RF=k_RF)
+
+
+def from_dict(data: dict, kind: str) -> Sequence:
+    """Build a sequence of a registered ``kind`` ('mt', 'fisp', 'times', ...) from a JSON-like
+    dict."""
+    entry = kind_of(kind)
+    if not isinstance(data, dict):
+        raise SequenceError("a sequence must be a JSON object")
+    missing = entry.required - data.keys()
+    if missing:
+        raise SequenceError(f"sequence is missing field(s): {', '.join(sorted(missing))}")
+    unknown = data.keys() - entry.required - entry.optional
+    if unknown:
+        raise SequenceError(f"sequence has unknown field(s): {', '.join(sorted(unknown))}")
+    return entry.cls(**data)
+
+
+def load(path: str | Path, kind: str) -> Sequence:
+    """Load a sequence file of a registered ``kind``: JSON for every kind, CSV for kinds whose
+    class reads it (control points for 'mt')."""
+    path = Path(path)
+    entry = kind_of(kind)
+    if path.suffix.lower() == ".csv":
+        if entry.read_csv is None:
+            readers = [k for k, e in KINDS.items() if e.read_csv is not None]
+            raise SequenceError(f"CSV sequence files are read for kind(s) {', '.join(readers)} "
+                                f"only, not {kind!r}; give a JSON file")
+        return entry.read_csv(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SequenceError(f"cannot read sequence file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise SequenceError(f"sequence file {path} is not UTF-8 text ({exc.reason})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SequenceError(f"{path} is not valid JSON: {exc.msg} (line {exc.lineno})") from exc
+    return from_dict(data, kind)
+
+
+def from_times(times: list[float] | np.ndarray) -> TimesSequence:
+    return TimesSequence(times=np.asarray(times, dtype=np.float64))
+
+
+def to_json(seq: Sequence) -> str:
+    return json.dumps(seq.to_dict())
+
+
+__all__ = [
+    "SequenceError", "SequenceKind", "KINDS", "register_sequence_kind", "kind_of", "MTSequence", "FISPSequence", "TimesSequence", "Sequence", "load",
+    "from_dict", "from_times", "load_control_points_csv", "hann_interpolate", "sequence_hash",
+    "default_mt_sequence", "default_fisp_sequence", "default_echo_times",
+    "default_inversion_times", "to_json",
+]

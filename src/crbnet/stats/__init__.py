@@ -1,0 +1,1 @@
+"""Statistics: Cramér–Rao bounds, the noise model, and subspace (low-rank) bases."""

@@ -169,7 +169,7 @@ def bench_sequence(label: str, seq, args, progress) -> dict:
 
     import crbnet
     from crbnet import models
-    from crbnet.learning.data import ParameterSampler
+    from crbnet.stats.sampling import ParameterSampler
 
     model = models.get("mt_hybrid_state", sequence=seq)
     sampler = ParameterSampler(model)

@@ -68,10 +68,10 @@ def _entry(designer, labels, seq, name):
 
 def bench_mt(minutes: float, seed: int) -> dict:
     import crbnet
+    from crbnet.assessment.points import load_points
     from crbnet.design import DesignSpace, SequenceDesigner
     from crbnet.physics.hardware import HardwareLimits
     from crbnet.physics.sequences import load_control_points_csv
-    from crbnet.assessment.points import load_points
 
     model = crbnet.physics.models.get("mt_hybrid_state")
     labels, points = load_points(model, ["WM", "GM"])
@@ -107,9 +107,9 @@ def bench_fisp(minutes: float, seed: int) -> dict:
     """Two designs from the default schedule, ``minutes`` each: the flip angles alone, and the
     flip angles with the TRs (within the default's TR range, no longer in total)."""
     import crbnet
+    from crbnet.assessment.points import load_points
     from crbnet.design import DesignSpace, SequenceDesigner
     from crbnet.physics.hardware import HardwareLimits
-    from crbnet.assessment.points import load_points
 
     model = crbnet.physics.models.get("fisp_mrf")
     labels, points = load_points(model, ["WM", "GM"])

@@ -69,8 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     import crbnet
     from crbnet import baselines
-    from crbnet.assessment.compare import (gross_error_fractions, make_comparison_set, score, timed_predict,
-                                training_snr)
+    from crbnet.assessment.compare import (
+        gross_error_fractions,
+        make_comparison_set,
+        score,
+        timed_predict,
+        training_snr,
+    )
     from crbnet.io import write_json
     from crbnet.plots.evaluation import plot_comparison
 

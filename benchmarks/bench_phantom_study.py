@@ -57,8 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def load_estimators(args, device):
     """``{label: estimator}`` and the common model."""
     from crbnet import baselines, models
-    from crbnet.learning import checkpoint
     from crbnet.errors import InputError
+    from crbnet.learning import checkpoint
     from crbnet.physics.sequences import sequence_hash
 
     nets = {}
@@ -224,9 +224,9 @@ def figure(rows, labels, model, path, title):
 
 def run(args) -> int:
     from crbnet.imaging.apply import apply_to_volume
-    from crbnet.io import write_json, write_text
     from crbnet.imaging.nifti import ArraySignals
     from crbnet.imaging.phantom import make_phantom, parse_shape
+    from crbnet.io import write_json, write_text
     from crbnet.physics.sequences import sequence_hash
 
     if args.threads:

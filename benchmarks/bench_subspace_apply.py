@@ -138,16 +138,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from crbnet import models
-    from crbnet.imaging.apply import apply_to_volume
     from crbnet.estimators import DictionaryEstimator
-    from crbnet.learning.checkpoint import load
-    from crbnet.learning.data import ParameterSampler, derived_generator
-    from crbnet.physics.models.projected import ProjectedModel
+    from crbnet.imaging.apply import apply_to_volume
     from crbnet.imaging.nifti import NiftiSignals, SpatialReference, write_image
     from crbnet.imaging.phantom import make_phantom, parse_shape
-    from crbnet.stats.subspace import crb_inflation, fit_subspace
+    from crbnet.learning.checkpoint import load
     from crbnet.learning.trainer import Trainer
     from crbnet.learning.training_config import build_config
+    from crbnet.physics.models.projected import ProjectedModel
+    from crbnet.stats.sampling import ParameterSampler, derived_generator
+    from crbnet.stats.subspace import crb_inflation, fit_subspace
 
     model = models.get(args.model)
     T = model.n_timepoints

@@ -37,10 +37,9 @@ def network_throughput(threads: int, seconds: float = 10.0) -> dict:
     import torch
 
     import crbnet
-    from crbnet.learning.nets import ParameterNet, output_ranges
-    from crbnet.learning.data import ParameterSampler
+    from crbnet.learning.nets import NetConfig, ParameterNet, output_ranges
     from crbnet.learning.training_config import model_training_defaults
-    from crbnet.learning.nets import NetConfig
+    from crbnet.stats.sampling import ParameterSampler
 
     torch.set_num_threads(threads)
     model = crbnet.get_model("mt_hybrid_state")

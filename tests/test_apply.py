@@ -12,12 +12,11 @@ import pytest
 import torch
 
 from crbnet import models
-from crbnet.imaging.apply import apply_to_volume
 from crbnet.cli.app import main
 from crbnet.errors import InputError
+from crbnet.imaging.apply import apply_to_volume
 from crbnet.imaging.nifti import ArraySignals, NiftiSignals
 from crbnet.imaging.phantom import make_phantom, save_phantom
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

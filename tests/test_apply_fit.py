@@ -9,15 +9,16 @@ import pytest
 import torch
 
 from crbnet import models
-from crbnet.imaging.apply import apply_to_volume
 from crbnet.estimators import DictionaryEstimator
-from crbnet.stats.crb import crb_details, signal_and_crb
-from crbnet.learning.data import ParameterSampler, add_noise, random_m0
 from crbnet.estimators.protocol import least_squares_m0
+from crbnet.imaging.apply import apply_to_volume
+from crbnet.imaging.nifti import ArraySignals
 from crbnet.physics.models import ParameterSpec
 from crbnet.physics.models.analytic import T2Decay
 from crbnet.physics.models.projected import ProjectedModel
-from crbnet.imaging.nifti import ArraySignals
+from crbnet.stats.crb import crb_details, signal_and_crb
+from crbnet.stats.noise import add_noise, random_m0
+from crbnet.stats.sampling import ParameterSampler
 from crbnet.stats.subspace import fit_subspace
 
 pytestmark = pytest.mark.usefixtures("one_thread")

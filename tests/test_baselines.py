@@ -11,12 +11,12 @@ import torch
 
 import crbnet
 from crbnet import baselines, sequences
-from crbnet.estimators import DictionaryEstimator, NLLSEstimator
-from crbnet.cli.app import main
-from crbnet.learning.data import ParameterSampler, add_noise, random_m0
-from crbnet.errors import InputError
 from crbnet.assessment.evaluate import evaluate, make_grid
-
+from crbnet.cli.app import main
+from crbnet.errors import InputError
+from crbnet.estimators import DictionaryEstimator, NLLSEstimator
+from crbnet.stats.noise import add_noise, random_m0
+from crbnet.stats.sampling import ParameterSampler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import crbnet
-from crbnet.learning import checkpoint
 from crbnet.errors import InputError
 from crbnet.estimators.protocol import Estimator, as_signal_tensor
+from crbnet.learning import checkpoint
 from crbnet.learning.nets import invariant_features
 from crbnet.train import Trainer, build_config
 

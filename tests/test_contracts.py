@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_crb import brute_force_crb  # finite differences over (θ, Re M0, Im M0)
 
 import crbnet
 from crbnet import models, sequences
-from crbnet.estimators import protocol as estimator
-from crbnet.learning import losses
 from crbnet.errors import InputError
+from crbnet.estimators import protocol as estimator
 from crbnet.estimators.nlls import NLLSEstimator
+from crbnet.learning import losses
 from crbnet.train import Trainer, build_config
-from test_crb import brute_force_crb  # finite differences over (θ, Re M0, Im M0)
 
 EXAMPLE = (f"{Path(__file__).resolve().parents[1] / 'examples' / 'two_compartment_t2.py'}"
            ":TwoCompartmentT2")

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import crbnet
-from crbnet.learning import data
-from crbnet.stats.crb import crb as crb_fn
-from crbnet.learning.datasets import Dataset, HDF5Source, check_compatible, write_dataset
 from crbnet.errors import InputError
+from crbnet.learning import data
+from crbnet.learning.datasets import Dataset, HDF5Source, check_compatible, write_dataset
+from crbnet.stats.crb import crb as crb_fn
 from crbnet.stats.subspace import choose_k, crb_inflation, fit_subspace
 
 

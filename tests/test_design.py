@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from crbnet import models, sequences
-from crbnet.physics import hardware
+from crbnet.assessment.points import load_points
 from crbnet.design import DesignSpace, SequenceDesigner
 from crbnet.design.controls import FISPControls, MTControls, hann_matrix
 from crbnet.design.cost import complex_step_jacobian, forward_mode_jacobian
+from crbnet.physics import hardware
 from crbnet.physics.hardware import GAMMA, HardwareLimits
-from crbnet.assessment.points import load_points
 
 
 def _short_mt_sequence(n: int = 60) -> sequences.MTSequence:

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from crbnet.cli import app as cli
-from crbnet.learning.datasets import Dataset
 from crbnet.errors import InputError
 from crbnet.imaging.nifti import NiftiSignals
+from crbnet.learning.datasets import Dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,13 +11,12 @@ import pytest
 import torch
 
 import crbnet
-from crbnet.estimators import DictionaryEstimator
-from crbnet.cli.app import main
 from crbnet.assessment.compare import compare, make_comparison_set, resolve_estimators
-from crbnet.stats.crb import crb
-from crbnet.errors import InputError
 from crbnet.assessment.evaluate import Grid, evaluate, make_grid
-
+from crbnet.cli.app import main
+from crbnet.errors import InputError
+from crbnet.estimators import DictionaryEstimator
+from crbnet.stats.crb import crb
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from crbnet import models, sequences
-from crbnet.stats.crb import crb_details, jacobian, signal_and_jacobian
 from crbnet.physics.models.base import ModelError
 from crbnet.physics.models.fisp_mrf import epg_signal, exact_n_states
+from crbnet.stats.crb import crb_details, jacobian, signal_and_jacobian
 
 # Tissues across the parameter bounds: short relaxation, white and grey matter, long T2,
 # CSF (T1 4 s, T2 2 s), the longest brain relaxation (5 s, 3 s) and the upper corner.

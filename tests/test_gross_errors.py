@@ -13,11 +13,11 @@ import torch
 
 import crbnet
 from crbnet import baselines, sequences
-from crbnet.cli import app as cli
-from crbnet.stats.crb import crb
 from crbnet.assessment.evaluate import evaluate, make_grid
 from crbnet.assessment.gross_errors import classify_gross_errors, projected_cost
+from crbnet.cli import app as cli
 from crbnet.physics.models import ParameterSpec, SignalModel
+from crbnet.stats.crb import crb
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,8 +11,8 @@ from scipy.integrate import solve_ivp
 from scipy.linalg import expm
 
 from crbnet import models, sequences
-from crbnet.stats.crb import jacobian
 from crbnet.physics.models import ModelError
+from crbnet.stats.crb import jacobian
 
 MT_POINT = {"m0s": 0.2, "T1f": 0.9, "T2f": 0.06, "Rx": 25.0, "T1s": 0.7, "T2s": 11e-6}
 

@@ -10,7 +10,12 @@ from torch.func import jacfwd
 
 import crbnet
 from crbnet import models, sequences
-from crbnet.stats.crb import SingularFisherWarning, _invert_fisher, _signal_and_jacobian, crb_details
+from crbnet.stats.crb import (
+    SingularFisherWarning,
+    _invert_fisher,
+    _signal_and_jacobian,
+    crb_details,
+)
 
 
 def _sequence(n: int, with_zero_flips: bool) -> sequences.MTSequence:

@@ -10,8 +10,14 @@ import numpy as np
 import pytest
 
 from crbnet.errors import InputError
-from crbnet.imaging.nifti import (NiftiSignals, SpatialReference, atomic_directory, iter_blocks,
-                          read_mask, write_image)
+from crbnet.imaging.nifti import (
+    NiftiSignals,
+    SpatialReference,
+    atomic_directory,
+    iter_blocks,
+    read_mask,
+    write_image,
+)
 
 
 def oblique_affine() -> np.ndarray:

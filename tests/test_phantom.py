@@ -15,7 +15,6 @@ from crbnet.errors import InputError
 from crbnet.imaging.phantom import LABELS, PROTON_DENSITY, make_phantom, save_phantom, tissue_table
 from crbnet.physics.sequences import sequence_hash
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = {"t2_decay": (24, 24), "ir_t1": (16, 16, 4), "fisp_mrf": (16, 16),

@@ -9,11 +9,17 @@ import torch
 from scipy import stats
 
 import crbnet
+from crbnet.assessment.point_statistics import (
+    Points,
+    point_statistics,
+    study,
+    sweep_points,
+    tissue_points,
+    welch_test,
+)
 from crbnet.cli import app as cli
-from crbnet.stats.crb import crb
 from crbnet.errors import InputError
-from crbnet.assessment.point_statistics import (Points, point_statistics, study, sweep_points, tissue_points,
-                                  welch_test)
+from crbnet.stats.crb import crb
 
 
 class OffsetEstimator:

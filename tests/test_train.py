@@ -94,8 +94,8 @@ def test_training_defaults_come_from_the_model():
     """A model's own training_defaults (no crbnet table) sit between the built-in defaults and
     the overrides; a malformed one is one clear error."""
     from crbnet.errors import InputError
-    from crbnet.physics.models import T2Decay
     from crbnet.learning.nets import NetConfig
+    from crbnet.physics.models import T2Decay
 
     class WideT2(T2Decay):
         training_defaults = {"net": {"width": 7}, "optim": {"epochs": 3}}

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_crb import brute_force_crb  # finite differences over (θ, Re M0, Im M0)
 
 import crbnet
 from crbnet import models
 from crbnet.cli import app as cli
-from test_crb import brute_force_crb  # finite differences over (θ, Re M0, Im M0)
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = f"{ROOT / 'examples' / 'two_compartment_t2.py'}:TwoCompartmentT2"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from crbnet import models, sequences
 from crbnet.learning.checkpoint import load
-from crbnet.stats.crb import crb, jacobian
 from crbnet.physics.models import get as get_model
+from crbnet.stats.crb import crb, jacobian
 
 __version__ = "0.1.0"
 

@@ -2,7 +2,13 @@
 lives in :mod:`crbnet.assessment.evaluate`."""
 
 from crbnet.assessment.evaluate import (  # noqa: F401
-    evaluate, make_grid, sample_points, Grid, EvaluationResult, METRICS, SNR_DEFINITION,
+    METRICS,
+    SNR_DEFINITION,
+    EvaluationResult,
+    Grid,
+    evaluate,
+    make_grid,
+    sample_points,
 )
 
 __all__ = ["evaluate", "make_grid", "sample_points", "Grid", "EvaluationResult", "METRICS", "SNR_DEFINITION"]

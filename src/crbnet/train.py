@@ -15,10 +15,19 @@ from typing import Mapping
 from crbnet.learning.distributed import DistInfo, init_distributed, state_fingerprint
 from crbnet.learning.schedule import WarmupCosine
 from crbnet.learning.trainer import Trainer, train
-from crbnet.learning.training_config import (DataConfig, LossConfig, NetConfig, OptimConfig,
-                                       SubspaceConfig, TrainConfig, build_config, deep_merge,
-                                       model_training_defaults, parse_set_option,
-                                       read_config_file)
+from crbnet.learning.training_config import (
+                                       DataConfig,
+                                       LossConfig,
+                                       NetConfig,
+                                       OptimConfig,
+                                       SubspaceConfig,
+                                       TrainConfig,
+                                       build_config,
+                                       deep_merge,
+                                       model_training_defaults,
+                                       parse_set_option,
+                                       read_config_file,
+)
 from crbnet.physics.models import REGISTRY as _MODELS
 
 #: The built-in models' training defaults by name (read-only; each model declares its own as

@@ -22,16 +22,17 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from crbnet.learning import losses as loss_registry
-from crbnet.stats.crb import SingularFisherWarning, crb
-from crbnet.learning.data import ParameterSampler, noisy_measurements
-from crbnet.errors import InputError
-from crbnet.estimators.protocol import Estimator
 from crbnet.assessment.evaluate import SNR_DEFINITION, _json_ready
 from crbnet.assessment.gross_errors import classify_gross_errors
+from crbnet.errors import InputError
+from crbnet.estimators.protocol import Estimator
+from crbnet.learning import losses as loss_registry
 from crbnet.learning.losses import crb_normalized, finite_crb
 from crbnet.physics.models.base import SignalModel
 from crbnet.physics.sequences import sequence_hash
+from crbnet.stats.crb import SingularFisherWarning, crb
+from crbnet.stats.noise import noisy_measurements
+from crbnet.stats.sampling import ParameterSampler
 
 #: Search boxes of a baseline: the model's physical bounds or the networks' training ranges.
 BOXES = ("physical", "training")

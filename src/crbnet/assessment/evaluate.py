@@ -38,15 +38,16 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from crbnet.estimators.dictionary import parameter_axis
-from crbnet.physics.models.base import resolve_ranges
-from crbnet.stats.crb import SingularFisherWarning, crb
-from crbnet.learning.data import SNR_DEFINITION as _SNR, ParameterSampler, add_noise, noisy_measurements
-from crbnet.errors import InputError
-from crbnet.estimators.protocol import Estimator
 from crbnet.assessment.gross_errors import GROSS_ERROR_THRESHOLD, KINDS, classify_gross_errors
+from crbnet.errors import InputError
+from crbnet.estimators.dictionary import parameter_axis
+from crbnet.estimators.protocol import Estimator
 from crbnet.learning.losses import crb_normalized, finite_crb
-from crbnet.physics.models.base import SignalModel
+from crbnet.physics.models.base import SignalModel, resolve_ranges
+from crbnet.stats.crb import SingularFisherWarning, crb
+from crbnet.stats.noise import SNR_DEFINITION as _SNR
+from crbnet.stats.noise import add_noise, noisy_measurements
+from crbnet.stats.sampling import ParameterSampler
 
 SNR_DEFINITION = _SNR + "; here |M0| = 1 with a uniformly random phase"
 

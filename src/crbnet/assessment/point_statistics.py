@@ -32,10 +32,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from crbnet.estimators.dictionary import parameter_axis
-from crbnet.errors import InputError
-from crbnet.estimators.protocol import Estimator
 from crbnet.assessment.gross_errors import GROSS_ERROR_THRESHOLD, KINDS
+from crbnet.errors import InputError
+from crbnet.estimators.dictionary import parameter_axis
+from crbnet.estimators.protocol import Estimator
 from crbnet.learning.losses import crb_normalized
 from crbnet.physics.models.base import SignalModel
 

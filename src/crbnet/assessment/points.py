@@ -17,7 +17,7 @@ from crbnet.physics.models.base import SignalModel
 
 
 def _tissue_values(model: SignalModel, name: str) -> dict[str, float]:
-    from crbnet.imaging.phantom import tissue_table    # the phantom module is heavy; only here
+    from crbnet.imaging.phantom import tissue_table  # the phantom module is heavy; only here
 
     table = tissue_table(model)
     if name not in table:

@@ -10,10 +10,9 @@ from typing import Any
 
 import torch
 
-from crbnet.estimators import protocol as estimator
-from crbnet.physics import models
-from crbnet.physics import sequences
 from crbnet.errors import InputError
+from crbnet.estimators import protocol as estimator
+from crbnet.physics import models, sequences
 from crbnet.physics.models.base import SignalModel
 
 

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import argparse
 
+from crbnet.cli._common import (
+    add_basis_argument,
+    add_device_argument,
+    add_estimator_arguments,
+    add_model_arguments,
+    add_output_folder_arguments,
+    build_model,
+    check_positive,
+    model_in_basis,
+    parse_options,
+    read_basis,
+    resolve_device,
+)
 from crbnet.errors import InputError
-from crbnet.cli._common import (add_basis_argument, add_device_argument, add_estimator_arguments,
-                      add_model_arguments, add_output_folder_arguments, build_model,
-                      check_positive, model_in_basis, parse_options, read_basis, resolve_device)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

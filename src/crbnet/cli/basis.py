@@ -6,8 +6,8 @@ import argparse
 import math
 from pathlib import Path
 
-from crbnet.errors import InputError
 from crbnet.cli._common import add_model_arguments, build_model
+from crbnet.errors import InputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,7 +59,7 @@ def write_basis_file(path: Path, basis) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from crbnet.learning.data import ParameterSampler, derived_generator
+    from crbnet.stats.sampling import ParameterSampler, derived_generator
     from crbnet.stats.subspace import basis_hash, crb_inflation, fit_subspace
 
     model = build_model(args)

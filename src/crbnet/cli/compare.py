@@ -5,10 +5,17 @@ from __future__ import annotations
 import argparse
 
 from crbnet import io
-from crbnet.learning import losses
+from crbnet.cli._common import (
+    add_basis_argument,
+    add_device_argument,
+    add_model_arguments,
+    build_model,
+    check_positive,
+    read_basis_for_estimators,
+    resolve_device,
+)
 from crbnet.errors import InputError
-from crbnet.cli._common import (add_basis_argument, add_device_argument, add_model_arguments,
-                      build_model, check_positive, read_basis_for_estimators, resolve_device)
+from crbnet.learning import losses
 
 DEFAULT_SNR = 100.0
 
@@ -45,8 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def expand_boxes(specs: list[str], bounds: str | None) -> list[str]:
     """Give plain method names the --bounds box (``both``: one entry per box)."""
-    from crbnet.estimators import METHODS
     from crbnet.assessment.compare import BOXES
+    from crbnet.estimators import METHODS
 
     if bounds is None:
         return list(specs)

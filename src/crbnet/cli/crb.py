@@ -7,12 +7,18 @@ import json
 import math
 import warnings
 
+from crbnet.cli._common import (
+    add_basis_argument,
+    add_model_arguments,
+    build_model,
+    model_in_basis,
+    parse_assignments,
+    sequence_line,
+)
+from crbnet.errors import InputError
 from crbnet.physics import hardware
 from crbnet.stats.crb import SingularFisherWarning, crb
-from crbnet.learning.data import SNR_DEFINITION
-from crbnet.errors import InputError
-from crbnet.cli._common import (add_basis_argument, add_model_arguments, build_model, model_in_basis,
-                      parse_assignments, sequence_line)
+from crbnet.stats.noise import SNR_DEFINITION
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,12 +6,17 @@ import argparse
 import time
 
 from crbnet import io
-from crbnet.learning.data import sampler_from_spec
-from crbnet.learning.datasets import write_dataset
-from crbnet.errors import InputError
-from crbnet.cli._common import (add_basis_argument, add_model_arguments, build_model, read_basis,
-                      sequence_line)
+from crbnet.cli._common import (
+    add_basis_argument,
+    add_model_arguments,
+    build_model,
+    read_basis,
+    sequence_line,
+)
 from crbnet.cli.train import add_sampling_arguments, sampling_from_args
+from crbnet.errors import InputError
+from crbnet.learning.datasets import write_dataset
+from crbnet.stats.sampling import sampler_from_spec
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
     if args.config:
         from pathlib import Path
 
-        from crbnet.learning.training_config import read_config_file
         from crbnet.cli.train import apply_model_table
+        from crbnet.learning.training_config import read_config_file
 
         apply_model_table(args, read_config_file(args.config).get("model", {}),
                            Path(args.config))

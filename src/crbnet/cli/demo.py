@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crbnet.cli.demo_pipeline import DemoConfig, run as run_demo
+    from crbnet.cli.demo_pipeline import DemoConfig
+    from crbnet.cli.demo_pipeline import run as run_demo
     from crbnet.errors import InputError
 
     cfg = DemoConfig()

@@ -28,11 +28,11 @@ from typing import Any
 import torch
 
 from crbnet import io
-from crbnet.physics import models
+from crbnet.errors import InputError
 from crbnet.imaging.nifti import atomic_directory
 from crbnet.learning import losses as loss_registry
-from crbnet.learning.data import SNR_DEFINITION
-from crbnet.errors import InputError
+from crbnet.physics import models
+from crbnet.stats.noise import SNR_DEFINITION
 
 
 @dataclass
@@ -215,8 +215,8 @@ def _estimators(model: models.SignalModel, cfg: DemoConfig, out: Path, progress:
                 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The trained networks and NLLS in the physical and in the training box, by label."""
     from crbnet import estimators as baselines
-    from crbnet.learning import checkpoint
     from crbnet.assessment.compare import box_options, training_ranges
+    from crbnet.learning import checkpoint
 
     nets = {net_label(loss): checkpoint.load(out / f"{loss}_net" / "checkpoint.pt")
             for loss in cfg.losses}

@@ -6,8 +6,8 @@ import argparse
 import math
 from pathlib import Path
 
-from crbnet.errors import InputError
 from crbnet.cli._common import add_model_arguments, add_output_folder_arguments, build_model
+from crbnet.errors import InputError
 
 DEFAULT_TISSUES = ["WM", "GM"]
 
@@ -75,13 +75,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from crbnet import io
-    from crbnet.physics import hardware
+    from crbnet.assessment.points import load_points
+    from crbnet.cli._common import parse_assignments
     from crbnet.design import DesignSpace, SequenceDesigner
     from crbnet.design.report import SNR_NOTE, design_report
     from crbnet.imaging.nifti import atomic_directory, check_output_directory
+    from crbnet.physics import hardware
     from crbnet.plots.design import plot_design
-    from crbnet.assessment.points import load_points
-    from crbnet.cli._common import parse_assignments
 
     if args.start not in (None, "default", "random"):
         if args.sequence:

@@ -5,11 +5,19 @@ from __future__ import annotations
 import argparse
 
 from crbnet import io
-from crbnet.errors import InputError
-from crbnet.cli._common import (add_basis_argument, add_device_argument, add_estimator_arguments,
-                      add_model_arguments, build_model, check_positive, parse_options,
-                      read_basis_for_estimators, resolve_device)
+from crbnet.cli._common import (
+    add_basis_argument,
+    add_device_argument,
+    add_estimator_arguments,
+    add_model_arguments,
+    build_model,
+    check_positive,
+    parse_options,
+    read_basis_for_estimators,
+    resolve_device,
+)
 from crbnet.cli.fit import add_option_argument
+from crbnet.errors import InputError
 
 DEFAULT_SNR = 100.0
 

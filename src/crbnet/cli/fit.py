@@ -8,12 +8,20 @@ from pathlib import Path
 
 import numpy as np
 
-from crbnet import io
 from crbnet import estimators as baselines
+from crbnet import io
+from crbnet.cli._common import (
+    add_basis_argument,
+    add_device_argument,
+    add_model_arguments,
+    build_model,
+    method_help,
+    model_in_basis,
+    parse_options,
+    resolve_device,
+)
 from crbnet.errors import InputError
 from crbnet.estimators.protocol import names as estimator_names
-from crbnet.cli._common import (add_basis_argument, add_device_argument, add_model_arguments, build_model,
-                      method_help, model_in_basis, parse_options, resolve_device)
 
 
 def add_option_argument(parser: argparse.ArgumentParser) -> None:

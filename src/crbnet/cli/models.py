@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from crbnet.physics import hardware
-from crbnet.physics import models
-from crbnet.learning.training_config import model_training_defaults
 from crbnet.cli._common import sequence_line
+from crbnet.learning.training_config import model_training_defaults
+from crbnet.physics import hardware, models
 
 
 def register(sub: argparse._SubParsersAction) -> None:

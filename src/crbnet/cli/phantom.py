@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from crbnet.cli._common import (add_basis_argument, add_model_arguments, add_output_folder_arguments,
-                      build_model, check_positive, model_in_basis)
+from crbnet.cli._common import (
+    add_basis_argument,
+    add_model_arguments,
+    add_output_folder_arguments,
+    build_model,
+    check_positive,
+    model_in_basis,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

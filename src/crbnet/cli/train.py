@@ -6,11 +6,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from crbnet.learning import losses
+from crbnet.cli._common import (
+    add_basis_argument,
+    add_model_arguments,
+    build_model,
+    parse_assignments,
+    read_basis,
+    resolve_device,
+    sequence_line,
+    split_assignments,
+)
 from crbnet.config import ModelTable, check_table, check_value
 from crbnet.errors import InputError
-from crbnet.cli._common import (add_basis_argument, add_model_arguments, build_model, parse_assignments,
-                      read_basis, resolve_device, sequence_line, split_assignments)
+from crbnet.learning import losses
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -118,8 +126,12 @@ def _option_text(value: object) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from crbnet.learning.trainer import Trainer
-    from crbnet.learning.training_config import (TrainConfig, build_config, parse_set_option,
-                                            read_config_file)
+    from crbnet.learning.training_config import (
+        TrainConfig,
+        build_config,
+        parse_set_option,
+        read_config_file,
+    )
 
     file_data: dict = {}
     if args.config:

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from crbnet.physics import sequences as seqs
+from crbnet.design.cost import complex_step_jacobian, forward_mode_jacobian
 from crbnet.errors import InputError
+from crbnet.physics import sequences as seqs
 from crbnet.physics.hardware import FISP_DEFAULT_TRF, HardwareLimits
 from crbnet.physics.models.base import SignalModel
-from crbnet.design.cost import complex_step_jacobian, forward_mode_jacobian
 
 # Kept off the limits by this relative margin, so that round-off never pushes a designed
 # sequence over one.

@@ -12,13 +12,13 @@ import scipy.optimize
 import torch
 from tqdm.auto import tqdm
 
-from crbnet.physics import sequences as seqs
-from crbnet.stats.crb import crb
-from crbnet.errors import InputError
-from crbnet.physics.hardware import HardwareLimits
-from crbnet.physics.models.base import SignalModel
 from crbnet.design.controls import Controls, DesignSpace, controls_for
 from crbnet.design.cost import design_cost, relative_crb
+from crbnet.errors import InputError
+from crbnet.physics import sequences as seqs
+from crbnet.physics.hardware import HardwareLimits
+from crbnet.physics.models.base import SignalModel
+from crbnet.stats.crb import crb
 
 
 class _OutOfTime(Exception):

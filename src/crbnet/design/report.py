@@ -7,9 +7,9 @@ import dataclasses
 
 import numpy as np
 
+from crbnet.design.designer import DesignResult, SequenceDesigner
 from crbnet.physics import hardware
 from crbnet.physics.sequences import Sequence
-from crbnet.design.designer import DesignResult, SequenceDesigner
 
 SNR_NOTE = "SNR = |M0| / sigma, sigma the noise std of the real and of the imaginary part"
 

@@ -9,11 +9,11 @@ adds ``predict_with_m0(signals) -> (theta, m0)``. Both are registered in the est
 
 from __future__ import annotations
 
+from crbnet.estimators.dictionary import DictionaryEstimator
+from crbnet.estimators.nlls import NLLSEstimator, NLLSFit
 from crbnet.estimators.protocol import Estimator, MethodTable
 from crbnet.estimators.protocol import get as _get
 from crbnet.physics.models.base import SignalModel
-from crbnet.estimators.dictionary import DictionaryEstimator
-from crbnet.estimators.nlls import NLLSEstimator, NLLSFit
 
 #: ``{name: class}`` of the registered estimators built from the model alone (a live view of
 #: the registry: ``'nlls'``, ``'dictionary'`` and any registered later).

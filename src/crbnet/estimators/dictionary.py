@@ -28,8 +28,12 @@ import numpy as np
 import torch
 
 from crbnet.errors import InputError
-from crbnet.estimators.protocol import (SignalFit, as_signal_tensor, least_squares_m0,
-                         register_estimator)
+from crbnet.estimators.protocol import (
+    SignalFit,
+    as_signal_tensor,
+    least_squares_m0,
+    register_estimator,
+)
 from crbnet.physics.models.base import SignalModel, resolve_ranges
 
 #: Default dictionary size: about this many atoms in total, spread evenly over the parameters.

@@ -37,12 +37,16 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from crbnet.stats.crb import jacobian
 from crbnet.errors import InputError
-from crbnet.estimators.protocol import (SignalFit, as_signal_tensor, least_squares_m0,
-                         register_estimator)
-from crbnet.physics.models.base import SignalModel, resolve_ranges
 from crbnet.estimators.dictionary import DictionaryEstimator, default_points_per_parameter
+from crbnet.estimators.protocol import (
+    SignalFit,
+    as_signal_tensor,
+    least_squares_m0,
+    register_estimator,
+)
+from crbnet.physics.models.base import SignalModel, resolve_ranges
+from crbnet.stats.crb import jacobian
 
 #: Total atoms of the coarse dictionary that provides the starting points.
 START_DICTIONARY_ATOMS = 4096

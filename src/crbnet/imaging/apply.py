@@ -75,13 +75,19 @@ import numpy as np
 import torch
 
 from crbnet import __version__
-from crbnet.learning.data import SNR_DEFINITION
 from crbnet.errors import InputError
 from crbnet.estimators.protocol import Estimator, SignalFit, least_squares_m0
+from crbnet.imaging.nifti import (
+    DEFAULT_MAX_BYTES,
+    SignalSource,
+    atomic_directory,
+    check_output_directory,
+    write_image,
+    write_sidecar,
+)
 from crbnet.physics.models.base import SignalModel
-from crbnet.imaging.nifti import (DEFAULT_MAX_BYTES, SignalSource, atomic_directory, check_output_directory,
-                    write_image, write_sidecar)
 from crbnet.physics.sequences import sequence_hash
+from crbnet.stats.noise import SNR_DEFINITION
 
 NOISE_MODES = ("auto", "background", "residual", "voxel")
 MIN_BACKGROUND_VOXELS = 100
@@ -240,7 +246,7 @@ def edge_flags(theta: np.ndarray, model: SignalModel,
 
 def _model_subspace(model: SignalModel, n_signals: int = 512, seed: int = 0) -> torch.Tensor:
     """Orthonormal basis [T, k] of the model's noiseless signals over its training ranges."""
-    from crbnet.learning.data import ParameterSampler
+    from crbnet.stats.sampling import ParameterSampler
     from crbnet.stats.subspace import fit_subspace
 
     gen = torch.Generator().manual_seed(seed)

@@ -54,8 +54,15 @@ import nibabel as nib
 import numpy as np
 
 from crbnet.errors import InputError, output_error
-from crbnet.io import (atomic_path, check_output_folder, chmod_as_new, make_folders, read_text,
-                 remove_created_folders, write_json)
+from crbnet.io import (
+    atomic_path,
+    check_output_folder,
+    chmod_as_new,
+    make_folders,
+    read_text,
+    remove_created_folders,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 

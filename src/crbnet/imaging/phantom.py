@@ -56,11 +56,11 @@ import numpy as np
 import torch
 
 from crbnet import __version__
-from crbnet.physics import models as model_registry
-from crbnet.learning.data import SNR_DEFINITION
 from crbnet.errors import InputError
+from crbnet.physics import models as model_registry
 from crbnet.physics.models.base import SignalModel
 from crbnet.physics.sequences import sequence_hash
+from crbnet.stats.noise import SNR_DEFINITION
 
 # --------------------------------------------------------------------------------------------
 # Tissue tables

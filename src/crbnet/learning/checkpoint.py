@@ -33,11 +33,10 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from crbnet.physics import models
-from crbnet.physics import sequences
 from crbnet.errors import InputError
 from crbnet.estimators.protocol import as_signal_tensor, register_estimator
 from crbnet.io import atomic_path
+from crbnet.physics import models, sequences
 from crbnet.physics.models.base import SignalModel
 from crbnet.stats.subspace import project
 

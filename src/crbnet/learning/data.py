@@ -1,107 +1,32 @@
-"""Training and test data: parameter sampling, random M0, complex Gaussian noise.
+"""Training and test batches: clean signals with their CRBs, noisy copies, the online pool.
 
-Statistics only — the physics lives in ``models/``, the learning in ``train.py``.
+Sampling and the noise model are statistics (:mod:`crbnet.stats.sampling`,
+:mod:`crbnet.stats.noise`); their names are re-exported here for existing imports.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Mapping
+from dataclasses import dataclass
 
 import torch
 
-from crbnet.errors import InputError
 from crbnet.physics.models.base import SignalModel
+from crbnet.stats.noise import (  # noqa: F401  (re-exported: public names of this module)
+    SNR_DEFINITION,
+    add_noise,
+    check_snr,
+    noisy_measurements,
+    random_m0,
+    sample_snr,
+)
+from crbnet.stats.sampling import (  # noqa: F401  (re-exported)
+    DISTRIBUTIONS,
+    ParameterSampler,
+    derived_generator,
+    sampler_from_spec,
+)
 from crbnet.stats.subspace import project  # noqa: F401  (re-exported: data.project is public)
-
-DISTRIBUTIONS = ("uniform", "log-uniform")
-
-#: The one definition of SNR (docs/statistics.md §1); outputs that report an SNR print it,
-#: adding only what |M0| is in their context.
-SNR_DEFINITION = ("SNR = |M0| / sigma, sigma the standard deviation of the real and of the "
-                  "imaginary part of the noise")
-
-
-@dataclass
-class ParameterSampler:
-    """Independent draws of each estimated parameter from a range and a distribution.
-
-    Args:
-        model: the signal model (its ``parameters`` give the column order).
-        ranges: ``{name: (low, high)}`` in SI; missing names use the model's training range.
-        distributions: ``{name: 'uniform' | 'log-uniform'}``; missing names use the model's
-            default for that parameter.
-    """
-
-    model: SignalModel
-    ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
-    distributions: Mapping[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for name in list(self.ranges) + list(self.distributions):
-            if name not in self.model.parameters:
-                raise InputError(f"unknown parameter {name!r} in sampling spec; estimated: "
-                                 f"{', '.join(self.model.parameters)}")
-        self.low, self.high, self.log = [], [], []
-        for p in self.model.parameters:
-            spec = self.model.spec(p)
-            lo, hi = (float(v) for v in self.ranges.get(p, spec.train_range))
-            dist = self.distributions.get(p, "log-uniform" if spec.log_uniform else "uniform")
-            if dist not in DISTRIBUTIONS:
-                raise InputError(f"distribution of {p} must be one of {DISTRIBUTIONS}, got {dist!r}")
-            if not (spec.bounds[0] <= lo < hi <= spec.bounds[1]):
-                raise InputError(f"range of {p} [{lo:g}, {hi:g}] must be increasing and inside "
-                                 f"the bounds [{spec.bounds[0]:g}, {spec.bounds[1]:g}]")
-            if dist == "log-uniform" and lo <= 0:
-                raise InputError(f"log-uniform range of {p} must be positive")
-            self.low.append(lo)
-            self.high.append(hi)
-            self.log.append(dist == "log-uniform")
-
-    def spec_dict(self) -> dict:
-        """JSON-ready description (stored in checkpoints)."""
-        return {p: {"range": [lo, hi], "distribution": "log-uniform" if lg else "uniform"}
-                for p, lo, hi, lg in zip(self.model.parameters, self.low, self.high, self.log)}
-
-    def sample(self, n: int, generator: torch.Generator | None = None,
-               dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> torch.Tensor:
-        """[n, P] parameters."""
-        u = torch.rand(n, len(self.low), generator=generator, dtype=torch.float64)
-        cols = []
-        for j, (lo, hi, lg) in enumerate(zip(self.low, self.high, self.log)):
-            if lg:
-                cols.append(torch.exp(math.log(lo) + u[:, j] * (math.log(hi) - math.log(lo))))
-            else:
-                cols.append(lo + u[:, j] * (hi - lo))
-        return torch.stack(cols, 1).to(dtype=dtype, device=device)
-
-
-def random_m0(n: int, magnitude: tuple[float, float] = (1.0, 1.0),
-              generator: torch.Generator | None = None, dtype: torch.dtype = torch.complex128,
-              device: torch.device | str = "cpu") -> torch.Tensor:
-    """Complex M0 with magnitude uniform in ``magnitude`` and phase uniform in [0, 2π), [n]."""
-    lo, hi = magnitude
-    mag = lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64)
-    phase = 2 * math.pi * torch.rand(n, generator=generator, dtype=torch.float64)
-    return torch.polar(mag, phase).to(dtype=dtype, device=device)
-
-
-def add_noise(signals: torch.Tensor, sigma: float | torch.Tensor,
-              generator: torch.Generator | None = None) -> torch.Tensor:
-    """Add complex white Gaussian noise, std ``sigma`` on the real and on the imaginary part.
-
-    ``sigma`` is a scalar or [N] (one value per voxel). The noise is drawn on the CPU with
-    ``generator`` (reproducible across devices) and moved to the signals' device.
-    """
-    real_dtype = torch.float64 if signals.dtype == torch.complex128 else torch.float32
-    noise = torch.randn(*signals.shape, 2, generator=generator, dtype=real_dtype)
-    noise = torch.view_as_complex(noise).to(signals.device)
-    sig = torch.as_tensor(sigma, dtype=real_dtype, device=signals.device)
-    if sig.ndim == 1:
-        sig = sig[:, None]
-    return signals + sig * noise
-
 
 # ---------------------------------------------------------------------------------------------
 # Training data (issue 3). Everything below builds on the three functions above.
@@ -111,61 +36,6 @@ def add_noise(signals: torch.Tensor, sigma: float | torch.Tensor,
 # coefficients Uᴴf, with white noise of the same σ), the CRB for σ = 1, |M0| = 1 and a draw of
 # (M0, SNR, n). The CRB at the sample's own noise level is crb_unit·σ²/|M0|² = crb_unit/SNR²,
 # whatever the magnitude of M0.
-
-
-def sampler_from_spec(model: SignalModel, spec: Mapping[str, object] | None) -> ParameterSampler:
-    """Build a :class:`ParameterSampler` from a config mapping.
-
-    ``spec`` maps a parameter name to ``{"range": [low, high], "distribution": "uniform" |
-    "log-uniform"}`` (either key optional) — the form of the ``[sampling]`` table of a training
-    config and of :meth:`ParameterSampler.spec_dict`.
-    """
-    ranges: dict[str, tuple[float, float]] = {}
-    dists: dict[str, str] = {}
-    for name, entry in (spec or {}).items():
-        if not isinstance(entry, Mapping):
-            raise InputError(f"sampling.{name} must be a table with 'range' and/or "
-                             f"'distribution', got {entry!r}")
-        unknown = set(entry) - {"range", "distribution"}
-        if unknown:
-            raise InputError(f"sampling.{name}: unknown key(s) {', '.join(sorted(unknown))}")
-        if "range" in entry:
-            rng = entry["range"]
-            try:
-                lo, hi = (float(v) for v in rng)  # type: ignore[union-attr]
-            except (TypeError, ValueError):
-                raise InputError(f"sampling.{name}.range must be [low, high], got {rng!r}") from None
-            ranges[name] = (lo, hi)
-        if "distribution" in entry:
-            dists[name] = str(entry["distribution"])
-    return ParameterSampler(model, ranges, dists)
-
-
-def check_snr(snr: float | tuple[float, float] | list[float]) -> tuple[float, float]:
-    """Validate a training SNR (a value or ``[low, high]``); returns ``(low, high)``."""
-    if isinstance(snr, (int, float)):
-        lo = hi = float(snr)
-    else:
-        try:
-            lo, hi = (float(v) for v in snr)
-        except (TypeError, ValueError):
-            raise InputError(f"SNR must be a number or [low, high], got {snr!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
-        raise InputError(f"SNR must be positive and finite with low <= high, got {snr!r}")
-    return lo, hi
-
-
-def sample_snr(n: int, snr: float | tuple[float, float] | list[float],
-               generator: torch.Generator | None = None) -> torch.Tensor:
-    """[n] SNR values (|M0|/σ): the value itself, or log-uniform in ``[low, high]``.
-
-    Log-uniform because SNR is a scale: each factor of 2 in the range gets the same share.
-    """
-    lo, hi = check_snr(snr)
-    u = torch.rand(n, generator=generator, dtype=torch.float64)
-    if lo == hi:
-        return torch.full((n,), lo, dtype=torch.float64)
-    return torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
 
 
 @dataclass
@@ -243,23 +113,6 @@ class NoisyBatch:
     m0: torch.Tensor
 
 
-def noisy_measurements(clean: torch.Tensor, sigma: float | torch.Tensor,
-                       generator: torch.Generator | None = None,
-                       m0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``y = M0·f + n`` for each row ``f`` of ``clean`` [N, k] (a signal or its coefficients).
-
-    ``m0`` [N] complex is given, or drawn here with |M0| = 1 and a uniform phase — the test sets
-    of evaluation and comparison, where σ = 1/SNR. ``n`` is complex white Gaussian noise of std
-    ``sigma`` (scalar or [N]) on the real and on the imaginary part. Every noisy set in crbnet
-    (training, validation, evaluation, comparison) is made here. Returns ``(signals, m0)``.
-    """
-    if m0 is None:
-        m0 = random_m0(clean.shape[0], generator=generator)
-    dtype = torch.promote_types(clean.dtype, torch.complex64)
-    scaled = clean * m0.to(device=clean.device, dtype=dtype)[:, None]
-    return add_noise(scaled, sigma, generator), m0
-
-
 def make_noisy(clean: CleanBatch, snr: float | tuple[float, float] | list[float],
                m0_magnitude: tuple[float, float] = (1.0, 1.0),
                generator: torch.Generator | None = None, repeats: int = 1) -> NoisyBatch:
@@ -283,18 +136,6 @@ def make_noisy(clean: CleanBatch, snr: float | tuple[float, float] | list[float]
     crb_train = clean.crb / snr_values.to(clean.crb.device, clean.crb.dtype)[:, None] ** 2
     return NoisyBatch(signals=signals, theta=clean.theta, crb=crb_train,
                       snr=snr_values, m0=m0)
-
-
-def derived_generator(seed: int, *labels: object) -> torch.Generator:
-    """A CPU generator seeded from ``seed`` and labels, e.g. ``(seed, "pool", 3, rank)``.
-
-    Independent streams for independent purposes (validation set, basis, pool generations,
-    ranks) make every piece reproducible on its own — the key to an exact ``--resume``.
-    """
-    import hashlib
-
-    digest = hashlib.sha256(repr((int(seed),) + labels).encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
 class OnlineSource:

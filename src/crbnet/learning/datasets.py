@@ -30,11 +30,12 @@ import h5py
 import torch
 from tqdm.auto import tqdm
 
-from crbnet.learning.checkpoint import model_from_dict, model_to_dict
-from crbnet.learning.data import CleanBatch, ParameterSampler, derived_generator, simulate_clean
 from crbnet.errors import InputError
 from crbnet.io import atomic_path
+from crbnet.learning.checkpoint import model_from_dict, model_to_dict
+from crbnet.learning.data import CleanBatch, simulate_clean
 from crbnet.physics.models.base import SignalModel
+from crbnet.stats.sampling import ParameterSampler, derived_generator
 from crbnet.stats.subspace import Subspace, basis_hash, fit_subspace, project, user_subspace
 
 FORMAT = "crbnet-dataset"

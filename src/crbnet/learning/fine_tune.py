@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from crbnet.learning.checkpoint import basis_from_real, model_to_dict, read
 from crbnet.errors import InputError
-from crbnet.physics.models.base import SignalModel
+from crbnet.learning.checkpoint import basis_from_real, model_to_dict, read
 from crbnet.learning.nets import ParameterNet
+from crbnet.physics.models.base import SignalModel
 from crbnet.stats.subspace import Subspace
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 
 from crbnet.learning import losses
-from crbnet.learning.data import NoisyBatch, ParameterSampler
-from crbnet.physics.models.base import SignalModel
+from crbnet.learning.data import NoisyBatch
 from crbnet.learning.training_config import LossConfig
+from crbnet.physics.models.base import SignalModel
+from crbnet.stats.sampling import ParameterSampler
 
 
 class TrainingObjective:

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import torch
 
 from crbnet import io as cio
-from crbnet.learning.checkpoint import NORMALIZATION, basis_to_real, model_to_dict, read, save
-from crbnet.learning.data import SNR_DEFINITION
 from crbnet.errors import InputError
-from crbnet.physics.models.base import SignalModel
-from crbnet.learning.nets import count_parameters
+from crbnet.learning.checkpoint import NORMALIZATION, basis_to_real, model_to_dict, read, save
 from crbnet.learning.distributed import gather
+from crbnet.learning.nets import count_parameters
 from crbnet.learning.training_config import TrainConfig
+from crbnet.physics.models.base import SignalModel
+from crbnet.stats.noise import SNR_DEFINITION
 
 if TYPE_CHECKING:
     from crbnet.learning.trainer import Trainer

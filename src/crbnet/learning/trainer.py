@@ -27,19 +27,27 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from crbnet.learning import losses
-from crbnet.learning.data import NoisyBatch, derived_generator, make_noisy
 from crbnet.errors import ComputationError, InputError
-from crbnet.physics.models.base import SignalModel
-from crbnet.learning.nets import ParameterNet, count_parameters, output_ranges
-from crbnet.learning.distributed import (DistInfo, barrier, broadcast_flag, gather, init_distributed,
-                          state_fingerprint, wrap_for_training)
+from crbnet.learning import losses
+from crbnet.learning.data import NoisyBatch, make_noisy
+from crbnet.learning.distributed import (
+    DistInfo,
+    barrier,
+    broadcast_flag,
+    gather,
+    init_distributed,
+    state_fingerprint,
+    wrap_for_training,
+)
 from crbnet.learning.fine_tune import InitCheckpoint
+from crbnet.learning.nets import ParameterNet, count_parameters, output_ranges
 from crbnet.learning.objective import TrainingObjective
 from crbnet.learning.run_files import RunFiles, checkpoint_payload, run_summary
 from crbnet.learning.schedule import WarmupCosine
 from crbnet.learning.training_config import TrainConfig
 from crbnet.learning.training_data import TrainingData, prepare_data, subspace_report
+from crbnet.physics.models.base import SignalModel
+from crbnet.stats.sampling import derived_generator
 
 VALIDATION_CHUNK = 4096
 

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from crbnet import io as cio
-from crbnet.learning import losses
 from crbnet.config import check_table, check_value
-from crbnet.learning.data import check_snr
 from crbnet.errors import InputError
-from crbnet.physics.models.base import SignalModel
+from crbnet.learning import losses
 from crbnet.learning.nets import NetConfig
+from crbnet.physics.models.base import SignalModel
+from crbnet.stats.noise import check_snr
 
 # ---------------------------------------------------------------------------------------------
 # Schema

@@ -14,16 +14,30 @@ from typing import Any
 
 import torch
 
-from crbnet.learning import losses
-from crbnet.learning.data import (CleanBatch, NoisyBatch, OnlineSource, ParameterSampler, derived_generator,
-                    make_noisy, project, sampler_from_spec, simulate_clean)
 from crbnet.errors import InputError
-from crbnet.physics.models.base import SignalModel
-from crbnet.stats.subspace import (Subspace, basis_hash, basis_record, choose_k, crb_inflation,
-                        fit_subspace, user_subspace)
+from crbnet.learning import losses
+from crbnet.learning.data import (
+    CleanBatch,
+    NoisyBatch,
+    OnlineSource,
+    make_noisy,
+    project,
+    simulate_clean,
+)
 from crbnet.learning.distributed import DistInfo
 from crbnet.learning.fine_tune import InitCheckpoint
 from crbnet.learning.training_config import TrainConfig
+from crbnet.physics.models.base import SignalModel
+from crbnet.stats.sampling import ParameterSampler, derived_generator, sampler_from_spec
+from crbnet.stats.subspace import (
+    Subspace,
+    basis_hash,
+    basis_record,
+    choose_k,
+    crb_inflation,
+    fit_subspace,
+    user_subspace,
+)
 
 
 @dataclass

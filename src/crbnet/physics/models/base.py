@@ -13,8 +13,8 @@ from typing import Any, Mapping
 
 import torch
 
-from crbnet.physics import sequences as seqs
 from crbnet.errors import InputError
+from crbnet.physics import sequences as seqs
 
 
 class ModelError(InputError):

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from crbnet.stats.subspace import project
 from crbnet.physics.models.base import SignalModel
+from crbnet.stats.subspace import project
 
 
 class ProjectedModel(SignalModel):

@@ -70,3 +70,31 @@ def test_init_fine_tunes_and_refuses_a_foreign_checkpoint(tmp_path, capsys):
                   + TINY + ["--set", "net.width=8"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "network differs" in err and len(err.splitlines()) == 1
+
+
+def test_init_refuses_another_input_basis(tmp_path, capsys):
+    """A checkpoint trained without --basis cannot be fine-tuned with one (and the reverse):
+    the CRBs of the loss would belong to another basis than the one the network reads."""
+    base = tmp_path / "crb"
+    assert cli.main(["train", "--model", "t2_decay", "--out", str(base)] + TINY) == 0
+    basis = tmp_path / "u.npy"
+    assert cli.main(["basis", "--model", "t2_decay", "--k", "3", "--out", str(basis)]) == 0
+    capsys.readouterr()
+    other = tmp_path / "other"
+    rc = cli.main(["train", "--model", "t2_decay", "--basis", str(basis), "--out", str(other),
+                   "--init", str(base)] + TINY)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--basis" in err and len(err.splitlines()) == 1
+    assert not other.exists()
+    # the reverse: trained in the user's basis, fine-tuned without it
+    in_basis = tmp_path / "in_basis"
+    assert cli.main(["train", "--model", "t2_decay", "--basis", str(basis), "--out",
+                     str(in_basis)] + TINY) == 0
+    capsys.readouterr()
+    rc = cli.main(["train", "--model", "t2_decay", "--out", str(other), "--init", str(in_basis)]
+                  + TINY)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--basis" in err and len(err.splitlines()) == 1
+    # the same basis is accepted
+    assert cli.main(["train", "--model", "t2_decay", "--basis", str(basis), "--out", str(other),
+                     "--init", str(in_basis)] + TINY) == 0

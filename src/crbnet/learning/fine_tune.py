@@ -48,6 +48,21 @@ class InitCheckpoint:
         return Subspace(basis, torch.ones(basis.shape[1], dtype=torch.float64),
                         float(stored.get("energy") or 1.0))
 
+    def check_user_basis(self, user_basis: torch.Tensor | None) -> None:
+        """Refuse online training whose ``--basis`` differs from the one the checkpoint's network
+        was trained in (or a ``--basis`` for a checkpoint that had none, and the reverse): the
+        loss would be normalized by the CRBs of another basis than the network reads."""
+        from crbnet.stats.subspace import basis_hash
+
+        stored = self.payload.get("subspace") or {}
+        theirs = (stored.get("basis") or {}).get("hash") if stored.get("source") == "user" else None
+        mine = None if user_basis is None else basis_hash(user_basis)
+        if theirs != mine:
+            had = f"--basis with hash {theirs}" if theirs else "no --basis"
+            given = f"--basis with hash {mine}" if mine else "no --basis"
+            raise InputError(f"--init: the checkpoint was trained with {had}, this run has "
+                             f"{given}; give the same --basis")
+
     def check_basis(self, subspace: Subspace | None) -> None:
         """Refuse a run whose subspace (offline: the dataset's) differs from the checkpoint's."""
         theirs = basis_from_real(self.payload["basis"])

@@ -107,6 +107,7 @@ def _online(model: SignalModel, config: TrainConfig, dist: DistInfo, device: tor
     theta_fit = sampler.sample(cfg.subspace.n_fit, derived_generator(seed, "basis"))
     signals_fit = model.simulate(theta_fit)
     if init is not None:
+        init.check_user_basis(user_basis)
         subspace = init.subspace()
     elif user_basis is not None:
         subspace = user_subspace(user_basis, signals_fit)

@@ -58,7 +58,7 @@ def load_estimators(args, device):
     """``{label: estimator}`` and the common model."""
     from crbnet import baselines, models
     from crbnet.errors import InputError
-    from crbnet.learning import checkpoint
+    from crbnet.estimators import network
     from crbnet.physics.sequences import sequence_hash
 
     nets = {}
@@ -71,7 +71,7 @@ def load_estimators(args, device):
         if not sep:
             raise InputError(f"--net expects NAME=CKPT, got {item!r}")
         nets[name] = path
-    estimators = {label: checkpoint.load(path, device=device) for label, path in nets.items()}
+    estimators = {label: network.load(path, device=device) for label, path in nets.items()}
     model = None
     for label, est in estimators.items():
         if model is None:

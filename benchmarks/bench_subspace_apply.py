@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     from crbnet.imaging.apply import apply_to_volume
     from crbnet.imaging.nifti import NiftiSignals, SpatialReference, write_image
     from crbnet.imaging.phantom import make_phantom, parse_shape
-    from crbnet.learning.checkpoint import load
+    from crbnet.estimators.network import load
     from crbnet.learning.trainer import Trainer
     from crbnet.learning.training_config import build_config
     from crbnet.physics.models.projected import ProjectedModel

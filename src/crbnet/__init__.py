@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from crbnet import models, sequences
-from crbnet.learning.checkpoint import load
+from crbnet.estimators.network import load
 from crbnet.physics.models import get as get_model
 from crbnet.stats.crb import crb, jacobian
 

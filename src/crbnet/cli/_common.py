@@ -203,7 +203,7 @@ def read_basis_for_estimators(args: argparse.Namespace, model: SignalModel | Non
     if not getattr(args, "basis", None):
         return None
     if model is None:
-        from crbnet.learning.checkpoint import load
+        from crbnet.estimators.network import load
 
         paths = [s for s in specs if s and Path(s).exists()]
         if not paths:

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     source = NiftiSignals(args.input, real=args.real, imag=args.imag, magnitude=args.magnitude,
                           phase=args.phase, max_bytes=int(args.max_memory * 2 ** 20))
     if args.checkpoint:
-        from crbnet.learning.checkpoint import load
+        from crbnet.estimators.network import load
 
         estimator = load(args.checkpoint, device=device)
         basis = read_basis(args, estimator.model)

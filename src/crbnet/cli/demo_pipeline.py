@@ -216,12 +216,12 @@ def _estimators(model: models.SignalModel, cfg: DemoConfig, out: Path, progress:
     """The trained networks and NLLS in the physical and in the training box, by label."""
     from crbnet import estimators as baselines
     from crbnet.assessment.compare import box_options, training_ranges
-    from crbnet.learning import checkpoint
+    from crbnet.estimators import network
 
-    nets = {net_label(loss): checkpoint.load(out / f"{loss}_net" / "checkpoint.pt")
+    nets = {net_label(loss): network.load(out / f"{loss}_net" / "checkpoint.pt")
             for loss in cfg.losses}
     if "crb" in cfg.losses:
-        nets["bias-reduced net"] = checkpoint.load(out / "bias_net" / "checkpoint.pt")
+        nets["bias-reduced net"] = network.load(out / "bias_net" / "checkpoint.pt")
     ranges = training_ranges(model, list(nets.values()))
     nlls = {label: baselines.get("nlls", model, progress=progress,
                                  **box_options("nlls", model, box, ranges))

@@ -1,10 +1,14 @@
-"""Classical estimators the networks are compared with; each follows the
-:class:`~crbnet.estimators.protocol.Estimator` protocol (``predict(signals) -> [N, P]``, SI, float64) and
-adds ``predict_with_m0(signals) -> (theta, m0)``. Both are registered in the estimator registry
-(:mod:`crbnet.estimators.protocol`) by their module.
+"""Estimators: every way crbnet maps signals to parameters, registered by name.
 
-- :class:`NLLSEstimator` (``'nlls'``): voxel-wise maximum-likelihood fit, Levenberg–Marquardt.
-- :class:`DictionaryEstimator` (``'dictionary'``): MRF dictionary matching in SVD space.
+Each follows the :class:`~crbnet.estimators.protocol.Estimator` protocol (``predict(signals) ->
+[N, P]``, SI, float64) and registers itself in the estimator registry
+(:mod:`crbnet.estimators.protocol`) from its own module — one file per estimator:
+
+- ``'network'`` (:mod:`~crbnet.estimators.network`): a trained network from a checkpoint;
+- ``'nlls'`` (:class:`NLLSEstimator`): voxel-wise maximum-likelihood fit, Levenberg–Marquardt;
+- ``'dictionary'`` (:class:`DictionaryEstimator`): MRF dictionary matching in SVD space.
+
+The classical two also offer ``predict_with_m0(signals) -> (theta, m0)``.
 """
 
 from __future__ import annotations

@@ -131,7 +131,8 @@ class EstimatorKind:
 REGISTRY: dict[str, EstimatorKind] = {}
 # Modules whose import registers the built-in kinds (imported on first use of the registry, so
 # that this module stays free of imports of them).
-_BUILTIN_MODULES = ("crbnet.baselines", "crbnet.learning.checkpoint")
+_BUILTIN_MODULES = ("crbnet.estimators.nlls", "crbnet.estimators.dictionary",
+                    "crbnet.estimators.network")
 
 
 def register_estimator(name: str, description: str, needs_checkpoint: bool = False

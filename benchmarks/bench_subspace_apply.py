@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     from crbnet.estimators.network import load
     from crbnet.learning.trainer import Trainer
     from crbnet.learning.training_config import build_config
-    from crbnet.physics.models.projected import ProjectedModel
+    from crbnet.stats.projected import ProjectedModel
     from crbnet.stats.sampling import ParameterSampler, derived_generator
     from crbnet.stats.subspace import crb_inflation, fit_subspace
 

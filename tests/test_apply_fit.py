@@ -15,7 +15,7 @@ from crbnet.imaging.apply import apply_to_volume
 from crbnet.imaging.nifti import ArraySignals
 from crbnet.physics.models import ParameterSpec
 from crbnet.physics.models.analytic import T2Decay
-from crbnet.physics.models.projected import ProjectedModel
+from crbnet.stats.projected import ProjectedModel
 from crbnet.stats.crb import crb_details, signal_and_crb
 from crbnet.stats.noise import add_noise, random_m0
 from crbnet.stats.sampling import ParameterSampler

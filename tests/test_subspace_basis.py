@@ -18,7 +18,7 @@ from crbnet.estimators import DictionaryEstimator
 from crbnet.imaging.apply import apply_to_volume
 from crbnet.imaging.nifti import ArraySignals
 from crbnet.imaging.phantom import make_phantom
-from crbnet.physics.models.projected import ProjectedModel
+from crbnet.stats.projected import ProjectedModel
 from crbnet.stats.crb import crb
 from crbnet.stats.subspace import basis_hash, fit_subspace, load_basis
 from crbnet.train import Trainer, build_config

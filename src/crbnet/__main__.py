@@ -1,3 +1,5 @@
+"""``python -m crbnet``: the command line (:mod:`crbnet.cli.app`)."""
+
 import sys
 
 from crbnet.cli.app import main

@@ -28,6 +28,7 @@ from crbnet.errors import InputError
 from crbnet.estimators.protocol import Estimator
 from crbnet.learning import losses as loss_registry
 from crbnet.learning.losses import crb_normalized, finite_crb
+from crbnet.physics.models import same_model
 from crbnet.physics.models.base import SignalModel
 from crbnet.physics.sequences import sequence_hash
 from crbnet.stats.crb import SingularFisherWarning, crb
@@ -81,13 +82,6 @@ def load_network(path: str | Path, device: torch.device | str | None = None) -> 
     return crbnet.load(path, device=device)
 
 
-def same_model(a: SignalModel, b: SignalModel) -> bool:
-    """Same model name, estimated and fixed parameters, and sequence."""
-    return (a.name == b.name and tuple(a.parameters) == tuple(b.parameters)
-            and dict(a.fixed) == dict(b.fixed)
-            and sequence_hash(a.sequence) == sequence_hash(b.sequence))
-
-
 def resolve_estimators(specs: Sequence[str], model: SignalModel | None = None,
                        device: torch.device | str | None = None,
                        baseline_options: dict[str, dict[str, Any]] | None = None,
@@ -99,7 +93,7 @@ def resolve_estimators(specs: Sequence[str], model: SignalModel | None = None,
     ``'nlls@physical'`` (the model's bounds).
 
     With ``basis`` (a user's U [T, K]) every estimator reads the K subspace coefficients: the
-    shared model is the :class:`~crbnet.physics.models.projected.ProjectedModel` (so test signals and
+    shared model is the :class:`~crbnet.stats.projected.ProjectedModel` (so test signals and
     CRBs are those of the coefficients), networks must have been trained in that basis.
 
     Raises :class:`InputError` when no model can be determined or a checkpoint was trained
@@ -128,7 +122,7 @@ def resolve_estimators(specs: Sequence[str], model: SignalModel | None = None,
                              f"{sequence_hash(net.model.sequence)}, not for {model!r} with "
                              f"sequence {sequence_hash(model.sequence)}")
     if basis is not None:
-        from crbnet.physics.models.projected import ProjectedModel
+        from crbnet.stats.projected import ProjectedModel
 
         model = ProjectedModel(model, basis)
         networks = {i: net.in_basis(basis) for i, net in networks.items()}

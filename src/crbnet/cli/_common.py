@@ -214,7 +214,7 @@ def read_basis_for_estimators(args: argparse.Namespace, model: SignalModel | Non
 
 def model_in_basis(args: argparse.Namespace, model: SignalModel) -> SignalModel:
     """``model`` as the data see it: its subspace coefficients with ``--basis``, else itself."""
-    from crbnet.physics.models.projected import ProjectedModel
+    from crbnet.stats.projected import ProjectedModel
 
     basis = read_basis(args, model)
     return model if basis is None else ProjectedModel(model, basis)

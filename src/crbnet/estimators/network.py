@@ -17,6 +17,7 @@ from crbnet.errors import InputError
 from crbnet.estimators.protocol import as_signal_tensor, register_estimator
 from crbnet.learning.checkpoint import CheckpointError, basis_from_real, model_from_dict, read
 from crbnet.physics import sequences
+from crbnet.physics.models import same_model
 from crbnet.physics.models.base import SignalModel
 from crbnet.stats.subspace import project
 
@@ -105,10 +106,10 @@ class NetworkEstimator:
 
 class CoefficientNetworkEstimator:
     """A :class:`NetworkEstimator` whose inputs are the coefficients [N, K] in its own basis;
-    its ``model`` is the :class:`~crbnet.physics.models.projected.ProjectedModel` of that basis."""
+    its ``model`` is the :class:`~crbnet.stats.projected.ProjectedModel` of that basis."""
 
     def __init__(self, network: NetworkEstimator) -> None:
-        from crbnet.physics.models.projected import ProjectedModel
+        from crbnet.stats.projected import ProjectedModel
 
         self.network_estimator = network
         self.model = ProjectedModel(network.model, network.basis)
@@ -191,8 +192,6 @@ def network_estimator(model: SignalModel | None, checkpoint: str | Path,
     the checkpoint's own model)."""
     estimator = load(checkpoint, device=device)
     if model is not None:
-        from crbnet.assessment.compare import same_model
-
         if not same_model(estimator.model, model):
             raise InputError(f"{checkpoint} was trained for {estimator.model!r} with sequence "
                              f"{sequences.sequence_hash(estimator.model.sequence)}, not for "

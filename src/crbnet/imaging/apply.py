@@ -43,7 +43,7 @@ estimates that are not finite likewise. Estimates outside the model's bounds are
 they are (and counted) but clipped to the bounds for M0, the residual and the CRB.
 
 Subspace coefficients: when the estimator's model is a
-:class:`~crbnet.physics.models.projected.ProjectedModel` (``--basis U``), the input holds the K complex
+:class:`~crbnet.stats.projected.ProjectedModel` (``--basis U``), the input holds the K complex
 coefficient images ``z = Uᴴ y`` a low-rank reconstruction produces (last axis = coefficient), and
 everything above happens in coefficient space: ``f`` is ``Uᴴ f(θ̂)``, T reads K (the noise of
 orthonormal coefficients is white with the same σ, so the background, residual and voxel noise
@@ -161,7 +161,7 @@ def check_compatible(source: SignalSource, model: SignalModel,
 
 def check_basis(sidecar: dict, model: SignalModel) -> None:
     """Coefficients are only read in the basis they were made in (sidecar ``Basis.hash``)."""
-    from crbnet.physics.models.projected import ProjectedModel
+    from crbnet.stats.projected import ProjectedModel
 
     declared = sidecar.get("Basis")
     found = declared.get("hash") if isinstance(declared, dict) else None
@@ -199,8 +199,8 @@ class ProjectedSource(SignalSource):
 
 def as_model_input(source: SignalSource, model: SignalModel) -> SignalSource:
     """``source`` as ``model`` reads it: a time series of T points is projected on the basis of
-    a :class:`~crbnet.physics.models.projected.ProjectedModel`; anything else is returned as it is."""
-    from crbnet.physics.models.projected import ProjectedModel
+    a :class:`~crbnet.stats.projected.ProjectedModel`; anything else is returned as it is."""
+    from crbnet.stats.projected import ProjectedModel
 
     if isinstance(model, ProjectedModel) and source.n_timepoints == model.base.n_timepoints \
             and source.n_timepoints != model.n_timepoints:

@@ -35,7 +35,7 @@ a CRB-normalized training distribution; ``crbnet apply`` flags such voxels (esti
 edge of the estimator's range). Per-tissue results (benchmarks/bench_phantom_study.py) show
 how each estimator copes.
 
-Subspace coefficients: given a :class:`~crbnet.physics.models.projected.ProjectedModel` (``crbnet phantom
+Subspace coefficients: given a :class:`~crbnet.stats.projected.ProjectedModel` (``crbnet phantom
 --basis U``), the "signal" is the K coefficient images ``Uᴴ y`` a low-rank reconstruction hands
 over; the noise is then drawn directly in coefficient space, which is the same distribution as
 projecting white time-domain noise (orthonormal U), and the sidecar records the basis.

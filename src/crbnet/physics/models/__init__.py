@@ -146,6 +146,14 @@ def get(name: str, sequence: seqs.Sequence | str | Path | None = None,
     return model
 
 
-__all__ = ["get", "names", "resolve", "source_of", "REGISTRY", "ENTRY_POINT_GROUP",
+def same_model(a: SignalModel, b: SignalModel) -> bool:
+    """Same model name, estimated and fixed parameters, and sequence."""
+    return (a.name == b.name and tuple(a.parameters) == tuple(b.parameters)
+            and dict(a.fixed) == dict(b.fixed)
+            and seqs.sequence_hash(a.sequence) == seqs.sequence_hash(b.sequence))
+
+
+
+__all__ = ["get", "same_model", "names", "resolve", "source_of", "REGISTRY", "ENTRY_POINT_GROUP",
            "SignalModel", "ParameterSpec", "ModelOption", "ModelError",
            "MTHybridState", "FISPMRF", "T2Decay", "IRT1"]

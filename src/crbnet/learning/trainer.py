@@ -46,6 +46,7 @@ from crbnet.learning.run_files import RunFiles, checkpoint_payload, run_summary
 from crbnet.learning.schedule import WarmupCosine
 from crbnet.learning.training_config import TrainConfig
 from crbnet.learning.training_data import TrainingData, prepare_data, subspace_report
+from crbnet.physics.models import _numba
 from crbnet.physics.models.base import SignalModel
 from crbnet.stats.sampling import derived_generator
 
@@ -114,6 +115,9 @@ class Trainer:
     def fit(self) -> dict:
         """Train; returns the summary (also in RUN_DIR/summary.json)."""
         self.t_start = time.perf_counter()
+        # PyTorch steps follow kernel calls here: numba's OpenMP workers would spin on the
+        # cores the steps need (crbnet.physics.models._numba)
+        _numba.prefer_workqueue()
         resumed = self._start()
         self._build()
         start_epoch = self._restore(resumed) if resumed is not None else self._fresh_start()

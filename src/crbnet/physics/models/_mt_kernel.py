@@ -328,7 +328,7 @@ def _load():
     """The compiled kernel (compiling or loading it on the first call)."""
     global numba
     if _compiled is None:
-        numba = _numba.module()       # also picks the threading layer (see _numba)
+        numba = _numba.module()
         try:
             _compile(cache=True)
         except RuntimeError:        # no writable cache directory: compile in every process

@@ -5,15 +5,16 @@ kernel is compiled with a disk cache where numba can write one (else in every pr
 reassociation and contraction so that LLVM may reorder and vectorize sums (results move by
 round-off only), and runs on as many threads as PyTorch uses.
 
-Threading layer. numba's default choice on Linux is its OpenMP layer, whose worker threads
-busy-wait after each kernel and whose start also reset the OpenMP thread count PyTorch uses
-(1 → 2 here; :func:`threads` restores it).
-On a machine whose cores are busy this made the training steps that follow a pool refresh 20×
-slower (23 → 490 ms per step, 1 PyTorch thread, load 10 on 2 cores; 24–29 ms with
-``GOMP_SPINCOUNT=0`` or ``OMP_WAIT_POLICY=passive``, i.e. without the busy wait; on an idle
-machine no difference). numba's own "workqueue" layer has neither effect and runs these
-kernels as fast (measured equal within noise), so crbnet asks for it unless the user chose a
-layer (``NUMBA_THREADING_LAYER``) or numba already started its threads. workqueue does not
+Threading layer. numba's default on Linux is its OpenMP layer. Its worker threads busy-wait
+after each kernel, and its start also resets the OpenMP thread count PyTorch uses (1 → 2 here;
+:func:`threads` restores it). In training, where PyTorch steps follow kernel calls on the same
+cores, the busy wait made the steps after a pool refresh 20× slower on a busy machine (23 → 490
+ms per step, 1 PyTorch thread, load 10 on 2 cores; 24–29 ms with ``GOMP_SPINCOUNT=0``). numba's
+"workqueue" layer does not spin, but costs ~0.7 ms more per kernel launch on an idle machine
+(simulate of 64 MT voxels 0.8–1.1 → 1.5–2.0 ms; NLLS, which launches many small kernels, 161 →
+98 voxels/s). So the choice is scoped: the trainer calls :func:`prefer_workqueue` before its
+first kernel; everything else keeps numba's default. A user's ``NUMBA_THREADING_LAYER`` always
+wins, and once numba has started its threads the layer stays what it is. workqueue does not
 allow two kernels at once from different Python threads; :func:`threads` holds a lock around
 each call.
 """
@@ -31,17 +32,18 @@ from typing import Callable, Iterator
 
 
 def module():
-    """The numba module (imported here, on first use), set to the workqueue threading layer
-    where nobody chose one (see the module docstring)."""
+    """The numba module (imported here, on first use)."""
     import numba
 
-    _prefer_workqueue(numba)
     return numba
 
 
-def _prefer_workqueue(numba) -> None:
-    if os.environ.get("NUMBA_THREADING_LAYER"):
+def prefer_workqueue() -> None:
+    """Ask for numba's workqueue threading layer in this process (see the module docstring):
+    only where numba is installed, nobody chose a layer and numba's threads have not started."""
+    if os.environ.get("NUMBA_THREADING_LAYER") or not available():
         return
+    numba = module()
     from numba.np.ufunc import parallel
 
     if not parallel._is_initialized and numba.config.THREADING_LAYER == "default":

@@ -10,6 +10,7 @@ import torch
 import crbnet
 from crbnet.errors import InputError
 from crbnet.learning import data
+from crbnet.stats import noise, sampling
 from crbnet.learning.datasets import Dataset, HDF5Source, check_compatible, write_dataset
 from crbnet.stats.crb import crb as crb_fn
 from crbnet.stats.subspace import choose_k, crb_inflation, fit_subspace
@@ -21,30 +22,30 @@ def t2():
 
 
 def test_sampler_from_spec(t2):
-    s = data.sampler_from_spec(t2, {"T2": {"range": [0.02, 0.1], "distribution": "uniform"}})
+    s = sampling.sampler_from_spec(t2, {"T2": {"range": [0.02, 0.1], "distribution": "uniform"}})
     theta = s.sample(4000, torch.Generator().manual_seed(1))
     assert theta.min() >= 0.02 and theta.max() <= 0.1
     # uniform: the mean is the midpoint (log-uniform would put it at 0.0497)
     assert theta.mean().item() == pytest.approx(0.06, abs=0.002)
     assert s.spec_dict() == {"T2": {"range": [0.02, 0.1], "distribution": "uniform"}}
     with pytest.raises(InputError):
-        data.sampler_from_spec(t2, {"T1": {"range": [0.1, 1]}})
+        sampling.sampler_from_spec(t2, {"T1": {"range": [0.1, 1]}})
     with pytest.raises(InputError):
-        data.sampler_from_spec(t2, {"T2": {"range": [0.1]}})
+        sampling.sampler_from_spec(t2, {"T2": {"range": [0.1]}})
     with pytest.raises(InputError):
-        data.sampler_from_spec(t2, {"T2": {"rnage": [0.1, 0.2]}})
+        sampling.sampler_from_spec(t2, {"T2": {"rnage": [0.1, 0.2]}})
 
 
 def test_snr_draws():
     g = torch.Generator().manual_seed(0)
-    assert torch.all(data.sample_snr(10, 30.0, g) == 30.0)
-    s = data.sample_snr(20000, [10, 100], g)
+    assert torch.all(noise.sample_snr(10, 30.0, g) == 30.0)
+    s = noise.sample_snr(20000, [10, 100], g)
     assert s.min() >= 10 and s.max() <= 100
     # log-uniform: median at the geometric mean
     assert s.median().item() == pytest.approx(math.sqrt(1000), rel=0.03)
     for bad in (0, -1, [50, 10], [1, math.inf], "x"):
         with pytest.raises(InputError):
-            data.check_snr(bad)
+            noise.check_snr(bad)
 
 
 def test_make_noisy_scales_noise_and_crb_with_m0(t2):
@@ -79,7 +80,7 @@ def test_make_noisy_repeats_share_m0_not_noise(t2):
 
 def test_online_pool_rebuild_equals_sequential_refresh(t2):
     """The pool at epoch e can be rebuilt directly — what --resume relies on."""
-    s = data.sampler_from_spec(t2, {})
+    s = sampling.sampler_from_spec(t2, {})
     kwargs = dict(batch_size=8, batches_per_epoch=2, pool_size=10, pool_refresh=4, seed=5)
     seq = data.OnlineSource(t2, s, None, **kwargs)
     for epoch in range(6):
@@ -98,7 +99,7 @@ def test_online_pool_rebuild_equals_sequential_refresh(t2):
 
 
 def test_fresh_online_batches_have_crbs(t2):
-    s = data.sampler_from_spec(t2, {})
+    s = sampling.sampler_from_spec(t2, {})
     src = data.OnlineSource(t2, s, None, batch_size=16, batches_per_epoch=3, pool_size=0)
     batches = list(src.batches(0, torch.Generator().manual_seed(0)))
     assert len(batches) == 3
@@ -108,7 +109,7 @@ def test_fresh_online_batches_have_crbs(t2):
 
 
 def test_subspace_and_crb_inflation(t2):
-    theta = data.sampler_from_spec(t2, {}).sample(500, torch.Generator().manual_seed(0))
+    theta = sampling.sampler_from_spec(t2, {}).sample(500, torch.Generator().manual_seed(0))
     signals = t2.simulate(theta)
     sub = fit_subspace(signals, energy=0.999999)
     U = sub.basis
@@ -130,7 +131,7 @@ def test_subspace_and_crb_inflation(t2):
 @pytest.mark.parametrize("storage", ["coefficients", "signals"])
 def test_hdf5_dataset_roundtrip(t2, tmp_path, storage):
     path = tmp_path / "d.h5"
-    s = data.sampler_from_spec(t2, {})
+    s = sampling.sampler_from_spec(t2, {})
     info = write_dataset(path, t2, s, n=300, seed=4, storage=storage, chunk_rows=64, n_fit=200,
                          progress=False)
     assert [p.name for p in tmp_path.iterdir()] == ["d.h5"]  # no temporary left behind
@@ -154,7 +155,7 @@ def test_hdf5_dataset_roundtrip(t2, tmp_path, storage):
 
 def test_hdf5_stream_ranks_disjoint_and_balanced(t2, tmp_path):
     path = tmp_path / "d.h5"
-    write_dataset(path, t2, data.sampler_from_spec(t2, {}), n=1000, seed=0, chunk_rows=128,
+    write_dataset(path, t2, sampling.sampler_from_spec(t2, {}), n=1000, seed=0, chunk_rows=128,
                   n_fit=100, progress=False)
     ds = Dataset(path)
     seen = []
@@ -188,6 +189,6 @@ def test_dataset_refuses_foreign_files(t2, tmp_path):
     with pytest.raises(InputError):
         Dataset(tmp_path / "y.h5")
     path = tmp_path / "d.h5"
-    write_dataset(path, t2, data.sampler_from_spec(t2, {}), n=10, n_fit=10, progress=False)
+    write_dataset(path, t2, sampling.sampler_from_spec(t2, {}), n=10, n_fit=10, progress=False)
     with pytest.raises(InputError, match="different model"):
         check_compatible(Dataset(path), crbnet.get_model("ir_t1"))

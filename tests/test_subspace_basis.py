@@ -18,8 +18,9 @@ from crbnet.estimators import DictionaryEstimator
 from crbnet.imaging.apply import apply_to_volume
 from crbnet.imaging.nifti import ArraySignals
 from crbnet.imaging.phantom import make_phantom
-from crbnet.stats.projected import ProjectedModel
 from crbnet.stats.crb import crb
+from crbnet.stats.projected import ProjectedModel
+from crbnet.stats.sampling import ParameterSampler
 from crbnet.stats.subspace import basis_hash, fit_subspace, load_basis
 from crbnet.train import Trainer, build_config
 
@@ -31,7 +32,7 @@ TINY = {"data": {"batches_per_epoch": 5, "batch_size": 64, "val_size": 64},
 
 
 def svd_basis(model, k: int, seed: int = 0) -> torch.Tensor:
-    theta = crbnet.learning.data.ParameterSampler(model).sample(512, torch.Generator().manual_seed(seed))
+    theta = ParameterSampler(model).sample(512, torch.Generator().manual_seed(seed))
     return fit_subspace(model.simulate(theta), k=k).basis
 
 
@@ -117,7 +118,7 @@ def test_subspace_crb_matches_finite_differences(name):
 def test_complete_basis_gives_the_time_domain_crb(name):
     model = models.get(name)
     pm = ProjectedModel(model, random_unitary(model.n_timepoints, seed=3))
-    theta = crbnet.learning.data.ParameterSampler(model).sample(8, torch.Generator().manual_seed(1))
+    theta = ParameterSampler(model).sample(8, torch.Generator().manual_seed(1))
     assert torch.allclose(crb(pm, theta), crb(model, theta), rtol=1e-10, atol=0)
 
 

@@ -25,12 +25,12 @@ import torch
 from crbnet.assessment.evaluate import SNR_DEFINITION, _json_ready
 from crbnet.assessment.gross_errors import classify_gross_errors
 from crbnet.errors import InputError
+from crbnet.estimators.network import load, require_same_model
 from crbnet.estimators.protocol import Estimator
 from crbnet.learning import losses as loss_registry
 from crbnet.learning.losses import crb_normalized, finite_crb
 from crbnet.physics.models import same_model
 from crbnet.physics.models.base import SignalModel
-from crbnet.physics.sequences import sequence_hash
 from crbnet.stats.crb import SingularFisherWarning, crb
 from crbnet.stats.noise import noisy_measurements
 from crbnet.stats.sampling import ParameterSampler
@@ -75,13 +75,6 @@ def box_options(method: str, model: SignalModel, box: str | None,
 
 
 # ---- building estimators from command-line style specifications ---------------------------
-def load_network(path: str | Path, device: torch.device | str | None = None) -> Estimator:
-    """A trained network from a checkpoint file or run directory (``crbnet.load``)."""
-    import crbnet
-
-    return crbnet.load(path, device=device)
-
-
 def resolve_estimators(specs: Sequence[str], model: SignalModel | None = None,
                        device: torch.device | str | None = None,
                        baseline_options: dict[str, dict[str, Any]] | None = None,
@@ -111,16 +104,13 @@ def resolve_estimators(specs: Sequence[str], model: SignalModel | None = None,
         if not Path(spec).exists():
             raise InputError(f"{spec!r} is neither a method ({', '.join(baselines.METHODS)}) "
                              "nor an existing checkpoint or run directory")
-        networks[i] = load_network(spec, device=device)
+        networks[i] = load(spec, device=device)
     if model is None:
         if not networks:
             raise InputError("--model is required when no checkpoint is given")
         model = networks[min(networks)].model
     for i, net in networks.items():
-        if not same_model(net.model, model):
-            raise InputError(f"{specs[i]} was trained for {net.model!r} with sequence "
-                             f"{sequence_hash(net.model.sequence)}, not for {model!r} with "
-                             f"sequence {sequence_hash(model.sequence)}")
+        require_same_model(net, model, specs[i])
     if basis is not None:
         from crbnet.stats.projected import ProjectedModel
 

@@ -192,12 +192,18 @@ def network_estimator(model: SignalModel | None, checkpoint: str | Path,
     the checkpoint's own model)."""
     estimator = load(checkpoint, device=device)
     if model is not None:
-        if not same_model(estimator.model, model):
-            raise InputError(f"{checkpoint} was trained for {estimator.model!r} with sequence "
-                             f"{sequences.sequence_hash(estimator.model.sequence)}, not for "
-                             f"{model!r} with sequence {sequences.sequence_hash(model.sequence)}")
+        require_same_model(estimator, model, str(checkpoint))
     return estimator
 
 
+def require_same_model(network: NetworkEstimator, model: SignalModel, source: str) -> None:
+    """Refuse (one line) a network trained for another model, parameter set or sequence than
+    ``model``; ``source`` names the checkpoint in the message."""
+    if not same_model(network.model, model):
+        raise InputError(f"{source} was trained for {network.model!r} with sequence "
+                         f"{sequences.sequence_hash(network.model.sequence)}, not for "
+                         f"{model!r} with sequence {sequences.sequence_hash(model.sequence)}")
+
+
 __all__ = ["NetworkEstimator", "CoefficientNetworkEstimator", "estimator_from_payload", "load",
-           "network_estimator"]
+           "network_estimator", "require_same_model"]

@@ -1,7 +1,7 @@
 """Training and test batches: clean signals with their CRBs, noisy copies, the online pool.
 
-Sampling and the noise model are statistics (:mod:`crbnet.stats.sampling`,
-:mod:`crbnet.stats.noise`); their names are re-exported here for existing imports.
+Sampling and the noise model are statistics and live in :mod:`crbnet.stats.sampling` and
+:mod:`crbnet.stats.noise`.
 """
 
 from __future__ import annotations
@@ -12,24 +12,12 @@ from dataclasses import dataclass
 import torch
 
 from crbnet.physics.models.base import SignalModel
-from crbnet.stats.noise import (  # noqa: F401  (re-exported: public names of this module)
-    SNR_DEFINITION,
-    add_noise,
-    check_snr,
-    noisy_measurements,
-    random_m0,
-    sample_snr,
-)
-from crbnet.stats.sampling import (  # noqa: F401  (re-exported)
-    DISTRIBUTIONS,
-    ParameterSampler,
-    derived_generator,
-    sampler_from_spec,
-)
-from crbnet.stats.subspace import project  # noqa: F401  (re-exported: data.project is public)
+from crbnet.stats.noise import noisy_measurements, random_m0, sample_snr
+from crbnet.stats.sampling import ParameterSampler, derived_generator
+from crbnet.stats.subspace import project
 
 # ---------------------------------------------------------------------------------------------
-# Training data (issue 3). Everything below builds on the three functions above.
+# Training data (issue 3), built on the sampling and noise functions imported above.
 #
 # Measurement model (docs/statistics.md §1): y = M0·f(θ) + n with σ per real/imaginary part and
 # SNR = |M0|/σ. A training sample therefore needs θ, the noiseless f (or its subspace

@@ -6,7 +6,7 @@ parameter — ``mean (θ̂−θ)²/CRB`` — whatever the training loss, and the
 (:mod:`crbnet.learning.run_files`).
 
 Reproducibility and ``--resume``: every random piece has its own seeded stream
-(:func:`crbnet.learning.data.derived_generator`): network initialization, subspace, validation set,
+(:func:`crbnet.stats.sampling.derived_generator`): network initialization, subspace, validation set,
 online pool blocks, and one data generator per process whose state is saved each epoch with the
 weights, Adam state, schedule step and epoch. A resumed run therefore continues bit-for-bit
 like an uninterrupted one (same device, thread count and process count).

@@ -2,7 +2,7 @@
 (online simulation or an offline HDF5 dataset), the fixed validation set and the signals the
 network's input statistics come from.
 
-Every random piece has its own seeded stream (:func:`crbnet.learning.data.derived_generator`): subspace,
+Every random piece has its own seeded stream (:func:`crbnet.stats.sampling.derived_generator`): subspace,
 validation set and its noise, input statistics; the batch sources are seeded by the config's
 seed and the process's rank.
 """

@@ -43,7 +43,8 @@ def fisp():
 
 @pytest.fixture(scope="module")
 def fisp_dictionary(fisp):
-    return DictionaryEstimator(fisp, n_points={"T1": 9, "T2": 7}).build()
+    """Plain matching (no sub-grid refinement): the tests of matching itself."""
+    return DictionaryEstimator(fisp, n_points={"T1": 9, "T2": 7}, refine=False).build()
 
 
 # ---- factory ---------------------------------------------------------------------------------
@@ -81,7 +82,8 @@ def test_dictionary_recovers_grid_points_exactly_with_complex_m0(fisp, fisp_dict
 def test_dictionary_full_rank_equals_brute_force_matching(fisp, fisp_dictionary):
     """In SVD space with k = T the match must be the plain maximum normalized inner product
     (checks the subspace conventions: conjugations, normalization)."""
-    full = DictionaryEstimator(fisp, n_points={"T1": 9, "T2": 7}, rank=fisp.n_timepoints)
+    full = DictionaryEstimator(fisp, n_points={"T1": 9, "T2": 7}, rank=fisp.n_timepoints,
+                               refine=False)
     g = torch.Generator().manual_seed(3)
     truth = ParameterSampler(fisp).sample(40, g)
     y = add_noise(random_m0(40, generator=g)[:, None] * fisp.simulate(truth), 0.05, g)
@@ -110,7 +112,8 @@ def test_dictionary_chunked_equals_unchunked(fisp, fisp_dictionary):
     assert torch.equal(theta_chunked, theta_all)
     assert torch.allclose(m0_chunked, m0_all, rtol=1e-12, atol=0)
     # Building in small simulation chunks (two passes) gives the same dictionary.
-    small = DictionaryEstimator(fisp, n_points={"T1": 9, "T2": 7}, simulate_chunk=10).build()
+    small = DictionaryEstimator(fisp, n_points={"T1": 9, "T2": 7}, simulate_chunk=10,
+                                refine=False).build()
     assert small.basis.shape == d.basis.shape
     assert torch.equal(small.predict(y), theta_all)
 

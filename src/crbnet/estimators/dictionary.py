@@ -12,6 +12,12 @@ signal is compressed as ``y @ V_k``; inner products between compressed rows equa
 the full rows projected on the subspace. ``k`` is the smallest rank that keeps a fraction
 ``energy`` of the dictionary's energy (or a given ``rank``).
 
+On a grid, the best atom is refined between the nodes (``refine``, on by default for grids):
+the estimate is the maximum of a quadratic fitted to the scores of its 3^P neighbours
+(:mod:`crbnet.estimators.subgrid`), which removes most of the grid's quantization error and the
+bias it causes in correlated parameters; M0 and the residual are then those of the simulated
+signal at the refined estimate.
+
 Memory: the compressed dictionary (A × k complex) is stored, and the uncompressed one too when
 it is small (``full_atoms_bytes``; it gives the exact M0 and residual of a match,
 :meth:`DictionaryEstimator.predict_with_fit`); matching works on blocks of at most
@@ -87,6 +93,8 @@ class DictionaryEstimator:
         full_atoms_bytes: the uncompressed atoms (A × T complex128) are kept too when they
             take at most this many bytes; :meth:`predict_with_fit` then takes the matched
             atoms from them instead of simulating them again.
+        refine: refine the best atom between the grid nodes (module docstring); default on for a
+            grid, off for explicit ``atoms`` (which have no grid: ``True`` is refused there).
 
     The dictionary is simulated on the first :meth:`predict` (or an explicit :meth:`build`).
     """
@@ -98,7 +106,8 @@ class DictionaryEstimator:
                  atoms: torch.Tensor | np.ndarray | None = None, rank: int | None = None,
                  energy: float = 1 - 1e-6, chunk_elements: int = 2 ** 22,
                  simulate_chunk: int = 4096, device: torch.device | str | None = None,
-                 progress: bool | None = None, full_atoms_bytes: int = 2 ** 28) -> None:
+                 progress: bool | None = None, full_atoms_bytes: int = 2 ** 28,
+                 refine: bool | None = None) -> None:
         self.model = model
         self.n_points = n_points
         self.ranges = resolve_ranges(model, ranges)
@@ -123,6 +132,9 @@ class DictionaryEstimator:
             self.atoms_theta = theta
         else:
             self.atoms_theta, self.grid_index, self.axes = self._grid_atoms()
+        if refine and self.grid_index is None:
+            raise InputError("refine needs a grid dictionary (not explicit atoms)")
+        self.refine = self.grid_index is not None if refine is None else bool(refine)
         self.basis: torch.Tensor | None = None           # [T, k] V_k
         self.atoms_compressed: torch.Tensor | None = None  # [A, k] unit-norm compressed atoms
         self.atom_norms: torch.Tensor | None = None       # [A] compressed norm of f(θ_a)
@@ -240,16 +252,19 @@ class DictionaryEstimator:
             (index [N] int64 into the atoms, M0 [N] complex128), on the dictionary's device.
         """
         return self._match(as_signal_tensor(signals, self.model.n_timepoints,
-                                            device=self.device))
+                                            device=self.device), refine=False)[:2]
 
-    def _match(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`match` of signals already checked and on the dictionary's device."""
+    def _match(self, y: torch.Tensor, refine: bool
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`match` of signals already checked and on the dictionary's device, with the
+        estimates [N, P] (float64, CPU): the matched atoms', refined if ``refine``."""
         self.build()
         A = self.n_atoms
         atom_block = min(A, self.chunk_elements)
         voxel_block = max(1, self.chunk_elements // atom_block)
         index = torch.empty(y.shape[0], dtype=torch.int64, device=self.device)
         m0 = torch.empty(y.shape[0], dtype=torch.complex128, device=self.device)
+        theta = torch.empty(y.shape[0], self.model.n_parameters, dtype=torch.float64)
         for v0 in range(0, y.shape[0], voxel_block):
             yc = self.compress(y[v0:v0 + voxel_block])
             best = torch.full((yc.shape[0],), -1.0, dtype=torch.float64, device=self.device)
@@ -260,12 +275,55 @@ class DictionaryEstimator:
                 better = value > best          # strict: the first atom wins ties, as in max()
                 best = torch.where(better, value, best)
                 best_idx = torch.where(better, idx + a0, best_idx)
-            index[v0:v0 + yc.shape[0]] = best_idx
+            rows = slice(v0, v0 + yc.shape[0])
+            index[rows] = best_idx
             # M0 = ⟨f_a, y⟩ / ‖f_a‖² in the subspace (unit atom â = f_a/‖f_a‖).
             ip = (self.atoms_compressed[best_idx].conj() * yc).sum(1)
-            m0[v0:v0 + yc.shape[0]] = ip / self.atom_norms[best_idx].clamp_min(
+            m0[rows] = ip / self.atom_norms[best_idx].clamp_min(torch.finfo(torch.float64).tiny)
+            theta[rows] = (self._refined(yc, best_idx) if refine
+                           else self.atoms_theta[best_idx.cpu()])
+        return index, m0, theta
+
+    # ---- sub-grid refinement -------------------------------------------------------------------
+    def _refined(self, yc: torch.Tensor, best_idx: torch.Tensor) -> torch.Tensor:
+        """Refined estimates [N, P] (float64, CPU) of compressed voxels ``yc`` whose best atoms
+        are ``best_idx`` (:mod:`crbnet.estimators.subgrid`)."""
+        from crbnet.estimators.subgrid import neighbour_offsets, quadratic_peak, window_centres
+
+        counts = [len(self.axes[p]) for p in self.model.parameters]
+        offsets = neighbour_offsets(counts).to(self.device)
+        strides = torch.tensor([math.prod(counts[j + 1:]) for j in range(len(counts))],
+                               dtype=torch.int64, device=self.device)
+        best = self.grid_index.to(self.device)[best_idx]
+        centres = window_centres(best, counts)
+        out = []
+        block = max(1, self.chunk_elements // offsets.shape[0])
+        for s in range(0, yc.shape[0], block):
+            c, y = centres[s:s + block], yc[s:s + block]
+            nodes = ((c[:, None, :] + offsets[None]) * strides).sum(-1)           # [n, M]
+            ip = (self.atoms_compressed[nodes].conj() * y[:, None, :]).sum(-1)
+            scores = ip.abs().square() / y.norm(dim=1, keepdim=True).square().clamp_min(
                 torch.finfo(torch.float64).tiny)
-        return index, m0
+            position = c + 0.0 + quadratic_peak(offsets, scores, best[s:s + block] - c)
+            out.append(self._grid_theta(position).cpu())
+        return torch.cat(out) if out else torch.zeros(0, len(counts), dtype=torch.float64)
+
+    def _grid_theta(self, position: torch.Tensor) -> torch.Tensor:
+        """Parameters [N, P] at fractional grid coordinates [N, P], interpolated along each
+        axis as it is spaced (log or linear)."""
+        columns = []
+        for j, p in enumerate(self.model.parameters):
+            axis = self.axes[p]
+            if len(axis) == 1:
+                columns.append(torch.full_like(position[:, j], float(axis[0])))
+                continue
+            u = position[:, j] / (len(axis) - 1)
+            lo, hi = float(axis[0]), float(axis[-1])
+            if self.model.spec(p).log_uniform:
+                columns.append(lo * (hi / lo) ** u)
+            else:
+                columns.append(lo + (hi - lo) * u)
+        return torch.stack(columns, 1)
 
     def _scores(self, yc: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """``|⟨â, y⟩|²`` [voxels, atoms] for the unit compressed atoms ``start:stop``.
@@ -318,22 +376,26 @@ class DictionaryEstimator:
     # ---- estimator interface -----------------------------------------------------------------
     def predict_with_m0(self, signals: torch.Tensor | np.ndarray
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Parameters [N, P] (float64, SI) and complex M0 [N] of the best-matching atoms."""
+        """Parameters [N, P] (float64, SI) and complex M0 [N]: of the best-matching atoms, or
+        with ``refine`` the least-squares M0 of the signal at the refined estimate."""
+        if self.refine:
+            fit = self.predict_with_fit(signals)
+            return fit.theta, fit.m0
         out_device = signals.device if isinstance(signals, torch.Tensor) else torch.device("cpu")
         index, m0 = self.match(signals)
         theta = self.atoms_theta[index.cpu()]
         return theta.to(out_device), m0.to(out_device)
 
     def predict_with_fit(self, signals: torch.Tensor | np.ndarray) -> SignalFit:
-        """Estimates with the least-squares M0 and residual energy of the matched atoms, in
-        the full signal space (exact, unlike the subspace M0 of :meth:`predict_with_m0`): the
-        atoms come from the stored uncompressed dictionary when it was kept
-        (``full_atoms_bytes``), else they are simulated again."""
+        """Estimates with the least-squares M0 and residual energy of the signal at the
+        estimate, in the full signal space (exact, unlike the subspace M0 of
+        :meth:`match`). Unrefined, the matched atoms come from the stored uncompressed
+        dictionary when it was kept (``full_atoms_bytes``); refined estimates, and atoms not
+        kept, are simulated."""
         out_device = signals.device if isinstance(signals, torch.Tensor) else torch.device("cpu")
         y = as_signal_tensor(signals, self.model.n_timepoints, device=self.device)
-        index = self._match(y)[0]
-        theta = self.atoms_theta[index.cpu()]
-        if self.atoms_full is not None:
+        index, _, theta = self._match(y, self.refine)
+        if self.atoms_full is not None and not self.refine:
             f = self.atoms_full[index]
         else:
             f = self.model.simulate(theta.to(self.device), check=False).to(torch.complex128)
@@ -344,8 +406,10 @@ class DictionaryEstimator:
 
     def predict(self, signals: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Parameters [N, P] (float64, SI, order of ``parameters``)."""
-        return self.predict_with_m0(signals)[0]
+        out_device = signals.device if isinstance(signals, torch.Tensor) else torch.device("cpu")
+        y = as_signal_tensor(signals, self.model.n_timepoints, device=self.device)
+        return self._match(y, self.refine)[2].to(out_device)
 
     def __repr__(self) -> str:
         return (f"DictionaryEstimator(model={self.model.name}, atoms={self.n_atoms}, "
-                f"rank={None if self.basis is None else self.basis.shape[1]})")
+                f"rank={None if self.basis is None else self.basis.shape[1]}, refine={self.refine})")

@@ -368,12 +368,12 @@ class _ChunkResult:
     std_unit: np.ndarray | None  # [n, P] sqrt(CRB) for σ = 1 (NaN where singular)
 
 
-def _predict(estimator: Estimator, signals: torch.Tensor) -> tuple[torch.Tensor,
-                                                                  SignalFit | None]:
-    """θ̂ [n, P] (float64, CPU) and the estimator's own fit when it offers one
+def _predict(estimator: Estimator, signals: torch.Tensor, want_fit: bool
+             ) -> tuple[torch.Tensor, SignalFit | None]:
+    """θ̂ [n, P] (float64, CPU) and, if ``want_fit``, the estimator's own fit when it offers one
     (:class:`~crbnet.estimators.protocol.SignalFit`: dictionary, NLLS)."""
     fit = None
-    if hasattr(estimator, "predict_with_fit"):
+    if want_fit and hasattr(estimator, "predict_with_fit"):
         fit = estimator.predict_with_fit(signals)
         theta = fit.theta
     else:
@@ -429,7 +429,9 @@ def _estimate_chunk(estimator: Estimator, model: SignalModel, y: np.ndarray,
     P = model.n_parameters
     signals = torch.from_numpy(np.ascontiguousarray(y)).to(device)
     with times.stage("estimate"):
-        theta, fit = _predict(estimator, signals)
+        # With the CRB, signal_and_crb simulates f(θ̂) anyway: the estimator's own fit (which
+        # may simulate it too) would be the same least squares done twice.
+        theta, fit = _predict(estimator, signals, want_fit=not uncertainty)
     ok, outside, clipped = _clip_to_bounds(model, theta)
     own_fit = (ok & ~outside.any(1)) if fit is not None else torch.zeros(n, dtype=torch.bool)
     f, std_unit = None, None

@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-dtype", choices=["complex64", "complex128"], default="complex64",
                         help="precision the signals are handed over in (default complex64, as "
                              "NIfTI data arrive; every estimator gets the same tensor)")
+    parser.add_argument("--plain-dictionary", action="store_true",
+                        help="dictionary matching without refinement between the atoms "
+                             "(refine=False, as measured before the refinement existed)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
@@ -103,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(n) for n in args.dictionary_points.split(",") if n.strip()] or [None]
     dictionaries = {}
     for n_points in sizes:
-        dictionary = baselines.get("dictionary", model, device=args.device, n_points=n_points)
+        dictionary = baselines.get("dictionary", model, device=args.device, n_points=n_points,
+                                   refine=not args.plain_dictionary)
         start = time.perf_counter()
         dictionary.build()
         label = "dictionary" if len(sizes) == 1 else f"dictionary {dictionary.n_atoms}"

@@ -289,7 +289,7 @@ def figure(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     labels = list(summary["results"])
     _speed_panel(axes[0], summary, labels)
     _stage_panel(axes[1], summary, labels)
@@ -308,11 +308,15 @@ def _speed_panel(ax, summary: dict, labels: list[str]) -> None:
             ax.bar(j * 3 + i, s["time_series"] - s["coefficients"], bottom=s["coefficients"],
                    color="C1", label="extra for the time series" if i == j == 0 else None)
     ax.set_xticks([j * 3 + i for j in range(len(labels)) for i in range(2)],
-                  [f"{lab}\n{'CRB maps' if i == 0 else 'no CRB'}"
-                   for lab in labels for i in range(2)], fontsize=8)
+                  [f"{lab.replace('_', chr(10))}\n{'CRB maps' if i == 0 else 'no CRB'}"
+                   for lab in labels for i in range(2)], fontsize=7)
     ax.set_ylabel("apply seconds")
+    budget = summary["results"][labels[-1]].get("work_budget", {})
     ax.set_title(f"T = {summary['T']}, K = {summary['K']}, {summary['brain_voxels']} voxels "
-                 f"(target ratio {summary['target_speed_ratio']:g})", fontsize=9)
+                 f"(target ratio {summary['target_speed_ratio']:g}: leaves "
+                 f"{budget.get('allowed_us_per_voxel', float('nan')):.1f} µs/voxel\nbeyond "
+                 f"reading; {labels[-1]} estimate alone "
+                 f"{budget.get('estimate_us_per_voxel', float('nan')):.1f} µs/voxel)", fontsize=9)
     ax.legend(fontsize=8)
 
 
@@ -328,8 +332,8 @@ def _stage_panel(ax, summary: dict, labels: list[str]) -> None:
                 ax.bar(x, value, bottom=bottom, color=f"C{c}",
                        label=stage if (i == j == 0) else None)
                 bottom += value
-            ticks.append((x, f"{label}\n{'coef.' if i == 0 else 'series'}"))
-    ax.set_xticks([t[0] for t in ticks], [t[1] for t in ticks], fontsize=8)
+            ticks.append((x, f"{label.replace('_', chr(10))}\n{'coef.' if i == 0 else 'series'}"))
+    ax.set_xticks([t[0] for t in ticks], [t[1] for t in ticks], fontsize=7)
     ax.set_ylabel("seconds (with CRB maps)")
     ax.set_title("apply's stages", fontsize=9)
     ax.legend(fontsize=7)

@@ -99,3 +99,14 @@ def test_refine_needs_a_grid(fisp):
     assert not DictionaryEstimator(fisp, atoms=atoms).refine
     with pytest.raises(InputError, match="grid"):
         DictionaryEstimator(fisp, atoms=atoms, refine=True)
+
+
+def test_window_follows_a_correlation_ridge(fisp):
+    """CSF (T1 = 4 s, T2 = 2 s) on the default 100 × 100 grid: the best node's T2 (2.24 s) is
+    two cells from the truth along the T1–T2 ridge, beyond one window."""
+    truth = torch.tensor([[4.0, 2.0]], dtype=torch.float64)
+    y = fisp.simulate(truth)
+    plain = DictionaryEstimator(fisp, refine=False, progress=False).build()
+    refined = DictionaryEstimator(fisp, progress=False).build()
+    assert float((plain.predict(y) / truth - 1).abs()[0, 1]) > 0.1
+    assert bool(((refined.predict(y) / truth - 1).abs() < 0.02).all())

@@ -13,8 +13,9 @@ the full rows projected on the subspace. ``k`` is the smallest rank that keeps a
 ``energy`` of the dictionary's energy (or a given ``rank``).
 
 On a grid, the best atom is refined between the nodes (``refine``, on by default for grids):
-the estimate is the maximum of a quadratic fitted to the scores of its 3^P neighbours
-(:mod:`crbnet.estimators.subgrid`), which removes most of the grid's quantization error and the
+the estimate is the maximum of a quadratic fitted to the scores of its 3^P neighbours, the
+window following the maximum along a correlation ridge (:mod:`crbnet.estimators.subgrid`),
+which removes most of the grid's quantization error and the
 bias it causes in correlated parameters; M0 and the residual are then those of the simulated
 signal at the refined estimate.
 
@@ -288,25 +289,24 @@ class DictionaryEstimator:
     def _refined(self, yc: torch.Tensor, best_idx: torch.Tensor) -> torch.Tensor:
         """Refined estimates [N, P] (float64, CPU) of compressed voxels ``yc`` whose best atoms
         are ``best_idx`` (:mod:`crbnet.estimators.subgrid`)."""
-        from crbnet.estimators.subgrid import neighbour_offsets, quadratic_peak, window_centres
+        from crbnet.estimators.subgrid import refine
 
         counts = [len(self.axes[p]) for p in self.model.parameters]
-        offsets = neighbour_offsets(counts).to(self.device)
         strides = torch.tensor([math.prod(counts[j + 1:]) for j in range(len(counts))],
                                dtype=torch.int64, device=self.device)
+        power = yc.norm(dim=1).square().clamp_min(torch.finfo(torch.float64).tiny)
+
+        def scores_at(rows: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+            atoms = self.atoms_compressed[(nodes * strides).sum(-1)]            # [n, M, k]
+            ip = (atoms.conj() * yc[rows, None, :]).sum(-1)
+            return ip.abs().square() / power[rows, None]
+
         best = self.grid_index.to(self.device)[best_idx]
-        centres = window_centres(best, counts)
-        out = []
-        block = max(1, self.chunk_elements // offsets.shape[0])
-        for s in range(0, yc.shape[0], block):
-            c, y = centres[s:s + block], yc[s:s + block]
-            nodes = ((c[:, None, :] + offsets[None]) * strides).sum(-1)           # [n, M]
-            ip = (self.atoms_compressed[nodes].conj() * y[:, None, :]).sum(-1)
-            scores = ip.abs().square() / y.norm(dim=1, keepdim=True).square().clamp_min(
-                torch.finfo(torch.float64).tiny)
-            position = c + 0.0 + quadratic_peak(offsets, scores, best[s:s + block] - c)
-            out.append(self._grid_theta(position).cpu())
-        return torch.cat(out) if out else torch.zeros(0, len(counts), dtype=torch.float64)
+        block = max(1, self.chunk_elements // 3 ** len(counts))
+        out = [self._grid_theta(refine(best[s:s + block], counts,
+                                       lambda rows, nodes, s=s: scores_at(rows + s, nodes)))
+               for s in range(0, yc.shape[0], block)]
+        return torch.cat(out).cpu() if out else torch.zeros(0, len(counts), dtype=torch.float64)
 
     def _grid_theta(self, position: torch.Tensor) -> torch.Tensor:
         """Parameters [N, P] at fractional grid coordinates [N, P], interpolated along each

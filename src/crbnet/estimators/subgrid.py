@@ -7,15 +7,20 @@ one biases the other (fisp_mrf at CSF, T1 ≈ 4 s: T1 one node low pushes T2 abo
 the default 100 × 100 grid). Near its maximum the normalized score
 ``|⟨f(θ), y⟩|² / (‖f(θ)‖² ‖y‖²)`` is smooth in the grid coordinates (log units on log axes),
 so a full quadratic (cross terms included: they carry the correlation) fitted by least squares
-to the 3^P nodes around the best one locates the maximum between nodes. The refined point is
-kept within one cell of the best node: when the quadratic's maximum lies farther, the point on
-the way to it where the box is left (the quadratic rises all along that segment); when the
-quadratic has no maximum (not negative definite), the node itself.
+to the 3^P nodes around the best one locates the maximum between nodes. Within one window the
+refined point stays within one cell of the window's centre: when the quadratic's maximum lies
+farther, the point on the way to it where the box is left (the quadratic rises all along that
+segment); when the quadratic has no maximum (not negative definite), the node itself. A point
+left on the box's edge moves the window to its nearest node and the fit is repeated (at most
+``max_moves`` times): along a correlation ridge the best node can be two or more cells away
+from the maximum in the worse-determined parameter (fisp_mrf at T1 = 4 s, T2 = 2 s: the best
+node's T2 is 2.24 s).
 """
 
 from __future__ import annotations
 
 import itertools
+from typing import Callable
 
 import torch
 
@@ -91,3 +96,33 @@ def quadratic_peak(offsets: torch.Tensor, scores: torch.Tensor, start: torch.Ten
     out = start.to(torch.float64).clone()
     out[:, axes] = refined
     return out
+
+
+def refine(best: torch.Tensor, counts: list[int],
+           scores_at: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+           max_moves: int = 4) -> torch.Tensor:
+    """Fractional grid coordinates [N, P] (float64) of the refined maxima.
+
+    Args:
+        best: [N, P] grid coordinates of each voxel's best node.
+        counts: nodes per axis.
+        scores_at: ``scores_at(rows, nodes)`` → [n, M] normalized scores of voxels ``rows``
+            [n] at grid coordinates ``nodes`` [n, M, P].
+        max_moves: how often a window may follow a maximum that lies beyond its edge.
+    """
+    offsets = neighbour_offsets(counts).to(best.device)
+    high = torch.tensor(counts, dtype=torch.int64, device=best.device) - 1
+    position = best.to(torch.float64).clone()
+    rows = torch.arange(best.shape[0], device=best.device)
+    node, centre = best, window_centres(best, counts)
+    for _ in range(1 + max_moves):
+        scores = scores_at(rows, centre[:, None, :] + offsets[None])
+        offset = quadratic_peak(offsets, scores, node - centre)
+        position[rows] = centre + offset
+        nearest = torch.minimum((centre + offset).round().to(torch.int64).clamp_min(0), high)
+        moved_centre = window_centres(nearest, counts)
+        follow = (offset.abs() > 1 - 1e-9).any(1) & (moved_centre != centre).any(1)
+        if not bool(follow.any()):
+            break
+        rows, node, centre = rows[follow], nearest[follow], moved_centre[follow]
+    return position

@@ -110,3 +110,9 @@ def test_window_follows_a_correlation_ridge(fisp):
     refined = DictionaryEstimator(fisp, progress=False).build()
     assert float((plain.predict(y) / truth - 1).abs()[0, 1]) > 0.1
     assert bool(((refined.predict(y) / truth - 1).abs() < 0.02).all())
+
+
+def test_refinement_is_default_only_on_fine_grids(fisp):
+    assert DictionaryEstimator(fisp, n_points=10).refine
+    assert not DictionaryEstimator(fisp, n_points={"T1": 30, "T2": 9}).refine
+    assert DictionaryEstimator(fisp, n_points=5, refine=True).refine

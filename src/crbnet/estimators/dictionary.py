@@ -12,7 +12,8 @@ signal is compressed as ``y @ V_k``; inner products between compressed rows equa
 the full rows projected on the subspace. ``k`` is the smallest rank that keeps a fraction
 ``energy`` of the dictionary's energy (or a given ``rank``).
 
-On a grid, the best atom is refined between the nodes (``refine``, on by default for grids):
+On a grid, the best atom is refined between the nodes (``refine``, on by default for grids of
+at least ``MIN_REFINE_NODES`` nodes per axis):
 the estimate is the maximum of a quadratic fitted to the scores of its 3^P neighbours, the
 window following the maximum along a correlation ridge (:mod:`crbnet.estimators.subgrid`),
 which removes most of the grid's quantization error and the
@@ -45,6 +46,10 @@ from crbnet.physics.models.base import SignalModel, resolve_ranges
 
 #: Default dictionary size: about this many atoms in total, spread evenly over the parameters.
 DEFAULT_ATOMS = 10_000
+#: Refinement is on by default only where every axis has at least this many nodes: it assumes
+#: the score is nearly quadratic within a cell, which coarse axes do not give (mt_hybrid_state's
+#: default 5 nodes per axis: no better on average, twice the matching time).
+MIN_REFINE_NODES = 10
 
 
 def parameter_axis(low: float, high: float, n: int, log: bool = False,
@@ -95,7 +100,8 @@ class DictionaryEstimator:
             take at most this many bytes; :meth:`predict_with_fit` then takes the matched
             atoms from them instead of simulating them again.
         refine: refine the best atom between the grid nodes (module docstring); default on for a
-            grid, off for explicit ``atoms`` (which have no grid: ``True`` is refused there).
+            grid with at least ``MIN_REFINE_NODES`` nodes on every axis, off for coarser grids
+            and for explicit ``atoms`` (which have no grid: ``True`` is refused there).
 
     The dictionary is simulated on the first :meth:`predict` (or an explicit :meth:`build`).
     """
@@ -135,7 +141,10 @@ class DictionaryEstimator:
             self.atoms_theta, self.grid_index, self.axes = self._grid_atoms()
         if refine and self.grid_index is None:
             raise InputError("refine needs a grid dictionary (not explicit atoms)")
-        self.refine = self.grid_index is not None if refine is None else bool(refine)
+        if refine is None:
+            refine = self.axes is not None and min(map(len, self.axes.values())) >= \
+                MIN_REFINE_NODES
+        self.refine = bool(refine)
         self.basis: torch.Tensor | None = None           # [T, k] V_k
         self.atoms_compressed: torch.Tensor | None = None  # [A, k] unit-norm compressed atoms
         self.atom_norms: torch.Tensor | None = None       # [A] compressed norm of f(θ_a)

@@ -166,6 +166,10 @@ def test_coefficient_maps_equal_expanded_time_series_maps(coefficient_phantom, b
                                 tmp_path / f"{label}-{i}", mask=ph.mask, progress=False)
                 for i, data in enumerate((ph.signal, expanded))]
         a, b = (r.maps for r in runs)
+        if label != "network":
+            # apply.json says which kind of matching made the maps.
+            expected = "refine=False" if label == "plain" else "refine=True"
+            assert expected in runs[0].summary["estimator_settings"]
         if label == "plain":
             # Grid atoms: the same atom in both, so the very same numbers.
             assert np.array_equal(a["T2map"], b["T2map"])

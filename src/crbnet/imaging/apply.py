@@ -660,6 +660,8 @@ def _summary(estimator: Estimator, model: SignalModel, source: SignalSource, est
         "crbnet_version": __version__,
         "estimator": estimator.name,
         "estimator_type": type(estimator).__name__,
+        # Its settings as it states them (a dictionary: atoms, rank, refinement).
+        "estimator_settings": repr(estimator),
         "model": model.name,
         "parameters": list(model.parameters),
         "units": model.units,

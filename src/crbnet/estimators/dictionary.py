@@ -65,9 +65,15 @@ def parameter_axis(low: float, high: float, n: int, log: bool = False,
         u = (np.arange(n) + 0.5) / n
     else:
         u = np.linspace(0.0, 1.0, n) if n > 1 else np.array([0.5])
+    if log and low <= 0:
+        raise InputError("a log-spaced axis needs a positive lower end")
+    return axis_values(low, high, u, log)
+
+
+def axis_values(low: float, high: float, u: np.ndarray, log: bool = False) -> np.ndarray:
+    """Values at fractions ``u`` of the way from ``low`` (0) to ``high`` (1), linearly or in
+    log units."""
     if log:
-        if low <= 0:
-            raise InputError("a log-spaced axis needs a positive lower end")
         return np.exp(math.log(low) + u * (math.log(high) - math.log(low)))
     return low + u * (high - low)
 
@@ -323,15 +329,9 @@ class DictionaryEstimator:
         columns = []
         for j, p in enumerate(self.model.parameters):
             axis = self.axes[p]
-            if len(axis) == 1:
-                columns.append(torch.full_like(position[:, j], float(axis[0])))
-                continue
-            u = position[:, j] / (len(axis) - 1)
-            lo, hi = float(axis[0]), float(axis[-1])
-            if self.model.spec(p).log_uniform:
-                columns.append(lo * (hi / lo) ** u)
-            else:
-                columns.append(lo + (hi - lo) * u)
+            u = position[:, j].cpu().numpy() / max(len(axis) - 1, 1)
+            columns.append(torch.from_numpy(axis_values(float(axis[0]), float(axis[-1]), u,
+                                                        self.model.spec(p).log_uniform)))
         return torch.stack(columns, 1)
 
     def _scores(self, yc: torch.Tensor, start: int, stop: int) -> torch.Tensor:

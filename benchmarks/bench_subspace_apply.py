@@ -107,13 +107,16 @@ def ratio_if_only_read(stages: dict) -> float:
 def work_budget(stages: dict, target: float, voxels: int) -> dict:
     """µs per brain voxel that all of apply but reading may take for ``target`` to be
     reachable with the measured reading times — (read_series − target · read_coefficients) /
-    (target − 1) — next to the coefficient path's estimate stage and its other non-read work."""
+    (target − 1) — next to the coefficient path's estimate stage, its writing (and fixed overhead), and all its
+    non-read work."""
     read = {kind: stages[kind].get("read", 0.0) for kind in stages}
     allowed = (read["time_series"] - target * read["coefficients"]) / (target - 1)
     coef = stages["coefficients"]
     rest = sum(v for k, v in coef.items() if k != "read")
     return {"allowed_us_per_voxel": 1e6 * allowed / voxels,
             "estimate_us_per_voxel": 1e6 * coef.get("estimate", 0.0) / voxels,
+            "write_and_other_us_per_voxel": 1e6 * (coef.get("write", 0.0)
+                                                   + coef.get("other", 0.0)) / voxels,
             "non_read_us_per_voxel": 1e6 * rest / voxels}
 
 

@@ -42,6 +42,7 @@ Writes ``benchmarks/results/bench_subspace_apply.json`` and ``.png``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -204,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
 
     dictionary = DictionaryEstimator(pm, progress=False)
     _, build_s = timed(dictionary.build)
-    plain = DictionaryEstimator(pm, progress=False, refine=False).build()
+    plain = copy.copy(dictionary)      # the same atoms, matched without refinement
+    plain.refine = False
     say(f"dictionary built ({dictionary.n_atoms} atoms)")
     run = Path(args.checkpoint) if args.checkpoint else work / "net"
     cfg = build_config(model, overrides={

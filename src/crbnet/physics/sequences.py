@@ -46,6 +46,13 @@ def _as_float_array(values: Any, name: str) -> np.ndarray:
     return arr
 
 
+def _as_matrix(values: Any, name: str) -> np.ndarray:
+    """A [segments, pulses] float array: a 2-D table as it is, a flat list as one segment."""
+    arr = np.asarray(values, dtype=object) if not isinstance(values, np.ndarray) else values
+    shape = arr.shape if arr.ndim == 2 else (1, -1)
+    return _as_float_array(values, name).reshape(shape)
+
+
 def _as_positive(value: Any, name: str) -> float:
     try:
         v = float(value)
@@ -244,7 +251,110 @@ class TimesSequence:
         return {"times": self.times.tolist()}
 
 
-Sequence = MTSequence | FISPSequence | TimesSequence
+@register_sequence_kind
+@dataclass(frozen=True, eq=False)
+class SegmentedSequence:
+    """Rectangular-pulse trains played as segments, each its own periodic steady-state cycle.
+
+    The conventions of the generalized-Bloch hybrid-state model (docs/physics.md): every TR
+    plays one rectangular pulse of flip angle ``alpha`` (signed, rad) and duration ``TRF`` (s),
+    centred in the TR; the RF phase advances by ``rf_phase_increment`` from one pulse to the
+    next; the signal is sampled at TR/2 after each pulse centre. Each segment repeats on its own
+    (the magnetization at its first sample equals its value one segment later), and the
+    fingerprint is the segments' signals concatenated in segment order.
+
+    Attributes:
+        alpha: flip angle of each pulse (rad), shape [S, N] (S segments of N pulses).
+        TRF: duration of each pulse (s), shape [S, N].
+        TR: repetition time (s), shared by every pulse; None where the file that held the
+            sequence gave none (a model then needs it as its ``TR`` option).
+        inversion: whether each pulse is an inversion pulse (played instantaneously on the
+            free pool, with crusher gradients), shape [S, N]; default: the first pulse of
+            each segment.
+        rf_phase_increment: RF phase advance between consecutive pulses (rad); π alternates
+            the pulses' sign (on resonance: a balanced train).
+    """
+
+    alpha: np.ndarray
+    TRF: np.ndarray
+    TR: float | None = None
+    inversion: np.ndarray | None = None
+    rf_phase_increment: float = math.pi
+    kind: str = field(default="segmented", init=False)
+
+    def __post_init__(self) -> None:
+        alpha, trf = (_as_matrix(v, n) for v, n in ((self.alpha, "alpha"), (self.TRF, "TRF")))
+        if alpha.shape != trf.shape:
+            raise SequenceError(f"alpha has shape {list(alpha.shape)} but TRF has "
+                                f"{list(trf.shape)}; they must match (segments × pulses)")
+        if np.any(trf <= 0):
+            raise SequenceError("every TRF must be positive")
+        object.__setattr__(self, "alpha", alpha)
+        object.__setattr__(self, "TRF", trf)
+        if self.TR is not None:
+            object.__setattr__(self, "TR", _as_positive(self.TR, "TR"))
+            if np.any(trf > self.TR):
+                raise SequenceError(f"every TRF must lie in (0, TR = {self.TR:g} s]")
+        if self.inversion is None:
+            inversion = np.zeros(alpha.shape, dtype=bool)
+            inversion[:, 0] = True
+        else:
+            inversion = np.asarray(self.inversion)
+            if inversion.shape != alpha.shape and inversion.size == alpha.size:
+                inversion = inversion.reshape(alpha.shape)
+            if inversion.shape != alpha.shape:
+                raise SequenceError(f"inversion has shape {list(inversion.shape)}; it must "
+                                    f"match alpha {list(alpha.shape)}")
+            inversion = inversion.astype(bool)
+        object.__setattr__(self, "inversion", inversion)
+        try:
+            increment = float(self.rf_phase_increment)
+        except (TypeError, ValueError):
+            raise SequenceError("sequence field 'rf_phase_increment' must be a number") from None
+        if not math.isfinite(increment):
+            raise SequenceError("sequence field 'rf_phase_increment' must be finite")
+        object.__setattr__(self, "rf_phase_increment", increment)
+
+    @property
+    def n_segments(self) -> int:
+        return int(self.alpha.shape[0])
+
+    @property
+    def pulses_per_segment(self) -> int:
+        return int(self.alpha.shape[1])
+
+    @property
+    def n_timepoints(self) -> int:
+        return int(self.alpha.size)
+
+    def with_tr(self, TR: float) -> "SegmentedSequence":
+        """This sequence with repetition time ``TR`` (s)."""
+        return SegmentedSequence(alpha=self.alpha, TRF=self.TRF, TR=TR, inversion=self.inversion,
+                                 rf_phase_increment=self.rf_phase_increment)
+
+    def require_tr(self) -> float:
+        """The TR (s); :class:`SequenceError` where the sequence has none."""
+        if self.TR is None:
+            raise SequenceError("the sequence gives no TR; set it with --model-option TR=SECONDS")
+        return self.TR
+
+    @property
+    def cycle_duration(self) -> float:
+        """Duration of all segments played once (s)."""
+        return self.require_tr() * self.n_timepoints
+
+    def rf_pulses(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(|α| [S·N] rad, TRF [S·N] s, duration of all segments s)``."""
+        return np.abs(self.alpha).reshape(-1), self.TRF.reshape(-1), self.cycle_duration
+
+    def to_dict(self) -> dict:
+        out = {"alpha": self.alpha.tolist(), "TRF": self.TRF.tolist(), "TR": self.TR,
+               "inversion": self.inversion.astype(int).tolist()}
+        return out if self.rf_phase_increment == math.pi else {
+            **out, "rf_phase_increment": self.rf_phase_increment}
+
+
+Sequence = MTSequence | FISPSequence | TimesSequence | SegmentedSequence
 
 
 def sequence_hash(seq: Sequence) -> str:
@@ -403,7 +513,7 @@ def to_json(seq: Sequence) -> str:
 
 
 __all__ = [
-    "SequenceError", "SequenceKind", "KINDS", "register_sequence_kind", "kind_of", "MTSequence", "FISPSequence", "TimesSequence", "Sequence", "load",
+    "SequenceError", "SequenceKind", "KINDS", "register_sequence_kind", "kind_of", "MTSequence", "FISPSequence", "TimesSequence", "SegmentedSequence", "Sequence", "load",
     "from_dict", "from_times", "load_control_points_csv", "hann_interpolate", "sequence_hash",
     "default_mt_sequence", "default_fisp_sequence", "default_echo_times",
     "default_inversion_times", "to_json",

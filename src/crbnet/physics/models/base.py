@@ -99,8 +99,9 @@ class SignalModel:
                  fixed: Mapping[str, float] | None = None) -> None:
         if sequence is None:
             sequence = self.default_sequence()
-        if getattr(sequence, "kind", None) != self.sequence_kind:
-            raise ModelError(f"model {self.name!r} needs a {self.sequence_kind!r} sequence, "
+        if getattr(sequence, "kind", None) not in self.accepted_sequence_kinds():
+            kinds = " or ".join(repr(k) for k in self.accepted_sequence_kinds())
+            raise ModelError(f"model {self.name!r} needs a {kinds} sequence, "
                              f"got {getattr(sequence, 'kind', type(sequence).__name__)!r}")
         self.sequence = sequence
         fixed = dict(self.default_fixed if fixed is None else fixed)
@@ -122,6 +123,12 @@ class SignalModel:
     @classmethod
     def default_sequence(cls) -> seqs.Sequence:
         raise NotImplementedError
+
+    @classmethod
+    def accepted_sequence_kinds(cls) -> tuple[str, ...]:
+        """The sequence kinds this model plays: ``sequence_kinds`` where a model declares
+        several, else its one ``sequence_kind`` (the kind of its default sequence)."""
+        return tuple(getattr(cls, "sequence_kinds", ()) or (cls.sequence_kind,))
 
     @property
     def all_parameters(self) -> tuple[str, ...]:
@@ -245,6 +252,18 @@ class SignalModel:
 
     def _simulate(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
+
+    def signal_for_sequence(self, theta: torch.Tensor, played: Mapping[str, torch.Tensor]
+                            ) -> torch.Tensor:
+        """Optional (what sequence design needs): the noiseless signal [N, T] for M0 = 1 at
+        ``theta`` [N, P] when the model plays the sequence whose arrays are ``played`` —
+        tensors named like the fields of the model's sequence kind (``theta``/``TRF`` for
+        'mt', ``flip``/``TR`` for 'fisp', ``alpha``/``TRF`` for 'segmented'); every other
+        field is the model's own sequence's. Plain tensor operations only, so that forward
+        mode in ``theta`` and reverse mode in ``played`` both differentiate it (the design
+        cost takes a gradient of a Jacobian). Models without it cannot be designed."""
+        raise NotImplementedError(f"model {self.name!r} cannot play a sequence given as "
+                                  "tensors (signal_for_sequence), so it cannot be designed")
 
     def explicit_signal_and_jacobian(self, theta: torch.Tensor
                                      ) -> tuple[torch.Tensor, torch.Tensor] | None:

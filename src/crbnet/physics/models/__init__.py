@@ -30,13 +30,14 @@ from crbnet.physics import sequences as seqs
 from crbnet.physics.models.analytic import IRT1, T2Decay
 from crbnet.physics.models.base import ModelError, ModelOption, ParameterSpec, SignalModel
 from crbnet.physics.models.fisp_mrf import FISPMRF
+from crbnet.physics.models.mt_generalized_bloch import MTGeneralizedBloch
 from crbnet.physics.models.mt_hybrid_state import MTHybridState
 
 ENTRY_POINT_GROUP = "crbnet.models"
 
 #: The built-in models by name.
 REGISTRY: dict[str, type[SignalModel]] = {
-    cls.name: cls for cls in (MTHybridState, FISPMRF, T2Decay, IRT1)
+    cls.name: cls for cls in (MTHybridState, MTGeneralizedBloch, FISPMRF, T2Decay, IRT1)
 }
 
 def _plugins() -> dict[str, importlib.metadata.EntryPoint]:
@@ -156,4 +157,4 @@ def same_model(a: SignalModel, b: SignalModel) -> bool:
 
 __all__ = ["get", "same_model", "names", "resolve", "source_of", "REGISTRY", "ENTRY_POINT_GROUP",
            "SignalModel", "ParameterSpec", "ModelOption", "ModelError",
-           "MTHybridState", "FISPMRF", "T2Decay", "IRT1"]
+           "MTHybridState", "MTGeneralizedBloch", "FISPMRF", "T2Decay", "IRT1"]

@@ -135,3 +135,40 @@ def test_tr_option_fills_a_missing_tr_and_refuses_a_different_one():
     assert model.sequence.TR == TR
     with pytest.raises(ModelError, match="TR"):
         models.get("mt_generalized_bloch", sequence=seq, lineshape="lorentzian", TR=5e-3)
+
+
+def _graham_pulse(w, TRF, W, p):
+    """The same pulse with the semi-solid transverse magnetization eliminated: zs saturates at
+    Graham's rate W (xs kept at 0)."""
+    from crbnet.physics.models import gbloch_steady_state as gss
+
+    H = gss.hamiltonian(w, p["omega0"], p["m0s"], p["R1f"], p["R2f"], p["Rx"], p["R1s"],
+                        torch.zeros_like(w))
+    H[..., gss.XS, :] = 0
+    H[..., :, gss.XS] = 0
+    H[..., gss.ZS, gss.ZS] -= W
+    return torch.linalg.matrix_exp(H * TRF)
+
+
+def test_graham_rate_is_the_lorentzian_limit():
+    """Lorentzian generalized Bloch (R2sl = 1/T2s) → Graham's saturation W = w²·T2s when
+    w·T2s → 0 at fixed saturation W·TRF = 1: the difference falls as (w·T2s)² = T2s/TRF here
+    (the transient of xs lasts ~T2s of the pulse's TRF)."""
+    from crbnet.physics.models import gbloch_steady_state as gss
+
+    p = {k: torch.tensor(v, dtype=torch.float64) for k, v in
+         {"m0s": 0.2, "R1f": 1.0, "R2f": 15.0, "Rx": 30.0, "R1s": 3.0, "B1": 1.0,
+          "omega0": 0.0}.items()}
+    TRF = torch.tensor(5e-4, dtype=torch.float64)
+    m = torch.tensor([0, 0, 0.8, 0, 0.2, 1.0], dtype=torch.float64)
+    errors = []
+    for T2s in (1e-6, 1e-7, 1e-8):
+        w = torch.sqrt(torch.tensor(1.0, dtype=torch.float64) / (T2s * TRF))   # W·TRF = 1
+        exact = gss.rf_pulse(w * TRF, TRF, torch.tensor(1 / T2s, dtype=torch.float64),
+                             {**p, "B1": torch.tensor(1.0, dtype=torch.float64)}) @ m
+        graham = _graham_pulse(w, TRF, w ** 2 * T2s, p) @ m
+        errors.append(float(abs(exact[gss.ZS] - graham[gss.ZS])))
+        assert abs(float(exact[gss.ZS]) - 0.2) > 0.05        # the pulse saturates visibly
+    ratios = np.array(errors[:-1]) / np.array(errors[1:])
+    assert np.all((ratios > 8) & (ratios < 12)), errors  # tenfold per decade of T2s
+    assert errors[0] < 1e-5

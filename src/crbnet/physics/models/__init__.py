@@ -139,7 +139,7 @@ def get(name: str, sequence: seqs.Sequence | str | Path | None = None,
         raise ModelError(f"model {cls.name!r} has no option(s) {', '.join(sorted(unknown))}; "
                          f"declared: {', '.join(sorted(declared)) or 'none'}")
     if isinstance(sequence, (str, Path)):
-        sequence = seqs.load(sequence, cls.sequence_kind)
+        sequence = seqs.load_for(sequence, cls.accepted_sequence_kinds())
     model = cls(sequence=sequence, fixed=fixed, **options)
     if REGISTRY.get(name) is not cls:
         model.model_source = name

@@ -125,8 +125,12 @@ def test_json_round_trip_and_kind_choice(tmp_path, oct_csv):
     assert sequences.load_for(tmp_path / "s.mat", both).kind == "segmented"
     with pytest.raises(sequences.SequenceError, match="MATLAB .mat sequence files are read"):
         sequences.load(tmp_path / "s.mat", "mt")
-    with pytest.raises(sequences.SequenceError, match="fit no kind"):
-        mt_path.write_text('{"alpha": [1.0]}')
+    # An object that fits neither is read as the kind it resembles most: its error says why.
+    mt_path.write_text('{"alpha": [1.0], "TR": 0.004}')
+    with pytest.raises(sequences.SequenceError, match="missing field.*TRF"):
+        sequences.load_for(mt_path, both)
+    mt_path.write_text('{"theta": [1.0], "TR": 0.004}')
+    with pytest.raises(sequences.SequenceError, match=r"missing field\(s\): TRF$"):
         sequences.load_for(mt_path, both)
 
 

@@ -204,7 +204,9 @@ def _read_json(path: Path) -> Any:
 
 def _json_kind(data: Any, kinds: tuple[str, ...]) -> str:
     """The kind of a JSON sequence object among ``kinds``: its ``"kind"`` key, else the one
-    kind whose required fields it has and whose fields hold all of its keys."""
+    kind whose required fields it has and whose fields hold all of its keys; where none fits,
+    the kind that shares the most fields with it (so that its missing or unknown fields are
+    what the error names)."""
     if not isinstance(data, dict):
         raise SequenceError("a sequence must be a JSON object")
     if "kind" in data:
@@ -222,9 +224,8 @@ def _json_kind(data: Any, kinds: tuple[str, ...]) -> str:
     if fitting:
         raise SequenceError(f"the sequence's fields fit kinds {' and '.join(fitting)}; add "
                             f"\"kind\": \"{fitting[0]}\" (or another) to say which")
-    wanted = "; ".join(f"{e.name}: {', '.join(sorted(e.required))}" for e in entries)
-    raise SequenceError(f"the sequence's fields ({', '.join(sorted(data)) or 'none'}) fit no "
-                        f"kind this model plays (required fields — {wanted})")
+    # None fits: the kind that shares the most fields (the first on a tie) says what is wrong.
+    return max(entries, key=lambda e: len(data.keys() & (e.required | e.optional))).name
 
 
 def load_for(path: str | Path, kinds: Iterable[str]) -> "seqs.Sequence":

@@ -1,7 +1,8 @@
 """Signal models. ``get(name, sequence=None)`` returns a configured model.
 
 ``sequence`` is a sequence object, a path (JSON for every model, control-point CSV for
-``mt_hybrid_state``) or None for the model's default.
+``mt_hybrid_state``, MATLAB ``.mat`` for models that play segmented sequences; the kind is
+chosen among the model's ``accepted_sequence_kinds()``) or None for the model's default.
 
 Where models come from (:func:`resolve`), in this order:
 

@@ -33,7 +33,7 @@ def segments(n_seg: int = 2, n: int = 12, seed: int = 0) -> tuple[np.ndarray, np
     a few zero flips, within 3 T limits."""
     rng = np.random.default_rng(seed)
     alpha = rng.uniform(0.1, 2.0, (n_seg, n))
-    trf = rng.uniform(2e-4, 8e-4, (n_seg, n))
+    trf = rng.uniform(3.5e-4, 8e-4, (n_seg, n))          # peak B1 ≤ 23.5 µT
     alpha[:, 0], trf[:, 0] = math.pi, 5e-4
     alpha[:, n // 2] = 0.0
     return alpha, trf
@@ -157,6 +157,13 @@ def test_two_kinds_that_fit_one_object_are_refused_as_ambiguous(tmp_path):
 
 # ---- bad files: one line each through the CLI ---------------------------------------------------
 
+def _matlab_complex(matlab: np.ndarray) -> np.ndarray:
+    """A complex array the way MATLAB stores it in HDF5: a compound of 'real' and 'imag'."""
+    out = np.zeros(matlab.shape, dtype=[("real", "<f8"), ("imag", "<f8")])
+    out["real"], out["imag"] = matlab, 0.5
+    return out
+
+
 def _bad_files():
     alpha, trf = segments(2, 6)
     good = {"alpha": alpha.T, "TRF": trf.T}
@@ -172,6 +179,7 @@ def _bad_files():
         "TRF zero": (write_v5, {**good, "TRF": neg}, "TRF must be positive"),
         "TRF beyond TR": (write_v73, {**good, "TRF": long, "TR": TR}, r"\(0, TR"),
         "complex v5": (write_v5, {**good, "alpha": alpha.T * (1 + 1j)}, "complex"),
+        "complex v7.3": (write_v73, {**good, "alpha": _matlab_complex(alpha.T)}, "complex"),
         "text": (write_v5, {**good, "alpha": "pi"}, "not a numeric array"),
         "char v7.3": (write_v73, {**good, "TRF": np.full((6, 2), 65.0)},
                       "MATLAB char"),
@@ -379,3 +387,12 @@ def test_models_command_lists_the_sequence_kinds(capsys):
     with pytest.raises(SystemExit):
         cli.main(["simulate", "--help"])
     assert "MATLAB .mat" in " ".join(capsys.readouterr().out.split())
+
+
+def test_design_refuses_a_segmented_sequence_with_one_line(tmp_path, capsys):
+    alpha, trf = segments(2, 8)
+    write_v5(tmp_path / "s.mat", {"alpha": alpha.T, "TRF": trf.T, "TR": TR})
+    rc = cli.main(["design", "--model", "mt_hybrid_state", "--sequence", str(tmp_path / "s.mat"),
+                   "--out", str(tmp_path / "design")])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "kind 'segmented'" in err

@@ -7,10 +7,12 @@ from JSON — its dataclass fields without a default are required, those with on
 from a CSV file where the class offers ``read_csv`` (the hybrid-state control points of
 ``mt``) or from a MATLAB ``.mat`` file where it offers ``read_mat`` (``segmented``); the readers
 live in :mod:`crbnet.physics.sequence_files`, and :func:`load_for` picks the kind a file holds
-among those a model plays. A sequence kind of one's own is a frozen dataclass with a ``kind`` field (``init=False``),
-``n_timepoints`` and ``to_dict()``, decorated with :func:`register_sequence_kind`; a kind that
-plays RF pulses also offers ``rf_pulses()`` (flip angles, pulse durations, cycle duration), which
-the hardware checks read (:mod:`crbnet.physics.hardware`). Defaults are
+among those a model plays. A sequence kind of one's own is a frozen dataclass with a ``kind``
+field (``init=False``), ``n_timepoints`` and ``to_dict()``, decorated with
+:func:`register_sequence_kind`; a kind that plays RF pulses also offers ``rf_pulses()`` (flip
+angles, pulse durations, cycle duration), and one made of independent cycles ``rf_segments()``
+(the same per segment), which the hardware checks read (:mod:`crbnet.physics.hardware`).
+Defaults are
 defined here, in code, so the installed package needs no data files.
 """
 

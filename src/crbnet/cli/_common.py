@@ -24,10 +24,11 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) 
     parser.add_argument("--model-option", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting the model declares (e.g. max_order=30 for fisp_mrf; "
                              "`crbnet models` lists them), repeatable")
-    csv_models = [n for n, cls in models.REGISTRY.items()
-                  if sequences.kind_of(cls.sequence_kind).read_csv is not None]
     parser.add_argument("--sequence", metavar="FILE",
-                        help=f"sequence file (JSON; control-point CSV for {', '.join(csv_models)})")
+                        help=f"sequence file: JSON; control-point CSV for "
+                             f"{', '.join(_models_reading('read_csv'))}; MATLAB .mat (v5 or "
+                             f"v7.3; alpha, TRF as pulses × segments, optional TR) for "
+                             f"{', '.join(_models_reading('read_mat'))}")
     parser.add_argument("--times", metavar="T1,T2,...",
                         help=f"echo/inversion times in s for models with a times sequence "
                              f"({', '.join(times_models())})")
@@ -35,6 +36,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) 
                         help="hold a parameter fixed (SI), repeatable; B1=1 is fixed by default")
     parser.add_argument("--free", action="append", default=[], metavar="NAME",
                         help="estimate a parameter that is fixed by default (e.g. B1)")
+
+
+def _models_reading(reader: str) -> list[str]:
+    """Built-in models that play a sequence kind with ``reader`` ('read_csv', 'read_mat')."""
+    return [n for n, cls in models.REGISTRY.items()
+            if any(getattr(sequences.kind_of(k), reader) is not None
+                   for k in cls.accepted_sequence_kinds())]
 
 
 def times_models() -> list[str]:

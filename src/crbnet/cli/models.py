@@ -58,17 +58,20 @@ def run(args: argparse.Namespace) -> int:
             _print_truncation(d["truncation"])
         defaults = ", ".join(f"{section}.{key}={value}" for section, table
                              in d["training_defaults"].items() for key, value in table.items())
-        print(f"  sequence kind {d['sequence_kind']}; training defaults: "
+        print(f"  sequence kinds {', '.join(d['sequence_kinds'])} (default "
+              f"{d['sequence_kind']}); training defaults: "
               f"{defaults or 'the built-in ones'}")
         print()
     return 0
 
 
 def _describe(model) -> dict:
-    """The model's description plus its sequence kind, its training defaults, its default
+    """The model's description plus its default sequence kind and the kinds it plays, its
+    training defaults, its default
     sequence's RF figures (None without RF) and,
     for a model with an EPG truncation option, :func:`truncation_table`."""
     out = {**model.describe(), "sequence_kind": model.sequence_kind,
+           "sequence_kinds": list(model.accepted_sequence_kinds()),
            "training_defaults": model_training_defaults(model),
            "sequence_rf": hardware.rf_summary(model.sequence)}
     table = truncation_table(model)

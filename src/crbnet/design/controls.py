@@ -287,8 +287,9 @@ CONTROLS: dict[str, type[Controls]] = {cls.kind: cls for cls in (MTControls, FIS
 
 def controls_for(model: SignalModel, space: DesignSpace) -> Controls:
     """The controls of the model's sequence kind, starting from the model's sequence."""
-    cls = CONTROLS.get(model.sequence_kind)
+    kind = getattr(model.sequence, "kind", model.sequence_kind)
+    cls = CONTROLS.get(kind)
     if cls is None:
-        raise InputError(f"sequence design supports models with sequences of kind "
-                         f"{', '.join(CONTROLS)}; {model.name!r} has {model.sequence_kind!r}")
+        raise InputError(f"sequence design supports sequences of kind "
+                         f"{', '.join(CONTROLS)}; {model.name!r} plays one of kind {kind!r}")
     return cls(model.sequence, space)

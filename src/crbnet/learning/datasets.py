@@ -288,7 +288,9 @@ class HDF5Source:
 
 def check_compatible(dataset: Dataset, model: SignalModel) -> None:
     """Refuse to train ``model`` on a dataset simulated for another model/sequence."""
-    rec, mine = dataset.model_record, model_to_dict(model)
+    rec, mine = dict(dataset.model_record), model_to_dict(model)
+    # An option the model declared after the dataset was written held its default there.
+    rec["options"] = {**{o.name: o.default for o in model.options}, **rec.get("options", {})}
     for key in ("name", "parameters", "fixed", "sequence_hash", "options"):
         if rec.get(key) != mine.get(key):
             raise InputError(f"dataset {dataset.path} was made for a different model: {key} is "

@@ -3,18 +3,21 @@
 Every sequence is a small frozen dataclass in SI units (s, rad). Each signal model takes one
 kind of sequence (its ``sequence_kind``); the kinds are registered by name in :data:`KINDS`
 (:func:`register_sequence_kind`), and :func:`from_dict` / :func:`load` read any registered kind
-from JSON — its dataclass fields without a default are required, those with one optional — or
+from JSON — its dataclass fields without a default are required, those with one optional —,
 from a CSV file where the class offers ``read_csv`` (the hybrid-state control points of
-``mt``). A sequence kind of one's own is a frozen dataclass with a ``kind`` field (``init=False``),
-``n_timepoints`` and ``to_dict()``, decorated with :func:`register_sequence_kind`; a kind that
-plays RF pulses also offers ``rf_pulses()`` (flip angles, pulse durations, cycle duration), which
-the hardware checks read (:mod:`crbnet.physics.hardware`). Defaults are
+``mt``) or from a MATLAB ``.mat`` file where it offers ``read_mat`` (``segmented``); the readers
+live in :mod:`crbnet.physics.sequence_files`, and :func:`load_for` picks the kind a file holds
+among those a model plays. A sequence kind of one's own is a frozen dataclass with a ``kind``
+field (``init=False``), ``n_timepoints`` and ``to_dict()``, decorated with
+:func:`register_sequence_kind`; a kind that plays RF pulses also offers ``rf_pulses()`` (flip
+angles, pulse durations, cycle duration), and one made of independent cycles ``rf_segments()``
+(the same per segment), which the hardware checks read (:mod:`crbnet.physics.hardware`).
+Defaults are
 defined here, in code, so the installed package needs no data files.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
 import hashlib
@@ -35,6 +38,8 @@ class SequenceError(InputError):
 
 
 def _as_float_array(values: Any, name: str) -> np.ndarray:
+    if np.iscomplexobj(values):
+        raise SequenceError(f"sequence field {name!r} is complex; it must be real")
     try:
         arr = np.asarray(values, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError) as exc:
@@ -72,6 +77,7 @@ class SequenceKind:
         cls: its dataclass.
         required, optional: JSON fields (the dataclass's init fields without / with a default).
         read_csv: reader of a CSV file of this kind (``cls.read_csv``), or None.
+        read_mat: reader of a MATLAB .mat file of this kind (``cls.read_mat``), or None.
     """
 
     name: str
@@ -79,6 +85,7 @@ class SequenceKind:
     required: frozenset[str]
     optional: frozenset[str]
     read_csv: Callable[[Path], Any] | None = None
+    read_mat: Callable[[Path], Any] | None = None
 
 
 #: The sequence kinds by name.
@@ -101,7 +108,7 @@ def register_sequence_kind(cls: type) -> type:
                          and f.default_factory is dataclasses.MISSING)
     KINDS[name] = SequenceKind(name, cls, required,
                                frozenset(f.name for f in given) - required,
-                               getattr(cls, "read_csv", None))
+                               getattr(cls, "read_csv", None), getattr(cls, "read_mat", None))
     return cls
 
 
@@ -299,13 +306,7 @@ class SegmentedSequence:
             inversion = np.zeros(alpha.shape, dtype=bool)
             inversion[:, 0] = True
         else:
-            inversion = np.asarray(self.inversion)
-            if inversion.shape != alpha.shape and inversion.size == alpha.size:
-                inversion = inversion.reshape(alpha.shape)
-            if inversion.shape != alpha.shape:
-                raise SequenceError(f"inversion has shape {list(inversion.shape)}; it must "
-                                    f"match alpha {list(alpha.shape)}")
-            inversion = inversion.astype(bool)
+            inversion = _as_flags(self.inversion, alpha.shape)
         object.__setattr__(self, "inversion", inversion)
         try:
             increment = float(self.rf_phase_increment)
@@ -347,6 +348,19 @@ class SegmentedSequence:
         """``(|α| [S·N] rad, TRF [S·N] s, duration of all segments s)``."""
         return np.abs(self.alpha).reshape(-1), self.TRF.reshape(-1), self.cycle_duration
 
+    def rf_segments(self) -> list[tuple[np.ndarray, np.ndarray, float | None]]:
+        """Per segment ``(|α| [N] rad, TRF [N] s, segment duration s — None without TR)``:
+        each segment is a cycle of its own, so hardware figures are per segment."""
+        duration = None if self.TR is None else self.TR * self.pulses_per_segment
+        return [(np.abs(a), t, duration) for a, t in zip(self.alpha, self.TRF)]
+
+    @staticmethod
+    def read_mat(path: Path) -> "SegmentedSequence":
+        """A MATLAB .mat file (v5 or v7.3): :func:`crbnet.physics.sequence_files.read_mat`."""
+        from crbnet.physics import sequence_files
+
+        return sequence_files.read_mat(path)
+
     def to_dict(self) -> dict:
         out = {"alpha": self.alpha.tolist(), "TRF": self.TRF.tolist(), "TR": self.TR,
                "inversion": self.inversion.astype(int).tolist()}
@@ -355,6 +369,48 @@ class SegmentedSequence:
 
 
 Sequence = MTSequence | FISPSequence | TimesSequence | SegmentedSequence
+
+
+def _as_flags(values: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """Inversion flags of ``shape`` from booleans or 0/1 numbers (a flat list of the right size
+    is reshaped)."""
+    try:
+        flags = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise SequenceError("sequence field 'inversion' must hold true/false or 0/1") from None
+    if flags.shape != shape and flags.size == math.prod(shape):
+        flags = flags.reshape(shape)
+    if flags.shape != shape:
+        raise SequenceError(f"inversion has shape {list(flags.shape)}; it must match alpha "
+                            f"{list(shape)}")
+    if not np.all((flags == 0) | (flags == 1)):
+        raise SequenceError("sequence field 'inversion' must hold true/false or 0/1 only")
+    return flags.astype(bool)
+
+
+def resolve_tr(seq: Sequence, TR: float) -> Sequence:
+    """``seq`` with the repetition time a model's ``TR`` option gives (s; 0: the sequence's
+    own). A sequence without TR takes the option's; one with a different TR is refused, so a
+    file and the command line cannot silently disagree. The result carries the TR in use."""
+    try:
+        option = float(TR)
+    except (TypeError, ValueError):
+        raise SequenceError(f"model option TR must be a number of seconds, got {TR!r}") from None
+    if not (math.isfinite(option) and option >= 0):
+        raise SequenceError(f"model option TR must be a positive number of seconds (0: the "
+                            f"sequence's own), got {TR!r}")
+    own = getattr(seq, "TR", None)
+    if option == 0:
+        if own is None:
+            raise SequenceError("the sequence gives no TR; pass it with "
+                                "--model-option TR=SECONDS (e.g. TR=3.5e-3)")
+        return seq
+    if own is None:
+        return seq.with_tr(option)
+    if not math.isclose(float(own), option, rel_tol=1e-9):
+        raise SequenceError(f"the sequence's TR is {float(own):g} s but the model option TR is "
+                            f"{option:g} s; give only one of them")
+    return seq
 
 
 def sequence_hash(seq: Sequence) -> str:
@@ -435,34 +491,11 @@ def default_inversion_times() -> TimesSequence:
 
 def load_control_points_csv(path: str | Path, TR: float = 4.5e-3, cycle_duration: float = 3.0,
                             T_inv: float = 10e-3, k_RF: float = 4.0) -> MTSequence:
-    """Read hybrid-state control points (columns ``theta_rad, trf_ms``; '#' comments).
+    """Hybrid-state control points from a CSV file:
+    :func:`crbnet.physics.sequence_files.load_control_points_csv`."""
+    from crbnet.physics import sequence_files
 
-    The points span one cycle and are Hann-interpolated onto ``floor(cycle_duration / TR)`` TRs (3 s / 4.5 ms → 666).
-    """
-    path = Path(path)
-    rows: list[tuple[float, float]] = []
-    try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            lines = [ln for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
-    except OSError as exc:
-        raise SequenceError(f"cannot read sequence file {path}: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise SequenceError(f"sequence file {path} is not UTF-8 text ({exc.reason})") from None
-    reader = csv.reader(lines)
-    header = next(reader, None)
-    if header is None or [h.strip() for h in header[:2]] != ["theta_rad", "trf_ms"]:
-        raise SequenceError(f"{path}: expected a header 'theta_rad,trf_ms'")
-    for lineno, row in enumerate(reader, start=2):
-        try:
-            rows.append((float(row[0]), float(row[1])))
-        except (IndexError, ValueError) as exc:
-            raise SequenceError(f"{path}: malformed control point on data row {lineno}: {row}") from exc
-    if len(rows) < 2:
-        raise SequenceError(f"{path}: needs at least 2 control points")
-    cp = np.array(rows)
-    n = int(cycle_duration / TR + 1e-9)
-    return MTSequence(TR=TR, theta=hann_interpolate(cp[:, 0], n),
-                      TRF=hann_interpolate(cp[:, 1], n) * 1e-3, T_inv=T_inv, k_RF=k_RF)
+    return sequence_files.load_control_points_csv(path, TR, cycle_duration, T_inv, k_RF)
 
 
 def from_dict(data: dict, kind: str) -> Sequence:
@@ -481,27 +514,17 @@ def from_dict(data: dict, kind: str) -> Sequence:
 
 
 def load(path: str | Path, kind: str) -> Sequence:
-    """Load a sequence file of a registered ``kind``: JSON for every kind, CSV for kinds whose
-    class reads it (control points for 'mt')."""
-    path = Path(path)
-    entry = kind_of(kind)
-    if path.suffix.lower() == ".csv":
-        if entry.read_csv is None:
-            readers = [k for k, e in KINDS.items() if e.read_csv is not None]
-            raise SequenceError(f"CSV sequence files are read for kind(s) {', '.join(readers)} "
-                                f"only, not {kind!r}; give a JSON file")
-        return entry.read_csv(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SequenceError(f"cannot read sequence file {path}: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise SequenceError(f"sequence file {path} is not UTF-8 text ({exc.reason})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SequenceError(f"{path} is not valid JSON: {exc.msg} (line {exc.lineno})") from exc
-    return from_dict(data, kind)
+    """Load a sequence file of a registered ``kind``: JSON for every kind, CSV or .mat for kinds
+    whose class reads it (control points for 'mt', MATLAB files for 'segmented')."""
+    return load_for(path, (kind,))
+
+
+def load_for(path: str | Path, kinds: tuple[str, ...] | list[str]) -> Sequence:
+    """Load a sequence file for a model that plays sequences of ``kinds``, choosing the kind
+    the file holds (:func:`crbnet.physics.sequence_files.load_for`)."""
+    from crbnet.physics import sequence_files
+
+    return sequence_files.load_for(path, tuple(kinds))
 
 
 def from_times(times: list[float] | np.ndarray) -> TimesSequence:
@@ -514,6 +537,7 @@ def to_json(seq: Sequence) -> str:
 
 __all__ = [
     "SequenceError", "SequenceKind", "KINDS", "register_sequence_kind", "kind_of", "MTSequence", "FISPSequence", "TimesSequence", "SegmentedSequence", "Sequence", "load",
+    "load_for", "resolve_tr",
     "from_dict", "from_times", "load_control_points_csv", "hann_interpolate", "sequence_hash",
     "default_mt_sequence", "default_fisp_sequence", "default_echo_times",
     "default_inversion_times", "to_json",

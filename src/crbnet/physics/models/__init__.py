@@ -1,7 +1,8 @@
 """Signal models. ``get(name, sequence=None)`` returns a configured model.
 
 ``sequence`` is a sequence object, a path (JSON for every model, control-point CSV for
-``mt_hybrid_state``) or None for the model's default.
+``mt_hybrid_state``, MATLAB ``.mat`` for models that play segmented sequences; the kind is
+chosen among the model's ``accepted_sequence_kinds()``) or None for the model's default.
 
 Where models come from (:func:`resolve`), in this order:
 
@@ -140,7 +141,7 @@ def get(name: str, sequence: seqs.Sequence | str | Path | None = None,
         raise ModelError(f"model {cls.name!r} has no option(s) {', '.join(sorted(unknown))}; "
                          f"declared: {', '.join(sorted(declared)) or 'none'}")
     if isinstance(sequence, (str, Path)):
-        sequence = seqs.load(sequence, cls.sequence_kind)
+        sequence = seqs.load_for(sequence, cls.accepted_sequence_kinds())
     model = cls(sequence=sequence, fixed=fixed, **options)
     if REGISTRY.get(name) is not cls:
         model.model_source = name

@@ -100,8 +100,9 @@ class SignalModel:
         if sequence is None:
             sequence = self.default_sequence()
         if getattr(sequence, "kind", None) not in self.accepted_sequence_kinds():
-            kinds = " or ".join(repr(k) for k in self.accepted_sequence_kinds())
-            raise ModelError(f"model {self.name!r} needs a {kinds} sequence, "
+            first, *others = self.accepted_sequence_kinds()
+            alternatives = f" (or {' or '.join(map(repr, others))})" if others else ""
+            raise ModelError(f"model {self.name!r} needs a {first!r} sequence{alternatives}, "
                              f"got {getattr(sequence, 'kind', type(sequence).__name__)!r}")
         self.sequence = sequence
         fixed = dict(self.default_fixed if fixed is None else fixed)

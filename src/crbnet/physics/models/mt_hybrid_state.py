@@ -76,8 +76,8 @@ import numpy as np
 import torch
 
 from crbnet.physics import sequences as seqs
-from crbnet.physics.models import _mt_kernel, _numba
-from crbnet.physics.models.base import ParameterSpec, SignalModel
+from crbnet.physics.models import _mt_kernel, _mt_segments, _numba
+from crbnet.physics.models.base import ModelOption, ParameterSpec, SignalModel
 
 # Below this x = r², sinh(r)/r comes from its Taylor series 1 + x/6 + x²/120 (truncation error
 # < 1e-21): the quotient is exact in value, but its forward-mode derivative cancels as r → 0
@@ -458,10 +458,25 @@ class _FreePoolSteadyState(torch.autograd.Function):
 
 class MTHybridState(SignalModel):
     """Two-pool MT in the hybrid state; the sequence's θ is half the flip angle (the polar angle
-    of the spin-locked free-pool magnetization)."""
+    of the spin-locked free-pool magnetization).
+
+    It plays 'mt' sequences (θ, TRF per TR; one cycle) and 'segmented' ones (α, TRF per pulse,
+    several segments). Each segment is simulated as its own hybrid-state cycle and the signals
+    are concatenated in segment order; a segment maps to an 'mt' cycle by θ = α/2 per pulse,
+    its first pulse — which must be its only inversion, an ideal π pulse — becomes the cycle's
+    inversion with T_inv = that pulse's TRF, and the inversion's own TR takes the following
+    pulse's θ and TRF: the model's inversion is instantaneous and flips the spin-locked free
+    pool along its own axis, so the spin lock continues through that TR. k_RF is the default
+    (docs/physics.md, "Segmented sequences"). The RF phase must alternate (increment π). The
+    option ``TR`` supplies the repetition time of a segmented sequence that gives none.
+    """
 
     name = "mt_hybrid_state"
     sequence_kind = "mt"
+    sequence_kinds = ("mt", "segmented")
+    options = (ModelOption("TR", float, 0.0,
+                           "repetition time (s) of a segmented sequence whose file gives none "
+                           "(e.g. 3.5e-3); 0: the sequence's own"),)
     # Training ranges deliberately leave out the phantom's CSF (m0s = 0, T1f ≈ 4 s, T2f ≈ 2 s):
     # with no semi-solid pool the signal does not depend on Rx, T1s or T2s, the Fisher matrix
     # is singular and their CRB infinite, so neither a CRB-normalized loss nor a CRB-based
@@ -497,9 +512,24 @@ class MTHybridState(SignalModel):
     # tracking the input (see _compiled_applies); False: always the tensor code.
     use_compiled_kernel = True
 
-    def __init__(self, sequence: seqs.MTSequence | None = None, fixed=None) -> None:
+    def __init__(self, sequence: seqs.MTSequence | seqs.SegmentedSequence | None = None,
+                 fixed=None, TR: float = 0.0) -> None:
         super().__init__(sequence, fixed)
+        # The sequence carries the TR in use: a recorded model rebuilds from it alone.
+        self.sequence = seqs.resolve_tr(self.sequence, TR)
+        self.TR = float(TR)
         self._cache: dict[tuple, tuple] = {}
+        #: One model per segment of a segmented sequence (each an 'mt' cycle), else None.
+        self._segments: list[MTHybridState] | None = None
+        if self.sequence.kind == "segmented":
+            self._segments = [MTHybridState(part, fixed=self.fixed) for part in
+                              _mt_segments.segment_sequences(self.sequence, self.name)]
+
+    def _segment_models(self) -> list["MTHybridState"]:
+        """The per-segment models, with this model's numerical settings."""
+        for part in self._segments:
+            part.use_compiled_kernel, part.chunk_size = self.use_compiled_kernel, self.chunk_size
+        return self._segments
 
     @classmethod
     def default_sequence(cls) -> seqs.MTSequence:
@@ -521,6 +551,8 @@ class MTHybridState(SignalModel):
         return tensors
 
     def _simulate(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self._segments is not None:
+            return torch.cat([part._simulate(p) for part in self._segment_models()], -1)
         if self._compiled_applies(*p.values()):
             # Computed in float64 whatever the dtype (it costs the kernel nothing extra).
             signal = self._run_kernel(p)[0].to(p["m0s"].dtype)
@@ -564,6 +596,10 @@ class MTHybridState(SignalModel):
         compiled route does not apply."""
         if theta.dtype != torch.float64 or not self._compiled_applies(theta):
             return None
+        if self._segments is not None:
+            return _mt_segments.concatenated(
+                [part._explicit(theta, **outputs) for part in self._segment_models()],
+                _mt_segments.KERNEL_OUTPUTS)
         return self._run_kernel(self.full_parameters(theta.detach()), **outputs)
 
     def _compiled_applies(self, *tensors: torch.Tensor) -> bool:

@@ -133,7 +133,7 @@ def test_tr_option_fills_a_missing_tr_and_refuses_a_different_one():
         models.get("mt_generalized_bloch", sequence=bare, lineshape="lorentzian")
     model = models.get("mt_generalized_bloch", sequence=bare, lineshape="lorentzian", TR=TR)
     assert model.sequence.TR == TR
-    with pytest.raises(ModelError, match="TR"):
+    with pytest.raises(seqs.SequenceError, match="TR"):
         models.get("mt_generalized_bloch", sequence=seq, lineshape="lorentzian", TR=5e-3)
 
 

@@ -97,7 +97,7 @@ class MTGeneralizedBloch(SignalModel):
         self.lineshape, self.TR = lineshape, float(TR)
         if sequence is None:
             sequence = self.default_sequence()
-        sequence = _with_tr(sequence, self.TR)
+        sequence = seqs.resolve_tr(sequence, self.TR)
         tr = sequence.require_tr()
         bound = math.pi / tr
         # ω0's bounds depend on the sequence's TR, so this instance carries its own specs.
@@ -161,14 +161,3 @@ class MTGeneralizedBloch(SignalModel):
         p = self.full_parameters(theta)
         return self._signal(p, {"alpha": played["alpha"], "TRF": played["TRF"]})
 
-
-def _with_tr(sequence, TR: float):
-    """The sequence with the model option TR applied (only where the file gave none)."""
-    if getattr(sequence, "kind", None) != "segmented":
-        return sequence
-    if TR <= 0:
-        return sequence
-    if sequence.TR is not None and not math.isclose(sequence.TR, TR, rel_tol=1e-12):
-        raise ModelError(f"the sequence's TR is {sequence.TR:g} s but the model option TR is "
-                         f"{TR:g} s; give one of them")
-    return sequence.with_tr(TR)

@@ -92,7 +92,7 @@ def load_object(spec: str, what: str, error: type[InputError] = InputError,
     module = (import_file(where, error) if is_file_spec(where)
               else import_module(where, what, error))
     if not hasattr(module, attr):
-        raise error(f"{where} has no {item} {attr!r} (for the {what})")
+        raise error(f"{where} has no {item} named {attr!r}")
     return getattr(module, attr)
 
 

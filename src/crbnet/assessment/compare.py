@@ -102,8 +102,8 @@ def resolve_estimators(specs: Sequence[str], model: SignalModel | None = None,
         if split_method(spec) is not None:
             continue
         if not Path(spec).exists():
-            raise InputError(f"{spec!r} is neither a method ({', '.join(baselines.METHODS)}) "
-                             "nor an existing checkpoint or run directory")
+            raise InputError(f"{spec!r} is neither a method ({', '.join(baselines.METHODS)}, "
+                             "or FILE.py:NAME) nor an existing checkpoint or run directory")
         networks[i] = load(spec, device=device)
     if model is None:
         if not networks:

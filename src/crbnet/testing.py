@@ -1,5 +1,6 @@
-"""Contract checks for plugin authors: does a signal model, a loss or an estimator keep the
-promises crbnet relies on? In the spirit of scikit-learn's ``check_estimator``:
+"""Contract checks for plugin authors: do a model, a loss, an estimator keep crbnet's contracts?
+
+In the spirit of scikit-learn's ``check_estimator``:
 
     from crbnet.testing import check_model, check_loss, check_estimator
     check_model(MyModel())                    # in a test of your own

@@ -103,5 +103,5 @@ def same_model(a: SignalModel, b: SignalModel) -> bool:
 
 
 __all__ = ["get", "same_model", "names", "resolve", "source_of", "REGISTRY", "ENTRY_POINT_GROUP",
-           "PLUGINS", "SignalModel", "ParameterSpec", "ModelOption", "ModelError",
+           "SignalModel", "ParameterSpec", "ModelOption", "ModelError",
            "MTHybridState", "FISPMRF", "T2Decay", "IRT1"]

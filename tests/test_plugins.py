@@ -218,3 +218,24 @@ def test_installed_plugins_of_every_group_are_found_and_listed(tmp_path, monkeyp
         assert seq.n_timepoints == 2 and sequences.kind_of("pulses_test").cls is type(seq)
     finally:
         sequences.KINDS.pop("pulses_test", None)
+
+
+def test_a_broken_installed_plugin_breaks_only_its_own_use(monkeypatch, tmp_path, capsys):
+    """Help texts name installed plugins without loading them; using a broken one is one
+    line (exit 2), and the other commands keep working."""
+    broken = {group: [importlib.metadata.EntryPoint(name="broken", value="no_such_module:x",
+                                                    group=group)]
+              for group in ("crbnet.models", "crbnet.losses", "crbnet.estimators",
+                            "crbnet.sequences")}
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group=None: broken.get(group, []))
+    with pytest.raises(SystemExit):
+        cli.main(["compare", "--help"])
+    assert "broken" in capsys.readouterr().out
+    for args in (["train", "--model", "t2_decay", "--loss", "broken"],
+                 ["evaluate", "--model", "t2_decay", "--method", "broken"],
+                 ["crb", "--model", "broken"]):
+        assert cli.main([*args, "--out", str(tmp_path / "x")] if args[0] != "crb" else args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "plugin" in err and "'broken' failed" in err
+    assert cli.main(["crb", "--model", "t2_decay", "--param", "T2=0.05"]) == 0

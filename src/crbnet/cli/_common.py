@@ -54,7 +54,9 @@ def add_estimator_arguments(parser: argparse.ArgumentParser, checkpoint_help: st
 def method_help() -> str:
     """``name (description); ...`` of the estimators built from the model alone, read from the
     registry (and installed plugins) when the parser is built, and how to name one's own."""
-    listed = "; ".join(f"{n} ({estimator.kind(n).description})"
+    registry = estimator.PLUGINS.registry()
+    # Installed plugins are named, not loaded: a broken one must not break every command.
+    listed = "; ".join(f"{n} ({registry[n].description})" if n in registry else n
                        for n in estimator.names(needs_checkpoint=False))
     return f"{listed}; or an estimator of your own as FILE.py:NAME or package.module:NAME"
 

@@ -27,6 +27,7 @@ import inspect
 import pkgutil
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
@@ -209,8 +210,6 @@ def is_method(spec: str) -> bool:
     registry = _registry()
     if spec in registry:
         return not registry[spec].needs_checkpoint
-    from pathlib import Path
-
     return (spec in PLUGINS.plugins() or plugins.is_spec(spec)) and not Path(spec).exists()
 
 

@@ -101,6 +101,15 @@ def test_an_estimator_in_a_file_sits_beside_the_built_ins_in_compare(tmp_path, m
     assert "my_est.py:Median" in json.dumps(rows) and "nlls" in json.dumps(rows)
 
 
+def test_a_loss_without_options_is_recorded_as_before():
+    """Runs recorded before losses had options resume: a loss without options adds no key."""
+    from crbnet.learning.training_config import TrainConfig
+
+    assert "options" not in TrainConfig().to_dict()["loss"]
+    config = build_config("t2_decay", overrides={"loss": {"name": "bias_reduced"}})
+    assert "options" not in config.to_dict()["loss"] and config.loss.options == {}
+
+
 def test_a_loss_registered_at_run_time_is_accepted_and_listed(capsys):
     @losses.register("halved_mse_test", "half the plain MSE")
     def _halved(x: losses.LossInputs) -> torch.Tensor:

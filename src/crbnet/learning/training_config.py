@@ -118,6 +118,8 @@ class TrainConfig:
         out = {s: asdict(getattr(self, s)) if s != "net" else self.net.to_dict()
                for s in self.SECTIONS}
         out["seed"] = self.seed
+        if not out["loss"]["options"]:   # a loss without options: the record runs had before
+            del out["loss"]["options"]   # options existed (so they still resume)
         return json.loads(json.dumps(out))  # plain JSON types (lists, not tuples)
 
     @classmethod

@@ -135,11 +135,6 @@ class ExtensionPoint(Generic[Entry]):
         """Registered names, then installed plugin names (sorted): what help texts list."""
         return list(self.registry()) + sorted(self.plugins())
 
-    def is_known(self, spec: str) -> bool:
-        """Whether ``spec`` is a registered or plugin name, or has the form of a spec (it may
-        still fail to load)."""
-        return spec in self.registry() or is_spec(spec) or spec in self.plugins()
-
     def resolve(self, spec: str) -> Entry:
         """The entry that ``spec`` names (module docstring for the order); one line in
         :attr:`error` when it cannot."""

@@ -16,6 +16,7 @@ from crbnet.errors import InputError
 from crbnet.estimators import protocol as estimator
 from crbnet.estimators.nlls import NLLSEstimator
 from crbnet.learning import losses
+from crbnet.testing import check_estimator, check_loss, check_model
 from crbnet.train import Trainer, build_config
 
 EXAMPLE = (f"{Path(__file__).resolve().parents[1] / 'examples' / 'two_compartment_t2.py'}"
@@ -38,6 +39,21 @@ def inner_point(model: models.SignalModel, where: float) -> torch.Tensor:
     which some estimators start from)."""
     row = [lo + where * (hi - lo) for lo, hi in model.train_ranges.values()]
     return torch.tensor([row], dtype=torch.float64)
+
+
+GRE_EXAMPLE = (f"{Path(__file__).resolve().parents[1] / 'examples' / 'gradient_echo_t2star.py'}"
+               ":T2StarDecay")
+
+
+@pytest.mark.parametrize("spec", [*MODEL_SPECS, GRE_EXAMPLE], ids=[*MODEL_IDS, "T2StarDecay"])
+def test_shipped_contract_checker_passes(spec):
+    """crbnet.testing.check_model — what plugin authors run — passes on every model crbnet
+    ships and on the worked examples (Jacobian and CRB at 2 points)."""
+    report = check_model(small_model(spec), n_points=2)
+    assert report["Jacobian vs finite differences"] == "passed"
+    assert report["CRB vs explicit Fisher inverse"] == "passed"
+    assert report["device"] == ("passed" if torch.cuda.is_available() else
+                                "skipped: CUDA is not available")
 
 
 @pytest.mark.parametrize("spec", MODEL_SPECS, ids=MODEL_IDS)
@@ -96,6 +112,16 @@ def loss_batch(noise: float, K: int = 4) -> losses.LossInputs:
     return losses.LossInputs(estimate, truth, 0.01 * torch.ones_like(truth), [1.0, 4.0], K=K)
 
 
+EXAMPLE_LOSS = (f"{Path(__file__).resolve().parents[1] / 'examples' / 'relative_l1_loss.py'}"
+                ":relative_l1")
+
+
+@pytest.mark.parametrize("name", [*losses.names(), EXAMPLE_LOSS],
+                         ids=[*losses.names(), "relative_l1"])
+def test_shipped_loss_checker_passes(name):
+    assert set(check_loss(name).values()) == {"passed"}
+
+
 @pytest.mark.parametrize("name", losses.names())
 def test_loss_contract(name):
     loss = losses.get(name)
@@ -149,6 +175,14 @@ def test_estimator_contract(name, ir_t1_checkpoint):
     assert ((theta >= lo) & (theta <= hi)).all()
     m0 = torch.tensor([2.0 * np.exp(0.3j), 0.5, 1.5j], dtype=torch.complex128)
     torch.testing.assert_close(est.predict(m0[:, None] * signals), theta, rtol=1e-3, atol=0)
+    assert set(check_estimator(est, model).values()) == {"passed"}   # the shipped checker
+
+
+def test_example_estimator_passes_the_shipped_checker():
+    median = estimator.get(f"{Path(__file__).resolve().parents[1] / 'examples'}"
+                           "/median_estimator.py:Median", models.get(ESTIMATOR_MODEL),
+                           n_atoms=200)
+    assert set(check_estimator(median, models.get(ESTIMATOR_MODEL)).values()) == {"passed"}
 
 
 @pytest.mark.parametrize("name", estimator.names(needs_checkpoint=False))

@@ -26,7 +26,7 @@ from crbnet.assessment.evaluate import SNR_DEFINITION, _json_ready
 from crbnet.assessment.gross_errors import classify_gross_errors
 from crbnet.errors import InputError
 from crbnet.estimators.network import load, require_same_model
-from crbnet.estimators.protocol import Estimator
+from crbnet.estimators.protocol import Estimator, accepted
 from crbnet.learning import losses as loss_registry
 from crbnet.learning.losses import crb_normalized, finite_crb
 from crbnet.physics.models import same_model
@@ -102,8 +102,8 @@ def resolve_estimators(specs: Sequence[str], model: SignalModel | None = None,
         if split_method(spec) is not None:
             continue
         if not Path(spec).exists():
-            raise InputError(f"{spec!r} is neither a method ({', '.join(baselines.METHODS)}) "
-                             "nor an existing checkpoint or run directory")
+            raise InputError(f"{spec!r} is neither a method ({', '.join(baselines.METHODS)}, "
+                             "or FILE.py:NAME) nor an existing checkpoint or run directory")
         networks[i] = load(spec, device=device)
     if model is None:
         if not networks:
@@ -131,7 +131,7 @@ def resolve_estimators(specs: Sequence[str], model: SignalModel | None = None,
             options.update(box_options(method, model, box,
                                        training_ranges(model, list(networks.values()))))
             if device is not None:
-                options.setdefault("device", device)
+                options = {**accepted(method, {"device": device}), **options}
             est = baselines.get(method, model, **options)
             label = spec
         while label in used:
@@ -244,8 +244,13 @@ def loss_values(estimates: torch.Tensor, test: ComparisonSet, model: SignalModel
     ok = torch.isfinite(estimates).all(1)
     widths = {p: hi - lo for p, (lo, hi) in model.train_ranges.items()}
     weights = loss_registry.mse_weights(model.parameters, widths)
-    inputs = loss_registry.LossInputs(estimates[ok], test.theta[ok], test.crb[ok], weights)
-    return {name: float(loss_registry.get(name).compute(inputs)) for name in names}
+    out = {}
+    for name in names:
+        loss = loss_registry.get(name)
+        inputs = loss_registry.LossInputs(estimates[ok], test.theta[ok], test.crb[ok], weights,
+                                          options=loss.option_values())
+        out[name] = float(loss.compute(inputs))
+    return out
 
 
 @dataclass

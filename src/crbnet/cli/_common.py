@@ -55,14 +55,18 @@ def add_estimator_arguments(parser: argparse.ArgumentParser, checkpoint_help: st
     estimators built from the model alone."""
     how = parser.add_mutually_exclusive_group(required=True)
     how.add_argument("--checkpoint", metavar="CKPT", help=checkpoint_help)
-    how.add_argument("--method", choices=estimator.names(needs_checkpoint=False),
+    how.add_argument("--method", metavar="NAME",
                      help=f"estimator instead of a network (needs --model): {method_help()}")
 
 
 def method_help() -> str:
-    """``name (description); ...`` of the registered estimators built from the model alone."""
-    return "; ".join(f"{n} ({estimator.kind(n).description})"
-                     for n in estimator.names(needs_checkpoint=False))
+    """``name (description); ...`` of the estimators built from the model alone, read from the
+    registry (and installed plugins) when the parser is built, and how to name one's own."""
+    registry = estimator.PLUGINS.registry()
+    # Installed plugins are named, not loaded: a broken one must not break every command.
+    listed = "; ".join(f"{n} ({registry[n].description})" if n in registry else n
+                       for n in estimator.names(needs_checkpoint=False))
+    return f"{listed}; or an estimator of your own as FILE.py:NAME or package.module:NAME"
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

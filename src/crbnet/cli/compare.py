@@ -41,13 +41,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "(networks must have been trained in it)")
     p.add_argument("--losses", metavar="NAME,NAME", default="",
                    help="also report these registered losses on the test set "
-                        f"({', '.join(n for n in losses.names() if not losses.get(n).repeated)})")
+                        f"({', '.join(single_draw_losses())})")
     p.add_argument("--bounds", choices=("physical", "training", "both"), default=None,
                    help="search box of nlls/dictionary: the model's physical bounds, the "
                         "networks' training ranges, or both side by side (default: nlls "
                         "physical, dictionary training); or write nlls@training")
     add_device_argument(p)
     p.set_defaults(func=run)
+
+
+def single_draw_losses() -> list[str]:
+    """Registered losses that score one noisy draw per voxel, then installed plugin losses
+    (named, not loaded: a broken plugin must not break the parser)."""
+    return ([n for n, loss in losses.REGISTRY.items() if not loss.repeated]
+            + sorted(losses.PLUGINS.plugins()))
 
 
 def expand_boxes(specs: list[str], bounds: str | None) -> list[str]:

@@ -21,6 +21,7 @@ from crbnet.cli._common import (
     resolve_device,
 )
 from crbnet.errors import InputError
+from crbnet.estimators.protocol import accepted
 from crbnet.estimators.protocol import names as estimator_names
 
 
@@ -42,8 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Classical voxel-wise estimation. Input: complex array [N, T] (full time "
                     "series as the model simulates it, any complex M0). Output: float64 "
                     "[N, P] in SI units, columns in the model's parameter order (printed).")
-    p.add_argument("--method", required=True, choices=estimator_names(needs_checkpoint=False),
-                   help=method_help())
+    p.add_argument("--method", required=True, metavar="NAME", help=method_help())
     add_model_arguments(p)
     p.add_argument("--input", required=True, metavar="SIGNALS.npy", help="complex [N, T]")
     p.add_argument("--out", required=True, metavar="ESTIMATES.npy", help="float64 [N, P] (SI)")
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     model = model_in_basis(args, build_model(args))
     device = resolve_device(args.device)
     options = parse_options(args.option)
-    options.setdefault("device", device)
+    options = {**accepted(args.method, {"device": device}), **options}
     if args.bounds:
         from crbnet.assessment.compare import box_options, training_ranges
 

@@ -70,8 +70,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "real/imaginary part). Settings: defaults per model < "
                                    "--config FILE < command line.")
     add_model_arguments(p)
-    p.add_argument("--loss", choices=losses.names(),
-                   help="training loss (default crb)")
+    p.add_argument("--loss", metavar="NAME",
+                   help=f"training loss (default crb): {', '.join(losses.names())}, or a loss "
+                        "of your own as FILE.py:NAME or package.module:NAME (docs/models.md)")
+    p.add_argument("--loss-option", action="append", default=[], metavar="NAME=VALUE",
+                   help="a setting the loss declares, repeatable (also [loss] options in the "
+                        "config file)")
     p.add_argument("--snr", metavar="SNR", help="training SNR: a value or LOW:HIGH (default 50)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="output directory")
     p.add_argument("--config", metavar="FILE", help="TOML config (JSON/YAML also read)")
@@ -146,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
             overrides.setdefault(section, {})[key] = value
 
     put("loss", "name", args.loss)
+    if args.loss_option:
+        put("loss", "options", dict(split_assignments(args.loss_option, "--loss-option")))
     put("data", "snr", None if args.snr is None else parse_snr(args.snr))
     put("optim", "epochs", args.epochs)
     put("optim", "lr", args.lr)

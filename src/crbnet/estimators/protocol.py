@@ -13,21 +13,27 @@ energy of its fit, so that a caller (``crbnet apply``) need not simulate ``f(Î¸Ì
 The registry (:func:`register_estimator`, :func:`get`, :func:`names`) names every kind of
 estimator: a factory ``factory(model, **options) -> Estimator`` (an estimator class is one)
 registered under a name. The built-ins are ``nlls`` and ``dictionary`` (crbnet.estimators) and
-``network`` (crbnet.learning.checkpoint; its option ``checkpoint`` is a trained checkpoint). The CLI's
-``--method`` choices are the kinds that need no checkpoint.
+``network`` (crbnet.estimators.network; its option ``checkpoint`` is a trained checkpoint); each
+registers itself from its own module of the package. The CLI's ``--method`` choices are the
+kinds that need no checkpoint. An estimator of one's own needs no change here: :func:`kind`
+also finds installed plugins (entry-point group ``crbnet.estimators``) and ``FILE.py:NAME`` /
+``package.module:NAME`` (:mod:`crbnet.plugins`).
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import pkgutil
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
+from crbnet import plugins
 from crbnet.errors import InputError
 from crbnet.physics.models.base import SignalModel
 
@@ -129,10 +135,6 @@ class EstimatorKind:
 
 
 REGISTRY: dict[str, EstimatorKind] = {}
-# Modules whose import registers the built-in kinds (imported on first use of the registry, so
-# that this module stays free of imports of them).
-_BUILTIN_MODULES = ("crbnet.estimators.nlls", "crbnet.estimators.dictionary",
-                    "crbnet.estimators.network")
 
 
 def register_estimator(name: str, description: str, needs_checkpoint: bool = False
@@ -147,26 +149,74 @@ def register_estimator(name: str, description: str, needs_checkpoint: bool = Fal
 
 
 def _registry() -> dict[str, EstimatorKind]:
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
+    """The registry, after importing every module of the :mod:`crbnet.estimators` package
+    once (each built-in registers itself from its own module, so a new one is a new file and
+    nothing else)."""
+    import crbnet.estimators as package
+
+    for module in pkgutil.iter_modules(package.__path__, prefix=f"{package.__name__}."):
+        importlib.import_module(module.name)
     return REGISTRY
 
 
+def _adopt(obj: object, spec: str) -> EstimatorKind:
+    """An estimator loaded from a plugin, a file or a module: an :class:`EstimatorKind`, a
+    class or factory registered with :func:`register_estimator`, or a plain estimator class or
+    factory ``factory(model, **options)`` (its docstring's first line describes it; a class
+    attribute ``needs_checkpoint = True`` marks one built from a checkpoint). Its name
+    becomes ``spec``."""
+    if not isinstance(obj, EstimatorKind):
+        registered = next((k for k in REGISTRY.values() if k.factory is obj), None)
+        if registered is not None:
+            obj = registered
+        elif callable(obj):
+            doc = (getattr(obj, "__doc__", None) or "").strip()
+            obj = EstimatorKind(spec, obj, doc.splitlines()[0] if doc else f"estimator from {spec}",
+                                bool(getattr(obj, "needs_checkpoint", False)))
+        else:
+            raise InputError(f"{spec} is not an estimator class or factory")
+    return replace(obj, name=spec)
+
+
+#: The estimators' extension point (:mod:`crbnet.plugins`): registered kinds, entry points in
+#: ``crbnet.estimators``, ``FILE.py:NAME``, ``package.module:NAME``.
+PLUGINS = plugins.ExtensionPoint("method", plugins.GROUPS["estimator"], _registry, _adopt,
+                                 error=InputError, item="estimator")
+
+
 def names(needs_checkpoint: bool | None = None) -> list[str]:
-    """Registered estimator names; ``needs_checkpoint=False``: those built from the model alone
-    (the ``--method`` choices), True: those built from a checkpoint."""
+    """Registered and installed plugin estimator names; ``needs_checkpoint=False``: those
+    built from the model alone (the ``--method`` choices), True: those built from a
+    checkpoint. Read when called: a kind registered later or installed is listed."""
     registry = _registry()
     ordered = sorted(registry, key=lambda n: registry[n].needs_checkpoint)  # stable: model-only first
-    return [n for n in ordered
-            if needs_checkpoint is None or registry[n].needs_checkpoint == needs_checkpoint]
+    listed = [n for n in ordered
+              if needs_checkpoint is None or registry[n].needs_checkpoint == needs_checkpoint]
+    if needs_checkpoint is not True:        # a plugin's kind is known once it is loaded
+        listed += sorted(PLUGINS.plugins())
+    return listed
 
 
 def kind(name: str) -> EstimatorKind:
-    """The registered kind ``name``; one-line :class:`InputError` for an unknown one."""
+    """The kind ``name``: registered, an installed plugin's, or ``FILE.py:NAME`` /
+    ``package.module:NAME``; one-line :class:`InputError` for an unknown one."""
+    return PLUGINS.resolve(name)
+
+
+def is_method(spec: str) -> bool:
+    """Whether ``spec`` names an estimator built from the model alone, or has the form of a
+    plugin spec (``FILE.py:NAME``, ``module:NAME``) that is not an existing path: what
+    ``--method`` and ``crbnet compare`` take for a method rather than a checkpoint."""
     registry = _registry()
-    if name not in registry:
-        raise InputError(f"unknown method {name!r}; available: {', '.join(names())}")
-    return registry[name]
+    if spec in registry:
+        return not registry[spec].needs_checkpoint
+    return (spec in PLUGINS.plugins() or plugins.is_spec(spec)) and not Path(spec).exists()
+
+
+def accepted(name: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``defaults`` that estimator ``name`` takes as options (a default such as
+    ``device`` that the built-ins take and an estimator of one's own may not)."""
+    return {k: v for k, v in defaults.items() if k in kind(name).option_names}
 
 
 def get(name: str, model: SignalModel | None, **options: Any) -> Estimator:
@@ -190,8 +240,10 @@ class MethodTable(Mapping):
     """Live read-only view ``{name: factory}`` of the kinds built from the model alone."""
 
     def __getitem__(self, name: str) -> Callable[..., Estimator]:
-        entry = _registry().get(name)
-        if entry is None or entry.needs_checkpoint:
+        if not is_method(name):
+            raise KeyError(name)
+        entry = kind(name)                 # a plugin spec that does not load: one clear line
+        if entry.needs_checkpoint:
             raise KeyError(name)
         return entry.factory
 

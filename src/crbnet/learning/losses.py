@@ -34,16 +34,21 @@ means: no finite error is "bad" there.
 Every loss is registered once in :data:`REGISTRY` (:func:`register`): the name that configs,
 ``crbnet train --loss``, ``crbnet compare --losses`` and ``crbnet demo --losses`` use, and how
 to call it on a batch (:class:`LossInputs`). Adding a loss is one function and one
-``@register`` adapter.
+``@register`` adapter. A loss of one's own needs no change here: :func:`get` also finds
+installed plugins (entry-point group ``crbnet.losses``) and ``FILE.py:NAME`` /
+``package.module:NAME`` (:mod:`crbnet.plugins`); a loss may declare settings
+(:class:`LossOption`, read from :attr:`LossInputs.options`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from crbnet import plugins
+from crbnet.errors import InputError
 
 def _finite_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` over entries where ``mask`` holds (0 if there are none)."""
@@ -139,6 +144,9 @@ def crb_ratio_per_parameter(estimate: torch.Tensor, target: torch.Tensor,
 class LossInputs:
     """What a loss may use for one batch.
 
+    The trainer computes losses in scaled units: θ divided by the width of each parameter's
+    training range, the CRB by its square (CRB ratios and relative errors are unchanged).
+
     Attributes:
         estimate: [N, P] estimates; for a ``repeated`` loss, N = n·K with the K noisy draws
             of each noiseless sample in consecutive rows.
@@ -148,6 +156,8 @@ class LossInputs:
         K: noise draws per noiseless sample (1 unless the loss is ``repeated``).
         lam: weight λ of the bias-reduced loss's variance term.
         delta: variance (CRB units) the bias-reduced loss allows before penalizing.
+        options: the loss's declared options (:attr:`Loss.options`), every one with a value
+            (the declared default where none was given).
     """
 
     estimate: torch.Tensor
@@ -157,6 +167,48 @@ class LossInputs:
     K: int = 1
     lam: float = 0.1
     delta: float = 1.0
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LossOption:
+    """A setting a loss declares (``--loss-option name=value``, ``[loss] options`` in a
+    config file); the loss reads it from :attr:`LossInputs.options`.
+
+    Attributes:
+        name: the option's name.
+        type: int, float, bool or str; command-line text and config values are converted
+            with it.
+        default: its value where none is given.
+        description: one line for humans.
+    """
+
+    name: str
+    type: type
+    default: Any
+    description: str = ""
+
+    def convert(self, value: Any) -> Any:
+        """``value`` (command-line text or a config value) as :attr:`type`; one-line
+        :class:`~crbnet.errors.InputError` when it is not one."""
+        if self.type is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text not in ("true", "false", "1", "0"):
+                raise InputError(f"loss option {self.name} expects true or false, got {value!r}")
+            return text in ("true", "1")
+        if self.type in (int, float) and isinstance(value, bool):
+            raise InputError(f"loss option {self.name} expects {self.type.__name__}, "
+                             f"got {value!r}")
+        try:
+            converted = self.type(value)
+        except (TypeError, ValueError):
+            raise InputError(f"loss option {self.name} expects {self.type.__name__}, "
+                             f"got {value!r}") from None
+        if self.type is int and isinstance(value, float) and converted != value:
+            raise InputError(f"loss option {self.name} expects an integer, got {value!r}")
+        return converted
 
 
 @dataclass(frozen=True)
@@ -164,11 +216,14 @@ class Loss:
     """A registered loss.
 
     Attributes:
-        name: the name configs and the CLI use.
+        name: the name configs and the CLI use (for a loss from a file or module, the spec it
+            was loaded by, e.g. ``my_loss.py:relative_l1``, so that a run records how to load
+            it again).
         compute: ``LossInputs -> scalar tensor``.
         description: one line for help texts and reports.
         crb_units: whether its value is in CRB units (1 = efficient unbiased).
         repeated: whether it needs K noise draws of each noiseless sample.
+        options: the settings it declares (:class:`LossOption`).
     """
 
     name: str
@@ -176,12 +231,25 @@ class Loss:
     description: str
     crb_units: bool = False
     repeated: bool = False
+    options: tuple[LossOption, ...] = ()
+
+    def option_values(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Every declared option's value: ``given`` (converted with the declared type) over
+        the defaults; an undeclared name is a one-line :class:`~crbnet.errors.InputError`."""
+        declared = {o.name: o for o in self.options}
+        unknown = sorted(set(given or {}) - set(declared))
+        if unknown:
+            raise InputError(f"loss {self.name!r} has no option(s) {', '.join(unknown)}; "
+                             f"declared: {', '.join(declared) or 'none'}")
+        return {name: option.convert((given or {})[name]) if name in (given or {})
+                else option.default for name, option in declared.items()}
 
 
 REGISTRY: dict[str, Loss] = {}
 
 
-def register(name: str, description: str, *, crb_units: bool = False, repeated: bool = False
+def register(name: str, description: str, *, crb_units: bool = False, repeated: bool = False,
+             options: tuple[LossOption, ...] = ()
              ) -> Callable[[Callable[[LossInputs], torch.Tensor]],
                            Callable[[LossInputs], torch.Tensor]]:
     """Decorator: register ``compute(inputs: LossInputs) -> tensor`` as loss ``name``."""
@@ -189,22 +257,44 @@ def register(name: str, description: str, *, crb_units: bool = False, repeated: 
                  ) -> Callable[[LossInputs], torch.Tensor]:
         if name in REGISTRY:
             raise ValueError(f"loss {name!r} is registered twice")
-        REGISTRY[name] = Loss(name, compute, description, crb_units, repeated)
+        REGISTRY[name] = Loss(name, compute, description, crb_units, repeated, tuple(options))
         return compute
     return decorate
 
 
+def _adopt(obj: object, spec: str) -> Loss:
+    """A loss loaded from a plugin, a file or a module: a :class:`Loss`, a function registered
+    with :func:`register`, or a plain function ``compute(inputs) -> tensor`` (its docstring's
+    first line describes it). Its name becomes ``spec``."""
+    if not isinstance(obj, Loss):
+        registered = next((loss for loss in REGISTRY.values() if loss.compute is obj), None)
+        if registered is not None:
+            obj = registered
+        elif callable(obj) and not isinstance(obj, type):
+            doc = (getattr(obj, "__doc__", None) or "").strip()
+            obj = Loss(spec, obj, doc.splitlines()[0] if doc else f"loss from {spec}")
+        else:
+            raise InputError(f"{spec} is neither a crbnet Loss nor a function of LossInputs")
+    return replace(obj, name=spec)
+
+
+#: The losses' extension point (:mod:`crbnet.plugins`): registered losses, entry points in
+#: ``crbnet.losses``, ``FILE.py:NAME``, ``package.module:NAME``.
+PLUGINS = plugins.ExtensionPoint("loss", plugins.GROUPS["loss"], lambda: REGISTRY, _adopt,
+                                 error=InputError, item="loss")
+
+
 def names() -> list[str]:
-    return list(REGISTRY)
+    """Registered losses, then installed plugin losses (entry-point group ``crbnet.losses``):
+    read when called, so a loss registered later is listed."""
+    return PLUGINS.names()
 
 
 def get(name: str) -> Loss:
-    """The registered loss ``name``; :class:`~crbnet.errors.InputError` if there is none."""
-    from crbnet.errors import InputError
-
-    if name not in REGISTRY:
-        raise InputError(f"unknown loss {name!r}; available: {', '.join(REGISTRY)}")
-    return REGISTRY[name]
+    """The loss ``name``: a registered one, an installed plugin's, or ``FILE.py:NAME`` /
+    ``package.module:NAME`` (:mod:`crbnet.plugins`); one-line
+    :class:`~crbnet.errors.InputError` when there is none."""
+    return PLUGINS.resolve(name)
 
 
 @register("mse", "mean of w_p (estimate - truth)^2, w_p = 1/width^2 of the training range")
@@ -235,7 +325,8 @@ def _log_mse_loss(x: LossInputs) -> torch.Tensor:
     return log_mse(x.estimate, x.target)
 
 
-#: Registered loss names (kept for code that reads the old tuple).
+#: The built-in losses' names, a snapshot taken at import (kept for code that reads the old
+#: tuple); :func:`names` lists every loss, registered later or installed as a plugin.
 LOSSES = tuple(REGISTRY)
 
 
@@ -246,6 +337,7 @@ def mse_weights(parameters: Sequence[str], scales: Mapping[str, float],
     return [float(overrides.get(p, 1.0 / float(scales[p]) ** 2)) for p in parameters]
 
 
-__all__ = ["LOSSES", "REGISTRY", "Loss", "LossInputs", "register", "names", "get", "mse", "crb",
+__all__ = ["LOSSES", "REGISTRY", "PLUGINS", "Loss", "LossInputs", "LossOption", "register",
+           "names", "get", "mse", "crb",
            "bias_reduced", "relative_mse", "log_mse", "crb_ratio_per_parameter", "mse_weights",
            "finite_crb", "crb_normalized"]

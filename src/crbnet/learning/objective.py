@@ -31,6 +31,7 @@ class TrainingObjective:
                  device: torch.device) -> None:
         self.config = config
         self.loss = losses.get(config.name)
+        self.options = self.loss.option_values(config.options)
         self.device = device
         lo = torch.tensor(sampler.low, dtype=torch.float64)
         hi = torch.tensor(sampler.high, dtype=torch.float64)
@@ -53,7 +54,8 @@ class TrainingObjective:
         crb = batch.crb.to(self.device) / scale ** 2
         return self.loss.compute(losses.LossInputs(est, target, crb, self.weights,
                                                    K=self.repeats, lam=self.config.lam,
-                                                   delta=self.config.delta))
+                                                   delta=self.config.delta,
+                                                   options=self.options))
 
 
 __all__ = ["TrainingObjective"]

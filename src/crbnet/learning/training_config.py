@@ -91,13 +91,16 @@ class LossConfig:
     """Training loss. ``mse_weights``: per-parameter weights in 1/SI² (default 1/width² of the
     training range). Bias-reduced loss (see :mod:`crbnet.learning.losses`): ``realizations`` R noise
     draws per noiseless sample (a batch holds ``batch_size // R`` samples × R), weight ``lam``
-    and threshold ``delta`` (CRB units) of the variance penalty."""
+    and threshold ``delta`` (CRB units) of the variance penalty. ``name`` is any loss
+    :func:`crbnet.learning.losses.get` finds (registered, plugin, ``FILE.py:NAME``);
+    ``options``: the settings that loss declares, name → value (``--loss-option``)."""
 
     name: str = "crb"
     mse_weights: dict[str, float] = field(default_factory=dict)
     realizations: int = 8
     lam: float = 0.1
     delta: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -115,6 +118,8 @@ class TrainConfig:
         out = {s: asdict(getattr(self, s)) if s != "net" else self.net.to_dict()
                for s in self.SECTIONS}
         out["seed"] = self.seed
+        if not out["loss"]["options"]:   # a loss without options: the record runs had before
+            del out["loss"]["options"]   # options existed (so they still resume)
         return json.loads(json.dumps(out))  # plain JSON types (lists, not tuples)
 
     @classmethod
@@ -170,9 +175,9 @@ class TrainConfig:
             raise InputError("data.pool_size and data.pool_refresh must be >= 0")
         if o.epochs < 1 or not o.lr > 0 or o.lr_min < 0 or o.warmup_epochs < 0:
             raise InputError("optim: epochs >= 1, lr > 0, lr_min >= 0, warmup_epochs >= 0")
-        if l.name not in losses.LOSSES:
-            raise InputError(f"loss must be one of {losses.LOSSES}, got {l.name!r}")
-        if losses.get(l.name).repeated:
+        loss = losses.get(l.name)          # the registry as it is now, plugins included
+        l.options = loss.option_values(l.options)   # typed, every declared option given
+        if loss.repeated:
             if not 2 <= l.realizations <= d.batch_size:
                 raise InputError(f"{l.name} needs 2 <= loss.realizations <= batch_size "
                                  f"({d.batch_size}), got {l.realizations}")

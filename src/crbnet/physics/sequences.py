@@ -30,6 +30,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
+from crbnet import plugins
 from crbnet.errors import InputError
 
 
@@ -112,11 +113,33 @@ def register_sequence_kind(cls: type) -> type:
     return cls
 
 
+def _adopt_kind(obj: object, spec: str) -> SequenceKind:
+    """A sequence dataclass loaded from a plugin, registered (once) and returned as its kind."""
+    if not isinstance(obj, type):
+        raise SequenceError(f"{spec} is not a sequence dataclass")
+    try:
+        register_sequence_kind(obj)
+    except (TypeError, ValueError) as exc:
+        raise SequenceError(f"{spec}: {exc}") from None
+    entry = next(k for k in KINDS.values() if k.cls is obj)
+    if not plugins.is_spec(spec) and entry.name != spec:
+        raise SequenceError(f"plugin sequence kind {spec!r} is a class of kind {entry.name!r}")
+    return entry
+
+
+#: The sequence kinds' extension point (:mod:`crbnet.plugins`): the registered kinds, entry
+#: points in ``crbnet.sequences`` (a plugin model's kind is loaded when it is first asked for),
+#: ``FILE.py:CLASS``, ``package.module:CLASS``.
+PLUGINS = plugins.ExtensionPoint("sequence kind", plugins.GROUPS["sequence kind"],
+                                 lambda: KINDS, _adopt_kind, error=SequenceError,
+                                 form="FILE.py:CLASS, or package.module:CLASS", item="class")
+
+
 def kind_of(name: str) -> SequenceKind:
-    """The registered kind ``name``; :class:`SequenceError` for an unknown one."""
-    if name not in KINDS:
-        raise SequenceError(f"unknown sequence kind {name!r}; registered: {', '.join(KINDS)}")
-    return KINDS[name]
+    """The sequence kind ``name``: a registered kind, an installed plugin's, or a class named
+    by ``FILE.py:CLASS`` / ``package.module:CLASS`` (registered on the way);
+    :class:`SequenceError` for an unknown one."""
+    return PLUGINS.resolve(name)
 
 
 @register_sequence_kind

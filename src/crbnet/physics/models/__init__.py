@@ -4,7 +4,8 @@
 ``mt_hybrid_state``, MATLAB ``.mat`` for models that play segmented sequences; the kind is
 chosen among the model's ``accepted_sequence_kinds()``) or None for the model's default.
 
-Where models come from (:func:`resolve`), in this order:
+Where models come from (:func:`resolve`, through the one plugin mechanism of
+:mod:`crbnet.plugins`), in this order:
 
 * the built-in models (:data:`REGISTRY`);
 * installed plugins: entry points in the group ``crbnet.models`` whose name is the model name
@@ -19,14 +20,10 @@ Writing a model: docs/models.md.
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.metadata
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Mapping
 
+from crbnet import plugins
 from crbnet.physics import sequences as seqs
 from crbnet.physics.models.analytic import IRT1, T2Decay
 from crbnet.physics.models.base import ModelError, ModelOption, ParameterSpec, SignalModel
@@ -34,85 +31,36 @@ from crbnet.physics.models.fisp_mrf import FISPMRF
 from crbnet.physics.models.mt_generalized_bloch import MTGeneralizedBloch
 from crbnet.physics.models.mt_hybrid_state import MTHybridState
 
-ENTRY_POINT_GROUP = "crbnet.models"
+ENTRY_POINT_GROUP = plugins.GROUPS["model"]
 
 #: The built-in models by name.
 REGISTRY: dict[str, type[SignalModel]] = {
     cls.name: cls for cls in (MTHybridState, MTGeneralizedBloch, FISPMRF, T2Decay, IRT1)
 }
 
-def _plugins() -> dict[str, importlib.metadata.EntryPoint]:
-    """Installed plugin entry points by model name (not loaded yet)."""
-    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-            if ep.name not in REGISTRY}
-
-
-def names() -> list[str]:
-    """Built-in and installed plugin model names (what ``--model`` lists)."""
-    return list(REGISTRY) + sorted(_plugins())
-
-
-def _is_file_spec(where: str) -> bool:
-    return where.endswith(".py") or "/" in where or "\\" in where
-
-
-def _import_file(where: str) -> object:
-    """Import a Python file once per absolute path, as a module of a private name."""
-    path = Path(where).expanduser().resolve()
-    if not path.is_file():
-        raise ModelError(f"model file not found: {where}")
-    digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
-    module_name = f"crbnet_user_model_{path.stem}_{digest}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise ModelError(f"cannot import model file {where}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        del sys.modules[module_name]
-        raise ModelError(f"importing {where} failed: {type(exc).__name__}: {exc}") from exc
-    return module
-
-
-def _import_module(where: str) -> object:
-    try:
-        return importlib.import_module(where)
-    except ImportError as exc:
-        raise ModelError(f"cannot import module {where!r} for the model: {exc}") from None
-
-
-def _checked(obj: object, spec: str) -> type[SignalModel]:
+def _adopt(obj: object, spec: str) -> type[SignalModel]:
+    """A loaded plugin object as a model class (a named :class:`SignalModel` subclass)."""
     if not (isinstance(obj, type) and issubclass(obj, SignalModel)) or not obj.name:
         raise ModelError(f"{spec} is not a SignalModel subclass with a name")
     return obj
 
 
+#: The models' extension point (:mod:`crbnet.plugins`): built-ins, entry points in
+#: ``crbnet.models``, ``FILE.py:CLASS``, ``package.module:CLASS``.
+PLUGINS = plugins.ExtensionPoint("model", ENTRY_POINT_GROUP, lambda: REGISTRY, _adopt,
+                                 error=ModelError, form="FILE.py:CLASS, or package.module:CLASS",
+                                 item="class")
+
+
+def names() -> list[str]:
+    """Built-in and installed plugin model names (what ``--model`` lists)."""
+    return PLUGINS.names()
+
+
 def resolve(spec: str) -> type[SignalModel]:
     """The model class that ``spec`` names: a built-in or plugin model name, ``FILE.py:CLASS``
     or ``package.module:CLASS``. Raises :class:`ModelError` (one line) when it cannot."""
-    if spec in REGISTRY:
-        return REGISTRY[spec]
-    plugins = _plugins()
-    if spec in plugins:
-        try:
-            cls = _checked(plugins[spec].load(), f"plugin {spec!r}")
-        except ModelError:
-            raise
-        except Exception as exc:
-            raise ModelError(f"loading plugin model {spec!r} failed: {exc}") from None
-        return cls
-    where, sep, attr = spec.rpartition(":")
-    if not sep or not where or not attr.isidentifier():
-        raise ModelError(f"unknown model {spec!r}; available: {', '.join(names())}, or "
-                         f"FILE.py:CLASS, or package.module:CLASS")
-    module = _import_file(where) if _is_file_spec(where) else _import_module(where)
-    if not hasattr(module, attr):
-        raise ModelError(f"{where} has no class {attr!r}")
-    return _checked(getattr(module, attr), spec)
+    return PLUGINS.resolve(spec)
 
 
 def source_of(model: SignalModel) -> str:

@@ -85,6 +85,10 @@ def test_real_images_and_missing_variables_are_refused(tmp_path, capsys):
         assert main(["apply", "--method", "dictionary", "--model", "t2_decay", "--input",
                      str(tmp_path / f"{name}.mat"), "--out", str(tmp_path / "out")]) == 2
         assert text in one_error_line(capsys)
+    assert main(["apply", "--method", "dictionary", "--model", "t2_decay", "--input",
+                 str(tmp_path / "other.mat"), "--imag", str(tmp_path / "other.mat"),
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "--imag cannot be given with it" in one_error_line(capsys)
     assert not (tmp_path / "out").exists()
 
 
@@ -206,3 +210,12 @@ def test_apply_on_mat_coefficients_equals_the_same_data_as_nifti(tmp_path, capsy
     truth = T2.numpy().reshape(8, 6)
     assert np.median(np.abs(t2map[mask] / truth[mask] - 1)) < 0.05
     assert np.all(t2map[~mask] == 0) or np.all(np.isnan(t2map[~mask]))
+    # --mask (here a .mat file's mask) wins over the mask the input carries.
+    smaller = mask.copy()
+    smaller[:, :2] = False
+    scipy.io.savemat(tmp_path / "smaller.mat", {"mask": smaller})
+    assert main(common + ["--input", str(tmp_path / "coeffs.mat"), "--mask",
+                          str(tmp_path / "smaller.mat"), "--no-uncertainty", "--out",
+                          str(tmp_path / "smaller")]) == 0
+    used = np.asarray(nib.load(str(tmp_path / "smaller" / "mask.nii.gz")).dataobj) > 0
+    assert np.array_equal(used, smaller)

@@ -66,13 +66,16 @@ class MatVariable:
             return self._array if index is None else self._array[index]
         import h5py
 
-        h5_index = () if index is None else tuple(reversed(index))
         try:
             with h5py.File(self.path, "r") as fh:
-                raw = fh[self.name][h5_index]
+                node = fh[self.name]
+                if node.ndim == len(self.shape):     # only the box is read from the file
+                    h5_index = () if index is None else tuple(reversed(index))
+                    return _from_hdf5(node[h5_index], self.dtype).transpose()
+                whole = _from_hdf5(node[()], self.dtype).transpose().reshape(self.shape)
         except (OSError, KeyError, ValueError) as exc:
             raise InputError(f"cannot read {self.name} from {self.path}: {exc}") from None
-        return _from_hdf5(raw, self.dtype).transpose()
+        return whole if index is None else whole[index]
 
 
 def _from_hdf5(raw: np.ndarray, dtype: np.dtype) -> np.ndarray:

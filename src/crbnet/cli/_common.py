@@ -194,25 +194,41 @@ def sequence_line(model: SignalModel) -> str:
 
 
 def add_basis_argument(parser: argparse.ArgumentParser, what: str) -> None:
-    """--basis FILE: the user's subspace basis U [T, K] (every command where signals enter)."""
+    """--basis FILE and --basis-rank K: the user's subspace basis U [T, K] (every command where
+    signals enter)."""
     parser.add_argument("--basis", metavar="FILE",
-                        help="complex basis U [T, K] with orthonormal columns (.npy, .h5 or "
-                             f".mat): {what}")
+                        help="basis U with orthonormal columns, real or complex, stored T × K or "
+                             "K × T (the side as long as the sequence is time; .npy, .h5 or "
+                             f".mat v5/v7.3): {what}")
+    parser.add_argument("--basis-rank", type=int, metavar="K",
+                        help="use the first K columns of --basis (default: all of them)")
+
+
+def _basis_request(args: argparse.Namespace) -> tuple[str | None, int | None]:
+    """(--basis path or None, --basis-rank or None), checked together."""
+    path, rank = getattr(args, "basis", None), getattr(args, "basis_rank", None)
+    if rank is not None and not path:
+        raise InputError("--basis-rank needs --basis")
+    if rank is not None and rank < 1:
+        raise InputError("--basis-rank must be >= 1")
+    return path or None, rank
 
 
 def read_basis(args: argparse.Namespace, model: SignalModel) -> torch.Tensor | None:
-    """The ``--basis`` matrix, checked against the model's time points (None without one)."""
+    """The ``--basis`` matrix (its first ``--basis-rank`` columns), checked against the model's
+    time points (None without one)."""
     from crbnet.stats.subspace import load_basis
 
-    path = getattr(args, "basis", None)
-    return None if not path else load_basis(path, model.n_timepoints)
+    path, rank = _basis_request(args)
+    return None if path is None else load_basis(path, model.n_timepoints, rank=rank)
 
 
 def read_basis_for_estimators(args: argparse.Namespace, model: SignalModel | None,
                               specs: list[str]) -> torch.Tensor | None:
     """``--basis`` checked against ``model``, or without one against the model of the first
     checkpoint among ``specs`` (paths or run directories; method names are skipped)."""
-    if not getattr(args, "basis", None):
+    path, _ = _basis_request(args)
+    if path is None:
         return None
     if model is None:
         from crbnet.estimators.network import load

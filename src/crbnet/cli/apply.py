@@ -1,4 +1,4 @@
-"""``crbnet apply``: parameter, M0, noise and CRB-uncertainty maps from NIfTI data."""
+"""``crbnet apply``: parameter, M0, noise and CRB-uncertainty maps from NIfTI or MATLAB data."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from crbnet.errors import InputError
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "apply", help="estimate parameter and uncertainty maps from complex NIfTI data",
+        "apply", help="estimate parameter and uncertainty maps from complex NIfTI or MATLAB data",
         description="Estimate parameter maps (SI units, BIDS-style names), M0 magnitude and "
                     "phase, the residual noise level and, per parameter, the Cramér–Rao "
                     "standard deviation at the estimates and the measured noise level. The "
@@ -34,13 +34,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keyword option of the --method estimator, repeatable "
                         "(e.g. n_starts=4)")
     data = p.add_argument_group("input (complex data, last axis = time)")
-    data.add_argument("--input", metavar="FILE", help="complex-valued NIfTI")
+    data.add_argument("--input", metavar="FILE",
+                      help="complex-valued NIfTI, or a MATLAB .mat file (v5 or v7.3) with the "
+                           "complex images x (last axis in MATLAB's order = coefficient or "
+                           "time) and an optional mask (used unless --mask is given); maps from "
+                           ".mat are written on an identity affine")
     data.add_argument("--real", metavar="FILE", help="real part (with --imag)")
     data.add_argument("--imag", metavar="FILE", help="imaginary part (with --real)")
     data.add_argument("--magnitude", metavar="FILE", help="magnitude (with --phase)")
     data.add_argument("--phase", metavar="FILE", help="phase in radians (with --magnitude)")
-    p.add_argument("--mask", metavar="FILE", help="mask on the input grid (non-zero = estimate); "
-                   "default: found from the data")
+    p.add_argument("--mask", metavar="FILE", help="mask on the input grid (non-zero = estimate): "
+                   "NIfTI, or .mat (variable mask); default: the input .mat's mask, else found "
+                   "from the data")
     noise = p.add_mutually_exclusive_group()
     noise.add_argument("--sigma", type=float,
                        help="noise std per real/imaginary part (default: estimated)")
@@ -64,9 +69,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _open_input(args: argparse.Namespace):
+    """The signal source: a MATLAB .mat file (--input FILE.mat) or NIfTI file(s)."""
+    from crbnet.imaging.matlab import MatSignals, is_mat_file
+    from crbnet.imaging.nifti import NiftiSignals
+
+    max_bytes = int(args.max_memory * 2 ** 20)
+    if is_mat_file(args.input):
+        others = [f for f, v in (("--real", args.real), ("--imag", args.imag),
+                                 ("--magnitude", args.magnitude), ("--phase", args.phase)) if v]
+        if others:
+            raise InputError(f"--input FILE.mat holds the complex images; {', '.join(others)} "
+                             "cannot be given with it")
+        return MatSignals(args.input, max_bytes=max_bytes)
+    return NiftiSignals(args.input, real=args.real, imag=args.imag, magnitude=args.magnitude,
+                        phase=args.phase, max_bytes=max_bytes)
+
+
+def _read_mask(args: argparse.Namespace, source):
+    """--mask (NIfTI on the input's grid, or .mat with a mask variable), else the mask a .mat
+    input carries, else None (found from the data)."""
+    from crbnet.imaging.matlab import is_mat_file, read_mat_mask
+    from crbnet.imaging.nifti import read_mask
+
+    if not args.mask:
+        return getattr(source, "mask", None)
+    if is_mat_file(args.mask):
+        return read_mat_mask(args.mask, source.spatial_shape)
+    return read_mask(args.mask, source.reference())
+
+
 def run(args: argparse.Namespace) -> int:
     from crbnet.imaging.apply import apply_to_volume, as_model_input, check_compatible
-    from crbnet.imaging.nifti import NiftiSignals, check_output_directory, read_mask
+    from crbnet.imaging.nifti import check_output_directory
 
     device = resolve_device(args.device)
     check_positive(args.sigma, "--sigma")
@@ -84,8 +119,7 @@ def run(args: argparse.Namespace) -> int:
     if args.method and not args.model:
         raise InputError("--method needs --model")
     check_output_directory(args.out, args.overwrite)
-    source = NiftiSignals(args.input, real=args.real, imag=args.imag, magnitude=args.magnitude,
-                          phase=args.phase, max_bytes=int(args.max_memory * 2 ** 20))
+    source = _open_input(args)
     if args.checkpoint:
         from crbnet.estimators.network import load
 
@@ -106,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
             estimator = baselines.get(args.method, model, **parse_options(args.option))
         except TypeError as exc:
             raise InputError(f"--option: {exc}") from None
-    mask = read_mask(args.mask, source.reference()) if args.mask else None
+    mask = _read_mask(args, source)
     result = apply_to_volume(estimator, source, args.out, mask=mask, sigma=args.sigma,
                              noise=args.noise, chunk_size=args.chunk_size,
                              max_bytes=int(args.max_memory * 2 ** 20),

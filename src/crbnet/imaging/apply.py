@@ -141,9 +141,12 @@ def check_compatible(source: SignalSource, model: SignalModel,
     check_basis(side, model)
     if source.n_timepoints != model.n_timepoints:
         if getattr(model, "basis", None) is not None:
+            fewer = source.n_timepoints < model.n_timepoints
             raise InputError(f"the input has {source.n_timepoints} points on its last axis but "
                              f"the {model.name} estimator reads {model.n_timepoints} "
-                             f"coefficients (or {model.base.n_timepoints} time points)")
+                             f"coefficients (or {model.base.n_timepoints} time points)"
+                             + (f": give --basis-rank {source.n_timepoints} to use the basis' "
+                                f"first {source.n_timepoints} columns" if fewer else ""))
         raise InputError(f"the input has {source.n_timepoints} time points (last axis) but the "
                          f"{model.name} sequence has {model.n_timepoints}")
     if ignore_sequence_hash:
@@ -829,8 +832,10 @@ def apply_to_volume(estimator: Estimator, source: SignalSource, out_dir: str | P
 
     Args:
         estimator: anything with the :class:`~crbnet.estimators.protocol.Estimator` interface.
-        source: the complex data (:class:`~crbnet.imaging.nifti.NiftiSignals` or
-            :class:`~crbnet.imaging.nifti.ArraySignals`); the last axis must be the model's time axis.
+        source: the complex data (:class:`~crbnet.imaging.nifti.NiftiSignals`,
+            :class:`~crbnet.imaging.matlab.MatSignals` or
+            :class:`~crbnet.imaging.nifti.ArraySignals`); the last axis must be the model's time
+            axis (or its basis' coefficients).
         out_dir: output folder (created; must not exist or be empty unless ``overwrite``).
         mask: bool array of the grid (None: found from the data, see the module docstring).
         sigma: noise std per real/imaginary part; None estimates it (``noise``).

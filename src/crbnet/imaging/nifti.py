@@ -139,10 +139,11 @@ def same_grid(a: nib.Nifti1Image, b: nib.Nifti1Image, n_spatial: int, atol: floa
 
 
 def sidecar_path(image_path: str | Path) -> Path:
-    """Where an image's BIDS JSON sidecar lives: ``x.nii.gz`` or ``x.nii`` → ``x.json``."""
+    """Where an image's BIDS JSON sidecar lives: ``x.nii.gz``, ``x.nii`` (or a MATLAB
+    ``x.mat``) → ``x.json``."""
     image_path = Path(image_path)
     name = image_path.name
-    for ext in (".nii.gz", ".nii"):
+    for ext in (".nii.gz", ".nii", ".mat"):
         if name.endswith(ext):
             name = name[: -len(ext)]
             break

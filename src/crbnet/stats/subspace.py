@@ -14,7 +14,9 @@ A user's own basis (what a low-rank reconstruction hands over with its coefficie
 read by :func:`load_basis` — the one loader every command uses — and must have orthonormal
 columns (``max |UᴴU − I| ≤ 1e-6``): only then does white noise of std σ in the time series stay
 white noise of the same σ in the coefficients, which every noise estimate and CRB relies on.
-:func:`basis_hash` identifies a basis (checkpoints record it, so a network refuses coefficients
+It may be real or complex, stored T × K or K × T (the side as long as the sequence is time), and
+cut to its first K columns (``rank``: a reconstruction often stores more vectors than it used;
+the coefficients are ``Uᴴ y`` with the columns kept). :func:`basis_hash` identifies a basis (checkpoints record it, so a network refuses coefficients
 in another basis).
 """
 
@@ -157,31 +159,22 @@ def check_orthonormal(basis: torch.Tensor, what: str = "basis",
 
 def _read_array(path: Path) -> np.ndarray:
     """The basis array of a .npy, .h5/.hdf5 or .mat file (one 2-D array, or one of
-    :data:`BASIS_NAMES`)."""
+    :data:`BASIS_NAMES`); a .mat array in MATLAB's axis order, whatever its version."""
     suffix = path.suffix.lower()
     if suffix == ".npy":
         try:
             return np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
             raise InputError(f"{path}: not a readable .npy array ({exc})") from None
-    if suffix in (".h5", ".hdf5", ".mat"):
-        arrays = _read_mat(path) if suffix == ".mat" else None
-        if arrays is None:                          # HDF5 (also MATLAB v7.3 .mat files)
-            arrays = _read_hdf5(path)
-        return _pick_array(arrays, path)
+    if suffix == ".mat":
+        from crbnet.matfile import variables
+
+        matrices = {name: var for name, var in variables(path, "basis file").items()
+                    if len(var.shape) == 2}
+        return _pick_array(matrices, path).read()
+    if suffix in (".h5", ".hdf5"):
+        return _pick_array(_read_hdf5(path), path)
     raise InputError(f"{path}: basis files must be .npy, .h5/.hdf5 or .mat")
-
-
-def _read_mat(path: Path) -> dict[str, np.ndarray] | None:
-    """Variables of a MATLAB file up to v7.2 (None for v7.3, which is HDF5)."""
-    import scipy.io
-
-    try:
-        return {k: v for k, v in scipy.io.loadmat(str(path)).items() if not k.startswith("__")}
-    except NotImplementedError:                     # v7.3: read as HDF5
-        return None
-    except (ValueError, OSError, TypeError) as exc:
-        raise InputError(f"{path}: not a readable MATLAB file ({exc})") from None
 
 
 def _read_hdf5(path: Path) -> dict[str, np.ndarray]:
@@ -196,29 +189,47 @@ def _read_hdf5(path: Path) -> dict[str, np.ndarray]:
             f.visititems(visit)
     except OSError as exc:
         raise InputError(f"{path}: not a readable HDF5 file ({exc})") from None
-    # MATLAB v7.3 stores complex as a compound (real, imag) and matrices transposed.
-    for name, a in out.items():
+    for name, a in out.items():        # complex as a compound (real, imag), as MATLAB writes it
         if a.dtype.names and {"real", "imag"} <= set(a.dtype.names):
-            a = a["real"] + 1j * a["imag"]
-        out[name] = a.T if path.suffix.lower() == ".mat" else a
+            out[name] = a["real"] + 1j * a["imag"]
     return out
 
 
-def _pick_array(arrays: dict[str, np.ndarray], path: Path) -> np.ndarray:
-    matrices = {k: v for k, v in arrays.items() if np.ndim(v) == 2}
+def _pick_array(arrays: dict, path: Path):
     for name in BASIS_NAMES:
-        if name in matrices:
-            return matrices[name]
-    if len(matrices) == 1:
-        return next(iter(matrices.values()))
+        if name in arrays:
+            return arrays[name]
+    if len(arrays) == 1:
+        return next(iter(arrays.values()))
     raise InputError(f"{path}: expected one 2-D array (or one named {', '.join(BASIS_NAMES)}), "
-                     f"found {sorted(matrices) or 'none'}")
+                     f"found {sorted(arrays) or 'none'}")
 
 
-def load_basis(path: str | Path, n_timepoints: int | None = None) -> torch.Tensor:
-    """A user's basis U [T, K] (complex128) from .npy, .h5/.hdf5 or MATLAB .mat, checked:
-    2-D with T ≥ K, finite, orthonormal columns (:func:`check_orthonormal`), and T equal to
-    ``n_timepoints`` when given. Any problem is one :class:`InputError` line."""
+def _time_in_rows(array: np.ndarray, n_timepoints: int | None, path: Path) -> np.ndarray:
+    """The stored matrix as U [T, K]: it may be stored either way round. The side equal to the
+    sequence's ``n_timepoints`` is time (rows kept when both are); without a sequence, the
+    longer side."""
+    rows, cols = array.shape
+    if n_timepoints is None:
+        return array if rows >= cols else array.T
+    if rows == n_timepoints:
+        return array
+    if cols == n_timepoints:
+        return array.T
+    raise InputError(f"basis {path} is {rows} × {cols}: neither side is the sequence's "
+                     f"{n_timepoints} time points")
+
+
+def load_basis(path: str | Path, n_timepoints: int | None = None,
+               rank: int | None = None) -> torch.Tensor:
+    """A user's basis U [T, K] (complex128) from .npy, .h5/.hdf5 or MATLAB .mat (v5 or v7.3).
+
+    The matrix may be real or complex and stored T × K or K × T: the side of length
+    ``n_timepoints`` (the sequence's time points) is time; without ``n_timepoints`` the longer
+    side is. ``rank`` keeps the first K columns (all by default; it may not exceed the stored
+    columns). Checked: numeric, finite, orthonormal columns (:func:`check_orthonormal`, on the
+    columns kept). Any problem is one :class:`InputError` line.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"basis file not found: {path}")
@@ -226,11 +237,14 @@ def load_basis(path: str | Path, n_timepoints: int | None = None) -> torch.Tenso
     if not (np.issubdtype(array.dtype, np.number) and array.ndim == 2):
         raise InputError(f"basis {path}: expected a numeric [T, K] matrix, got "
                          f"{array.dtype} of shape {list(array.shape)}")
+    array = _time_in_rows(array, n_timepoints, path)
+    if rank is not None:
+        if not 1 <= rank <= array.shape[1]:
+            raise InputError(f"basis rank {rank} asked for, but basis {path} has "
+                             f"{array.shape[1]} columns (vectors)")
+        array = array[:, :rank]
     basis = torch.from_numpy(np.ascontiguousarray(array.astype(np.complex128)))
     check_orthonormal(basis, f"basis {path}")
-    if n_timepoints is not None and basis.shape[0] != n_timepoints:
-        raise InputError(f"basis {path} has {basis.shape[0]} rows (time points) but the "
-                         f"sequence has {n_timepoints}")
     return basis
 
 

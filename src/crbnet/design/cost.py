@@ -84,9 +84,13 @@ def played_signal_and_jacobian(model: SignalModel, played: Mapping[str, torch.Te
 def relative_crb(signal: torch.Tensor, columns: torch.Tensor, points: torch.Tensor,
                  sigma: float) -> torch.Tensor:
     """CRB_p / θ_p² [N, P] from the signal [N, T] and Jacobian columns [P, N, T] at ``points``
-    [N, P] (SI), for noise ``sigma`` and |M0| = 1."""
+    [N, P] (SI), for noise ``sigma`` and |M0| = 1; not finite where the Fisher matrix is
+    singular."""
     fisher = _fisher_from_columns(columns, signal)
-    variance = torch.diagonal(torch.linalg.inv(fisher), dim1=-2, dim2=-1)[:, :points.shape[1]]
+    # inv_ex: an exactly singular Fisher matrix gives a non-finite cost, not an exception (the
+    # optimizer steps back from it; the designer refuses a start that has it).
+    variance = torch.diagonal(torch.linalg.inv_ex(fisher)[0], dim1=-2, dim2=-1)
+    variance = variance[:, :points.shape[1]]
     return variance * sigma ** 2 / points ** 2
 
 

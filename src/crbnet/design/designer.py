@@ -161,6 +161,10 @@ class SequenceDesigner:
         budget = 60.0 * self.max_minutes
         x_start = self.controls.initial()
         start_cost = self.cost_and_gradient(x_start)[0]
+        if not self.random_only and not (math.isfinite(start_cost) and start_cost > 0):
+            raise InputError(f"the Fisher matrix of {self.model.name} is singular on the start "
+                             "sequence at the design points: a parameter cannot be told apart "
+                             "there (fix it with --fix, or choose other points or a start)")
         # With random starts only, the start sequence is not a candidate.
         best = {"x": x_start, "cost": math.inf if self.random_only else start_cost}
         history: list[dict] = []

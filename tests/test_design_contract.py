@@ -124,18 +124,73 @@ def test_segmented_controls_hold_the_limits_per_segment(n_segments, limits):
                 or fig["omega_max"] == pytest.approx(limits.omega_max, rel=1e-6))
 
 
-def test_segmented_design_gradient_and_bounds_use_the_models_physics():
+def _segmented_models() -> list:
+    """The toy and every registered model that plays kind 'segmented' and implements the
+    design contract (each is designed with SegmentedControls, so each is checked here)."""
+    found = [name for name, cls in models.REGISTRY.items()
+             if "segmented" in cls.accepted_sequence_kinds()
+             and cls.signal_for_sequence is not SignalModel.signal_for_sequence]
+    return ["toy"] + found
+
+
+@pytest.mark.parametrize("name", _segmented_models())
+def test_segmented_design_gradient_and_bounds_use_the_models_physics(name):
     """The differentiable cost equals crbnet.crb's on the written sequence (through the
-    model's simulate), and its gradient matches finite differences."""
-    model = ToySegmented()
-    designer = SequenceDesigner(model, POINTS, snr=50,
+    model's simulate); the gradient in the controls of the signal and its Jacobian — reverse
+    mode through the model's forward-mode Jacobian, where autodiff rules can fail (torch
+    2.13's second derivatives of torch.linalg.solve are wrong, forward over forward as well)
+    — matches finite differences; and for the toy so does the cost's gradient (the registered
+    models' costs on a 32-pulse sequence are too ill-conditioned for finite differences)."""
+    start = _segmented_start(2)
+    if name == "toy":
+        model, points = ToySegmented(sequence=start), POINTS
+    else:
+        model = models.get(name, sequence=start)
+        # Inside the training ranges, off their middles (ω0 = 0 is a symmetry point where the
+        # signal's ω0-derivative vanishes and the Fisher matrix is singular).
+        points = torch.tensor([[lo + f * (hi - lo) for lo, hi in model.train_ranges.values()]
+                               for f in (0.35, 0.6)], dtype=torch.float64)
+    designer = SequenceDesigner(model, points, snr=50,
                                 space=DesignSpace(HardwareLimits(), n_control=4))
     assert isinstance(designer.controls, SegmentedControls)
     rng = np.random.default_rng(5)
-    x = rng.uniform(0.2, 0.8, designer.controls.n_variables)
+    # Away from the kinks of the controls: pulses ≤ 0.46 ms (the α cap is the peak-B1 one,
+    # below π) and α ≤ 0.6 of its cap (RF power below its limit, not scaled).
+    half = designer.controls.n_variables // 2
+    x = np.concatenate((rng.uniform(0.05, 0.4, half), rng.uniform(0.2, 0.6, half)))
     value, grad = designer.cost_and_gradient(x)
     rel = designer.relative_std(designer.controls.sequence(x))
-    assert value == pytest.approx(float((rel ** 2).sum(1).mean()), rel=1e-9)
+    # (Round-off through the ill-conditioned Fisher inverses of the registered models on this
+    # short sequence reaches ~1e-8.)
+    assert value == pytest.approx(float((rel ** 2).sum(1).mean()),
+                                  rel=1e-9 if name == "toy" else 1e-6)
+    weights = {}
+
+    def functional(z: torch.Tensor) -> torch.Tensor:
+        """A fixed random linear functional of the signal and its Jacobian columns."""
+        out = designer.controls.signal_and_jacobian(model, designer.controls.played(z), points)
+        total = 0
+        for k, t in enumerate(out):
+            t = torch.view_as_real(t) if t.is_complex() else t
+            if k not in weights:
+                weights[k] = torch.tensor(rng.normal(size=t.shape)) / float(t.abs().amax())
+            total = total + (t * weights[k]).sum()
+        return total
+
+    xt = torch.tensor(x, requires_grad=True)
+    (reverse,) = torch.autograd.grad(functional(xt), xt)
+
+    def along(direction: torch.Tensor, h: float) -> float:
+        with torch.no_grad():
+            return float(functional(torch.tensor(x) + h * direction)
+                         - functional(torch.tensor(x) - h * direction)) / (2 * h)
+
+    for _ in range(2):
+        direction = torch.tensor(rng.normal(size=x.size))
+        fd = (4 * along(direction, 1e-3) - along(direction, 2e-3)) / 3      # Richardson
+        assert float(reverse @ direction) == pytest.approx(fd, rel=1e-6)
+    if name != "toy":
+        return
 
     def cost(z):
         with torch.no_grad():
@@ -146,7 +201,7 @@ def test_segmented_design_gradient_and_bounds_use_the_models_physics():
         e[i] = h
         return (cost(x + e) - cost(x - e)) / (2 * h)
 
-    for i in rng.choice(x.size, 4, replace=False):
+    for i in rng.choice(x.size, 3, replace=False):
         fd = (4 * central(i, 1e-3) - central(i, 2e-3)) / 3           # Richardson: O(h⁴)
         assert grad[i] == pytest.approx(fd, rel=1e-6, abs=1e-9 * np.abs(grad).max()), i
 

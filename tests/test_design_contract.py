@@ -173,7 +173,7 @@ def test_segmented_design_gradient_and_bounds_use_the_models_physics(name):
         for k, t in enumerate(out):
             t = torch.view_as_real(t) if t.is_complex() else t
             if k not in weights:
-                weights[k] = torch.tensor(rng.normal(size=t.shape)) / float(t.abs().amax())
+                weights[k] = torch.tensor(rng.normal(size=t.shape)) / float(t.detach().abs().amax())
             total = total + (t * weights[k]).sum()
         return total
 

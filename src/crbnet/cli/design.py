@@ -31,13 +31,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "3 T hardware limits",
         description="Minimize the mean over tissue points of sum_p w_p CRB_p / value_p^2 "
                     "(relative variances, complex M0 as nuisance) over the sequence's controls "
-                    "by bounded L-BFGS with exact gradients. Writes DIR/sequence.json (use it "
-                    "with --sequence), DIR/design.json and DIR/design.png.")
+                    "by bounded L-BFGS with exact gradients. Any model that implements "
+                    "signal_for_sequence can be designed, FILE.py:CLASS included "
+                    "(docs/design.md). Writes DIR/sequence.json (use it with --sequence), "
+                    "DIR/design.json and DIR/design.png.")
     add_model_arguments(p)
     p.add_argument("--start", metavar="default|random|FILE", default=None,
                    help="start sequence: the model's default (default), a sequence file, or "
                         "'random' (every run from random controls; the default sequence then "
-                        "only gives what is not designed: TR, number of TRs, inversion, k_RF)")
+                        "only gives what is not designed: TR, number of TRs, inversions, ...)")
     p.add_argument("--snr", type=float, default=50.0, help="SNR = |M0| / sigma (default 50)")
     add_output_folder_arguments(p)
     p.add_argument("--tissue", action="append", default=[], metavar="NAME",
@@ -48,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", action="append", default=[], metavar="NAME=W",
                    help="weight of a parameter's relative variance in the cost (default 1)")
     p.add_argument("--control-points", type=int, default=64, metavar="N",
-                   help="mt_hybrid_state: control points of θ and TRF per cycle (default 64)")
+                   help="kinds mt and segmented: control points of the flip angle and TRF "
+                        "per cycle (per segment) (default 64)")
     p.add_argument("--peak-b1", type=float, default=lim.peak_b1, metavar="T",
                    help=f"largest RF amplitude in tesla (default {lim.peak_b1:g})")
     p.add_argument("--trf-range", default=f"{lim.trf_min:g}:{lim.trf_max:g}", metavar="LO:HI",
@@ -57,11 +60,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="largest mean RF power sum(w1^2 TRF)/T_cycle in (rad/s)^2 "
                         f"(default {lim.rf_power_max:g})")
     p.add_argument("--max-flip", type=float, metavar="RAD",
-                   help="largest flip angle in rad (fisp_mrf default: the start's largest; "
-                        "mt_hybrid_state: pi, i.e. theta <= pi/2)")
-    p.add_argument("--optimize-tr", action="store_true", help="fisp_mrf: design the TRs too")
+                   help="largest flip angle in rad (kind fisp default: the start's largest; "
+                        "kinds mt and segmented: pi, i.e. theta <= pi/2 for mt)")
+    p.add_argument("--optimize-tr", action="store_true", help="kind fisp: design the TRs too")
     p.add_argument("--tr-range", metavar="LO:HI",
-                   help="fisp_mrf with --optimize-tr: allowed TRs in s (default: the start's)")
+                   help="kind fisp with --optimize-tr: allowed TRs in s (default: the start's)")
     p.add_argument("--starts", type=int, default=4,
                    help="optimizer runs: the start sequence, then random starts (default 4)")
     p.add_argument("--max-minutes", type=float, default=8.0,

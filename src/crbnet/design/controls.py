@@ -1,6 +1,10 @@
 """What sequence design may change, and how the optimizer's variables map onto a sequence that
 respects the hardware limits exactly.
 
+Controls know the sequence kind and the hardware limits, nothing of a model's physics: the
+signal comes from the model's ``signal_for_sequence`` (the design contract, docs/design.md),
+called with the arrays :meth:`Controls.played` makes.
+
 The optimizer sees a vector ``x`` of numbers in [0, 1] (box bounds only). Each sequence kind has
 a :class:`Controls` that maps ``x`` to the played sequence by differentiable tensor operations
 built so that *every* ``x`` in the box gives a sequence within the limits — the limits hold by
@@ -9,7 +13,8 @@ construction, not by a penalty:
 - a flip angle is a fraction of the largest angle the peak-B1 limit allows for its pulse
   duration (ω1 = α/TRF ≤ γ·B1max), capped by the angle bound;
 - when the mean RF power exceeds its limit, all flip angles are scaled down by the one factor
-  that puts it on the limit (power is quadratic in the angles, so this is exact).
+  that puts it on the limit (power is quadratic in the angles, so this is exact); segmented
+  sequences keep the limit per segment, each its own cycle.
 
 Registered by sequence kind in :data:`CONTROLS`.
 """
@@ -22,10 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from crbnet.design.cost import complex_step_jacobian, forward_mode_jacobian
+from crbnet.design.cost import played_signal_and_jacobian
 from crbnet.errors import InputError
 from crbnet.physics import sequences as seqs
-from crbnet.physics.hardware import FISP_DEFAULT_TRF, HardwareLimits
+from crbnet.physics.hardware import FISP_DEFAULT_TRF, GAMMA, HardwareLimits
 from crbnet.physics.models.base import SignalModel
 
 # Kept off the limits by this relative margin, so that round-off never pushes a designed
@@ -45,6 +50,13 @@ def _power_scale(omega1_sq_trf: torch.Tensor, duration: float, power_max: float)
     ``Σ ω1²·TRF / duration`` down to ``power_max`` where it is above."""
     power = omega1_sq_trf.sum() / duration
     return torch.clamp(torch.sqrt(power_max / power.clamp_min(1e-300)), max=1.0)
+
+
+def _pulse_duration(u, limits: HardwareLimits):
+    """Pulse durations (s) at fractions ``u`` ∈ [0, 1] of the allowed range, kept off its ends
+    by the margin."""
+    lo, hi = limits.trf_min * (1 + _MARGIN), limits.trf_max * (1 - _MARGIN)
+    return lo + u * max(hi - lo, 0.0)
 
 
 @dataclass
@@ -91,8 +103,8 @@ class Controls:
     def signal_and_jacobian(self, model: SignalModel, played: dict[str, torch.Tensor],
                             points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's signal [N, T] and Jacobian columns [P, N, T] at ``points`` on the played
-        sequence, differentiable in ``played``."""
-        raise NotImplementedError
+        sequence, differentiable in ``played`` (the model's ``signal_for_sequence``)."""
+        return played_signal_and_jacobian(model, played, points)
 
     def control_points(self, x: np.ndarray) -> dict[str, list[float]]:
         """The variables in physical units, for the report."""
@@ -133,9 +145,7 @@ class MTControls(Controls):
         return np.minimum(cap, self.theta_max)
 
     def _trf(self, u):
-        lo, hi = (self.space.limits.trf_min * (1 + _MARGIN),
-                  self.space.limits.trf_max * (1 - _MARGIN))
-        return lo + u * max(hi - lo, 0.0)
+        return _pulse_duration(u, self.space.limits)
 
     def initial(self) -> np.ndarray:
         lim = self.space.limits
@@ -173,21 +183,6 @@ class MTControls(Controls):
         with torch.no_grad():
             theta_cp, trf_cp, _, _ = self._trains(torch.as_tensor(x, dtype=torch.float64))
         return {"theta": theta_cp.tolist(), "TRF": trf_cp.tolist()}
-
-    def signal_and_jacobian(self, model: SignalModel, played: dict[str, torch.Tensor],
-                            points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from crbnet.physics.models.mt_hybrid_state import steady_state_signal
-
-        theta_col = played["theta"][:, None]
-        w0_col = (played["theta"] ** 2 / played["TRF"])[:, None]
-
-        def simulate(theta: torch.Tensor) -> torch.Tensor:
-            p = model.full_parameters(theta)
-            rows, beta = model._voxel_rows(p)
-            B1 = p["B1"][None, :]
-            return steady_state_signal(rows, beta, B1, theta_col, w0_col)
-
-        return forward_mode_jacobian(simulate, points)
 
 
 class FISPControls(Controls):
@@ -263,33 +258,140 @@ class FISPControls(Controls):
             arrays = self.played(torch.as_tensor(x, dtype=torch.float64))
         return {k: v.tolist() for k, v in arrays.items()}
 
-    def signal_and_jacobian(self, model: SignalModel, played: dict[str, torch.Tensor],
-                            points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from crbnet.physics.models.fisp_mrf import epg_echoes
 
-        seq = self.start
-        n_states = getattr(model, "n_states", None) or model.max_order + 1
+class SegmentedControls(Controls):
+    """Segmented rectangular-pulse trains (kind 'segmented'), every segment designed jointly:
+    per segment, α and TRF at ``n_control`` control points Hann-interpolated onto that
+    segment's pulses. TR, the numbers of segments and pulses, the inversion pulses (α and TRF
+    wherever the start flags one) and the RF phase increment are the start's.
 
-        def echoes(theta: torch.Tensor) -> torch.Tensor:
-            p = model.full_parameters(theta)
-            return epg_echoes(p["T1"], p["T2"], p["B1"], played["flip"], played["TR"], seq.TE,
-                              seq.TI, n_states)
+    Variables: per segment and control point the pulse duration (a fraction of the allowed
+    range) and α as a fraction of its largest allowed value ``min(max_flip, ω1max·TRF)`` (the
+    peak-B1 limit at nominal B1). α is designed non-negative: with the RF phase increment π the
+    pulses alternate in sign as played, so a non-negative α is a balanced train — the
+    hybrid-state convention (θ ≥ 0 in mt_hybrid_state); a sign change within the train is
+    outside the design space. Each segment is its own cycle (N·TR) and keeps the RF-power
+    limit on its own, its inversion pulses counted: above it, the segment's designed pulses
+    are scaled by the one factor that puts it on the limit."""
 
-        # The signal is i·echoes: a global phase, which the Fisher matrix does not see. The
-        # complex step costs one EPG pass of (P+1)·N voxels — under reverse mode far cheaper
-        # than forward-mode transforms through the TR loop.
-        return complex_step_jacobian(echoes, points)
+    kind = "segmented"
+
+    def __init__(self, start: seqs.SegmentedSequence, space: DesignSpace) -> None:
+        super().__init__(start, space)
+        lim = space.limits
+        TR = start.require_tr()
+        if lim.trf_max > TR:
+            raise InputError(f"the longest pulse ({lim.trf_max:g} s) must fit in the TR "
+                             f"({TR:g} s)")
+        n = start.pulses_per_segment
+        if not 2 <= space.n_control <= n:
+            raise InputError(f"--control-points must be between 2 and the number of pulses "
+                             f"per segment ({n}), got {space.n_control}")
+        self.hann = torch.tensor(hann_matrix(space.n_control, n))          # [N, k]
+        self.alpha_max = min(space.max_flip or math.pi, math.pi) * (1 - _MARGIN)
+        self.omega_max = lim.omega_max * (1 - _MARGIN)
+        self.power_max = lim.rf_power_max * (1 - _MARGIN)
+        self.duration = TR * n                                             # one segment
+        inv = start.inversion
+        self.inversion = torch.tensor(inv)
+        self.fixed_alpha = torch.tensor(np.where(inv, start.alpha, 0.0))
+        self.fixed_trf = torch.tensor(np.where(inv, start.TRF, 1.0))
+        self.fixed_power = np.where(inv, start.alpha ** 2 / start.TRF, 0.0).sum(1) / self.duration
+        self._check_inversion_pulses()
+
+    def _check_inversion_pulses(self) -> None:
+        """The start's inversion pulses, which are kept, must be within the limits (with the
+        tolerance of :func:`crbnet.physics.hardware.violations`) and leave room in each
+        segment's RF power."""
+        lim, start, inv = self.space.limits, self.start, self.start.inversion
+        if not inv.any():
+            return
+        omega = np.abs(start.alpha[inv]) / start.TRF[inv]
+        trf = start.TRF[inv]
+        if omega.max() > lim.omega_max * (1 + 1e-9):
+            raise InputError(f"the start's inversion pulses (kept by design) exceed the peak-B1 "
+                             f"limit: {omega.max() / GAMMA * 1e6:.1f} µT > "
+                             f"{lim.peak_b1 * 1e6:.1f} µT")
+        if trf.min() < lim.trf_min * (1 - 1e-9) or trf.max() > lim.trf_max * (1 + 1e-9):
+            raise InputError(f"the start's inversion pulses (kept by design) last "
+                             f"{trf.min() * 1e6:.0f}–{trf.max() * 1e6:.0f} µs, outside the "
+                             f"pulse-duration range {lim.trf_min * 1e6:.0f}–"
+                             f"{lim.trf_max * 1e6:.0f} µs")
+        if self.fixed_power.max() >= self.power_max:
+            raise InputError(f"the start's inversion pulses alone use RF power "
+                             f"{self.fixed_power.max():.3g} (rad/s)² in a segment, not below "
+                             f"the limit {lim.rf_power_max:.3g}")
+
+    @property
+    def n_variables(self) -> int:
+        return 2 * self.start.n_segments * self.space.n_control
+
+    def _alpha_cap(self, trf: torch.Tensor | np.ndarray):
+        cap = self.omega_max * trf
+        if isinstance(trf, torch.Tensor):
+            return torch.clamp(cap, max=self.alpha_max)
+        return np.minimum(cap, self.alpha_max)
+
+    def initial(self) -> np.ndarray:
+        lim, start = self.space.limits, self.start
+        H = self.hann.numpy()
+        # Least-squares control points of each segment's trains, inversion pulses left out.
+        alpha_cp, trf_cp = np.stack([
+            np.linalg.lstsq(H[~inv], np.stack((np.abs(a[~inv]), t[~inv]), 1), rcond=None)[0].T
+            for a, t, inv in zip(start.alpha, start.TRF, start.inversion)], 1)
+        u = np.clip((trf_cp - lim.trf_min) / max(lim.trf_max - lim.trf_min, 1e-300), 0, 1)
+        s = np.clip(alpha_cp / self._alpha_cap(_pulse_duration(u, lim)), 0, 1)
+        return np.concatenate((u.ravel(), s.ravel()))
+
+    def _trains(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """α and TRF at the control points [S, k] and as played [S, N]."""
+        shape = (self.start.n_segments, self.space.n_control)
+        half = x.shape[0] // 2
+        trf_cp = _pulse_duration(x[:half], self.space.limits).reshape(shape)
+        alpha_cp = x[half:].reshape(shape) * self._alpha_cap(trf_cp)
+        H = self.hann.to(x.dtype)
+        alpha, trf = alpha_cp @ H.T, trf_cp @ H.T
+        # RF power per segment: Σ ω1²·TRF / (N·TR) = Σ α²/TRF / (N·TR), the inversions fixed.
+        designed = torch.where(self.inversion, 0.0, alpha ** 2 / trf).sum(1) / self.duration
+        room = torch.as_tensor(self.power_max - self.fixed_power, dtype=x.dtype)
+        scale = torch.clamp(torch.sqrt(room / designed.clamp_min(1e-300)), max=1.0)[:, None]
+        alpha_cp, alpha = alpha_cp * scale, alpha * scale
+        return (alpha_cp, trf_cp,
+                torch.where(self.inversion, self.fixed_alpha.to(x.dtype), alpha),
+                torch.where(self.inversion, self.fixed_trf.to(x.dtype), trf))
+
+    def played(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        _, _, alpha, trf = self._trains(x)
+        return {"alpha": alpha, "TRF": trf}
+
+    def sequence(self, x: np.ndarray) -> seqs.SegmentedSequence:
+        with torch.no_grad():
+            arrays = self.played(torch.as_tensor(x, dtype=torch.float64))
+        start = self.start
+        return seqs.SegmentedSequence(alpha=arrays["alpha"].numpy(), TRF=arrays["TRF"].numpy(),
+                                      TR=start.TR, inversion=start.inversion,
+                                      rf_phase_increment=start.rf_phase_increment)
+
+    def control_points(self, x: np.ndarray) -> dict[str, list[list[float]]]:
+        with torch.no_grad():
+            alpha_cp, trf_cp, _, _ = self._trains(torch.as_tensor(x, dtype=torch.float64))
+        return {"alpha": alpha_cp.tolist(), "TRF": trf_cp.tolist()}
 
 
 #: Design controls by sequence kind.
-CONTROLS: dict[str, type[Controls]] = {cls.kind: cls for cls in (MTControls, FISPControls)}
+CONTROLS: dict[str, type[Controls]] = {
+    cls.kind: cls for cls in (MTControls, FISPControls, SegmentedControls)}
 
 
 def controls_for(model: SignalModel, space: DesignSpace) -> Controls:
-    """The controls of the model's sequence kind, starting from the model's sequence."""
-    kind = getattr(model.sequence, "kind", model.sequence_kind)
+    """The controls of the kind of the model's sequence (a model may play several kinds),
+    starting from that sequence. A model must implement ``signal_for_sequence``."""
+    if type(model).signal_for_sequence is SignalModel.signal_for_sequence:
+        raise InputError(f"model {model.name!r} cannot be designed: it does not implement "
+                         "signal_for_sequence (docs/design.md, 'What a model must offer')")
+    kind = model.sequence.kind
     cls = CONTROLS.get(kind)
     if cls is None:
-        raise InputError(f"sequence design supports sequences of kind "
-                         f"{', '.join(CONTROLS)}; {model.name!r} plays one of kind {kind!r}")
+        raise InputError(f"sequence design supports sequences of kind {', '.join(CONTROLS)}; "
+                         f"{model.name!r} plays {kind!r}")
     return cls(model.sequence, space)

@@ -4,19 +4,22 @@ sequence.
 Each term is a relative variance — the squared relative precision at which an efficient
 unbiased estimator finds parameter p — so parameters of different units and magnitudes count
 alike unless weighted. The bounds are the ones :func:`crbnet.crb` computes (complex M0 as a
-nuisance parameter; see docs/statistics.md). The Jacobian in the tissue parameters comes from a
-derivative that is itself differentiable in the sequence (forward-mode autodiff, or the complex
-step for models analytic in their parameters), so reverse-mode autodiff through the Jacobian,
-the Fisher matrix and its inverse gives the exact gradient of the cost in the sequence.
+nuisance parameter; see docs/statistics.md). The signal is the model's
+``signal_for_sequence`` (the design contract, docs/design.md); its Jacobian in the tissue
+parameters comes from a derivative that is itself differentiable in the sequence (forward-mode
+autodiff, or the complex step for models that declare themselves analytic in their parameters),
+so reverse-mode autodiff through the Jacobian, the Fisher matrix and its inverse gives the exact
+gradient of the cost in the sequence.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from torch.func import jvp, vmap
 
+from crbnet.physics.models.base import SignalModel
 from crbnet.stats.crb import _fisher_from_columns
 
 Signal = Callable[[torch.Tensor], torch.Tensor]
@@ -53,12 +56,41 @@ def complex_step_jacobian(simulate: Signal, points: torch.Tensor
     return out[0].real, out[1:].imag / steps.T[:, :, None]
 
 
+def played_signal_and_jacobian(model: SignalModel, played: Mapping[str, torch.Tensor],
+                               points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's signal [N, T] and Jacobian columns [P, N, T] at ``points`` [N, P] when it
+    plays ``played`` (:meth:`SignalModel.signal_for_sequence`), differentiable in ``played``.
+
+    Where the model declares ``real_signal_phase`` c, the real signal ``Re(conj(c)·f)`` is used
+    (same Fisher matrix); with ``analytic_in_theta`` its Jacobian comes by the complex step,
+    else by forward mode."""
+    phase = model.real_signal_phase
+
+    def simulate(theta: torch.Tensor) -> torch.Tensor:
+        signal = model.signal_for_sequence(theta, played)
+        if phase is None:
+            return signal
+        return (signal if phase == 1 else signal * complex(phase).conjugate()).real
+
+    def analytic(theta: torch.Tensor) -> torch.Tensor:
+        # Under the complex step, the imaginary part carries the derivative: keep it.
+        return model.signal_for_sequence(theta, played) * complex(phase).conjugate()
+
+    if phase is not None and model.analytic_in_theta:
+        return complex_step_jacobian(analytic, points)
+    return forward_mode_jacobian(simulate, points)
+
+
 def relative_crb(signal: torch.Tensor, columns: torch.Tensor, points: torch.Tensor,
                  sigma: float) -> torch.Tensor:
     """CRB_p / θ_p² [N, P] from the signal [N, T] and Jacobian columns [P, N, T] at ``points``
-    [N, P] (SI), for noise ``sigma`` and |M0| = 1."""
+    [N, P] (SI), for noise ``sigma`` and |M0| = 1; not finite where the Fisher matrix is
+    singular."""
     fisher = _fisher_from_columns(columns, signal)
-    variance = torch.diagonal(torch.linalg.inv(fisher), dim1=-2, dim2=-1)[:, :points.shape[1]]
+    # inv_ex: an exactly singular Fisher matrix gives a non-finite cost, not an exception (the
+    # optimizer steps back from it; the designer refuses a start that has it).
+    variance = torch.diagonal(torch.linalg.inv_ex(fisher)[0], dim1=-2, dim2=-1)
+    variance = variance[:, :points.shape[1]]
     return variance * sigma ** 2 / points ** 2
 
 

@@ -77,6 +77,7 @@ class SequenceDesigner:
         self.weights = self._weights(weights or {})
         self.space = space or DesignSpace(limits=HardwareLimits())
         self.controls: Controls = controls_for(model, self.space)
+        self._check_contract()
         self.starts, self.max_minutes, self.max_iterations = starts, max_minutes, max_iterations
         self.seed, self.random_only, self.progress = seed, random_only, progress
 
@@ -92,6 +93,28 @@ class SequenceDesigner:
         if not out.sum() > 0:
             raise InputError("at least one weight must be positive")
         return out
+
+    def _check_contract(self) -> None:
+        """One call of the model's ``signal_for_sequence`` on the start's played arrays: a
+        finite [N, T] tensor, and real up to the model's ``real_signal_phase`` where it
+        declares one (design would otherwise drop a part of the signal silently)."""
+        x0 = torch.as_tensor(self.controls.initial(), dtype=torch.float64)
+        with torch.no_grad():
+            signal = self.model.signal_for_sequence(self.points, self.controls.played(x0))
+        expected = (self.points.shape[0], self.model.n_timepoints)
+        name = self.model.name
+        if not torch.is_tensor(signal) or tuple(signal.shape) != expected:
+            got = list(signal.shape) if torch.is_tensor(signal) else type(signal).__name__
+            raise InputError(f"{name}.signal_for_sequence must return a tensor {list(expected)} "
+                             f"(points × time points), got {got}")
+        if not torch.isfinite(torch.view_as_real(signal) if signal.is_complex() else signal).all():
+            raise InputError(f"{name}.signal_for_sequence gives NaN or Inf at the design points")
+        phase = self.model.real_signal_phase
+        if phase is not None and signal.is_complex():
+            residual = (signal * complex(phase).conjugate()).imag.abs().max()
+            if residual > 1e-9 * signal.abs().max():
+                raise InputError(f"{name} declares real_signal_phase {phase} but its signal is "
+                                 "not that phase times a real signal")
 
     # ---- cost --------------------------------------------------------------------------------
     def cost(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,6 +161,10 @@ class SequenceDesigner:
         budget = 60.0 * self.max_minutes
         x_start = self.controls.initial()
         start_cost = self.cost_and_gradient(x_start)[0]
+        if not self.random_only and not (math.isfinite(start_cost) and start_cost > 0):
+            raise InputError(f"the Fisher matrix of {self.model.name} is singular on the start "
+                             "sequence at the design points: a parameter cannot be told apart "
+                             "there (fix it with --fix, or choose other points or a start)")
         # With random starts only, the start sequence is not a candidate.
         best = {"x": x_start, "cost": math.inf if self.random_only else start_cost}
         history: list[dict] = []

@@ -266,6 +266,18 @@ class SignalModel:
         raise NotImplementedError(f"model {self.name!r} cannot play a sequence given as "
                                   "tensors (signal_for_sequence), so it cannot be designed")
 
+    #: Optional, for sequence design: where :meth:`signal_for_sequence` is a constant phase c
+    #: times a real signal for every θ and played sequence (mt_hybrid_state: 1, fisp_mrf: i),
+    #: that c (|c| = 1); design then works with the real signal (a constant phase is invisible
+    #: to the Fisher matrix, and real arithmetic is half the work). None: a complex signal.
+    real_signal_phase: complex | None = None
+    #: Optional, for sequence design, with :attr:`real_signal_phase`: True where
+    #: :meth:`signal_for_sequence` also accepts complex θ (complex128) and returns c·g(θ) for the
+    #: real signal g continued analytically — then design takes ∂g/∂θ by the complex step
+    #: (exact to round-off, one pass over (P+1)·N voxels: far cheaper than forward mode under
+    #: reverse mode through a long recursion). False: forward mode (``torch.func.jvp``).
+    analytic_in_theta: bool = False
+
     def explicit_signal_and_jacobian(self, theta: torch.Tensor
                                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Optional: the signal [N, T] and ∂f/∂θ as columns [P, N, T] (complex, or real where

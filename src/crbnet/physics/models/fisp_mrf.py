@@ -219,6 +219,22 @@ class FISPMRF(SignalModel):
             ref, got = exact.simulate(theta).imag, trial.simulate(theta).imag
         return float(((got - ref).abs().amax(1) / ref.abs().amax(1)).max())
 
+    # ---- sequence design (SignalModel.signal_for_sequence; docs/design.md) ---------------
+    # The signal is i times the EPG echoes, which are analytic in T1, T2 and B1.
+    real_signal_phase = 1j
+    analytic_in_theta = True
+
+    def signal_for_sequence(self, theta: torch.Tensor, played) -> torch.Tensor:
+        """The signal [N, T] at ``theta`` [N, P] (real, or complex for the complex step) when
+        the model plays the flip angles and TRs of ``played`` (tensors [T], rad and s; TE and
+        TI are the model's sequence's), by :func:`epg_echoes`: plain tensor operations,
+        differentiable in both."""
+        p = self.full_parameters(theta)
+        seq = self.sequence
+        echoes = epg_echoes(p["T1"], p["T2"], p["B1"], played["flip"], played["TR"], seq.TE,
+                            seq.TI, self.n_states)
+        return 1j * echoes
+
 
 def _rows(x: torch.Tensor, n_rows: int) -> torch.Tensor:
     """The first ``n_rows`` orders (dimension −2) of x, zero orders appended where x has fewer."""

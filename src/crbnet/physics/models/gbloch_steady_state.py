@@ -140,7 +140,9 @@ def periodic_echoes(P: torch.Tensor) -> torch.Tensor:
     Q = _prefix_products(P[:, 1:])                         # echo 0 -> echoes 1 .. n−1
     A = P[:, 0] @ Q[:, -1] if P.shape[1] > 1 else P[:, 0]  # echo 0 -> echo 0, one period on
     eye = torch.eye(5, dtype=P.dtype, device=P.device)
-    m0 = torch.linalg.solve(eye - A[:, :5, :5], A[:, :5, 5])
+    # An explicit inverse, not torch.linalg.solve: torch 2.13's second derivatives of solve
+    # (reverse over forward, which sequence design takes) are wrong; inv's are right.
+    m0 = (torch.linalg.inv(eye - A[:, :5, :5]) @ A[:, :5, 5:6])[..., 0]
     m0 = torch.cat((m0, torch.ones_like(m0[:, :1])), 1)
     later = (Q @ m0[:, None, :, None])[..., 0]
     return torch.cat((m0[:, None], later), 1)

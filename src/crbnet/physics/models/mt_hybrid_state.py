@@ -688,3 +688,21 @@ class MTHybridState(SignalModel):
                 m0s * h / T1s)                             # b2
         beta = 1 - math.pi ** 2 * T2s[0] / seq.T_inv
         return rows, beta
+
+    # ---- sequence design (SignalModel.signal_for_sequence; docs/design.md) ---------------
+    real_signal_phase = 1.0
+
+    def signal_for_sequence(self, theta: torch.Tensor, played) -> torch.Tensor:
+        """The signal [N, T] (complex, imaginary part zero) at ``theta`` [N, P] when the model
+        plays θ and TRF from ``played`` (tensors [T], rad and s; TR, T_inv and k_RF are the
+        model's sequence's), by :func:`steady_state_signal`: plain tensor operations,
+        differentiable in both."""
+        if self.sequence.kind != "mt":
+            raise NotImplementedError(f"{self.name} plays sequences given as tensors of kind "
+                                      f"'mt' only, not {self.sequence.kind!r}")
+        p = self.full_parameters(theta)
+        rows, beta = self._voxel_rows(p)
+        angle = played["theta"][:, None]
+        signal = steady_state_signal(rows, beta, p["B1"][None, :], angle,
+                                     angle ** 2 / played["TRF"][:, None])
+        return torch.complex(signal, torch.zeros_like(signal))

@@ -114,10 +114,13 @@ def r2sl_torch(table, TRF, alpha, B1, T2s):
 
     TRF, alpha, B1, T2s = torch.broadcast_tensors(*(torch.as_tensor(v) for v in
                                                     (TRF, alpha, B1, T2s)))
-    dtype = torch.promote_types(TRF.dtype, torch.float32)
+    dtype = torch.float32
+    for v in (TRF, alpha, B1, T2s):
+        dtype = torch.promote_types(dtype, v.dtype)
     device = TRF.device
     TRF, alpha, B1, T2s = (v.to(dtype) for v in (TRF, alpha, B1, T2s))
-    if not _wrapped(TRF, alpha, B1, T2s):
+    inside = _inside(table, TRF, alpha, B1, T2s)
+    if not _wrapped(TRF, alpha, B1, T2s) and not bool(inside.all()):
         table.check(*(v.detach().cpu().double().numpy() for v in (TRF, alpha, B1, T2s)))
     x_nodes, coefficients = _table_tensors(table, device, dtype)
     x = torch.log(TRF / T2s)
@@ -142,7 +145,6 @@ def r2sl_torch(table, TRF, alpha, B1, T2s):
             row = row * t + a[..., 4 * k + m]
         f = f * s + row
     R = torch.exp(f) / T2s
-    inside = _inside(table, TRF, alpha, B1, T2s)
     return torch.where(inside, R, torch.full_like(R, float("nan")))
 
 

@@ -1,17 +1,17 @@
-"""The R2sl table: log(R2sl T2s) interpolated over (log τ, θ²) by C² bicubic patches, with the
+"""The R2sl table: log(R2sl T2s) interpolated over (log τ, θ²) by C¹ bicubic patches, with the
 exact derivatives of the interpolant, built once per machine and cached on disk.
 
 Coordinates: x = log(TRF/T2s), u = (B1 α)² (so the table is smooth in the signed flip angle
 and ρ's finite limit at α = 0 is an ordinary grid line), value f = log ρ, ρ = R2sl T2s.
 Nodes: uniform in u; in x nominally uniform, each τ rounded to the IDE grid (multiples of
 ``step``), so the x nodes are slightly uneven. The node values come from
-:class:`~crbnet.physics.r2sl_solver.OmegaSeries` and the root find; a not-a-knot cubic spline
-along each axis gives ∂f/∂x, ∂f/∂u and ∂²f/∂x∂u at the nodes, and each cell stores the 16
-coefficients a_kl of the bicubic f = Σ a_kl s^k t^l (s, t ∈ [0, 1] across the cell) that
-reproduces the tensor-product spline exactly.
+:class:`~crbnet.physics.r2sl_solver.OmegaSeries` and the root find; 5-point differences
+(default; a not-a-knot spline with ``method="spline"``) give ∂f/∂x, ∂f/∂u and ∂²f/∂x∂u at the
+nodes, and each cell stores the 16 coefficients a_kl of the bicubic Hermite patch
+f = Σ a_kl s^k t^l (s, t ∈ [0, 1] across the cell).
 
-Evaluation: :meth:`R2slTable.evaluate` (numpy), :func:`crbnet.physics.r2sl_kernels.r2sl_scalar`
-(numba, for other kernels), :func:`crbnet.physics.r2sl_kernels.r2sl_torch` (differentiable).
+Evaluation: :meth:`R2slTable.evaluate` (numpy), and in :mod:`crbnet.physics.r2sl_kernels`
+``r2sl_scalar_kernel`` (numba, for other kernels) and ``r2sl_torch`` (differentiable).
 """
 
 from __future__ import annotations

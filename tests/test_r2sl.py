@@ -410,3 +410,13 @@ def test_cache_dir_precedence(monkeypatch, tmp_path):
     assert r2sl_table.cache_dir() == tmp_path / "xdg" / "crbnet"
     monkeypatch.setenv("CRBNET_CACHE_DIR", str(tmp_path / "mine"))
     assert r2sl_table.cache_dir() == tmp_path / "mine"
+
+
+def test_unwritable_cache_still_gives_a_table(fresh_cache, monkeypatch, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("CRBNET_CACHE_DIR", str(blocker / "cache"))
+    _, calls = fresh_cache
+    spec = R2slGridSpec(TRF_min=2e-4, TRF_max=3e-4, T2s_min=10e-6, T2s_max=12e-6, n_x=9, n_u=9)
+    table = get_table(spec=spec)
+    assert len(calls) == 1 and table.evaluate(2.5e-4, 1.0, 1.0, 11e-6)[0] > 0

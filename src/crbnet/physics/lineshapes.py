@@ -9,7 +9,7 @@ The super-Lorentzian line averages a Gaussian over the angle θ between the fibr
 with ζ = cos θ and a = 3ζ² − 1: G(κ) = ∫₀¹ exp(−κ² a² / 8) dζ. For large κ its integrand is a
 narrow peak at the magic angle ζ₀ = 1/√3 (width ≈ 1/(√3 κ) in ζ), so the integral is split at
 ζ₀ and each side is cut into panels that grow geometrically away from it (16-point
-Gauss–Legendre on each): ~1e-15 relative for κ up to 10⁴.
+Gauss–Legendre on each): agrees with adaptive quadrature to ~1e-14 up to κ = 3000.
 """
 
 from __future__ import annotations

@@ -89,15 +89,15 @@ def test_absorption_lineshapes_are_normalized_fourier_pairs(name):
 
 
 def test_graham_published_numbers_and_long_pulse_limit():
-    z = [math.exp(-lineshapes.saturation_rate_graham("super_lorentzian", a / trf, T2S, trf)
+    z = [math.exp(-lineshapes.saturation_rate_graham("super_lorentzian", a / trf, T2S, TRF=trf)
                   * trf) for trf, a in PULSES]
     assert np.round(z, 2).tolist() == [0.04, 0.19, 0.31, 0.46, 0.75]
     # A long pulse approaches the continuous-wave rate π ω1² g(Δ) (Lorentzian: within T2s/TRF).
     omega1 = 300.0
     for delta in (0.0, 2e4):
         cw = lineshapes.saturation_rate_graham("lorentzian", omega1, T2S, delta=delta)
-        pulsed = lineshapes.saturation_rate_graham("lorentzian", omega1, T2S, 1000 * T2S,
-                                                   delta=delta)
+        pulsed = lineshapes.saturation_rate_graham("lorentzian", omega1, T2S, delta,
+                                                   TRF=1000 * T2S)
         assert pulsed == pytest.approx(cw, rel=2e-3)
     with pytest.raises(InputError):
         lineshapes.saturation_rate_graham("gaussian", omega1, T2S, TRF=-1.0)

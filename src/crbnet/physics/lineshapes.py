@@ -152,8 +152,8 @@ def greens_function(name: str) -> Callable[[np.ndarray], np.ndarray]:
     return get_lineshape(name).greens
 
 
-def saturation_rate_graham(lineshape: str, omega1, T2s: float, TRF: float | None = None,
-                           delta: float = 0.0) -> np.ndarray:
+def saturation_rate_graham(lineshape: str, omega1, T2s: float, delta: float = 0.0, *,
+                           TRF: float | None = None) -> np.ndarray:
     """Graham's saturation rate R_rf (1/s) of the semi-solid pool under an RF field ω1 (rad/s).
 
     Without ``TRF`` (a continuous wave, the long-pulse limit): R_rf = π ω1² g(Δ) — infinite for

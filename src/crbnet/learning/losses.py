@@ -49,6 +49,7 @@ import torch
 
 from crbnet import plugins
 from crbnet.errors import InputError
+from crbnet.options import Option
 
 def _finite_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` over entries where ``mask`` holds (0 if there are none)."""
@@ -170,45 +171,11 @@ class LossInputs:
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class LossOption:
+class LossOption(Option):
     """A setting a loss declares (``--loss-option name=value``, ``[loss] options`` in a
-    config file); the loss reads it from :attr:`LossInputs.options`.
+    config file); the loss reads it from :attr:`LossInputs.options`."""
 
-    Attributes:
-        name: the option's name.
-        type: int, float, bool or str; command-line text and config values are converted
-            with it.
-        default: its value where none is given.
-        description: one line for humans.
-    """
-
-    name: str
-    type: type
-    default: Any
-    description: str = ""
-
-    def convert(self, value: Any) -> Any:
-        """``value`` (command-line text or a config value) as :attr:`type`; one-line
-        :class:`~crbnet.errors.InputError` when it is not one."""
-        if self.type is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text not in ("true", "false", "1", "0"):
-                raise InputError(f"loss option {self.name} expects true or false, got {value!r}")
-            return text in ("true", "1")
-        if self.type in (int, float) and isinstance(value, bool):
-            raise InputError(f"loss option {self.name} expects {self.type.__name__}, "
-                             f"got {value!r}")
-        try:
-            converted = self.type(value)
-        except (TypeError, ValueError):
-            raise InputError(f"loss option {self.name} expects {self.type.__name__}, "
-                             f"got {value!r}") from None
-        if self.type is int and isinstance(value, float) and converted != value:
-            raise InputError(f"loss option {self.name} expects an integer, got {value!r}")
-        return converted
+    what = "loss option"
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import torch
 
 from crbnet.errors import InputError
+from crbnet.options import Option
 from crbnet.physics import sequences as seqs
 
 
@@ -47,36 +48,13 @@ class ParameterSpec:
     map_name: str = ""
 
 
-@dataclass(frozen=True)
-class ModelOption:
+class ModelOption(Option):
     """A keyword argument of a model's constructor that is not a parameter (a numerical
     setting such as an EPG truncation order). Declared in ``SignalModel.options``; the model
     keeps its value in the attribute of the same name. Options are recorded in checkpoints and
-    datasets and set on the command line with ``--model-option name=value``.
+    datasets and set on the command line with ``--model-option name=value``."""
 
-    Attributes:
-        name: keyword and attribute name.
-        type: int, float, bool or str; command-line text is converted with it.
-        default: the constructor's default.
-        description: one line for humans.
-    """
-
-    name: str
-    type: type
-    default: Any
-    description: str = ""
-
-    def convert(self, text: str) -> Any:
-        """The value of command-line text ``text`` (``true``/``false`` for bool)."""
-        if self.type is bool:
-            if text.strip().lower() not in ("true", "false", "1", "0"):
-                raise InputError(f"model option {self.name} expects true or false, got {text!r}")
-            return text.strip().lower() in ("true", "1")
-        try:
-            return self.type(text)
-        except (TypeError, ValueError):
-            raise InputError(f"model option {self.name} expects {self.type.__name__}, "
-                             f"got {text!r}") from None
+    what = "model option"
 
 
 class SignalModel:

@@ -180,7 +180,7 @@ def describe(seq: Sequence) -> str:
         return f"{seq.n_timepoints} sampling times, no RF"
     if "segments" in s:
         n_seg = s["n_segments"]
-        head = f"{n_seg} segments × {s['n_pulses'] // n_seg} pulses"
+        head = f"{n_seg} segment{'s' if n_seg > 1 else ''} × {s['n_pulses'] // n_seg} pulses"
         if s["duration"] is not None:
             head += f", {s['duration']:.3g} s"
         line = (f"{head}; peak B1 {s['peak_b1'] * 1e6:.1f} µT, {_pulse_range(s)}")

@@ -1,0 +1,625 @@
+"""Compiled generalized-Bloch steady state and its forward-mode derivative (CPU, float64).
+
+The same mathematics as :mod:`.gbloch_steady_state` (its docstring holds the physics), written
+as one loop per voxel with the maps and their tangents in small scratch arrays.
+
+Reduced state. The semi-solid pool's x component is 0 entering every pulse (free precession
+leaves it alone and the spoiler after it zeroes it) and is discarded after it, so one TR is an
+affine map on ``u = (xf, yf, zf, zs)``: a 4 × 5 matrix ``[L | o]`` (``u ↦ L u + o``).
+``P_k = F_k ∘ Pulse_k ∘ Rot ∘ F_k`` with
+
+* ``F`` (free precession): ``(xf, yf)`` decay by ``e^{−R2f t}`` and turn by ``ω0 t``;
+  ``(zf, zs)`` relax towards ``(1 − m0s, m0s)`` under a 2 × 2 relaxation–exchange matrix whose
+  exponential is in closed form (cosh/sinh of the half eigenvalue gap; power series where
+  that gap is small);
+* a pulse: the 6 × 6 affine exponential ``exp(M·TRF)`` by scaling and squaring with a degree-19
+  Taylor polynomial (evaluated with 7 products, Paterson–Stockmeyer in ``X⁴``; truncation
+  ``θ²⁰/20! < 1e-16`` at the scaled 1-norm ``θ ≤ 1.2``); a zero flip angle is free precession,
+  and the RF phase rotation commutes with it, so such a TR is ``Rot ∘ F(TR)``, one map per
+  voxel; an inversion pulse is diagonal in the reduced state (its zs factor is a 2 × 2
+  exponential in closed form).
+
+Periodic state per segment (pulses 0 … n−1, echo k after pulse k): ``C_k = P_k ∘ … ∘ P_1`` maps
+echo 0 to echo k (only its xf, yf rows are stored), ``A = P_0 ∘ C_{n−1}`` is one period,
+``y_0 = (I − A_L)⁻¹ A_o`` and echo k is ``C_k y_0``.
+
+Derivatives: forward mode in up to eight directions — the rates ``(m0s, R1f, R2f, Rx, R1s)``,
+``T2s`` (through R2sl only), ``B1`` (through ``w = B1·α/TRF`` and R2sl) and ``ω0``. Every
+factor's tangent is exact (the scaling-and-squaring steps are differentiated: the tangent of
+the computed exponential is exact for the same polynomial and scaling); ``Ċ_k`` is carried
+along, and ``ẏ_0 = (I − A_L)⁻¹ (Ȧ y_0)``. The caller's per-voxel factors chain the directions
+to the model's parameters (``∂/∂T1 = −R1²·∂/∂R1``).
+
+Outputs: the signal ``xf + i·yf`` at every echo, the Jacobian's columns, and/or the Fisher
+matrix ``Re(JᴴJ)`` of ``J = (∂f/∂θ…, f, i·f)`` (complex M0 as nuisance), accumulated without
+storing J.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from crbnet.physics.models import _numba
+
+# numba is imported and the functions below compiled (or loaded from numba's disk cache) on
+# first use; until then these names are None.
+numba = None
+_compiled = None
+_poly = _exp2 = _exp2_tangent = _free = _mul = _mul_acc = _pulse_exp = None
+_comp = _comp_acc = _assemble = _pulse_generator = _inversion = _solve_periodic = None
+
+#: Elementary directions, in this order: the column indices of ``rates`` too.
+DIRECTIONS = ("m0s", "R1f", "R2f", "Rx", "R1s", "T2s", "B1", "omega0")
+_M0S, _R1F, _R2F, _RX, _R1S, _T2S, _B1, _W0 = range(8)
+
+# Taylor coefficients 1/k!, k = 0 … 19, and the largest scaled 1-norm.
+_TAYLOR = np.array([1.0 / math.factorial(k) for k in range(20)])
+_THETA = 1.2
+# 2 × 2 closed forms: power series in x = (half eigenvalue gap · t)² up to |x| = 1 (16 terms:
+# truncation < 1e-28), cosh/cos beyond.
+_N_SERIES = 16
+_COSH = np.array([1.0 / math.factorial(2 * k) for k in range(_N_SERIES)])
+_SINHC = np.array([1.0 / math.factorial(2 * k + 1) for k in range(_N_SERIES)])
+_D_SINHC = np.array([(k + 1.0) / math.factorial(2 * k + 3) for k in range(_N_SERIES)])
+
+# Reduced-state rows/columns of the full 6-vector (xf, yf, zf, xs, zs, 1).
+_RED = np.array([0, 1, 2, 4, 5])
+
+
+def _poly_python(c, x):  # pragma: no cover - compiled
+    acc = 0.0
+    for k in range(c.shape[0] - 1, -1, -1):
+        acc = acc * x + c[k]
+    return acc
+
+
+def _exp2_python(a, b, c, d, t, g):  # pragma: no cover - compiled
+    """``g = (e^{τt}·cosh r, e^{τt}·sinh(r)/r, e^{τt}·∂(sinh(r)/r)/∂x, p, x)`` for the 2 × 2
+    matrix [[a, b], [c, d]] and time t: τ = (a+d)/2, p = (a−d)/2, x = r² = t²(p² + bc)
+    (negative: cos/sin). Then ``exp(At) = gC·I + gS·t·[[p, b], [c, −p]]``."""
+    tau = 0.5 * (a + d)
+    p = 0.5 * (a - d)
+    x = t * t * (p * p + b * c)
+    if abs(x) <= 1.0:
+        e = math.exp(tau * t)
+        gC = e * _poly(_COSH, x)
+        gS = e * _poly(_SINHC, x)
+        gD = e * _poly(_D_SINHC, x)
+    elif x > 0:
+        r = math.sqrt(x)
+        ep = math.exp(tau * t + r)
+        em = math.exp(tau * t - r)
+        gC = 0.5 * (ep + em)
+        gS = 0.5 * (ep - em) / r
+        gD = (gC - gS) / (2 * x)
+    else:
+        r = math.sqrt(-x)
+        e = math.exp(tau * t)
+        gC = e * math.cos(r)
+        gS = e * math.sin(r) / r
+        gD = (gC - gS) / (2 * x)
+    g[0], g[1], g[2], g[3], g[4] = gC, gS, gD, p, x
+    g[5] = gC + gS * t * p
+    g[6] = gS * t * b
+    g[7] = gS * t * c
+    g[8] = gC - gS * t * p
+
+
+def _exp2_tangent_python(g, b, c, t, da, db, dc, dd, out):  # pragma: no cover - compiled
+    """The tangent of exp(At) (entries 11, 12, 21, 22 into ``out``) along (da, db, dc, dd)."""
+    gS, gD, p = g[1], g[2], g[3]
+    dtau = 0.5 * (da + dd)
+    dp = 0.5 * (da - dd)
+    dx = t * t * (2 * p * dp + b * dc + c * db)
+    dC = 0.5 * gS * dx
+    dS = gD * dx
+    out[0] = t * dtau * g[5] + dC + t * (dS * p + gS * dp)
+    out[1] = t * dtau * g[6] + t * (dS * b + gS * db)
+    out[2] = t * dtau * g[7] + t * (dS * c + gS * dc)
+    out[3] = t * dtau * g[8] + dC - t * (dS * p + gS * dp)
+
+
+def _free_python(h, rates, dirs, g, e4, F, dF):  # pragma: no cover - compiled
+    """Free precession for h seconds as a reduced map F [4, 5] and its tangents dF [D, 4, 5]."""
+    m0s, R1f, R2f, Rx, R1s, w0 = rates[0], rates[1], rates[2], rates[3], rates[4], rates[7]
+    m0f = 1.0 - m0s
+    e = math.exp(-R2f * h)
+    cw = math.cos(w0 * h)
+    sw = math.sin(w0 * h)
+    a = -(R1f + Rx * m0s)
+    b = Rx * m0f
+    c = Rx * m0s
+    d = -(R1s + Rx * m0f)
+    _exp2(a, b, c, d, h, g)
+    F[:, :] = 0.0
+    F[0, 0] = e * cw
+    F[0, 1] = -e * sw
+    F[1, 0] = e * sw
+    F[1, 1] = e * cw
+    F[2, 2], F[2, 3], F[3, 2], F[3, 3] = g[5], g[6], g[7], g[8]
+    F[2, 4] = m0f - (g[5] * m0f + g[6] * m0s)
+    F[3, 4] = m0s - (g[7] * m0f + g[8] * m0s)
+    for j in range(dirs.shape[0]):
+        dF[j, :, :] = 0.0
+        k = dirs[j]
+        if k == _R2F:
+            for r in range(2):
+                for q in range(2):
+                    dF[j, r, q] = -h * F[r, q]
+        elif k == _W0:
+            dF[j, 0, 0] = -h * e * sw
+            dF[j, 0, 1] = -h * e * cw
+            dF[j, 1, 0] = h * e * cw
+            dF[j, 1, 1] = -h * e * sw
+        elif k == _M0S or k == _R1F or k == _RX or k == _R1S:
+            da = db = dc = dd = 0.0
+            dz1 = dz2 = 0.0
+            if k == _M0S:
+                da, db, dc, dd = -Rx, -Rx, Rx, Rx
+                dz1, dz2 = -1.0, 1.0
+            elif k == _R1F:
+                da = -1.0
+            elif k == _RX:
+                da, db, dc, dd = -m0s, m0f, m0s, -m0f
+            else:
+                dd = -1.0
+            _exp2_tangent(g, b, c, h, da, db, dc, dd, e4)
+            dF[j, 2, 2], dF[j, 2, 3], dF[j, 3, 2], dF[j, 3, 3] = e4[0], e4[1], e4[2], e4[3]
+            # offset o = z_eq − E z_eq
+            dF[j, 2, 4] = dz1 - (e4[0] * m0f + e4[1] * m0s) - (g[5] * dz1 + g[6] * dz2)
+            dF[j, 3, 4] = dz2 - (e4[2] * m0f + e4[3] * m0s) - (g[7] * dz1 + g[8] * dz2)
+
+
+def _mul_python(A, B, lam, out):  # pragma: no cover - compiled
+    """Top 5 rows of the affine 6 × 6 product A·B, where B's last row is ``lam·e_6``."""
+    for i in range(5):
+        for j in range(6):
+            acc = 0.0
+            for k in range(5):
+                acc += A[i, k] * B[k, j]
+            out[i, j] = acc
+        out[i, 5] += lam * A[i, 5]
+
+
+def _mul_acc_python(A, B, lam, out):  # pragma: no cover - compiled
+    """``out += A·B`` (tops, B's last row ``lam·e_6``)."""
+    for i in range(5):
+        for j in range(6):
+            acc = 0.0
+            for k in range(5):
+                acc += A[i, k] * B[k, j]
+            out[i, j] += acc
+        out[i, 5] += lam * A[i, 5]
+
+
+def _pulse_exp_python(M, dM, n_dir, t, ws, dws, E, dE):  # pragma: no cover - compiled
+    """``E = exp(M t)`` (tops of affine 6 × 6) and its tangents ``dE[j]`` along ``dM[j]``.
+
+    ``ws`` [6, 5, 6] and ``dws`` [6, D, 5, 6] are scratch."""
+    norm = 0.0
+    for j in range(6):
+        col = 0.0
+        for i in range(5):
+            col += abs(M[i, j])
+        norm = max(norm, col)
+    norm *= t
+    s = 0
+    if norm > _THETA:
+        s = int(math.ceil(math.log2(norm / _THETA)))
+    scale = t / (2.0 ** s)
+    X, X2, X3, X4, P, Q = ws[0], ws[1], ws[2], ws[3], ws[4], ws[5]
+    for i in range(5):
+        for j in range(6):
+            X[i, j] = M[i, j] * scale
+    _mul(X, X, 0.0, X2)
+    _mul(X2, X, 0.0, X3)
+    _mul(X2, X2, 0.0, X4)
+    c = _TAYLOR
+    dX, dX2, dX3, dX4, dP = dws[0], dws[1], dws[2], dws[3], dws[4]
+    for j in range(n_dir):
+        for r in range(5):
+            for q in range(6):
+                dX[j, r, q] = dM[j, r, q] * scale
+        _mul(dX[j], X, 0.0, dX2[j])
+        _mul_acc(X, dX[j], 0.0, dX2[j])
+        _mul(dX2[j], X, 0.0, dX3[j])
+        _mul_acc(X2, dX[j], 0.0, dX3[j])
+        _mul(dX2[j], X2, 0.0, dX4[j])
+        _mul_acc(X2, dX2[j], 0.0, dX4[j])
+    # P = B4 = c16 I + c17 X + c18 X² + c19 X³ (last row c16·e_6)
+    for r in range(5):
+        for q in range(6):
+            P[r, q] = c[17] * X[r, q] + c[18] * X2[r, q] + c[19] * X3[r, q]
+        P[r, r] += c[16]
+    lam = c[16]
+    for j in range(n_dir):
+        for r in range(5):
+            for q in range(6):
+                dP[j, r, q] = c[17] * dX[j, r, q] + c[18] * dX2[j, r, q] + c[19] * dX3[j, r, q]
+    dT = dws[5]
+    for blk in range(3, -1, -1):
+        base = 4 * blk
+        # P ← B + X⁴·P and dP ← dB + dX⁴·P + X⁴·dP (tangents first: they need the old P)
+        for j in range(n_dir):
+            _mul(X4, dP[j], 0.0, dT[j])
+            _mul_acc(dX4[j], P, lam, dT[j])
+            for r in range(5):
+                for q in range(6):
+                    dP[j, r, q] = dT[j, r, q] + c[base + 1] * dX[j, r, q] \
+                        + c[base + 2] * dX2[j, r, q] + c[base + 3] * dX3[j, r, q]
+        _mul(X4, P, lam, Q)
+        for r in range(5):
+            for q in range(6):
+                P[r, q] = Q[r, q] + c[base + 1] * X[r, q] + c[base + 2] * X2[r, q] \
+                    + c[base + 3] * X3[r, q]
+            P[r, r] += c[base]
+        lam = c[base]
+    for i in range(s):
+        for j in range(n_dir):
+            _mul(dP[j], P, 1.0, dX[j])
+            _mul_acc(P, dP[j], 0.0, dX[j])
+            dP[j, :, :] = dX[j, :, :]
+        _mul(P, P, 1.0, Q)
+        P[:, :] = Q[:, :]
+    E[:, :] = P[:, :]
+    for j in range(n_dir):
+        dE[j, :, :] = dP[j, :, :]
+
+
+def _comp_python(A, B, add_off, out):  # pragma: no cover - compiled
+    """``out = A ∘ B`` for reduced maps [4, 5]; without ``add_off`` A's offset is left out
+    (A a tangent composed after a map, or a linear part applied to a tangent)."""
+    for i in range(4):
+        for j in range(5):
+            acc = 0.0
+            for k in range(4):
+                acc += A[i, k] * B[k, j]
+            out[i, j] = acc
+        if add_off:
+            out[i, 4] += A[i, 4]
+
+
+def _comp_acc_python(A, B, add_off, out):  # pragma: no cover - compiled
+    """``out += A ∘ B`` (as :func:`_comp_python`)."""
+    for i in range(4):
+        for j in range(5):
+            acc = 0.0
+            for k in range(4):
+                acc += A[i, k] * B[k, j]
+            out[i, j] += acc
+        if add_off:
+            out[i, 4] += A[i, 4]
+
+
+def _assemble_python(F, dF, R, dR, rc, rs, n_dir, G, dG, H, dH, P, dP):  # pragma: no cover
+    """``P = F ∘ R ∘ Rot ∘ F`` and its tangents from the factors' (reduced maps)."""
+    for j in range(5):
+        G[0, j] = rc * F[0, j] - rs * F[1, j]
+        G[1, j] = rs * F[0, j] + rc * F[1, j]
+        G[2, j] = F[2, j]
+        G[3, j] = F[3, j]
+    _comp(R, G, True, H)
+    _comp(F, H, True, P)
+    for d in range(n_dir):
+        for j in range(5):
+            dG[0, j] = rc * dF[d, 0, j] - rs * dF[d, 1, j]
+            dG[1, j] = rs * dF[d, 0, j] + rc * dF[d, 1, j]
+            dG[2, j] = dF[d, 2, j]
+            dG[3, j] = dF[d, 3, j]
+        _comp(dR[d], G, True, dH)
+        _comp_acc(R, dG, False, dH)
+        _comp(dF[d], H, True, dP[d])
+        _comp_acc(F, dH, False, dP[d])
+
+
+def _pulse_generator_python(rv, a, trf, r2, d_t2s, d_b1, dirs, M, dM):  # pragma: no cover
+    """The generator M (top 5 rows of the affine 6 × 6) of a pulse and its tangents dM."""
+    m0s, R1f, R2f, Rx, R1s, B1, w0 = rv[0], rv[1], rv[2], rv[3], rv[4], rv[6], rv[7]
+    m0f = 1.0 - m0s
+    w = B1 * a / trf
+    M[:, :] = 0.0
+    M[0, 0], M[0, 1], M[0, 2] = -R2f, -w0, w
+    M[1, 0], M[1, 1] = w0, -R2f
+    M[2, 0], M[2, 2], M[2, 4], M[2, 5] = -w, -R1f - Rx * m0s, Rx * m0f, R1f * m0f
+    M[3, 3], M[3, 4] = -r2, w
+    M[4, 2], M[4, 3], M[4, 4], M[4, 5] = Rx * m0s, -w, -R1s - Rx * m0f, R1s * m0s
+    for j in range(dirs.shape[0]):
+        dM[j, :, :] = 0.0
+        k = dirs[j]
+        if k == _M0S:
+            dM[j, 2, 2], dM[j, 2, 4], dM[j, 2, 5] = -Rx, -Rx, -R1f
+            dM[j, 4, 2], dM[j, 4, 4], dM[j, 4, 5] = Rx, Rx, R1s
+        elif k == _R1F:
+            dM[j, 2, 2], dM[j, 2, 5] = -1.0, m0f
+        elif k == _R2F:
+            dM[j, 0, 0], dM[j, 1, 1] = -1.0, -1.0
+        elif k == _RX:
+            dM[j, 2, 2], dM[j, 2, 4] = -m0s, m0f
+            dM[j, 4, 2], dM[j, 4, 4] = m0s, -m0f
+        elif k == _R1S:
+            dM[j, 4, 4], dM[j, 4, 5] = -1.0, m0s
+        elif k == _T2S:
+            dM[j, 3, 3] = -d_t2s
+        elif k == _B1:
+            dw = a / trf
+            dM[j, 0, 2], dM[j, 2, 0], dM[j, 3, 4], dM[j, 4, 3] = dw, -dw, dw, -dw
+            dM[j, 3, 3] = -d_b1
+        else:
+            dM[j, 0, 1], dM[j, 1, 0] = -1.0, 1.0
+
+
+def _inversion_python(rv, a, trf, r2, d_t2s, d_b1, dirs, g, e4, R, dR):  # pragma: no cover
+    """The reduced map of an inversion pulse (diagonal) and its tangents."""
+    beta = rv[6] * a
+    w = beta / trf
+    sb, cb = math.sin(beta), math.cos(beta)
+    s2 = math.sin(0.5 * beta) ** 2
+    _exp2(-r2, w, -w, 0.0, trf, g)
+    R[:, :] = 0.0
+    R[0, 0], R[1, 1], R[2, 2], R[3, 3] = s2, -s2, cb, g[8]
+    for j in range(dirs.shape[0]):
+        dR[j, :, :] = 0.0
+        k = dirs[j]
+        if k == _T2S:
+            _exp2_tangent(g, w, -w, trf, -d_t2s, 0.0, 0.0, 0.0, e4)
+            dR[j, 3, 3] = e4[3]
+        elif k == _B1:
+            dw = a / trf
+            _exp2_tangent(g, w, -w, trf, -d_b1, dw, -dw, 0.0, e4)
+            dR[j, 0, 0] = 0.5 * sb * a
+            dR[j, 1, 1] = -0.5 * sb * a
+            dR[j, 2, 2] = -sb * a
+            dR[j, 3, 3] = e4[3]
+
+
+def _solve_periodic_python(A, dA, n_dir, work, y, dy):  # pragma: no cover - compiled
+    """``y = (I − A_L)⁻¹ A_o`` and ``dy[j] = (I − A_L)⁻¹ (dA_L[j] y + dA_o[j])`` (Gauss–Jordan
+    with partial pivoting on [I − A_L | rhs…]); work is [4, 5 + D]."""
+    m = 5 + n_dir
+    for i in range(4):
+        for j in range(4):
+            work[i, j] = (1.0 if i == j else 0.0) - A[i, j]
+        work[i, 4] = A[i, 4]
+    for col in range(4):
+        piv = col
+        for i in range(col + 1, 4):
+            if abs(work[i, col]) > abs(work[piv, col]):
+                piv = i
+        if piv != col:
+            for j in range(5):
+                work[col, j], work[piv, j] = work[piv, j], work[col, j]
+        inv = 1.0 / work[col, col]
+        for i in range(4):
+            if i != col:
+                fct = work[i, col] * inv
+                for j in range(col, 5):
+                    work[i, j] -= fct * work[col, j]
+    for i in range(4):
+        y[i] = work[i, 4] / work[i, i]
+    if n_dir == 0:
+        return
+    # tangents: a second elimination with the right-hand sides dA y + dA_o
+    for i in range(4):
+        for j in range(4):
+            work[i, j] = (1.0 if i == j else 0.0) - A[i, j]
+        for d in range(n_dir):
+            acc = dA[d, i, 4]
+            for k in range(4):
+                acc += dA[d, i, k] * y[k]
+            work[i, 5 + d] = acc
+    for col in range(4):
+        piv = col
+        for i in range(col + 1, 4):
+            if abs(work[i, col]) > abs(work[piv, col]):
+                piv = i
+        if piv != col:
+            for j in range(m):
+                work[col, j], work[piv, j] = work[piv, j], work[col, j]
+        inv = 1.0 / work[col, col]
+        for i in range(4):
+            if i != col:
+                fct = work[i, col] * inv
+                for j in range(col, m):
+                    work[i, j] -= fct * work[col, j]
+    for d in range(n_dir):
+        for i in range(4):
+            dy[d, i] = work[i, 5 + d] / work[i, i]
+
+
+# Voxels per parallel work item (scratch is allocated once per item).
+_BLOCK = 4
+
+
+def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion, TR, increment,
+                   dirs, signal, want_signal, jac, want_jac, fisher, want_fisher
+                   ):  # pragma: no cover - compiled
+    """Fill ``signal`` [N, S·n, 2] (xf, yf at every echo), ``jac`` [D, N, S·n, 2] (the
+    directions ``dirs`` times ``scale`` [N, D]) and ``fisher`` [N, D+2, D+2] as asked.
+
+    ``rates`` [N, 8] in the order of :data:`DIRECTIONS` (T2s in s; the rest rates 1/s, m0s,
+    B1, ω0 rad/s); ``R2sl`` and its T2s and B1 derivatives [N, S, n]; ``alpha``, ``TRF`` [S, n]
+    (rad, s), ``inversion`` [S, n] (uint8); TR (s); RF phase increment (rad)."""
+    n_vox = rates.shape[0]
+    n_seg, n = alpha.shape
+    n_dir = dirs.shape[0] if (want_jac or want_fisher) else 0
+    nd1 = max(n_dir, 1)
+    rc, rs = math.cos(increment), math.sin(increment)
+    n_blocks = (n_vox + _BLOCK - 1) // _BLOCK
+    for ib in numba.prange(n_blocks):
+        g = np.empty(9)
+        e4 = np.empty(4)
+        F = np.empty((4, 5))
+        dF = np.empty((nd1, 4, 5))
+        R = np.empty((4, 5))
+        dR = np.empty((nd1, 4, 5))
+        Z = np.empty((4, 5))
+        dZ = np.empty((nd1, 4, 5))
+        G = np.empty((4, 5))
+        dG = np.empty((4, 5))
+        H = np.empty((4, 5))
+        dH = np.empty((4, 5))
+        P0 = np.empty((4, 5))
+        dP0 = np.empty((nd1, 4, 5))
+        Pk = np.empty((4, 5))
+        dPk = np.empty((nd1, 4, 5))
+        C = np.empty((4, 5))
+        dC = np.empty((nd1, 4, 5))
+        Cn = np.empty((4, 5))
+        dCn = np.empty((nd1, 4, 5))
+        M = np.empty((5, 6))
+        dM = np.empty((nd1, 5, 6))
+        E = np.empty((5, 6))
+        dE = np.empty((nd1, 5, 6))
+        ws = np.empty((6, 5, 6))
+        dws = np.empty((6, nd1, 5, 6))
+        work = np.empty((4, 5 + nd1))
+        y = np.empty(4)
+        dy = np.empty((nd1, 4))
+        rows = np.empty((n, 2, 5))
+        drows = np.empty((n if n_dir > 0 else 1, nd1, 2, 5))
+        u = np.empty((2, nd1 + 2))
+        acc = np.empty((nd1 + 2, nd1 + 2))
+        for v in range(ib * _BLOCK, min(n_vox, (ib + 1) * _BLOCK)):
+            rv = rates[v]
+            # the TR of a zero flip angle: Rot ∘ F(TR)
+            _free(TR, rv, dirs[:n_dir], g, e4, F, dF)
+            for j in range(5):
+                Z[0, j] = rc * F[0, j] - rs * F[1, j]
+                Z[1, j] = rs * F[0, j] + rc * F[1, j]
+                Z[2, j] = F[2, j]
+                Z[3, j] = F[3, j]
+                for d in range(n_dir):
+                    dZ[d, 0, j] = rc * dF[d, 0, j] - rs * dF[d, 1, j]
+                    dZ[d, 1, j] = rs * dF[d, 0, j] + rc * dF[d, 1, j]
+                    dZ[d, 2, j] = dF[d, 2, j]
+                    dZ[d, 3, j] = dF[d, 3, j]
+            if want_fisher:
+                acc[:, :] = 0.0
+            for seg in range(n_seg):
+                for k in range(n):
+                    P = P0 if k == 0 else Pk
+                    dP = dP0 if k == 0 else dPk
+                    a = alpha[seg, k]
+                    trf = TRF[seg, k]
+                    r2 = R2sl[v, seg, k]
+                    dt2 = dR2_dT2s[v, seg, k]
+                    db1 = dR2_dB1[v, seg, k]
+                    if inversion[seg, k]:
+                        _free(0.5 * TR, rv, dirs[:n_dir], g, e4, F, dF)
+                        _inversion(rv, a, trf, r2, dt2, db1, dirs[:n_dir], g, e4, R, dR)
+                        _assemble(F, dF, R, dR, rc, rs, n_dir, G, dG, H, dH, P, dP)
+                    elif a == 0.0:
+                        P[:, :] = Z[:, :]
+                        for d in range(n_dir):
+                            dP[d, :, :] = dZ[d, :, :]
+                    else:
+                        _free(0.5 * (TR - trf), rv, dirs[:n_dir], g, e4, F, dF)
+                        _pulse_generator(rv, a, trf, r2, dt2, db1, dirs[:n_dir], M, dM)
+                        _pulse_exp(M, dM, n_dir, trf, ws, dws, E, dE)
+                        for i in range(4):
+                            ri = i if i < 3 else 4
+                            for j in range(5):
+                                cj = j if j < 3 else j + 1
+                                R[i, j] = E[ri, cj]
+                                for d in range(n_dir):
+                                    dR[d, i, j] = dE[d, ri, cj]
+                        _assemble(F, dF, R, dR, rc, rs, n_dir, G, dG, H, dH, P, dP)
+                    if k == 0:
+                        C[:, :] = 0.0
+                        for i in range(4):
+                            C[i, i] = 1.0
+                        for d in range(n_dir):
+                            dC[d, :, :] = 0.0
+                    else:
+                        _comp(Pk, C, True, Cn)
+                        for d in range(n_dir):
+                            _comp(dPk[d], C, True, dCn[d])
+                            _comp_acc(Pk, dC[d], False, dCn[d])
+                        C[:, :] = Cn[:, :]
+                        for d in range(n_dir):
+                            dC[d, :, :] = dCn[d, :, :]
+                    for i in range(2):
+                        for j in range(5):
+                            rows[k, i, j] = C[i, j]
+                            for d in range(n_dir):
+                                drows[k, d, i, j] = dC[d, i, j]
+                # one period from echo 0: A = P_0 ∘ C_{n−1}
+                _comp(P0, C, True, Cn)
+                for d in range(n_dir):
+                    _comp(dP0[d], C, True, dCn[d])
+                    _comp_acc(P0, dC[d], False, dCn[d])
+                _solve_periodic(Cn, dCn, n_dir, work, y, dy)
+                for k in range(n):
+                    t = seg * n + k
+                    for i in range(2):
+                        f = rows[k, i, 4]
+                        for q in range(4):
+                            f += rows[k, i, q] * y[q]
+                        u[i, n_dir] = f
+                        for d in range(n_dir):
+                            df = drows[k, d, i, 4]
+                            for q in range(4):
+                                df += drows[k, d, i, q] * y[q] + rows[k, i, q] * dy[d, q]
+                            u[i, d] = df * scale[v, d]
+                    u[0, n_dir + 1] = -u[1, n_dir]
+                    u[1, n_dir + 1] = u[0, n_dir]
+                    if want_signal:
+                        signal[v, t, 0] = u[0, n_dir]
+                        signal[v, t, 1] = u[1, n_dir]
+                    if want_jac:
+                        for d in range(n_dir):
+                            jac[d, v, t, 0] = u[0, d]
+                            jac[d, v, t, 1] = u[1, d]
+                    if want_fisher:
+                        for p in range(n_dir + 2):
+                            for q in range(p + 1):
+                                acc[p, q] += u[0, p] * u[0, q] + u[1, p] * u[1, q]
+            if want_fisher:
+                for p in range(n_dir + 2):
+                    for q in range(p + 1):
+                        fisher[v, p, q] = acc[p, q]
+                        fisher[v, q, p] = acc[p, q]
+
+
+_HELPERS = ("_poly", "_exp2", "_exp2_tangent", "_free", "_mul", "_mul_acc", "_pulse_exp",
+            "_comp", "_comp_acc", "_assemble", "_pulse_generator", "_inversion",
+            "_solve_periodic")
+
+
+def _load():
+    """The compiled kernel (compiling it, or loading it from numba's disk cache, on first use)."""
+    global numba, _compiled
+    if _compiled is None:
+        numba = _numba.module()
+        fast = {"reassoc", "contract"}
+        try:
+            for name in _HELPERS:
+                globals()[name] = numba.njit(cache=True, nogil=True, fastmath=fast)(
+                    globals()[name + "_python"])
+        except RuntimeError:      # no writable cache directory: compile in every process
+            for name in _HELPERS:
+                globals()[name] = numba.njit(nogil=True, fastmath=fast)(
+                    globals()[name + "_python"])
+        _compiled = _numba.compile_parallel(_kernel_python)
+    return _compiled
+
+
+def run(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion, TR, increment, dirs,
+        signal=None, jac=None, fisher=None) -> None:
+    """Run the kernel (arguments as :func:`_kernel_python`, float64 / int64 / uint8 numpy
+    arrays; each output is filled when given) on as many threads as PyTorch uses."""
+    if rates.shape[0] == 0:
+        return
+    kernel = _load()
+    e3, e4 = np.empty((1, 1, 1)), np.empty((1, 1, 1, 1))
+    with _numba.threads():
+        kernel(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion, float(TR),
+               float(increment), dirs, e3 if signal is None else signal, signal is not None,
+               e4 if jac is None else jac, jac is not None,
+               e3 if fisher is None else fisher, fisher is not None)
+
+
+#: Whether the kernel can be used (numba installed and importable).
+available = _numba.available

@@ -48,6 +48,7 @@ from crbnet.physics.models import _numba
 numba = None
 _compiled = None
 _poly = _exp2 = _exp2_tangent = _free = _mul = _mul_acc = _pulse_exp = None
+_lmul = _rmul = None
 _comp = _comp_acc = _assemble = _pulse_generator = _inversion = _solve_periodic = None
 
 #: Elementary directions, in this order: the column indices of ``rates`` too.
@@ -173,31 +174,83 @@ def _free_python(h, rates, dirs, g, e4, F, dF):  # pragma: no cover - compiled
 
 
 def _mul_python(A, B, lam, out):  # pragma: no cover - compiled
-    """Top 5 rows of the affine 6 × 6 product A·B, where B's last row is ``lam·e_6``."""
+    """Top 5 rows of the affine 6 × 6 product A·B, where B's last row is ``lam·e_6``. (A row
+    accumulates in scalars: numba cannot rule out that ``out`` aliases A or B, so ``out[i, j]
+    +=`` would go through memory at every step — twice as slow.)"""
     for i in range(5):
-        for j in range(6):
-            acc = 0.0
-            for k in range(5):
-                acc += A[i, k] * B[k, j]
-            out[i, j] = acc
-        out[i, 5] += lam * A[i, 5]
+        o0 = o1 = o2 = o3 = o4 = 0.0
+        o5 = lam * A[i, 5]
+        for k in range(5):
+            a = A[i, k]
+            o0 += a * B[k, 0]
+            o1 += a * B[k, 1]
+            o2 += a * B[k, 2]
+            o3 += a * B[k, 3]
+            o4 += a * B[k, 4]
+            o5 += a * B[k, 5]
+        out[i, 0], out[i, 1], out[i, 2], out[i, 3], out[i, 4], out[i, 5] = o0, o1, o2, o3, o4, o5
 
 
 def _mul_acc_python(A, B, lam, out):  # pragma: no cover - compiled
-    """``out += A·B`` (tops, B's last row ``lam·e_6``)."""
+    """``out += A·B`` (as :func:`_mul_python`)."""
     for i in range(5):
-        for j in range(6):
-            acc = 0.0
+        o0, o1, o2, o3, o4 = out[i, 0], out[i, 1], out[i, 2], out[i, 3], out[i, 4]
+        o5 = out[i, 5] + lam * A[i, 5]
+        for k in range(5):
+            a = A[i, k]
+            o0 += a * B[k, 0]
+            o1 += a * B[k, 1]
+            o2 += a * B[k, 2]
+            o3 += a * B[k, 3]
+            o4 += a * B[k, 4]
+            o5 += a * B[k, 5]
+        out[i, 0], out[i, 1], out[i, 2], out[i, 3], out[i, 4], out[i, 5] = o0, o1, o2, o3, o4, o5
+
+
+def _lmul_python(A, B, n_dir, out, accumulate):  # pragma: no cover - compiled
+    """``out (+)= A·B[:, j]`` for every direction j: A a value top [5, 6], B tangents
+    [5, D, 6] (last rows 0). With the directions inside each row, a row of the result is one
+    contiguous run of 6·D numbers, which LLVM vectorizes."""
+    width = 6 * n_dir
+    Bf = B.reshape(5, B.shape[1] * 6)
+    Of = out.reshape(5, out.shape[1] * 6)
+    for i in range(5):
+        if not accumulate:
+            for m in range(width):
+                Of[i, m] = 0.0
+        for k in range(5):
+            a = A[i, k]
+            for m in range(width):
+                Of[i, m] += a * Bf[k, m]
+
+
+def _rmul_python(T, B, lam, n_dir, out, accumulate):  # pragma: no cover - compiled
+    """``out[:, j] (+)= T[:, j]·B`` for every direction j: T tangents [5, D, 6], B a value top
+    [5, 6] with last row ``lam·e_6``."""
+    for r in range(5):
+        for j in range(n_dir):
+            if accumulate:
+                o0, o1, o2 = out[r, j, 0], out[r, j, 1], out[r, j, 2]
+                o3, o4, o5 = out[r, j, 3], out[r, j, 4], out[r, j, 5]
+            else:
+                o0 = o1 = o2 = o3 = o4 = o5 = 0.0
+            o5 += lam * T[r, j, 5]
             for k in range(5):
-                acc += A[i, k] * B[k, j]
-            out[i, j] += acc
-        out[i, 5] += lam * A[i, 5]
+                a = T[r, j, k]
+                o0 += a * B[k, 0]
+                o1 += a * B[k, 1]
+                o2 += a * B[k, 2]
+                o3 += a * B[k, 3]
+                o4 += a * B[k, 4]
+                o5 += a * B[k, 5]
+            out[r, j, 0], out[r, j, 1], out[r, j, 2] = o0, o1, o2
+            out[r, j, 3], out[r, j, 4], out[r, j, 5] = o3, o4, o5
 
 
 def _pulse_exp_python(M, dM, n_dir, t, ws, dws, E, dE):  # pragma: no cover - compiled
-    """``E = exp(M t)`` (tops of affine 6 × 6) and its tangents ``dE[j]`` along ``dM[j]``.
-
-    ``ws`` [6, 5, 6] and ``dws`` [6, D, 5, 6] are scratch."""
+    """``E = exp(M t)`` (tops of affine 6 × 6) and its tangents ``dE[:, j]`` along
+    ``dM[:, j]`` (tangents stored [5, D, 6]). ``ws`` [6, 5, 6] and ``dws`` [6, 5, D, 6] are
+    scratch."""
     norm = 0.0
     for j in range(6):
         col = 0.0
@@ -217,38 +270,37 @@ def _pulse_exp_python(M, dM, n_dir, t, ws, dws, E, dE):  # pragma: no cover - co
     _mul(X2, X, 0.0, X3)
     _mul(X2, X2, 0.0, X4)
     c = _TAYLOR
-    dX, dX2, dX3, dX4, dP = dws[0], dws[1], dws[2], dws[3], dws[4]
-    for j in range(n_dir):
-        for r in range(5):
-            for q in range(6):
-                dX[j, r, q] = dM[j, r, q] * scale
-        _mul(dX[j], X, 0.0, dX2[j])
-        _mul_acc(X, dX[j], 0.0, dX2[j])
-        _mul(dX2[j], X, 0.0, dX3[j])
-        _mul_acc(X2, dX[j], 0.0, dX3[j])
-        _mul(dX2[j], X2, 0.0, dX4[j])
-        _mul_acc(X2, dX2[j], 0.0, dX4[j])
+    nd = dM.shape[1]
+    dX, dX2, dX3, dX4, dP, dT = dws[0], dws[1], dws[2], dws[3], dws[4], dws[5]
+    # flat views [5·D·6] for the linear combinations
+    fX, fX2, fX3 = dX.reshape(30 * nd), dX2.reshape(30 * nd), dX3.reshape(30 * nd)
+    fP, fT, fM = dP.reshape(30 * nd), dT.reshape(30 * nd), dM.reshape(30 * nd)
+    if n_dir > 0:
+        for m in range(30 * nd):
+            fX[m] = fM[m] * scale
+        _rmul(dX, X, 0.0, n_dir, dX2, False)
+        _lmul(X, dX, n_dir, dX2, True)
+        _rmul(dX2, X, 0.0, n_dir, dX3, False)
+        _lmul(X2, dX, n_dir, dX3, True)
+        _rmul(dX2, X2, 0.0, n_dir, dX4, False)
+        _lmul(X2, dX2, n_dir, dX4, True)
+        for m in range(30 * nd):
+            fP[m] = c[17] * fX[m] + c[18] * fX2[m] + c[19] * fX3[m]
     # P = B4 = c16 I + c17 X + c18 X² + c19 X³ (last row c16·e_6)
     for r in range(5):
         for q in range(6):
             P[r, q] = c[17] * X[r, q] + c[18] * X2[r, q] + c[19] * X3[r, q]
         P[r, r] += c[16]
     lam = c[16]
-    for j in range(n_dir):
-        for r in range(5):
-            for q in range(6):
-                dP[j, r, q] = c[17] * dX[j, r, q] + c[18] * dX2[j, r, q] + c[19] * dX3[j, r, q]
-    dT = dws[5]
     for blk in range(3, -1, -1):
         base = 4 * blk
         # P ← B + X⁴·P and dP ← dB + dX⁴·P + X⁴·dP (tangents first: they need the old P)
-        for j in range(n_dir):
-            _mul(X4, dP[j], 0.0, dT[j])
-            _mul_acc(dX4[j], P, lam, dT[j])
-            for r in range(5):
-                for q in range(6):
-                    dP[j, r, q] = dT[j, r, q] + c[base + 1] * dX[j, r, q] \
-                        + c[base + 2] * dX2[j, r, q] + c[base + 3] * dX3[j, r, q]
+        if n_dir > 0:
+            _lmul(X4, dP, n_dir, dT, False)
+            _rmul(dX4, P, lam, n_dir, dT, True)
+            c1, c2, c3 = c[base + 1], c[base + 2], c[base + 3]
+            for m in range(30 * nd):
+                fP[m] = fT[m] + c1 * fX[m] + c2 * fX2[m] + c3 * fX3[m]
         _mul(X4, P, lam, Q)
         for r in range(5):
             for q in range(6):
@@ -257,15 +309,16 @@ def _pulse_exp_python(M, dM, n_dir, t, ws, dws, E, dE):  # pragma: no cover - co
             P[r, r] += c[base]
         lam = c[base]
     for i in range(s):
-        for j in range(n_dir):
-            _mul(dP[j], P, 1.0, dX[j])
-            _mul_acc(P, dP[j], 0.0, dX[j])
-            dP[j, :, :] = dX[j, :, :]
+        if n_dir > 0:
+            _rmul(dP, P, 1.0, n_dir, dT, False)
+            _lmul(P, dP, n_dir, dT, True)
+            for m in range(30 * nd):
+                fP[m] = fT[m]
         _mul(P, P, 1.0, Q)
         P[:, :] = Q[:, :]
     E[:, :] = P[:, :]
-    for j in range(n_dir):
-        dE[j, :, :] = dP[j, :, :]
+    if n_dir > 0:
+        dE[:, :, :] = dP[:, :, :]
 
 
 def _comp_python(A, B, add_off, out):  # pragma: no cover - compiled
@@ -315,7 +368,7 @@ def _assemble_python(F, dF, R, dR, rc, rs, n_dir, G, dG, H, dH, P, dP):  # pragm
 
 
 def _pulse_generator_python(rv, a, trf, r2, d_t2s, d_b1, dirs, M, dM):  # pragma: no cover
-    """The generator M (top 5 rows of the affine 6 × 6) of a pulse and its tangents dM."""
+    """The generator M (top 5 rows of the affine 6 × 6) of a pulse and its tangents dM [5, D, 6]."""
     m0s, R1f, R2f, Rx, R1s, B1, w0 = rv[0], rv[1], rv[2], rv[3], rv[4], rv[6], rv[7]
     m0f = 1.0 - m0s
     w = B1 * a / trf
@@ -326,28 +379,28 @@ def _pulse_generator_python(rv, a, trf, r2, d_t2s, d_b1, dirs, M, dM):  # pragma
     M[3, 3], M[3, 4] = -r2, w
     M[4, 2], M[4, 3], M[4, 4], M[4, 5] = Rx * m0s, -w, -R1s - Rx * m0f, R1s * m0s
     for j in range(dirs.shape[0]):
-        dM[j, :, :] = 0.0
+        dM[:, j, :] = 0.0
         k = dirs[j]
         if k == _M0S:
-            dM[j, 2, 2], dM[j, 2, 4], dM[j, 2, 5] = -Rx, -Rx, -R1f
-            dM[j, 4, 2], dM[j, 4, 4], dM[j, 4, 5] = Rx, Rx, R1s
+            dM[2, j, 2], dM[2, j, 4], dM[2, j, 5] = -Rx, -Rx, -R1f
+            dM[4, j, 2], dM[4, j, 4], dM[4, j, 5] = Rx, Rx, R1s
         elif k == _R1F:
-            dM[j, 2, 2], dM[j, 2, 5] = -1.0, m0f
+            dM[2, j, 2], dM[2, j, 5] = -1.0, m0f
         elif k == _R2F:
-            dM[j, 0, 0], dM[j, 1, 1] = -1.0, -1.0
+            dM[0, j, 0], dM[1, j, 1] = -1.0, -1.0
         elif k == _RX:
-            dM[j, 2, 2], dM[j, 2, 4] = -m0s, m0f
-            dM[j, 4, 2], dM[j, 4, 4] = m0s, -m0f
+            dM[2, j, 2], dM[2, j, 4] = -m0s, m0f
+            dM[4, j, 2], dM[4, j, 4] = m0s, -m0f
         elif k == _R1S:
-            dM[j, 4, 4], dM[j, 4, 5] = -1.0, m0s
+            dM[4, j, 4], dM[4, j, 5] = -1.0, m0s
         elif k == _T2S:
-            dM[j, 3, 3] = -d_t2s
+            dM[3, j, 3] = -d_t2s
         elif k == _B1:
             dw = a / trf
-            dM[j, 0, 2], dM[j, 2, 0], dM[j, 3, 4], dM[j, 4, 3] = dw, -dw, dw, -dw
-            dM[j, 3, 3] = -d_b1
+            dM[0, j, 2], dM[2, j, 0], dM[3, j, 4], dM[4, j, 3] = dw, -dw, dw, -dw
+            dM[3, j, 3] = -d_b1
         else:
-            dM[j, 0, 1], dM[j, 1, 0] = -1.0, 1.0
+            dM[0, j, 1], dM[1, j, 0] = -1.0, 1.0
 
 
 def _inversion_python(rv, a, trf, r2, d_t2s, d_b1, dirs, g, e4, R, dR):  # pragma: no cover
@@ -469,11 +522,11 @@ def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion,
         Cn = np.empty((4, 5))
         dCn = np.empty((nd1, 4, 5))
         M = np.empty((5, 6))
-        dM = np.empty((nd1, 5, 6))
+        dM = np.empty((5, nd1, 6))
         E = np.empty((5, 6))
-        dE = np.empty((nd1, 5, 6))
+        dE = np.empty((5, nd1, 6))
         ws = np.empty((6, 5, 6))
-        dws = np.empty((6, nd1, 5, 6))
+        dws = np.empty((6, 5, nd1, 6))
         work = np.empty((4, 5 + nd1))
         y = np.empty(4)
         dy = np.empty((nd1, 4))
@@ -524,7 +577,7 @@ def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion,
                                 cj = j if j < 3 else j + 1
                                 R[i, j] = E[ri, cj]
                                 for d in range(n_dir):
-                                    dR[d, i, j] = dE[d, ri, cj]
+                                    dR[d, i, j] = dE[ri, d, cj]
                         _assemble(F, dF, R, dR, rc, rs, n_dir, G, dG, H, dH, P, dP)
                     if k == 0:
                         C[:, :] = 0.0
@@ -583,7 +636,8 @@ def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion,
                         fisher[v, q, p] = acc[p, q]
 
 
-_HELPERS = ("_poly", "_exp2", "_exp2_tangent", "_free", "_mul", "_mul_acc", "_pulse_exp",
+_HELPERS = ("_poly", "_exp2", "_exp2_tangent", "_free", "_mul", "_mul_acc", "_lmul", "_rmul",
+            "_pulse_exp",
             "_comp", "_comp_acc", "_assemble", "_pulse_generator", "_inversion",
             "_solve_periodic")
 

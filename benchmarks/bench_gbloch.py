@@ -12,6 +12,8 @@ shared; timings are noisy):
 - signal + Jacobian in all 8 parameters + Fisher inverse (``crbnet.stats.crb.signal_and_crb``:
   a simulation plus the kernel's Fisher matrix, then the inverse) in voxels/s, per pulse;
 - the kernel's Jacobian alone (``explicit_signal_and_jacobian``);
+- CPU time per call of the kernel's parts (pulse exponential with and without tangents,
+  free precession) at the sequence's median pulse;
 - agreement with the tensor route (``use_compiled_kernel = False``; Jacobian by
   ``torch.func.jacfwd``) on ``--check-voxels`` voxels, and the tensor route's simulate time.
 
@@ -56,13 +58,68 @@ def _sequence(mat: Path):
     return default_sequence(), "model default (in-vivo file not found)"
 
 
-def _best(fn, repeats: int) -> float:
-    best = math.inf
+def _best(fn, repeats: int) -> tuple[float, float]:
+    """Best wall time and best process CPU time (s) of ``repeats`` calls (CPU time is less
+    sensitive to other processes on a shared machine; with several threads it adds them up)."""
+    wall = cpu = math.inf
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+        wall = min(wall, time.perf_counter() - t)
+        cpu = min(cpu, time.process_time() - c)
+    return wall, cpu
+
+
+def _parts(model, theta) -> dict:
+    """CPU µs per call of the kernel's parts at the sequence's median nonzero pulse: the
+    pulse exponential without and with tangents in all 8 directions (at the voxel's R2sl and
+    at R2sl·TRF = 8, about the super-Lorentzian's largest), and the free precession."""
+    import numba
+
+    from crbnet.physics.models import _gbloch_kernel as kernel
+
+    kernel._load()
+    seq = model.sequence
+    nonzero = seq.alpha[(seq.alpha != 0) & ~seq.inversion]
+    k = int(np.argsort(nonzero)[len(nonzero) // 2])
+    a = float(nonzero[k])
+    trf = float(seq.TRF[(seq.alpha != 0) & ~seq.inversion][k])
+    p = model.full_parameters(theta[:1])
+    rates = np.array([p["m0s"][0], 1 / p["T1f"][0], 1 / p["T2f"][0], p["Rx"][0],
+                      1 / p["T1s"][0], p["T2s"][0], p["B1"][0], p["omega0"][0]], dtype=float)
+    r2sl = float(model.r2sl_arrays(p["B1"], p["T2s"])[0].reshape(-1)[0])
+    dirs = np.arange(8)
+
+    @numba.njit
+    def exp_loop(n, nd, r2):
+        M, dM = np.empty((5, 6)), np.empty((5, 8, 6))
+        E, dE = np.empty((5, 6)), np.empty((5, 8, 6))
+        ws, dws = np.empty((6, 5, 6)), np.empty((6, 5, 8, 6))
+        for _ in range(n):
+            kernel._pulse_generator(rates, a, trf, r2, 1.0, 1.0, dirs[:nd], M, dM)
+            kernel._pulse_exp(M, dM, nd, trf, ws, dws, E, dE)
+        return E[0, 0]
+
+    @numba.njit
+    def free_loop(n, nd):
+        g, e4, F, dF = np.empty(9), np.empty(4), np.empty((4, 5)), np.empty((8, 4, 5))
+        for _ in range(n):
+            kernel._free(1e-3, rates, dirs[:nd], g, e4, F, dF)
+        return F[0, 0]
+
+    def per_call(fn, *args, n=2000):
+        fn(1, *args)
+        c = time.process_time()
+        fn(n, *args)
+        return (time.process_time() - c) / n * 1e6
+
+    out = {"pulse": {"alpha": a, "TRF": trf, "R2sl": r2sl}}
+    for label, r2 in (("voxel_R2sl", r2sl), ("R2sl_TRF_8", 8.0 / trf)):
+        out[f"exp_{label}_values_us"] = per_call(exp_loop, 0, r2, n=20000)
+        out[f"exp_{label}_8_tangents_us"] = per_call(exp_loop, 8, r2)
+    out["free_values_us"] = per_call(free_loop, 0, n=100000)
+    out["free_8_tangents_us"] = per_call(free_loop, 8, n=100000)
+    return out
 
 
 def _theta(model, n: int) -> torch.Tensor:
@@ -123,13 +180,16 @@ def run(args) -> dict:
             crb = _best(lambda: signal_and_crb(model, theta), args.repeats)
             jac = _best(lambda: model.explicit_signal_and_jacobian(theta), args.repeats)
             row = {"load_before": load, "load_after": os.getloadavg()[0]}
-            for name, seconds in (("simulate", sim), ("signal_jacobian_fisher_inverse", crb),
-                                  ("signal_jacobian", jac)):
-                row[name] = {"voxels_per_s": args.voxels / seconds,
-                             "us_per_pulse_per_voxel": seconds / args.voxels / pulses * 1e6}
+            for name, (wall, cpu) in (("simulate", sim),
+                                      ("signal_jacobian_fisher_inverse", crb),
+                                      ("signal_jacobian", jac)):
+                row[name] = {"voxels_per_s": args.voxels / wall,
+                             "us_per_pulse_per_voxel": wall / args.voxels / pulses * 1e6,
+                             "cpu_us_per_pulse_per_voxel": cpu / args.voxels / pulses * 1e6}
             result["threads"][str(n_threads)] = row
     finally:
         torch.set_num_threads(before)
+    result["parts_cpu"] = _parts(model, theta)
     result["agreement"] = _agreement(model, theta[:args.check_voxels])
     two = result["threads"].get("2")
     if two is not None:
@@ -179,7 +239,9 @@ def main() -> int:
         for name in ("simulate", "signal_jacobian_fisher_inverse", "signal_jacobian"):
             r = row[name]
             print(f"  {name:32s} {r['voxels_per_s']:9.1f} voxels/s "
-                  f"{r['us_per_pulse_per_voxel']:7.3f} us/pulse")
+                  f"{r['us_per_pulse_per_voxel']:7.3f} us/pulse "
+                  f"(CPU {r['cpu_us_per_pulse_per_voxel']:.3f})")
+    print("parts (CPU us per call):", result["parts_cpu"])
     print("agreement:", result["agreement"])
     from crbnet.io import write_json
 

@@ -49,7 +49,7 @@ numba = None
 _compiled = None
 _poly = _exp2 = _exp2_tangent = _free = _mul = _mul_acc = _pulse_exp = None
 _lmul = _rmul = None
-_comp = _comp_acc = _assemble = _pulse_generator = _inversion = _solve_periodic = None
+_comp = _tcomp = _lcomp = _rotate_rows = _assemble = _pulse_generator = _inversion = _solve_periodic = None
 
 #: Elementary directions, in this order: the column indices of ``rates`` too.
 DIRECTIONS = ("m0s", "R1f", "R2f", "Rx", "R1s", "T2s", "B1", "omega0")
@@ -123,7 +123,7 @@ def _exp2_tangent_python(g, b, c, t, da, db, dc, dd, out):  # pragma: no cover -
 
 
 def _free_python(h, rates, dirs, g, e4, F, dF):  # pragma: no cover - compiled
-    """Free precession for h seconds as a reduced map F [4, 5] and its tangents dF [D, 4, 5]."""
+    """Free precession for h seconds as a reduced map F [4, 5] and its tangents dF [4, D, 5]."""
     m0s, R1f, R2f, Rx, R1s, w0 = rates[0], rates[1], rates[2], rates[3], rates[4], rates[7]
     m0f = 1.0 - m0s
     e = math.exp(-R2f * h)
@@ -143,17 +143,17 @@ def _free_python(h, rates, dirs, g, e4, F, dF):  # pragma: no cover - compiled
     F[2, 4] = m0f - (g[5] * m0f + g[6] * m0s)
     F[3, 4] = m0s - (g[7] * m0f + g[8] * m0s)
     for j in range(dirs.shape[0]):
-        dF[j, :, :] = 0.0
+        dF[:, j, :] = 0.0
         k = dirs[j]
         if k == _R2F:
             for r in range(2):
                 for q in range(2):
-                    dF[j, r, q] = -h * F[r, q]
+                    dF[r, j, q] = -h * F[r, q]
         elif k == _W0:
-            dF[j, 0, 0] = -h * e * sw
-            dF[j, 0, 1] = -h * e * cw
-            dF[j, 1, 0] = h * e * cw
-            dF[j, 1, 1] = -h * e * sw
+            dF[0, j, 0] = -h * e * sw
+            dF[0, j, 1] = -h * e * cw
+            dF[1, j, 0] = h * e * cw
+            dF[1, j, 1] = -h * e * sw
         elif k == _M0S or k == _R1F or k == _RX or k == _R1S:
             da = db = dc = dd = 0.0
             dz1 = dz2 = 0.0
@@ -167,10 +167,10 @@ def _free_python(h, rates, dirs, g, e4, F, dF):  # pragma: no cover - compiled
             else:
                 dd = -1.0
             _exp2_tangent(g, b, c, h, da, db, dc, dd, e4)
-            dF[j, 2, 2], dF[j, 2, 3], dF[j, 3, 2], dF[j, 3, 3] = e4[0], e4[1], e4[2], e4[3]
+            dF[2, j, 2], dF[2, j, 3], dF[3, j, 2], dF[3, j, 3] = e4[0], e4[1], e4[2], e4[3]
             # offset o = z_eq − E z_eq
-            dF[j, 2, 4] = dz1 - (e4[0] * m0f + e4[1] * m0s) - (g[5] * dz1 + g[6] * dz2)
-            dF[j, 3, 4] = dz2 - (e4[2] * m0f + e4[3] * m0s) - (g[7] * dz1 + g[8] * dz2)
+            dF[2, j, 4] = dz1 - (e4[0] * m0f + e4[1] * m0s) - (g[5] * dz1 + g[6] * dz2)
+            dF[3, j, 4] = dz2 - (e4[2] * m0f + e4[3] * m0s) - (g[7] * dz1 + g[8] * dz2)
 
 
 def _mul_python(A, B, lam, out):  # pragma: no cover - compiled
@@ -322,32 +322,73 @@ def _pulse_exp_python(M, dM, n_dir, t, ws, dws, E, dE):  # pragma: no cover - co
 
 
 def _comp_python(A, B, add_off, out):  # pragma: no cover - compiled
-    """``out = A ∘ B`` for reduced maps [4, 5]; without ``add_off`` A's offset is left out
-    (A a tangent composed after a map, or a linear part applied to a tangent)."""
+    """``out = A ∘ B`` for reduced maps [4, 5]; without ``add_off`` A's offset is left out."""
     for i in range(4):
-        for j in range(5):
-            acc = 0.0
-            for k in range(4):
-                acc += A[i, k] * B[k, j]
-            out[i, j] = acc
-        if add_off:
-            out[i, 4] += A[i, 4]
+        o0 = o1 = o2 = o3 = 0.0
+        o4 = A[i, 4] if add_off else 0.0
+        for k in range(4):
+            a = A[i, k]
+            o0 += a * B[k, 0]
+            o1 += a * B[k, 1]
+            o2 += a * B[k, 2]
+            o3 += a * B[k, 3]
+            o4 += a * B[k, 4]
+        out[i, 0], out[i, 1], out[i, 2], out[i, 3], out[i, 4] = o0, o1, o2, o3, o4
 
 
-def _comp_acc_python(A, B, add_off, out):  # pragma: no cover - compiled
-    """``out += A ∘ B`` (as :func:`_comp_python`)."""
+def _tcomp_python(T, B, n_dir, out, accumulate):  # pragma: no cover - compiled
+    """``out[:, j] (+)= T[:, j] ∘ B`` for every direction: tangents T [4, D, 5] of a map
+    applied after the map B [4, 5] (T's offsets included)."""
     for i in range(4):
-        for j in range(5):
-            acc = 0.0
+        for j in range(n_dir):
+            if accumulate:
+                o0, o1, o2 = out[i, j, 0], out[i, j, 1], out[i, j, 2]
+                o3, o4 = out[i, j, 3], out[i, j, 4] + T[i, j, 4]
+            else:
+                o0 = o1 = o2 = o3 = 0.0
+                o4 = T[i, j, 4]
             for k in range(4):
-                acc += A[i, k] * B[k, j]
-            out[i, j] += acc
-        if add_off:
-            out[i, 4] += A[i, 4]
+                a = T[i, j, k]
+                o0 += a * B[k, 0]
+                o1 += a * B[k, 1]
+                o2 += a * B[k, 2]
+                o3 += a * B[k, 3]
+                o4 += a * B[k, 4]
+            out[i, j, 0], out[i, j, 1], out[i, j, 2] = o0, o1, o2
+            out[i, j, 3], out[i, j, 4] = o3, o4
+
+
+def _lcomp_python(A, T, n_dir, block_diagonal, out, accumulate):  # pragma: no cover
+    """``out[:, j] (+)= A_L · T[:, j]`` for every direction (a map's linear part applied to
+    tangents [4, D, 5]; each row of the result is one contiguous run of 5·D numbers). With
+    ``block_diagonal``, A_L couples only (xf, yf) and (zf, zs) — free precession."""
+    width = 5 * n_dir
+    Tf = T.reshape(4, T.shape[1] * 5)
+    Of = out.reshape(4, out.shape[1] * 5)
+    for i in range(4):
+        if not accumulate:
+            for m in range(width):
+                Of[i, m] = 0.0
+        k0, k1 = (0, 4) if not block_diagonal else ((0, 2) if i < 2 else (2, 4))
+        for k in range(k0, k1):
+            a = A[i, k]
+            for m in range(width):
+                Of[i, m] += a * Tf[k, m]
+
+
+def _rotate_rows_python(rc, rs, T, n_dir, out):  # pragma: no cover - compiled
+    """``out = Rot · T`` for tangents [4, D, 5] (the RF phase advance turns xf, yf)."""
+    for j in range(n_dir):
+        for q in range(5):
+            x, y = T[0, j, q], T[1, j, q]
+            out[0, j, q] = rc * x - rs * y
+            out[1, j, q] = rs * x + rc * y
+            out[2, j, q] = T[2, j, q]
+            out[3, j, q] = T[3, j, q]
 
 
 def _assemble_python(F, dF, R, dR, rc, rs, n_dir, G, dG, H, dH, P, dP):  # pragma: no cover
-    """``P = F ∘ R ∘ Rot ∘ F`` and its tangents from the factors' (reduced maps)."""
+    """``P = F ∘ R ∘ Rot ∘ F`` and its tangents [4, D, 5] from the factors'."""
     for j in range(5):
         G[0, j] = rc * F[0, j] - rs * F[1, j]
         G[1, j] = rs * F[0, j] + rc * F[1, j]
@@ -355,16 +396,13 @@ def _assemble_python(F, dF, R, dR, rc, rs, n_dir, G, dG, H, dH, P, dP):  # pragm
         G[3, j] = F[3, j]
     _comp(R, G, True, H)
     _comp(F, H, True, P)
-    for d in range(n_dir):
-        for j in range(5):
-            dG[0, j] = rc * dF[d, 0, j] - rs * dF[d, 1, j]
-            dG[1, j] = rs * dF[d, 0, j] + rc * dF[d, 1, j]
-            dG[2, j] = dF[d, 2, j]
-            dG[3, j] = dF[d, 3, j]
-        _comp(dR[d], G, True, dH)
-        _comp_acc(R, dG, False, dH)
-        _comp(dF[d], H, True, dP[d])
-        _comp_acc(F, dH, False, dP[d])
+    if n_dir == 0:
+        return
+    _rotate_rows(rc, rs, dF, n_dir, dG)
+    _tcomp(dR, G, n_dir, dH, False)
+    _lcomp(R, dG, n_dir, False, dH, True)
+    _tcomp(dF, H, n_dir, dP, False)
+    _lcomp(F, dH, n_dir, True, dP, True)
 
 
 def _pulse_generator_python(rv, a, trf, r2, d_t2s, d_b1, dirs, M, dM):  # pragma: no cover
@@ -413,23 +451,23 @@ def _inversion_python(rv, a, trf, r2, d_t2s, d_b1, dirs, g, e4, R, dR):  # pragm
     R[:, :] = 0.0
     R[0, 0], R[1, 1], R[2, 2], R[3, 3] = s2, -s2, cb, g[8]
     for j in range(dirs.shape[0]):
-        dR[j, :, :] = 0.0
+        dR[:, j, :] = 0.0
         k = dirs[j]
         if k == _T2S:
             _exp2_tangent(g, w, -w, trf, -d_t2s, 0.0, 0.0, 0.0, e4)
-            dR[j, 3, 3] = e4[3]
+            dR[3, j, 3] = e4[3]
         elif k == _B1:
             dw = a / trf
             _exp2_tangent(g, w, -w, trf, -d_b1, dw, -dw, 0.0, e4)
-            dR[j, 0, 0] = 0.5 * sb * a
-            dR[j, 1, 1] = -0.5 * sb * a
-            dR[j, 2, 2] = -sb * a
-            dR[j, 3, 3] = e4[3]
+            dR[0, j, 0] = 0.5 * sb * a
+            dR[1, j, 1] = -0.5 * sb * a
+            dR[2, j, 2] = -sb * a
+            dR[3, j, 3] = e4[3]
 
 
 def _solve_periodic_python(A, dA, n_dir, work, y, dy):  # pragma: no cover - compiled
-    """``y = (I − A_L)⁻¹ A_o`` and ``dy[j] = (I − A_L)⁻¹ (dA_L[j] y + dA_o[j])`` (Gauss–Jordan
-    with partial pivoting on [I − A_L | rhs…]); work is [4, 5 + D]."""
+    """``y = (I − A_L)⁻¹ A_o`` and ``dy[j] = (I − A_L)⁻¹ (dA_L[:, j] y + dA_o[:, j])``
+    (Gauss–Jordan with partial pivoting on [I − A_L | rhs…]); dA [4, D, 5], work [4, 5 + D]."""
     m = 5 + n_dir
     for i in range(4):
         for j in range(4):
@@ -458,9 +496,9 @@ def _solve_periodic_python(A, dA, n_dir, work, y, dy):  # pragma: no cover - com
         for j in range(4):
             work[i, j] = (1.0 if i == j else 0.0) - A[i, j]
         for d in range(n_dir):
-            acc = dA[d, i, 4]
+            acc = dA[i, d, 4]
             for k in range(4):
-                acc += dA[d, i, k] * y[k]
+                acc += dA[i, d, k] * y[k]
             work[i, 5 + d] = acc
     for col in range(4):
         piv = col
@@ -504,23 +542,23 @@ def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion,
         g = np.empty(9)
         e4 = np.empty(4)
         F = np.empty((4, 5))
-        dF = np.empty((nd1, 4, 5))
+        dF = np.empty((4, nd1, 5))
         R = np.empty((4, 5))
-        dR = np.empty((nd1, 4, 5))
+        dR = np.empty((4, nd1, 5))
         Z = np.empty((4, 5))
-        dZ = np.empty((nd1, 4, 5))
+        dZ = np.empty((4, nd1, 5))
         G = np.empty((4, 5))
-        dG = np.empty((4, 5))
+        dG = np.empty((4, nd1, 5))
         H = np.empty((4, 5))
-        dH = np.empty((4, 5))
+        dH = np.empty((4, nd1, 5))
         P0 = np.empty((4, 5))
-        dP0 = np.empty((nd1, 4, 5))
+        dP0 = np.empty((4, nd1, 5))
         Pk = np.empty((4, 5))
-        dPk = np.empty((nd1, 4, 5))
+        dPk = np.empty((4, nd1, 5))
         C = np.empty((4, 5))
-        dC = np.empty((nd1, 4, 5))
+        dC = np.empty((4, nd1, 5))
         Cn = np.empty((4, 5))
-        dCn = np.empty((nd1, 4, 5))
+        dCn = np.empty((4, nd1, 5))
         M = np.empty((5, 6))
         dM = np.empty((5, nd1, 6))
         E = np.empty((5, 6))
@@ -531,7 +569,7 @@ def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion,
         y = np.empty(4)
         dy = np.empty((nd1, 4))
         rows = np.empty((n, 2, 5))
-        drows = np.empty((n if n_dir > 0 else 1, nd1, 2, 5))
+        drows = np.empty((n if n_dir > 0 else 1, 2, nd1, 5))
         u = np.empty((2, nd1 + 2))
         acc = np.empty((nd1 + 2, nd1 + 2))
         for v in range(ib * _BLOCK, min(n_vox, (ib + 1) * _BLOCK)):
@@ -543,11 +581,7 @@ def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion,
                 Z[1, j] = rs * F[0, j] + rc * F[1, j]
                 Z[2, j] = F[2, j]
                 Z[3, j] = F[3, j]
-                for d in range(n_dir):
-                    dZ[d, 0, j] = rc * dF[d, 0, j] - rs * dF[d, 1, j]
-                    dZ[d, 1, j] = rs * dF[d, 0, j] + rc * dF[d, 1, j]
-                    dZ[d, 2, j] = dF[d, 2, j]
-                    dZ[d, 3, j] = dF[d, 3, j]
+            _rotate_rows(rc, rs, dF, n_dir, dZ)
             if want_fisher:
                 acc[:, :] = 0.0
             for seg in range(n_seg):
@@ -565,8 +599,8 @@ def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion,
                         _assemble(F, dF, R, dR, rc, rs, n_dir, G, dG, H, dH, P, dP)
                     elif a == 0.0:
                         P[:, :] = Z[:, :]
-                        for d in range(n_dir):
-                            dP[d, :, :] = dZ[d, :, :]
+                        if n_dir > 0:
+                            dP[:, :, :] = dZ[:, :, :]
                     else:
                         _free(0.5 * (TR - trf), rv, dirs[:n_dir], g, e4, F, dF)
                         _pulse_generator(rv, a, trf, r2, dt2, db1, dirs[:n_dir], M, dM)
@@ -577,32 +611,30 @@ def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion,
                                 cj = j if j < 3 else j + 1
                                 R[i, j] = E[ri, cj]
                                 for d in range(n_dir):
-                                    dR[d, i, j] = dE[ri, d, cj]
+                                    dR[i, d, j] = dE[ri, d, cj]
                         _assemble(F, dF, R, dR, rc, rs, n_dir, G, dG, H, dH, P, dP)
                     if k == 0:
                         C[:, :] = 0.0
                         for i in range(4):
                             C[i, i] = 1.0
-                        for d in range(n_dir):
-                            dC[d, :, :] = 0.0
+                        dC[:, :, :] = 0.0
                     else:
                         _comp(Pk, C, True, Cn)
-                        for d in range(n_dir):
-                            _comp(dPk[d], C, True, dCn[d])
-                            _comp_acc(Pk, dC[d], False, dCn[d])
+                        if n_dir > 0:
+                            _tcomp(dPk, C, n_dir, dCn, False)
+                            _lcomp(Pk, dC, n_dir, False, dCn, True)
+                            dC[:, :, :] = dCn[:, :, :]
                         C[:, :] = Cn[:, :]
-                        for d in range(n_dir):
-                            dC[d, :, :] = dCn[d, :, :]
                     for i in range(2):
                         for j in range(5):
                             rows[k, i, j] = C[i, j]
-                            for d in range(n_dir):
-                                drows[k, d, i, j] = dC[d, i, j]
+                    if n_dir > 0:
+                        drows[k, :, :, :] = dC[:2, :, :]
                 # one period from echo 0: A = P_0 ∘ C_{n−1}
                 _comp(P0, C, True, Cn)
-                for d in range(n_dir):
-                    _comp(dP0[d], C, True, dCn[d])
-                    _comp_acc(P0, dC[d], False, dCn[d])
+                if n_dir > 0:
+                    _tcomp(dP0, C, n_dir, dCn, False)
+                    _lcomp(P0, dC, n_dir, False, dCn, True)
                 _solve_periodic(Cn, dCn, n_dir, work, y, dy)
                 for k in range(n):
                     t = seg * n + k
@@ -612,9 +644,9 @@ def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion,
                             f += rows[k, i, q] * y[q]
                         u[i, n_dir] = f
                         for d in range(n_dir):
-                            df = drows[k, d, i, 4]
+                            df = drows[k, i, d, 4]
                             for q in range(4):
-                                df += drows[k, d, i, q] * y[q] + rows[k, i, q] * dy[d, q]
+                                df += drows[k, i, d, q] * y[q] + rows[k, i, q] * dy[d, q]
                             u[i, d] = df * scale[v, d]
                     u[0, n_dir + 1] = -u[1, n_dir]
                     u[1, n_dir + 1] = u[0, n_dir]
@@ -638,7 +670,7 @@ def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion,
 
 _HELPERS = ("_poly", "_exp2", "_exp2_tangent", "_free", "_mul", "_mul_acc", "_lmul", "_rmul",
             "_pulse_exp",
-            "_comp", "_comp_acc", "_assemble", "_pulse_generator", "_inversion",
+            "_comp", "_tcomp", "_lcomp", "_rotate_rows", "_assemble", "_pulse_generator", "_inversion",
             "_solve_periodic")
 
 

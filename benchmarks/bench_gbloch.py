@@ -95,14 +95,15 @@ def _parts(model, theta) -> dict:
         M, dM = np.empty((5, 6)), np.empty((5, 8, 6))
         E, dE = np.empty((5, 6)), np.empty((5, 8, 6))
         ws, dws = np.empty((6, 5, 6)), np.empty((6, 5, 8, 6))
+        dMf, dEf, dwsf = dM.reshape(5, 48), dE.reshape(5, 48), dws.reshape(6, 5, 48)
         for _ in range(n):
             kernel._pulse_generator(rates, a, trf, r2, 1.0, 1.0, dirs[:nd], M, dM)
-            kernel._pulse_exp(M, dM, nd, trf, ws, dws, E, dE)
+            kernel._pulse_exp(M, dMf, nd, trf, ws, dws, dwsf, E, dEf)
         return E[0, 0]
 
     @numba.njit
     def free_loop(n, nd):
-        g, e4, F, dF = np.empty(9), np.empty(4), np.empty((4, 5)), np.empty((8, 4, 5))
+        g, e4, F, dF = np.empty(9), np.empty(4), np.empty((4, 5)), np.empty((4, 8, 5))
         for _ in range(n):
             kernel._free(1e-3, rates, dirs[:nd], g, e4, F, dF)
         return F[0, 0]

@@ -48,7 +48,7 @@ from crbnet.physics.models import _numba
 numba = None
 _compiled = None
 _poly = _exp2 = _exp2_tangent = _free = _mul = _mul_acc = _pulse_exp = None
-_lmul = _rmul = None
+_lmul = _rmul = _horner_step = None
 _comp = _tcomp = _lcomp = _rotate_rows = _assemble = _pulse_generator = _inversion = _solve_periodic = None
 
 #: Elementary directions, in this order: the column indices of ``rates`` too.
@@ -270,9 +270,8 @@ def _pulse_exp_python(M, dMf, n_dir, t, ws, dws, dwsf, E, dEf):  # pragma: no co
     _mul(X2, X2, 0.0, X4)
     c = _TAYLOR
     width = 6 * n_dir
-    dX, dX2, dX3, dX4, dT = dws[0], dws[1], dws[2], dws[3], dws[5]
+    dX, dX2, dX3, dX4, dP, dT = dws[0], dws[1], dws[2], dws[3], dws[4], dws[5]
     fX, fX2, fX3, fX4, fP, fT = dwsf[0], dwsf[1], dwsf[2], dwsf[3], dwsf[4], dwsf[5]
-    dP = dws[4]
     if n_dir > 0:
         for r in range(5):
             for m in range(width):
@@ -294,34 +293,53 @@ def _pulse_exp_python(M, dMf, n_dir, t, ws, dws, dwsf, E, dEf):  # pragma: no co
     lam = c[16]
     for blk in range(3, -1, -1):
         base = 4 * blk
-        # P ← B + X⁴·P and dP ← dB + dX⁴·P + X⁴·dP (tangents first: they need the old P)
+        c0, c1, c2, c3 = c[base], c[base + 1], c[base + 2], c[base + 3]
+        # P ← B + X⁴·P and dP ← dB + dX⁴·P + X⁴·dP (tangents first: they need the old P);
+        # the results go to the other buffer, then the buffers swap.
         if n_dir > 0:
-            _lmul(X4, fP, n_dir, fT, False)
-            _rmul(dX4, P, lam, n_dir, dT, True)
-            c1, c2, c3 = c[base + 1], c[base + 2], c[base + 3]
             for r in range(5):
                 for m in range(width):
-                    fP[r, m] = fT[r, m] + c1 * fX[r, m] + c2 * fX2[r, m] + c3 * fX3[r, m]
-        _mul(X4, P, lam, Q)
-        for r in range(5):
-            for q in range(6):
-                P[r, q] = Q[r, q] + c[base + 1] * X[r, q] + c[base + 2] * X2[r, q] \
-                    + c[base + 3] * X3[r, q]
-            P[r, r] += c[base]
-        lam = c[base]
+                    fT[r, m] = c1 * fX[r, m] + c2 * fX2[r, m] + c3 * fX3[r, m]
+            _lmul(X4, fP, n_dir, fT, True)
+            _rmul(dX4, P, lam, n_dir, dT, True)
+            dP, dT = dT, dP
+            fP, fT = fT, fP
+        _horner_step(X4, P, lam, X, X2, X3, c0, c1, c2, c3, Q)
+        P, Q = Q, P
+        lam = c0
     for i in range(s):
         if n_dir > 0:
             _rmul(dP, P, 1.0, n_dir, dT, False)
             _lmul(P, fP, n_dir, fT, True)
-            for r in range(5):
-                for m in range(width):
-                    fP[r, m] = fT[r, m]
+            dP, dT = dT, dP
+            fP, fT = fT, fP
         _mul(P, P, 1.0, Q)
-        P[:, :] = Q[:, :]
+        P, Q = Q, P
     E[:, :] = P[:, :]
     for r in range(5):
         for m in range(width):
             dEf[r, m] = fP[r, m]
+
+
+def _horner_step_python(X4, P, lam, X, X2, X3, c0, c1, c2, c3, out):  # pragma: no cover
+    """``out = c0·I + c1·X + c2·X² + c3·X³ + X⁴·P`` (tops; P's last row ``lam·e_6``)."""
+    for i in range(5):
+        o0 = c1 * X[i, 0] + c2 * X2[i, 0] + c3 * X3[i, 0]
+        o1 = c1 * X[i, 1] + c2 * X2[i, 1] + c3 * X3[i, 1]
+        o2 = c1 * X[i, 2] + c2 * X2[i, 2] + c3 * X3[i, 2]
+        o3 = c1 * X[i, 3] + c2 * X2[i, 3] + c3 * X3[i, 3]
+        o4 = c1 * X[i, 4] + c2 * X2[i, 4] + c3 * X3[i, 4]
+        o5 = c1 * X[i, 5] + c2 * X2[i, 5] + c3 * X3[i, 5] + lam * X4[i, 5]
+        for k in range(5):
+            a = X4[i, k]
+            o0 += a * P[k, 0]
+            o1 += a * P[k, 1]
+            o2 += a * P[k, 2]
+            o3 += a * P[k, 3]
+            o4 += a * P[k, 4]
+            o5 += a * P[k, 5]
+        out[i, 0], out[i, 1], out[i, 2], out[i, 3], out[i, 4], out[i, 5] = o0, o1, o2, o3, o4, o5
+        out[i, i] += c0
 
 
 def _comp_python(A, B, add_off, out):  # pragma: no cover - compiled
@@ -685,7 +703,7 @@ def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion,
 
 
 _HELPERS = ("_poly", "_exp2", "_exp2_tangent", "_free", "_mul", "_mul_acc", "_lmul", "_rmul",
-            "_pulse_exp",
+            "_horner_step", "_pulse_exp",
             "_comp", "_tcomp", "_lcomp", "_rotate_rows", "_assemble", "_pulse_generator", "_inversion",
             "_solve_periodic")
 

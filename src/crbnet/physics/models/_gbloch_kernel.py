@@ -58,6 +58,8 @@ _M0S, _R1F, _R2F, _RX, _R1S, _T2S, _B1, _W0 = range(8)
 # Taylor coefficients 1/k!, k = 0 … 19, and the largest scaled 1-norm.
 _TAYLOR = np.array([1.0 / math.factorial(k) for k in range(20)])
 _THETA = 1.2
+# The largest diagonal shift μ·t of a pulse's generator (e^{μt} must not overflow).
+_MAX_SHIFT = 30.0
 # 2 × 2 closed forms: power series in x = (half eigenvalue gap · t)² up to |x| = 1 (16 terms:
 # truncation < 1e-28), cosh/cos beyond.
 _N_SERIES = 16
@@ -250,13 +252,27 @@ def _pulse_exp_python(M, dMf, n_dir, t, ws, dws, dwsf, E, dEf):  # pragma: no co
     """``E = exp(M t)`` (tops of affine 6 × 6) and its tangents ``dE[:, j]`` along
     ``dM[:, j]`` (tangents [5, D, 6], given as flat-row views [5, 6·D]: ``dMf``, ``dEf``).
     ``ws`` [6, 5, 6] and ``dws`` [6, 5, D, 6] (with its flat-row view ``dwsf``) are scratch."""
+    # exp(Mt) = e^{−μt}·exp((M + μI)t) for any μ: shifting the diagonal (0 … −R2sl) to be
+    # centred on zero about halves the norm where R2sl dominates — one squaring fewer.
+    lo = hi = M[0, 0]
+    for i in range(1, 5):
+        lo = min(lo, M[i, i])
+        hi = max(hi, M[i, i])
+    mu = min(-0.5 * (lo + hi), _MAX_SHIFT / t)
     norm = 0.0
+    norm_shifted = abs(mu)                 # the affine row's diagonal entry, 0 + μ
     for j in range(6):
         col = 0.0
+        col_shifted = 0.0
         for i in range(5):
             col += abs(M[i, j])
+            col_shifted += abs(M[i, j] + (mu if i == j else 0.0))
         norm = max(norm, col)
-    norm *= t
+        norm_shifted = max(norm_shifted, col_shifted)
+    if norm_shifted >= norm:
+        mu = 0.0
+        norm_shifted = norm
+    norm = norm_shifted * t
     s = 0
     if norm > _THETA:
         s = int(math.ceil(math.log2(norm / _THETA)))
@@ -265,9 +281,12 @@ def _pulse_exp_python(M, dMf, n_dir, t, ws, dws, dwsf, E, dEf):  # pragma: no co
     for i in range(5):
         for j in range(6):
             X[i, j] = M[i, j] * scale
-    _mul(X, X, 0.0, X2)
-    _mul(X2, X, 0.0, X3)
-    _mul(X2, X2, 0.0, X4)
+        X[i, i] += mu * scale
+    # the affine matrices' last rows are lam·e_6: X's is μ·scale, its powers' the powers
+    lx = mu * scale
+    _mul(X, X, lx, X2)
+    _mul(X2, X, lx, X3)
+    _mul(X2, X2, lx * lx, X4)
     c = _TAYLOR
     width = 6 * n_dir
     dX, dX2, dX3, dX4, dP, dT = dws[0], dws[1], dws[2], dws[3], dws[4], dws[5]
@@ -276,21 +295,22 @@ def _pulse_exp_python(M, dMf, n_dir, t, ws, dws, dwsf, E, dEf):  # pragma: no co
         for r in range(5):
             for m in range(width):
                 fX[r, m] = dMf[r, m] * scale
-        _rmul(dX, X, 0.0, n_dir, dX2, False)
+        _rmul(dX, X, lx, n_dir, dX2, False)
         _lmul(X, fX, n_dir, fX2, True)
-        _rmul(dX2, X, 0.0, n_dir, dX3, False)
+        _rmul(dX2, X, lx, n_dir, dX3, False)
         _lmul(X2, fX, n_dir, fX3, True)
-        _rmul(dX2, X2, 0.0, n_dir, dX4, False)
+        _rmul(dX2, X2, lx * lx, n_dir, dX4, False)
         _lmul(X2, fX2, n_dir, fX4, True)
         for r in range(5):
             for m in range(width):
                 fP[r, m] = c[17] * fX[r, m] + c[18] * fX2[r, m] + c[19] * fX3[r, m]
-    # P = B4 = c16 I + c17 X + c18 X² + c19 X³ (last row c16·e_6)
+    # P = B4 = c16 I + c17 X + c18 X² + c19 X³ (last row lam·e_6)
     for r in range(5):
         for q in range(6):
             P[r, q] = c[17] * X[r, q] + c[18] * X2[r, q] + c[19] * X3[r, q]
         P[r, r] += c[16]
-    lam = c[16]
+    lam = c[16] + lx * (c[17] + lx * (c[18] + lx * c[19]))
+    lx4 = lx * lx * lx * lx
     for blk in range(3, -1, -1):
         base = 4 * blk
         c0, c1, c2, c3 = c[base], c[base + 1], c[base + 2], c[base + 3]
@@ -306,19 +326,22 @@ def _pulse_exp_python(M, dMf, n_dir, t, ws, dws, dwsf, E, dEf):  # pragma: no co
             fP, fT = fT, fP
         _horner_step(X4, P, lam, X, X2, X3, c0, c1, c2, c3, Q)
         P, Q = Q, P
-        lam = c0
+        lam = c0 + lx * (c1 + lx * (c2 + lx * c3)) + lx4 * lam
     for i in range(s):
         if n_dir > 0:
-            _rmul(dP, P, 1.0, n_dir, dT, False)
+            _rmul(dP, P, lam, n_dir, dT, False)
             _lmul(P, fP, n_dir, fT, True)
             dP, dT = dT, dP
             fP, fT = fT, fP
-        _mul(P, P, 1.0, Q)
+        _mul(P, P, lam, Q)
         P, Q = Q, P
-    E[:, :] = P[:, :]
+        lam = lam * lam
+    back = math.exp(-mu * t)
     for r in range(5):
+        for q in range(6):
+            E[r, q] = P[r, q] * back
         for m in range(width):
-            dEf[r, m] = fP[r, m]
+            dEf[r, m] = fP[r, m] * back
 
 
 def _horner_step_python(X4, P, lam, X, X2, X3, c0, c1, c2, c3, out):  # pragma: no cover

@@ -212,17 +212,20 @@ def _mul_acc_python(A, B, lam, out):  # pragma: no cover - compiled
 def _lmul_python(A, Bf, n_dir, Of, accumulate):  # pragma: no cover - compiled
     """``out (+)= A·B[:, j]`` for every direction j: A a value top [5, 6], B tangents
     [5, D, 6] (last rows 0) given as flat-row views [5, 6·D] (``Bf``, ``Of``). With the
-    directions inside each row, a row of the result is one contiguous run, which LLVM
-    vectorizes. (Views are made once per voxel block: a reshape costs ~15 ns.)"""
+    directions inside each row, a row of the result is one contiguous run, and each of its
+    numbers one 5-term sum, which LLVM vectorizes. (Views are made once per voxel block: a
+    reshape costs ~15 ns.)"""
     width = 6 * n_dir
     for i in range(5):
-        if not accumulate:
+        a0, a1, a2, a3, a4 = A[i, 0], A[i, 1], A[i, 2], A[i, 3], A[i, 4]
+        if accumulate:
             for m in range(width):
-                Of[i, m] = 0.0
-        for k in range(5):
-            a = A[i, k]
+                Of[i, m] += (a0 * Bf[0, m] + a1 * Bf[1, m] + a2 * Bf[2, m] + a3 * Bf[3, m]
+                             + a4 * Bf[4, m])
+        else:
             for m in range(width):
-                Of[i, m] += a * Bf[k, m]
+                Of[i, m] = (a0 * Bf[0, m] + a1 * Bf[1, m] + a2 * Bf[2, m] + a3 * Bf[3, m]
+                            + a4 * Bf[4, m])
 
 
 def _rmul_python(T, B, lam, n_dir, out, accumulate):  # pragma: no cover - compiled
@@ -408,14 +411,24 @@ def _lcomp_python(A, Tf, n_dir, block_diagonal, Of, accumulate):  # pragma: no c
     contiguous run). With ``block_diagonal``, A_L couples only (xf, yf) and (zf, zs)."""
     width = 5 * n_dir
     for i in range(4):
-        if not accumulate:
-            for m in range(width):
-                Of[i, m] = 0.0
-        k0, k1 = (0, 4) if not block_diagonal else ((0, 2) if i < 2 else (2, 4))
-        for k in range(k0, k1):
-            a = A[i, k]
-            for m in range(width):
-                Of[i, m] += a * Tf[k, m]
+        if block_diagonal:
+            # rows 0, 1 use rows 0, 1 of T; rows 2, 3 use rows 2, 3
+            k0 = 0 if i < 2 else 2
+            a0, a1 = A[i, k0], A[i, k0 + 1]
+            if accumulate:
+                for m in range(width):
+                    Of[i, m] += a0 * Tf[k0, m] + a1 * Tf[k0 + 1, m]
+            else:
+                for m in range(width):
+                    Of[i, m] = a0 * Tf[k0, m] + a1 * Tf[k0 + 1, m]
+        else:
+            a0, a1, a2, a3 = A[i, 0], A[i, 1], A[i, 2], A[i, 3]
+            if accumulate:
+                for m in range(width):
+                    Of[i, m] += a0 * Tf[0, m] + a1 * Tf[1, m] + a2 * Tf[2, m] + a3 * Tf[3, m]
+            else:
+                for m in range(width):
+                    Of[i, m] = a0 * Tf[0, m] + a1 * Tf[1, m] + a2 * Tf[2, m] + a3 * Tf[3, m]
 
 
 def _rotate_rows_python(rc, rs, T, n_dir, out):  # pragma: no cover - compiled

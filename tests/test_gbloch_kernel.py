@@ -11,7 +11,12 @@ from torch.func import jacfwd
 
 from crbnet.physics import sequences as seqs
 from crbnet.physics.models.mt_generalized_bloch import MTGeneralizedBloch
-from crbnet.stats.crb import _fisher_from_columns, _signal_and_jacobian, crb_details
+from crbnet.stats.crb import (
+    _fisher_from_columns,
+    _signal_and_jacobian,
+    crb_details,
+    signal_and_crb,
+)
 
 
 def _sequence() -> seqs.SegmentedSequence:
@@ -134,6 +139,18 @@ def test_fisher_and_crb_match_explicit_jacobian(fixed):
         model.use_compiled_kernel = True
     assert torch.isfinite(fast).all()
     assert ((fast - slow).abs() / slow).max() < 1e-7
+
+
+def test_signal_and_crb_from_one_pass():
+    model = _model({"omega0": 0.0}, fake_r2sl=True)
+    theta = _theta(model)
+    signal, result = signal_and_crb(model, theta)
+    assert model.explicit_signal_and_fisher(theta) is not None
+    assert signal.dtype == torch.complex128
+    assert _rel(signal, model.simulate(theta)) < 1e-14
+    assert torch.allclose(result.variance, crb_details(model, theta).variance, rtol=1e-12,
+                          atol=0)
+    assert model.explicit_signal_and_fisher(theta.float()) is None
 
 
 def test_inputs_that_the_kernel_does_not_take_and_sizes():

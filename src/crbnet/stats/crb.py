@@ -290,20 +290,26 @@ def signal_and_crb(model: SignalModel, theta: torch.Tensor, chunk_size: int | No
     One forward-mode pass per chunk gives both (its primal is the signal), which saves the
     separate simulation — except for a model that forms the Fisher matrix's Gram matrix
     itself (``explicit_real_gram``, e.g. a compiled kernel that never stores the Jacobian):
-    that route plus a plain simulation is the cheaper one there (mt_hybrid_state: about 1.5×)."""
+    that route plus a plain simulation is the cheaper one there (mt_hybrid_state: about 1.5×)
+    — unless the model gives the signal with its Fisher matrix in one pass
+    (``explicit_signal_and_fisher``; mt_generalized_bloch)."""
     model.check_theta(theta)
     theta64 = theta.to(torch.float64)
-    if (model.explicit_real_gram(theta64[:0]) is not None
-            or model.explicit_fisher_information(theta64[:0]) is not None):
+    both = model.explicit_signal_and_fisher(theta64[:0]) is not None
+    if not both and (model.explicit_real_gram(theta64[:0]) is not None
+                     or model.explicit_fisher_information(theta64[:0]) is not None):
         with torch.no_grad():
             signal = model.simulate(theta64).to(torch.complex128)
         return signal, crb_details(model, theta, chunk_size=chunk_size, rcond=rcond)
-    chunk_size = chunk_size or default_chunk_size(model)
+    chunk_size = chunk_size or (_GRAM_CHUNK if both else default_chunk_size(model))
     signals, parts = [], []
     for start in range(0, theta.shape[0], chunk_size):
         th = theta64[start:start + chunk_size]
-        sig, columns = _signal_and_jacobian(model, th)
-        F = _fisher_from_columns(columns, sig).to(torch.float64)
+        if both:
+            sig, F = model.explicit_signal_and_fisher(th)
+        else:
+            sig, columns = _signal_and_jacobian(model, th)
+            F = _fisher_from_columns(columns, sig).to(torch.float64)
         signals.append(_as_complex(sig).to(torch.complex128))
         parts.append(_invert(model, F, th, rcond))
     if not signals:

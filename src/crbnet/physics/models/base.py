@@ -286,6 +286,12 @@ class SignalModel:
         parameters) — formed by the model without storing J — or None (the default)."""
         return None
 
+    def explicit_signal_and_fisher(self, theta: torch.Tensor
+                                   ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Optional: the signal [N, T] together with :meth:`explicit_fisher_information`,
+        from one pass, or None (the default)."""
+        return None
+
     def __repr__(self) -> str:
         fixed = f", fixed={self.fixed}" if self.fixed else ""
         return f"{type(self).__name__}(parameters={list(self.parameters)}{fixed})"

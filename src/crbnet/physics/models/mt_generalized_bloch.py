@@ -183,6 +183,13 @@ class MTGeneralizedBloch(SignalModel):
         out = self._explicit(theta, fisher=True)
         return None if out is None else out[2]
 
+    def explicit_signal_and_fisher(self, theta: torch.Tensor
+                                   ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The signal and the Fisher matrix of :meth:`explicit_fisher_information` from one
+        kernel pass (what ``crbnet apply`` needs)."""
+        out = self._explicit(theta, fisher=True, signal=True)
+        return None if out is None else (out[0], out[2])
+
     def _explicit(self, theta: torch.Tensor, **outputs: bool) -> tuple | None:
         if theta.dtype != torch.float64 or not self._compiled_applies(theta):
             return None
@@ -201,7 +208,7 @@ class MTGeneralizedBloch(SignalModel):
     _KERNEL_CHUNK = 256
 
     def _run_kernel(self, p: dict[str, torch.Tensor], jacobian: bool = False,
-                    fisher: bool = False) -> tuple:
+                    fisher: bool = False, signal: bool = False) -> tuple:
         """(signal [N, T] — None when only the Fisher matrix is asked for —, Jacobian
         [P, N, T] or None, Fisher [N, P+2, P+2] or None), complex128 / float64, from the full
         parameter set ``p`` (detached CPU tensors)."""
@@ -209,7 +216,8 @@ class MTGeneralizedBloch(SignalModel):
         p = {k: v.detach().to(torch.float64) for k, v in p.items()}
         n, T = p["m0s"].shape[0], seq.n_timepoints
         names = self.parameters
-        signal = torch.empty(n, T, dtype=torch.complex128) if not fisher or jacobian else None
+        want_signal = signal or not fisher or jacobian
+        signal = torch.empty(n, T, dtype=torch.complex128) if want_signal else None
         jac = torch.empty(len(names), n, T, dtype=torch.complex128) if jacobian else None
         F = torch.empty(n, len(names) + 2, len(names) + 2, dtype=torch.float64) if fisher \
             else None

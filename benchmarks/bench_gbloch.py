@@ -92,10 +92,10 @@ def _parts(model, theta) -> dict:
 
     @numba.njit
     def exp_loop(n, nd, r2):
-        M, dM = np.empty((5, 6)), np.empty((5, 8, 6))
-        E, dE = np.empty((5, 6)), np.empty((5, 8, 6))
-        ws, dws = np.empty((6, 5, 6)), np.empty((6, 5, 8, 6))
-        dMf, dEf, dwsf = dM.reshape(5, 48), dE.reshape(5, 48), dws.reshape(6, 5, 48)
+        M, dM = np.empty((5, 6)), np.empty((6, 5, 8))
+        E, dE = np.empty((5, 6)), np.empty((6, 5, 8))
+        ws, dws = np.empty((6, 5, 6)), np.empty((6, 6, 5, 8))
+        dMf, dEf, dwsf = dM.reshape(6, 40), dE.reshape(6, 40), dws.reshape(6, 6, 40)
         for _ in range(n):
             kernel._pulse_generator(rates, a, trf, r2, 1.0, 1.0, dirs[:nd], M, dM)
             kernel._pulse_exp(M, dMf, nd, trf, ws, dws, dwsf, E, dEf)

@@ -209,52 +209,47 @@ def _mul_acc_python(A, B, lam, out):  # pragma: no cover - compiled
         out[i, 0], out[i, 1], out[i, 2], out[i, 3], out[i, 4], out[i, 5] = o0, o1, o2, o3, o4, o5
 
 
-def _lmul_python(A, Bf, n_dir, Of, accumulate):  # pragma: no cover - compiled
-    """``out (+)= A·B[:, j]`` for every direction j: A a value top [5, 6], B tangents
-    [5, D, 6] (last rows 0) given as flat-row views [5, 6·D] (``Bf``, ``Of``). With the
-    directions inside each row, a row of the result is one contiguous run, and each of its
-    numbers one 5-term sum, which LLVM vectorizes. (Views are made once per voxel block: a
-    reshape costs ~15 ns.)"""
-    width = 6 * n_dir
-    for i in range(5):
-        a0, a1, a2, a3, a4 = A[i, 0], A[i, 1], A[i, 2], A[i, 3], A[i, 4]
+def _lmul_python(A, T, n_dir, out, accumulate):  # pragma: no cover - compiled
+    """``out (+)= A·T_j`` for every direction j: A a value top [5, 6]; tangents (last rows
+    0) stored by column, row, direction: T[c, r, j] ([6, 5, D]). Each output number is one
+    5-term sum and the directions are contiguous, which LLVM vectorizes."""
+    for c in range(6):
+        for i in range(5):
+            a0, a1, a2, a3, a4 = A[i, 0], A[i, 1], A[i, 2], A[i, 3], A[i, 4]
+            if accumulate:
+                for j in range(n_dir):
+                    out[c, i, j] += (a0 * T[c, 0, j] + a1 * T[c, 1, j] + a2 * T[c, 2, j]
+                                     + a3 * T[c, 3, j] + a4 * T[c, 4, j])
+            else:
+                for j in range(n_dir):
+                    out[c, i, j] = (a0 * T[c, 0, j] + a1 * T[c, 1, j] + a2 * T[c, 2, j]
+                                    + a3 * T[c, 3, j] + a4 * T[c, 4, j])
+
+
+def _rmul_python(Tf, B, lam, n_dir, Of, accumulate):  # pragma: no cover - compiled
+    """``out (+)= T_j·B`` for every direction j: B a value top [5, 6] with last row
+    ``lam·e_6``; tangents given as flat views [6, 5·D] of their [6, 5, D] storage (``Tf``,
+    ``Of``): column q of every tangent's product is one contiguous run of 5-term sums."""
+    width = 5 * n_dir
+    for q in range(6):
+        b0, b1, b2, b3, b4 = B[0, q], B[1, q], B[2, q], B[3, q], B[4, q]
         if accumulate:
             for m in range(width):
-                Of[i, m] += (a0 * Bf[0, m] + a1 * Bf[1, m] + a2 * Bf[2, m] + a3 * Bf[3, m]
-                             + a4 * Bf[4, m])
+                Of[q, m] += (b0 * Tf[0, m] + b1 * Tf[1, m] + b2 * Tf[2, m] + b3 * Tf[3, m]
+                             + b4 * Tf[4, m])
         else:
             for m in range(width):
-                Of[i, m] = (a0 * Bf[0, m] + a1 * Bf[1, m] + a2 * Bf[2, m] + a3 * Bf[3, m]
-                            + a4 * Bf[4, m])
-
-
-def _rmul_python(T, B, lam, n_dir, out, accumulate):  # pragma: no cover - compiled
-    """``out[:, j] (+)= T[:, j]·B`` for every direction j: T tangents [5, D, 6], B a value top
-    [5, 6] with last row ``lam·e_6``."""
-    for r in range(5):
-        for j in range(n_dir):
-            if accumulate:
-                o0, o1, o2 = out[r, j, 0], out[r, j, 1], out[r, j, 2]
-                o3, o4, o5 = out[r, j, 3], out[r, j, 4], out[r, j, 5]
-            else:
-                o0 = o1 = o2 = o3 = o4 = o5 = 0.0
-            o5 += lam * T[r, j, 5]
-            for k in range(5):
-                a = T[r, j, k]
-                o0 += a * B[k, 0]
-                o1 += a * B[k, 1]
-                o2 += a * B[k, 2]
-                o3 += a * B[k, 3]
-                o4 += a * B[k, 4]
-                o5 += a * B[k, 5]
-            out[r, j, 0], out[r, j, 1], out[r, j, 2] = o0, o1, o2
-            out[r, j, 3], out[r, j, 4], out[r, j, 5] = o3, o4, o5
+                Of[q, m] = (b0 * Tf[0, m] + b1 * Tf[1, m] + b2 * Tf[2, m] + b3 * Tf[3, m]
+                            + b4 * Tf[4, m])
+    for m in range(width):
+        Of[5, m] += lam * Tf[5, m]
 
 
 def _pulse_exp_python(M, dMf, n_dir, t, ws, dws, dwsf, E, dEf):  # pragma: no cover - compiled
-    """``E = exp(M t)`` (tops of affine 6 × 6) and its tangents ``dE[:, j]`` along
-    ``dM[:, j]`` (tangents [5, D, 6], given as flat-row views [5, 6·D]: ``dMf``, ``dEf``).
-    ``ws`` [6, 5, 6] and ``dws`` [6, 5, D, 6] (with its flat-row view ``dwsf``) are scratch."""
+    """``E = exp(M t)`` (tops of affine 6 × 6) and its tangents along those of M (tangents
+    stored [6, 5, D] — column, row, direction — and given here as flat views [6, 5·D]:
+    ``dMf``, ``dEf``). ``ws`` [6, 5, 6] and ``dws`` [6, 6, 5, D] (with its flat view ``dwsf``)
+    are scratch."""
     # exp(Mt) = e^{−μt}·exp((M + μI)t) for any μ: shifting the diagonal (0 … −R2sl) to be
     # centred on zero about halves the norm where R2sl dominates — one squaring fewer.
     lo = hi = M[0, 0]
@@ -291,20 +286,20 @@ def _pulse_exp_python(M, dMf, n_dir, t, ws, dws, dwsf, E, dEf):  # pragma: no co
     _mul(X2, X, lx, X3)
     _mul(X2, X2, lx * lx, X4)
     c = _TAYLOR
-    width = 6 * n_dir
+    width = 5 * n_dir
     dX, dX2, dX3, dX4, dP, dT = dws[0], dws[1], dws[2], dws[3], dws[4], dws[5]
     fX, fX2, fX3, fX4, fP, fT = dwsf[0], dwsf[1], dwsf[2], dwsf[3], dwsf[4], dwsf[5]
     if n_dir > 0:
-        for r in range(5):
+        for r in range(6):
             for m in range(width):
                 fX[r, m] = dMf[r, m] * scale
-        _rmul(dX, X, lx, n_dir, dX2, False)
-        _lmul(X, fX, n_dir, fX2, True)
-        _rmul(dX2, X, lx, n_dir, dX3, False)
-        _lmul(X2, fX, n_dir, fX3, True)
-        _rmul(dX2, X2, lx * lx, n_dir, dX4, False)
-        _lmul(X2, fX2, n_dir, fX4, True)
-        for r in range(5):
+        _rmul(fX, X, lx, n_dir, fX2, False)
+        _lmul(X, dX, n_dir, dX2, True)
+        _rmul(fX2, X, lx, n_dir, fX3, False)
+        _lmul(X2, dX, n_dir, dX3, True)
+        _rmul(fX2, X2, lx * lx, n_dir, fX4, False)
+        _lmul(X2, dX2, n_dir, dX4, True)
+        for r in range(6):
             for m in range(width):
                 fP[r, m] = c[17] * fX[r, m] + c[18] * fX2[r, m] + c[19] * fX3[r, m]
     # P = B4 = c16 I + c17 X + c18 X² + c19 X³ (last row lam·e_6)
@@ -320,11 +315,11 @@ def _pulse_exp_python(M, dMf, n_dir, t, ws, dws, dwsf, E, dEf):  # pragma: no co
         # P ← B + X⁴·P and dP ← dB + dX⁴·P + X⁴·dP (tangents first: they need the old P);
         # the results go to the other buffer, then the buffers swap.
         if n_dir > 0:
-            for r in range(5):
+            for r in range(6):
                 for m in range(width):
                     fT[r, m] = c1 * fX[r, m] + c2 * fX2[r, m] + c3 * fX3[r, m]
-            _lmul(X4, fP, n_dir, fT, True)
-            _rmul(dX4, P, lam, n_dir, dT, True)
+            _lmul(X4, dP, n_dir, dT, True)
+            _rmul(fX4, P, lam, n_dir, fT, True)
             dP, dT = dT, dP
             fP, fT = fT, fP
         _horner_step(X4, P, lam, X, X2, X3, c0, c1, c2, c3, Q)
@@ -332,8 +327,8 @@ def _pulse_exp_python(M, dMf, n_dir, t, ws, dws, dwsf, E, dEf):  # pragma: no co
         lam = c0 + lx * (c1 + lx * (c2 + lx * c3)) + lx4 * lam
     for i in range(s):
         if n_dir > 0:
-            _rmul(dP, P, lam, n_dir, dT, False)
-            _lmul(P, fP, n_dir, fT, True)
+            _rmul(fP, P, lam, n_dir, fT, False)
+            _lmul(P, dP, n_dir, dT, True)
             dP, dT = dT, dP
             fP, fT = fT, fP
         _mul(P, P, lam, Q)
@@ -343,6 +338,7 @@ def _pulse_exp_python(M, dMf, n_dir, t, ws, dws, dwsf, E, dEf):  # pragma: no co
     for r in range(5):
         for q in range(6):
             E[r, q] = P[r, q] * back
+    for r in range(6):
         for m in range(width):
             dEf[r, m] = fP[r, m] * back
 
@@ -463,7 +459,7 @@ def _assemble_python(F, dF, R, dR, rc, rs, n_dir, G, dG, dGf, H, dH, dHf, P, dP,
 
 
 def _pulse_generator_python(rv, a, trf, r2, d_t2s, d_b1, dirs, M, dM):  # pragma: no cover
-    """The generator M (top 5 rows of the affine 6 × 6) of a pulse and its tangents dM [5, D, 6]."""
+    """The generator M (top 5 rows of the affine 6 × 6) of a pulse and its tangents dM [6, 5, D] (column, row, direction)."""
     m0s, R1f, R2f, Rx, R1s, B1, w0 = rv[0], rv[1], rv[2], rv[3], rv[4], rv[6], rv[7]
     m0f = 1.0 - m0s
     w = B1 * a / trf
@@ -474,28 +470,28 @@ def _pulse_generator_python(rv, a, trf, r2, d_t2s, d_b1, dirs, M, dM):  # pragma
     M[3, 3], M[3, 4] = -r2, w
     M[4, 2], M[4, 3], M[4, 4], M[4, 5] = Rx * m0s, -w, -R1s - Rx * m0f, R1s * m0s
     for j in range(dirs.shape[0]):
-        dM[:, j, :] = 0.0
+        dM[:, :, j] = 0.0
         k = dirs[j]
         if k == _M0S:
-            dM[2, j, 2], dM[2, j, 4], dM[2, j, 5] = -Rx, -Rx, -R1f
-            dM[4, j, 2], dM[4, j, 4], dM[4, j, 5] = Rx, Rx, R1s
+            dM[2, 2, j], dM[4, 2, j], dM[5, 2, j] = -Rx, -Rx, -R1f
+            dM[2, 4, j], dM[4, 4, j], dM[5, 4, j] = Rx, Rx, R1s
         elif k == _R1F:
-            dM[2, j, 2], dM[2, j, 5] = -1.0, m0f
+            dM[2, 2, j], dM[5, 2, j] = -1.0, m0f
         elif k == _R2F:
-            dM[0, j, 0], dM[1, j, 1] = -1.0, -1.0
+            dM[0, 0, j], dM[1, 1, j] = -1.0, -1.0
         elif k == _RX:
-            dM[2, j, 2], dM[2, j, 4] = -m0s, m0f
-            dM[4, j, 2], dM[4, j, 4] = m0s, -m0f
+            dM[2, 2, j], dM[4, 2, j] = -m0s, m0f
+            dM[2, 4, j], dM[4, 4, j] = m0s, -m0f
         elif k == _R1S:
-            dM[4, j, 4], dM[4, j, 5] = -1.0, m0s
+            dM[4, 4, j], dM[5, 4, j] = -1.0, m0s
         elif k == _T2S:
-            dM[3, j, 3] = -d_t2s
+            dM[3, 3, j] = -d_t2s
         elif k == _B1:
             dw = a / trf
-            dM[0, j, 2], dM[2, j, 0], dM[3, j, 4], dM[4, j, 3] = dw, -dw, dw, -dw
-            dM[3, j, 3] = -d_b1
+            dM[2, 0, j], dM[0, 2, j], dM[4, 3, j], dM[3, 4, j] = dw, -dw, dw, -dw
+            dM[3, 3, j] = -d_b1
         else:
-            dM[0, j, 1], dM[1, j, 0] = -1.0, 1.0
+            dM[1, 0, j], dM[0, 1, j] = -1.0, 1.0
 
 
 def _inversion_python(rv, a, trf, r2, d_t2s, d_b1, dirs, g, e4, R, dR):  # pragma: no cover
@@ -617,11 +613,11 @@ def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion,
         Cn = np.empty((4, 5))
         dCn = np.empty((4, nd1, 5))
         M = np.empty((5, 6))
-        dM = np.empty((5, nd1, 6))
+        dM = np.empty((6, 5, nd1))
         E = np.empty((5, 6))
-        dE = np.empty((5, nd1, 6))
+        dE = np.empty((6, 5, nd1))
         ws = np.empty((6, 5, 6))
-        dws = np.empty((6, 5, nd1, 6))
+        dws = np.empty((6, 6, 5, nd1))
         work = np.empty((4, 5 + nd1))
         y = np.empty(4)
         dy = np.empty((nd1, 4))
@@ -632,9 +628,9 @@ def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion,
         dPkf = dPk.reshape(4, nd1 * 5)
         dCf = dC.reshape(4, nd1 * 5)
         dCnf = dCn.reshape(4, nd1 * 5)
-        dMf = dM.reshape(5, nd1 * 6)
-        dEf = dE.reshape(5, nd1 * 6)
-        dwsf = dws.reshape(6, 5, nd1 * 6)
+        dMf = dM.reshape(6, 5 * nd1)
+        dEf = dE.reshape(6, 5 * nd1)
+        dwsf = dws.reshape(6, 6, 5 * nd1)
         rows = np.empty((n, 2, 5))
         drows = np.empty((n if n_dir > 0 else 1, 2, nd1, 5))
         u = np.empty((2, nd1 + 2))
@@ -680,7 +676,7 @@ def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion,
                                 cj = j if j < 3 else j + 1
                                 R[i, j] = E[ri, cj]
                                 for d in range(n_dir):
-                                    dR[i, d, j] = dE[ri, d, cj]
+                                    dR[i, d, j] = dE[cj, ri, d]
                         _assemble(F, dF, R, dR, rc, rs, n_dir, G, dG, dGf, H, dH, dHf, P, dP,
                                   dPf)
                     if k == 0:

@@ -181,3 +181,45 @@ def evaluate_numba(table, TRF, alpha, B1, T2s) -> tuple[np.ndarray, ...]:
         out[(slice(None),) + index] = kernel(*arrays, TRF[index], alpha[index], B1[index],
                                              T2s[index])
     return tuple(out)
+
+
+@functools.cache
+def _fill_kernel():
+    numba = _numba.module()
+    scalar = r2sl_scalar_kernel()
+
+    def fill(x_nodes, x_step, u_step, coefficients, bounds, alpha, TRF, B1, T2s, rate, d_t2s,
+             d_b1):
+        for v in numba.prange(B1.shape[0]):
+            for k in range(alpha.shape[0]):
+                if alpha[k] == 0.0:
+                    rate[v, k] = 0.0
+                    d_t2s[v, k] = 0.0
+                    d_b1[v, k] = 0.0
+                    continue
+                r, dt, db, _, _ = scalar(x_nodes, x_step, u_step, coefficients, bounds, TRF[k],
+                                         alpha[k], B1[v], T2s[v])
+                rate[v, k] = r
+                d_t2s[v, k] = dt
+                d_b1[v, k] = db
+
+    return _numba.compile_parallel(fill)
+
+
+def r2sl_for_pulses(table, alpha: np.ndarray, TRF: np.ndarray, B1: np.ndarray,
+                    T2s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """R2sl (1/s) and its derivatives in T2s and B1, [N, P] float64 each, for pulses (α rad,
+    TRF s; [P]) and voxels (B1, T2s s; [N]), by the compiled interpolant in parallel over the
+    voxels. Pulses with α = 0 get 0 (no RF acts through R2sl). Inputs outside the table's
+    domain raise :class:`~crbnet.physics.r2sl_table.R2slDomainError` first."""
+    alpha = np.ascontiguousarray(np.abs(alpha), dtype=np.float64)
+    TRF = np.ascontiguousarray(TRF, dtype=np.float64)
+    B1 = np.ascontiguousarray(B1, dtype=np.float64)
+    T2s = np.ascontiguousarray(T2s, dtype=np.float64)
+    active = alpha != 0
+    if B1.size and active.any():
+        table.check(TRF[active], alpha[active], B1, T2s)
+    out = tuple(np.empty((B1.shape[0], alpha.shape[0])) for _ in range(3))
+    with _numba.threads():
+        _fill_kernel()(*table.kernel_arrays(), alpha, TRF, B1, T2s, *out)
+    return out

@@ -12,9 +12,10 @@ own batched ``simulate`` (voxels are independent, so a tangent that is the same 
 every voxel gives every voxel's column at once), and the primal of that pass is the signal.
 Voxels go through in chunks (a model may suggest the size with a ``crb_chunk_size`` attribute);
 Jacobian and Fisher matrix are computed in float64 whatever the input dtype. A model may supply
-its own forward-mode derivative where it has a faster one (``explicit_signal_and_jacobian``,
-and for a real signal ``explicit_real_gram``, which is all the Fisher matrix needs without a
-subspace): mt_hybrid_state does on CPU (a compiled kernel, tested against this module's route).
+its own forward-mode derivative where it has a faster one (``explicit_signal_and_jacobian``;
+for a real signal ``explicit_real_gram``, and for any signal ``explicit_fisher_information``,
+which are all the Fisher matrix needs without a subspace): mt_hybrid_state and
+mt_generalized_bloch do on CPU (compiled kernels, tested against this module's route).
 
 A singular or ill-conditioned Fisher matrix (e.g. T2s when m0s → 0) is detected on its
 diagonally scaled form; parameters in its (numerical) null space get ``inf`` and a
@@ -260,14 +261,19 @@ def crb_details(model: SignalModel, theta: torch.Tensor, basis: torch.Tensor | N
     theta64 = theta.to(torch.float64)
     # A model that forms the Gram matrix itself (asked with zero voxels whether it does) keeps
     # only [P+1, P+1] numbers per voxel, so its chunks can be large.
-    use_gram = basis is None and model.explicit_real_gram(theta64[:0]) is not None
+    use_fisher = basis is None and model.explicit_fisher_information(theta64[:0]) is not None
+    use_gram = (basis is None and not use_fisher
+                and model.explicit_real_gram(theta64[:0]) is not None)
     if chunk_size is None:
-        chunk_size = _GRAM_CHUNK if use_gram else default_chunk_size(model)
+        chunk_size = _GRAM_CHUNK if use_gram or use_fisher else default_chunk_size(model)
     parts = []
     for start in range(0, theta.shape[0], chunk_size):
         th = theta64[start:start + chunk_size]
         gram = model.explicit_real_gram(th) if use_gram else None
-        if gram is not None:
+        fisher = model.explicit_fisher_information(th) if use_fisher else None
+        if fisher is not None:
+            F = fisher
+        elif gram is not None:
             F = _fisher_from_real_gram(gram)
         else:
             sig, columns = _signal_and_jacobian(model, th)
@@ -284,19 +290,26 @@ def signal_and_crb(model: SignalModel, theta: torch.Tensor, chunk_size: int | No
     One forward-mode pass per chunk gives both (its primal is the signal), which saves the
     separate simulation — except for a model that forms the Fisher matrix's Gram matrix
     itself (``explicit_real_gram``, e.g. a compiled kernel that never stores the Jacobian):
-    that route plus a plain simulation is the cheaper one there (mt_hybrid_state: about 1.5×)."""
+    that route plus a plain simulation is the cheaper one there (mt_hybrid_state: about 1.5×)
+    — unless the model gives the signal with its Fisher matrix in one pass
+    (``explicit_signal_and_fisher``; mt_generalized_bloch)."""
     model.check_theta(theta)
     theta64 = theta.to(torch.float64)
-    if model.explicit_real_gram(theta64[:0]) is not None:
+    both = model.explicit_signal_and_fisher(theta64[:0]) is not None
+    if not both and (model.explicit_real_gram(theta64[:0]) is not None
+                     or model.explicit_fisher_information(theta64[:0]) is not None):
         with torch.no_grad():
             signal = model.simulate(theta64).to(torch.complex128)
         return signal, crb_details(model, theta, chunk_size=chunk_size, rcond=rcond)
-    chunk_size = chunk_size or default_chunk_size(model)
+    chunk_size = chunk_size or (_GRAM_CHUNK if both else default_chunk_size(model))
     signals, parts = [], []
     for start in range(0, theta.shape[0], chunk_size):
         th = theta64[start:start + chunk_size]
-        sig, columns = _signal_and_jacobian(model, th)
-        F = _fisher_from_columns(columns, sig).to(torch.float64)
+        if both:
+            sig, F = model.explicit_signal_and_fisher(th)
+        else:
+            sig, columns = _signal_and_jacobian(model, th)
+            F = _fisher_from_columns(columns, sig).to(torch.float64)
         signals.append(_as_complex(sig).to(torch.complex128))
         parts.append(_invert(model, F, th, rcond))
     if not signals:

@@ -271,6 +271,18 @@ class SignalModel:
         subspace — or None (the default; crbnet.crb then forms it from the Jacobian)."""
         return None
 
+    def explicit_fisher_information(self, theta: torch.Tensor) -> torch.Tensor | None:
+        """Optional, for any signal: the Fisher matrix ``Re(Jᴴ J)`` [N, P+2, P+2] of
+        ``J = (∂f/∂θ_1, …, ∂f/∂θ_P, f, i·f)`` (σ = 1, M0 = 1, complex M0 as the last two
+        parameters) — formed by the model without storing J — or None (the default)."""
+        return None
+
+    def explicit_signal_and_fisher(self, theta: torch.Tensor
+                                   ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Optional: the signal [N, T] together with :meth:`explicit_fisher_information`,
+        from one pass, or None (the default)."""
+        return None
+
     def __repr__(self) -> str:
         fixed = f", fixed={self.fixed}" if self.fixed else ""
         return f"{type(self).__name__}(parameters={list(self.parameters)}{fixed})"

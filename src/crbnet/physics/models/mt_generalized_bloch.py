@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from crbnet.physics import sequences as seqs
+from crbnet.physics.models import _gbloch_kernel, _numba
 from crbnet.physics.models import gbloch_steady_state as gss
 from crbnet.physics.models.base import ModelError, ModelOption, ParameterSpec, SignalModel
 
@@ -131,6 +132,10 @@ class MTGeneralizedBloch(SignalModel):
                 "omega0": col["omega0"]}
 
     def _simulate(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self._compiled_applies(*p.values()):
+            # Computed in float64 whatever the dtype (it costs the kernel nothing extra).
+            cdtype = torch.complex128 if p["m0s"].dtype == torch.float64 else torch.complex64
+            return self._run_kernel(p)[0].to(cdtype)
         n = p["m0s"].shape[0]
         dtype, device = p["m0s"].dtype, p["m0s"].device
         seq = self.sequence
@@ -160,4 +165,96 @@ class MTGeneralizedBloch(SignalModel):
         model's own), differentiable in both."""
         p = self.full_parameters(theta)
         return self._signal(p, {"alpha": played["alpha"], "TRF": played["TRF"]})
+
+
+    # ---- compiled CPU route ------------------------------------------------------------------
+    def explicit_signal_and_jacobian(self, theta: torch.Tensor
+                                     ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Signal [N, T] and Jacobian columns [P, N, T] (complex128) from the compiled kernel
+        (:mod:`._gbloch_kernel`): CPU, float64, outside autodiff only; None otherwise (then
+        crbnet.crb differentiates :meth:`simulate` with torch.func). ``use_compiled_kernel =
+        False`` forces that route."""
+        out = self._explicit(theta, jacobian=True)
+        return None if out is None else (out[0], out[1])
+
+    def explicit_fisher_information(self, theta: torch.Tensor) -> torch.Tensor | None:
+        """The Fisher matrix [N, P+2, P+2] (σ = 1, M0 = 1, complex M0 last) from the compiled
+        kernel, the Jacobian never stored; None where :meth:`explicit_signal_and_jacobian` is."""
+        out = self._explicit(theta, fisher=True)
+        return None if out is None else out[2]
+
+    def explicit_signal_and_fisher(self, theta: torch.Tensor
+                                   ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The signal and the Fisher matrix of :meth:`explicit_fisher_information` from one
+        kernel pass (what ``crbnet apply`` needs)."""
+        out = self._explicit(theta, fisher=True, signal=True)
+        return None if out is None else (out[0], out[2])
+
+    def _explicit(self, theta: torch.Tensor, **outputs: bool) -> tuple | None:
+        if theta.dtype != torch.float64 or not self._compiled_applies(theta):
+            return None
+        return self._run_kernel(self.full_parameters(theta.detach()), **outputs)
+
+    def _compiled_applies(self, *tensors: torch.Tensor) -> bool:
+        """Whether the compiled kernel may replace the tensor code for these inputs: enabled,
+        numba installed, CPU tensors that no autodiff tracks."""
+        return (self.use_compiled_kernel and _gbloch_kernel.available()
+                and _numba.untracked_cpu(*tensors))
+
+    #: Kernel direction of each parameter (times −R² for relaxation times: ∂/∂T = −R²·∂/∂R).
+    _DIRECTION = {"m0s": 0, "T1f": 1, "T2f": 2, "Rx": 3, "T1s": 4, "T2s": 5, "B1": 6,
+                  "omega0": 7}
+    #: Voxels per kernel call: bounds the [N, S, n] R2sl arrays.
+    _KERNEL_CHUNK = 256
+
+    def _run_kernel(self, p: dict[str, torch.Tensor], jacobian: bool = False,
+                    fisher: bool = False, signal: bool = False) -> tuple:
+        """(signal [N, T] — None when only the Fisher matrix is asked for —, Jacobian
+        [P, N, T] or None, Fisher [N, P+2, P+2] or None), complex128 / float64, from the full
+        parameter set ``p`` (detached CPU tensors)."""
+        seq = self.sequence
+        p = {k: v.detach().to(torch.float64) for k, v in p.items()}
+        n, T = p["m0s"].shape[0], seq.n_timepoints
+        names = self.parameters
+        want_signal = signal or not fisher or jacobian
+        signal = torch.empty(n, T, dtype=torch.complex128) if want_signal else None
+        jac = torch.empty(len(names), n, T, dtype=torch.complex128) if jacobian else None
+        F = torch.empty(n, len(names) + 2, len(names) + 2, dtype=torch.float64) if fisher \
+            else None
+        rates = torch.stack((p["m0s"], 1 / p["T1f"], 1 / p["T2f"], p["Rx"], 1 / p["T1s"],
+                             p["T2s"], p["B1"], p["omega0"]), 1)
+        factor = {"T1f": -rates[:, 1] ** 2, "T2f": -rates[:, 2] ** 2, "T1s": -rates[:, 4] ** 2}
+        scale = torch.stack([factor.get(k, torch.ones(n, dtype=torch.float64)) for k in names],
+                            1) if names else torch.zeros(n, 0, dtype=torch.float64)
+        dirs = np.array([self._DIRECTION[k] for k in names], dtype=np.int64)
+        alpha, trf = (np.ascontiguousarray(getattr(seq, k), dtype=np.float64)
+                      for k in ("alpha", "TRF"))
+        inversion = np.ascontiguousarray(seq.inversion, dtype=np.uint8)
+        for i in range(0, n, self._KERNEL_CHUNK):
+            part = slice(i, i + self._KERNEL_CHUNK)
+            r2sl = self.r2sl_arrays(p["B1"][part], p["T2s"][part])
+            _gbloch_kernel.run(
+                rates[part].contiguous().numpy(), scale[part].contiguous().numpy(),
+                *(a.contiguous().numpy() for a in r2sl), alpha, trf, inversion, seq.TR,
+                seq.rf_phase_increment, dirs,
+                None if signal is None else torch.view_as_real(signal[part]).numpy(),
+                None if jac is None else torch.view_as_real(jac[:, part]).numpy(),
+                None if F is None else F[part].numpy())
+        return signal, jac, F
+
+    def r2sl_arrays(self, B1: torch.Tensor, T2s: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """R2sl (1/s) of every pulse for voxels (B1 [N], T2s [N] s) and its derivatives in T2s
+        and B1, each [N, S, n] float64 — the kernel's only contact with the lineshape."""
+        seq = self.sequence
+        shape = (B1.shape[0],) + seq.alpha.shape
+        if self.lineshape == "lorentzian":
+            rate = (1 / T2s)[:, None, None].expand(shape)
+            return rate, -rate ** 2, torch.zeros(shape, dtype=torch.float64)
+        from crbnet.physics import r2sl
+
+        rate, d_t2s, d_b1 = r2sl.r2sl_for_pulses(
+            r2sl.get_table(self.lineshape), seq.alpha.reshape(-1), seq.TRF.reshape(-1),
+            B1.numpy(), T2s.numpy())
+        return tuple(torch.from_numpy(a).reshape(shape) for a in (rate, d_t2s, d_b1))
 

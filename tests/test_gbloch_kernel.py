@@ -1,0 +1,165 @@
+"""The compiled CPU route of mt_generalized_bloch (crbnet.physics.models._gbloch_kernel) against
+the tensor route (gbloch_steady_state: matrix exponentials, differentiated by torch.func) and
+against finite differences."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.func import jacfwd
+
+from crbnet.physics import sequences as seqs
+from crbnet.physics.models.mt_generalized_bloch import MTGeneralizedBloch
+from crbnet.stats.crb import (
+    _fisher_from_columns,
+    _signal_and_jacobian,
+    crb_details,
+    signal_and_crb,
+)
+
+
+def _sequence() -> seqs.SegmentedSequence:
+    """Two segments of 20 pulses: an inversion pulse first, zero flips, a negative flip, a
+    second inversion pulse mid-segment, pulse durations from 0.1 to 1 ms."""
+    rng = np.random.default_rng(3)
+    alpha = rng.uniform(0.1, 1.4, (2, 20))
+    alpha[:, 0] = math.pi
+    alpha[0, 4:8] = 0.0
+    alpha[1, 12:14] = 0.0
+    alpha[1, 9] = -0.7
+    trf = rng.uniform(1e-4, 1e-3, (2, 20))
+    inversion = np.zeros((2, 20), dtype=bool)
+    inversion[:, 0] = True
+    inversion[1, 15] = True
+    return seqs.SegmentedSequence(alpha=alpha, TRF=trf, TR=3.5e-3, inversion=inversion)
+
+
+def _model(fixed=None, table_r2sl: bool = False):
+    """Lorentzian (R2sl = 1/T2s exactly), or the Gaussian line, whose tabulated R2sl depends
+    on α, TRF, B1 and T2s, so that B1 and T2s act through R2sl too (the kernel reads the table
+    through numba, the tensor route through torch: the same interpolant)."""
+    return MTGeneralizedBloch(_sequence(), fixed=fixed,
+                              lineshape="gaussian" if table_r2sl else "lorentzian")
+
+
+def _theta(model, n: int = 3, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    lo = torch.tensor([r[0] for r in model.train_ranges.values()], dtype=torch.float64)
+    hi = torch.tensor([r[1] for r in model.train_ranges.values()], dtype=torch.float64)
+    theta = lo + (hi - lo) * torch.rand(n, len(lo), generator=gen, dtype=torch.float64)
+    if "omega0" in model.parameters:                # well off resonance in one voxel
+        theta[0, model.parameters.index("omega0")] = 0.7 * math.pi / model.sequence.TR
+    return theta
+
+
+def _tensor_route(model, theta):
+    """Signal [N, T] and Jacobian [P, N, T] of the tensor route by torch.func.jacfwd."""
+    model.use_compiled_kernel = False
+    try:
+        signal = model.simulate(theta)
+        jac = jacfwd(lambda th: torch.view_as_real(model.simulate(th, check=False)))(theta)
+    finally:
+        model.use_compiled_kernel = True
+    jac = torch.einsum("ntcmp->pntc", jac)           # voxels are independent: m = n
+    return signal, torch.view_as_complex(jac.contiguous())
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def test_signal_matches_tensor_route():
+    model = _model()
+    theta = _theta(model, 4)
+    fast = model.simulate(theta)
+    model.use_compiled_kernel = False
+    reference = model.simulate(theta)
+    model.use_compiled_kernel = True
+    assert fast.dtype == torch.complex128 and fast.shape == reference.shape
+    assert _rel(fast, reference) < 1e-12
+
+
+@pytest.mark.parametrize("fixed, table", [(None, False), (None, True),
+                                         ({"B1": 0.9, "omega0": 40.0}, False),
+                                         ({"T1s": 0.5, "omega0": 0.0}, True)],
+                         ids=["lorentzian", "Gaussian table R2sl", "B1 omega0 fixed", "T1s fixed"])
+def test_jacobian_matches_tensor_route(fixed, table):
+    model = _model(fixed, table)
+    theta = _theta(model)
+    signal, columns = model.explicit_signal_and_jacobian(theta)
+    ref_signal, ref_columns = _tensor_route(model, theta)
+    assert columns.shape == (model.n_parameters, 3, model.n_timepoints)
+    assert _rel(signal, ref_signal) < 1e-12
+    for j, name in enumerate(model.parameters):
+        # R2sl (1e4 .. 1e5 /s) makes the T2s column ill-conditioned in both routes: a
+        # derivative through a mode that decays by up to e^-50 within a pulse.
+        tol = (1e-9 if table else 1e-8) if name == "T2s" else 1e-11
+        assert _rel(columns[j], ref_columns[j]) < tol, name
+
+
+def test_jacobian_matches_finite_differences():
+    model = _model(table_r2sl=True)
+    theta = _theta(model, 2, seed=1)
+    _, columns = model.explicit_signal_and_jacobian(theta)
+    for j, name in enumerate(model.parameters):
+        lo, hi = model.train_ranges[name]
+        step = 1e-5 * (hi - lo)
+        d = torch.zeros_like(theta)
+        d[:, j] = step
+        fd = (model.simulate(theta + d) - model.simulate(theta - d)) / (2 * step)
+        assert _rel(columns[j], fd) < 1e-6, name
+
+
+@pytest.mark.parametrize("fixed", [None, {"B1": 1.1, "omega0": -30.0}])
+def test_fisher_and_crb_match_explicit_jacobian(fixed):
+    model = _model(fixed, table_r2sl=True)
+    theta = _theta(model)
+    F = model.explicit_fisher_information(theta)
+    signal, columns = _tensor_route(model, theta)
+    reference = _fisher_from_columns(columns, signal)
+    P = model.n_parameters
+    assert F.shape == (3, P + 2, P + 2)
+    scale = reference.diagonal(dim1=-2, dim2=-1).sqrt()
+    norm = scale[:, :, None] * scale[:, None, :]
+    # 1e-9: the T2s column's conditioning (see above); the other entries agree to ~1e-15
+    assert ((F - reference).abs() / norm).max() < 1e-9
+    fast = crb_details(model, theta).variance
+    model.use_compiled_kernel = False
+    try:
+        assert model.explicit_fisher_information(theta) is None
+        slow = crb_details(model, theta).variance
+    finally:
+        model.use_compiled_kernel = True
+    assert torch.isfinite(fast).all()
+    # The Fisher matrix's condition (up to ~1e11 here) amplifies the T2s column's 1e-9.
+    assert ((fast - slow).abs() / slow).max() < 1e-6
+
+
+def test_signal_and_crb_from_one_pass():
+    model = _model({"omega0": 0.0}, table_r2sl=True)
+    theta = _theta(model)
+    signal, result = signal_and_crb(model, theta)
+    assert model.explicit_signal_and_fisher(theta) is not None
+    assert signal.dtype == torch.complex128
+    assert _rel(signal, model.simulate(theta)) < 1e-14
+    assert torch.allclose(result.variance, crb_details(model, theta).variance, rtol=1e-12,
+                          atol=0)
+    assert model.explicit_signal_and_fisher(theta.float()) is None
+
+
+def test_inputs_that_the_kernel_does_not_take_and_sizes():
+    model = _model()
+    theta = _theta(model, 2)
+    assert model.explicit_signal_and_jacobian(theta.float()) is None
+    assert model.explicit_fisher_information(theta.clone().requires_grad_()) is None
+    single = model.simulate(theta.float()[:1])
+    assert single.dtype == torch.complex64 and single.shape == (1, model.n_timepoints)
+    assert _rel(single, model.simulate(theta[:1]).to(torch.complex64)) < 1e-6
+    empty = model.simulate(theta[:0])
+    assert empty.shape == (0, model.n_timepoints)
+    F = model.explicit_fisher_information(theta[:0])
+    assert F is not None and F.shape == (0, model.n_parameters + 2, model.n_parameters + 2)
+    signal, columns = _signal_and_jacobian(model, theta[:1])
+    assert signal.shape == (1, model.n_timepoints)
+    assert columns.shape == (model.n_parameters, 1, model.n_timepoints)

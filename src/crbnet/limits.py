@@ -3,7 +3,9 @@
 Every size a user can set (samples, batch, grid × realizations, network width and depth, image
 shape, dictionary atoms) is turned into the bytes it will need *before* anything large is
 allocated; a size the machine cannot hold is refused with one line saying what it would need
-and what is there (:class:`ResourceError`, an input error: exit code 2). The estimates count
+and what is there (:class:`ResourceError`, an input error: exit code 2). A disk that is
+already full (less than 64 kB free) is the environment's refusal instead: ``OSError`` "disk
+full", exit code 1, as a write there would give. The estimates count
 the arrays a run keeps, not every temporary, so they refuse the impossible and never a run that
 fits; they are lower bounds, not promises.
 
@@ -16,12 +18,17 @@ existing folder of the output.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import resource
 from pathlib import Path
 
 from crbnet.errors import InputError
+
+
+#: Free space below which a file system counts as full (a write there fails as "disk full").
+FULL_DISK_BYTES = 1 << 16
 
 
 class ResourceError(InputError):
@@ -137,6 +144,10 @@ def check_disk(path: str | Path, need: float, what: str) -> None:
     except OSError:
         return   # refused as an output anyway, with its own line
     have = free_disk(path)
+    if not need <= have and have < FULL_DISK_BYTES:
+        # nothing fits, whatever the size: the environment refuses (exit code 1), as a write
+        # on the full disk would
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
     if not need <= have:
         raise ResourceError(f"{what} would need at least {format_bytes(need)} of disk space at "
                             f"{nearest_existing(path)}; {format_bytes(have)} is free")

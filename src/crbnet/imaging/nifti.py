@@ -70,7 +70,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 1 << 30
 
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError,
-                gzip.BadGzipFile)
+                gzip.BadGzipFile, nib.spatialimages.HeaderDataError,
+                nib.spatialimages.HeaderTypeError)
 
 
 # --------------------------------------------------------------------------------------------
@@ -85,13 +86,30 @@ def load_image(path: str | Path, what: str = "input") -> nib.Nifti1Image:
     if not path.is_file():
         raise InputError(f"{what} is not a file: {path}")
     try:
-        img = nib.load(str(path), keep_file_open=True)
+        with _quiet_nibabel():
+            img = nib.load(str(path), keep_file_open=True)
+            # A header nibabel cannot make sense of (dim[0] outside 1..7 reads as the other
+            # byte order) fails here, not halfway through the work.
+            img.header.get_data_shape(), img.get_data_dtype()
     except _READ_ERRORS as exc:
         raise InputError(f"cannot read {what} {path} as NIfTI: {exc}") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(f"{what} {path} is a {type(img).__name__}, not a NIfTI image")
     _check_file_size(img, path, what)
     return img
+
+
+@contextlib.contextmanager
+def _quiet_nibabel() -> Iterator[None]:
+    """nibabel reports header repairs on its own stderr handler ("sizeof_hdr should be 348");
+    a bad header becomes one InputError line instead."""
+    log = nib.imageglobals.logger
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _check_file_size(img: nib.Nifti1Image, path: Path, what: str) -> None:

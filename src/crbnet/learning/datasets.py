@@ -178,7 +178,20 @@ class Dataset:
                 coef = torch.from_numpy(f["signals"][start:stop])
                 if basis is not None:
                     coef = project(coef.to(torch.complex128), basis).to(torch.complex64)
+        self._check_finite(start, theta, coef, crb)
         return CleanBatch(theta, coef, crb)
+
+    def _check_finite(self, start: int, theta: torch.Tensor, coef: torch.Tensor,
+                      crb: torch.Tensor) -> None:
+        """NaN or Inf in a row is bad input (an infinite CRB is allowed: unidentifiable)."""
+        for name, values, bad in (("theta", theta, ~torch.isfinite(theta)),
+                                  (self.storage, coef, ~torch.isfinite(coef)),
+                                  ("crb", crb, torch.isnan(crb) | (crb < 0))):
+            if bool(bad.any()):
+                row = start + int(torch.nonzero(bad)[0, 0])
+                raise InputError(f"{self.path}: {name} of row {row} is not a finite number "
+                                 f"({'negative or NaN' if name == 'crb' else 'NaN or Inf'}); "
+                                 "the dataset is corrupt")
 
 
 def _text(value: Any) -> Any:

@@ -134,8 +134,9 @@ def check_memory(need: float, what: str, device: object = None) -> None:
 def check_disk(path: str | Path, need: float, what: str) -> None:
     """Refuse (``ResourceError``) when ``need`` bytes exceed the free space where ``path``
     goes."""
-    from crbnet.special_outputs import stream_for
+    from crbnet.special_outputs import check_creatable, stream_for
 
+    check_creatable(path)   # /proc reports 0 bytes free: say what is really wrong
     try:
         if stream_for(path) is not None:   # built in a private temporary folder first
             import tempfile

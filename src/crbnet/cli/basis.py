@@ -37,8 +37,11 @@ def write_basis_file(path: Path, basis) -> None:
 
     from crbnet.io import atomic_path
 
+    from crbnet.special_outputs import stream_for
+
     array = basis.numpy()
-    suffix = path.suffix.lower()
+    # a stream without a suffix (/dev/stdout, a pipe) gets the default format
+    suffix = path.suffix.lower() or (".npy" if stream_for(path) is not None else "")
     if suffix == ".npy":
         from crbnet.stats.subspace import save_basis
 
@@ -60,6 +63,7 @@ def write_basis_file(path: Path, basis) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from crbnet.special_outputs import stream_for
     from crbnet.stats.sampling import ParameterSampler, derived_generator
     from crbnet.stats.subspace import basis_hash, crb_inflation, fit_subspace
 
@@ -72,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--n-check must be >= 0")
     _sizes.basis(model, args.n, args.n_check)
     out = Path(args.out)
-    if out.suffix.lower() not in (".npy", ".mat", ".h5", ".hdf5"):
+    if out.suffix.lower() not in (".npy", ".mat", ".h5", ".hdf5") and \
+            not (out.suffix == "" and stream_for(out) is not None):
         raise InputError("--out must end in .npy, .mat or .h5")
     sampler = ParameterSampler(model)
     theta = sampler.sample(args.n, derived_generator(args.seed, "basis"))

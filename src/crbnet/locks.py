@@ -84,8 +84,8 @@ def _acquire(path: Path, output: Path) -> int:
         os.close(fd)  # the holder removed the file between our open and our lock: retry
 
 
-def _write_holder(fd: int) -> None:
-    info = {"pid": os.getpid(), "command": " ".join(["crbnet", *sys.argv[1:]]),
+def _write_holder(fd: int, command: str | None) -> None:
+    info = {"pid": os.getpid(), "command": command or " ".join(["crbnet", *sys.argv[1:]]),
             "started": time.time()}
     with contextlib.suppress(OSError):
         os.ftruncate(fd, 0)
@@ -93,8 +93,9 @@ def _write_holder(fd: int) -> None:
 
 
 @contextlib.contextmanager
-def hold(outputs: Sequence[str | Path]) -> Iterator[None]:
-    """Hold the locks of ``outputs`` (files or folders) for the duration of the block.
+def hold(outputs: Sequence[str | Path], command: str | None = None) -> Iterator[None]:
+    """Hold the locks of ``outputs`` (files or folders) for the duration of the block;
+    ``command`` (default: this process's arguments) is what a refused second run is told.
 
     Outputs whose folder cannot be written are skipped (the write itself will fail with its own
     clear message); a lock held by another process raises :class:`OutputInUseError`."""
@@ -114,7 +115,7 @@ def hold(outputs: Sequence[str | Path]) -> Iterator[None]:
                 except OSError:
                     continue  # cannot create a lock file there: the write will say why
                 held.append((fd, path))
-                _write_holder(fd)
+                _write_holder(fd, command)
         yield
     finally:
         for fd, path in reversed(held):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shlex
 import sys
 import warnings
 from typing import Callable, NoReturn
@@ -80,16 +81,17 @@ def _say(text: str) -> None:
 
 
 def run_command(func: Callable[[], object], debug: bool = False,
-                outputs: list[str] | None = None) -> int:
+                outputs: list[str] | None = None, command: str | None = None) -> int:
     """Run one command; every failure becomes one line on stderr and an exit code.
-    ``outputs``: paths the command writes, locked while it runs (crbnet.locks)."""
+    ``outputs``: paths the command writes, locked while it runs (crbnet.locks) by ``command``
+    (the command line, named to a second run that is refused)."""
     from crbnet import locks
 
     held: list[warnings.WarningMessage] = []
     code = 0
     try:
         with warnings.catch_warnings(record=True) as held:
-            with locks.hold(outputs or []):
+            with locks.hold(outputs or [], command):
                 code = int(func() or 0)
     except KeyboardInterrupt:
         _say("interrupted")
@@ -144,9 +146,10 @@ def main(argv: list[str] | None = None) -> int:
 
     _logging.configure()
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     return run_command(lambda: args.func(args), debug=debug_requested(args),
-                       outputs=output_paths(args))
+                       outputs=output_paths(args), command=shlex.join(["crbnet", *argv]))
 
 
 if __name__ == "__main__":

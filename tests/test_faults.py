@@ -339,3 +339,13 @@ def test_nifti_header_with_dim0_9_is_an_input_error(tmp_path, capsys):
     with pytest.raises(InputError, match="cannot read"):
         load_image(path)
     assert capsys.readouterr().err == ""     # nibabel's own repair notes are not shown
+
+
+def test_lock_of_an_output_in_folders_yet_to_be_made(tmp_path, capsys):
+    out = tmp_path / "new" / "sub" / "s.npy"
+    with locks.hold([out]):
+        rc, lines = run(capsys, SIM + [str(out)])
+        assert rc == 1 and "in use" in one_error_line(lines)
+    assert not (tmp_path / "new").exists()      # the folders made for the lock are gone
+    rc, lines = run(capsys, SIM + [str(out)])
+    assert rc == 0 and out.is_file()

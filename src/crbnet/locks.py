@@ -51,6 +51,20 @@ def lock_path(output: str | Path) -> Path | None:
     return None
 
 
+def _creatable(folder: Path) -> bool:
+    """Whether the missing ``folder`` can be made: its nearest existing parent is a writable
+    folder outside the kernel file systems."""
+    from crbnet import special_outputs
+    from crbnet.limits import nearest_existing
+
+    base = nearest_existing(folder)
+    try:
+        special_outputs.check_creatable(folder)
+    except OSError:
+        return False
+    return base.is_dir() and os.access(base, os.W_OK | os.X_OK)
+
+
 def _holder_text(fd: int) -> str:
     with contextlib.suppress(OSError, ValueError):
         raw = os.pread(fd, 4096, 0).decode("utf-8", "replace")
@@ -98,12 +112,21 @@ def hold(outputs: Sequence[str | Path], command: str | None = None) -> Iterator[
     ``command`` (default: this process's arguments) is what a refused second run is told.
 
     Outputs whose folder cannot be written are skipped (the write itself will fail with its own
-    clear message); a lock held by another process raises :class:`OutputInUseError`."""
+    clear message); a lock held by another process raises :class:`OutputInUseError`. Missing
+    folders above an output are made first, so that every run on it finds the lock in the same
+    place; those still empty at the end are removed again."""
+    from crbnet.io import make_folders, remove_created_folders
+
     held: list[tuple[int, Path]] = []
+    created: list[Path] = []
     try:
         if fcntl is not None:
             seen: set[Path] = set()
             for output in outputs:
+                parent = Path(os.path.abspath(output)).parent
+                if not parent.exists() and _creatable(parent):
+                    with contextlib.suppress(OSError):
+                        created += make_folders(parent)
                 path = lock_path(output)
                 if path is None or path in seen:
                     continue
@@ -122,6 +145,7 @@ def hold(outputs: Sequence[str | Path], command: str | None = None) -> Iterator[
             with contextlib.suppress(OSError):
                 os.unlink(path)
             os.close(fd)
+        remove_created_folders(created)
 
 
 __all__ = ["hold", "lock_path", "OutputInUseError"]

@@ -211,6 +211,13 @@ def test_hdf5_write_on_a_full_disk_fails_cleanly(small_tmpfs, capsys):
                              str(out)])
     assert rc == 2 and "disk space" in one_error_line(lines)   # refused before writing
     assert list(small_tmpfs.iterdir()) == []
+    # A nearly full disk answers with short writes; they must not pass for complete ones.
+    (small_tmpfs / "filler").write_bytes(b"\0" * 900_000)
+    rc, lines = run(capsys, ["basis", *T2, "--k", "30", "--n", "64", "--n-check", "0",
+                             "--times", ",".join(str(0.001 * (i + 1)) for i in range(2000)),
+                             "--out", str(small_tmpfs / "b.h5")])
+    assert rc == 1 and "disk full" in one_error_line(lines)
+    assert sorted(p.name for p in small_tmpfs.iterdir()) == ["filler"]
 
 
 # ---- one writer per output

@@ -250,7 +250,19 @@ class _FailSafeFile(_io.RawIOBase):
             raise
 
     def write(self, data: Any) -> int:
-        return self._guarded(lambda: self.raw.write(data), len(memoryview(data)))
+        view = memoryview(data).cast("B")
+        return self._guarded(lambda: self._write_all(view), len(view))
+
+    def _write_all(self, view: memoryview) -> int:
+        """Every byte or an OSError: a nearly full disk answers with short writes, which the
+        HDF5 library would take for complete ones."""
+        done = 0
+        while done < len(view):
+            written = self.raw.write(view[done:])
+            if not written:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            done += written
+        return done
 
     def truncate(self, size: int | None = None) -> int:
         return self._guarded(lambda: self.raw.truncate(size), size or 0)

@@ -11,8 +11,7 @@ timeout); the others run in this process.
 A case is handled when:
 
 * refusals: exit code 1 or 2 (the one a case names, if it names one), exactly one
-  ``crbnet: error`` line and no other line before it except crbnet's own (``crbnet: note``),
-  no ``usage:`` block, no traceback, nothing left behind, the special file unchanged (same
+  ``crbnet: error`` line and no library warning before it, no ``usage:`` block, no traceback, nothing left behind, the special file unchanged (same
   type, device numbers and inode);
 * streams: exit code 0, the special file unchanged, the bytes arrived (FIFO, descriptor);
 * huge sizes: a refusal within 5 s of the command's start (imports excluded) whose process
@@ -83,7 +82,8 @@ def error_lines_ok(rc: Any, err: str, codes: tuple[int, ...] = (1, 2)) -> tuple[
                                                                  "crbnet: internal error"))]
     if len(errors) != 1 or lines[errors[0]].startswith("crbnet: internal"):
         return False, f"{len(errors)} error lines: {[lines[i] for i in errors][:1]}"
-    foreign = [ln for ln in lines[:errors[0]] if not ln.startswith("crbnet: ")]
+    # progress lines (crbnet's own) may precede a late error; warnings of libraries may not
+    foreign = [ln for ln in lines[:errors[0]] if "Warning" in ln or "warn(" in ln]
     if foreign:
         return False, f"a foreign line precedes the error: {foreign[0][:80]}"
     return True, lines[errors[0]][len("crbnet: error: "):][:110]

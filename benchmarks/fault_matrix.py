@@ -99,7 +99,8 @@ def judge(rc: int | str, err: str, before: set[str], after: set[str]) -> tuple[b
     if new:
         return False, f"left behind: {sorted(new)[:3]}"
     before_error = err[:err.index(lines[0])].splitlines()
-    foreign = [ln for ln in before_error if ln.strip() and not ln.startswith("crbnet: ")]
+    # progress lines may precede a late error; warnings of libraries may not
+    foreign = [ln for ln in before_error if "Warning" in ln or "warn(" in ln]
     if foreign or "usage:" in err:
         return False, f"a foreign line precedes the error: {(foreign or ['usage'])[0][:80]}"
     return True, lines[0][len("crbnet: error: "):][:110]

@@ -79,6 +79,15 @@ def _read_only_fs(path: Path) -> bool:
         return False
 
 
+def check_not_full(path: Path) -> None:
+    """A disk that is already full (less than 64 kB free) fails now, before any work, as the
+    write would at the end."""
+    from crbnet.limits import FULL_DISK_BYTES, free_disk
+
+    if free_disk(path) < FULL_DISK_BYTES:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
 def check_output_file(path: str | Path) -> Path:
     """Check before any work that ``path`` can be written as a file: not an existing folder,
     its parent is (or can be created as) a writable folder. Raises :class:`OSError` naming
@@ -89,6 +98,7 @@ def check_output_file(path: str | Path) -> Path:
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     special_outputs.check_creatable(path)
+    check_not_full(path)
     if path.exists() and not os.access(path.parent, os.W_OK | os.X_OK):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path.parent))
     _check_can_create_in(path)
@@ -101,6 +111,7 @@ def check_output_folder(path: str | Path) -> Path:
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
     special_outputs.check_creatable(path)
+    check_not_full(path)
     if path.is_dir():
         if not os.access(path, os.W_OK | os.X_OK):
             code = errno.EROFS if _read_only_fs(path) else errno.EACCES

@@ -136,7 +136,6 @@ def check_disk(path: str | Path, need: float, what: str) -> None:
     goes."""
     from crbnet.special_outputs import check_creatable, stream_for
 
-    check_creatable(path)   # /proc reports 0 bytes free: say what is really wrong
     try:
         if stream_for(path) is not None:   # built in a private temporary folder first
             import tempfile
@@ -144,6 +143,7 @@ def check_disk(path: str | Path, need: float, what: str) -> None:
             path = tempfile.gettempdir()
     except OSError:
         return   # refused as an output anyway, with its own line
+    check_creatable(path)   # /proc reports 0 bytes free: say what is really wrong
     have = free_disk(path)
     if not need <= have and have < FULL_DISK_BYTES:
         # nothing fits, whatever the size: the environment refuses (exit code 1), as a write

@@ -56,6 +56,7 @@ import numpy as np
 from crbnet.errors import InputError, output_error
 from crbnet.io import (
     atomic_path,
+    check_not_full,
     check_output_folder,
     chmod_as_new,
     make_folders,
@@ -509,6 +510,7 @@ def check_output_directory(path: str | Path, overwrite: bool = False) -> Path:
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise InputError(f"output folder {path} exists and is not empty (use --overwrite to "
                          "replace it)")
+    check_not_full(path)
     # The folder is built beside its final place and renamed: its parent must be writable.
     check_output_folder(path.parent if str(path.parent) else Path("."))
     return path

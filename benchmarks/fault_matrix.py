@@ -392,7 +392,7 @@ def plot(result: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 3.5))
     x = np.arange(len(cmds))
     ax.bar(x - 0.2, tried, 0.4, label="tried")
-    ax.bar(x + 0.2, handled, 0.4, label="handled (one line, exit 1/2, nothing left)")
+    ax.bar(x + 0.2, handled, 0.4, label="handled (as promised: one line or a stream; nothing left or replaced)")
     ax.set_xticks(x, cmds, rotation=30)
     ax.set_ylabel("cases")
     ax.set_title("crbnet fault matrix")

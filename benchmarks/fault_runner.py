@@ -189,7 +189,8 @@ def _finish(proc: subprocess.Popen, report: Path, timeout: float) -> tuple[Any, 
     try:
         _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         _, err = proc.communicate()
         return f"hang: still running after {timeout:.0f} s", err, {}
     info = json.loads(report.read_text()) if report.is_file() else {}
@@ -245,7 +246,8 @@ def run_isolated(case: Case, tmp: Path) -> tuple[bool, str]:
     a.stdin.flush()
     _lock_appears(case.output, a)
     if case.kill_first:
-        os.killpg(a.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):   # it may have finished already
+            os.killpg(a.pid, signal.SIGKILL)
         a.communicate()
         b.stdin.write("go\n")
         b.stdin.flush()

@@ -168,7 +168,8 @@ def build(f: dict[str, Path], w: Path, run_cli: Callable, specials: Specials) ->
               "phantom": folder_cmds["phantom"], "train": folder_cmds["train"]}
     for cmd, argv in seeded.items():
         out.append(Case(cmd, "one line", "--seed -1",
-                        argv_with(argv, "OUT", str(o / "s")) + ["--seed", "-1"], o, codes=(2,)))
+                        argv_with(argv, "OUT", str(o / ("s.npy" if cmd == "basis" else "s")))
+                        + ["--seed", "-1"], o, codes=(2,)))
     times_cmds = {"simulate": file_cmds["simulate"], "fit": file_cmds["fit"],
                   "dataset": file_cmds["dataset"], "basis": file_cmds["basis"],
                   "phantom": folder_cmds["phantom"], "train": folder_cmds["train"],

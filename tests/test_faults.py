@@ -356,3 +356,14 @@ def test_lock_of_an_output_in_folders_yet_to_be_made(tmp_path, capsys):
     assert not (tmp_path / "new").exists()      # the folders made for the lock are gone
     rc, lines = run(capsys, SIM + [str(out)])
     assert rc == 0 and out.is_file()
+
+
+def test_a_short_write_on_a_full_disk_names_the_reason_not_a_byte_count(small_tmpfs):
+    from crbnet.errors import describe_os_error, output_error
+
+    subprocess.run(["dd", "if=/dev/zero", f"of={small_tmpfs / 'filler'}", "bs=4096"],
+                   capture_output=True)
+    # numpy and scipy report a failed write without an errno: "N requested and M written"
+    exc = output_error(OSError("262144 requested and 4096 written"), small_tmpfs / "b.npy")
+    assert exc.errno == errno.ENOSPC
+    assert describe_os_error(exc).endswith("disk full (no space left on device)")

@@ -53,9 +53,24 @@ def describe_os_error(exc: OSError) -> str:
     return text
 
 
+class OutputError(OSError):
+    """An output that cannot be written (exit code 1), whatever its errno — a missing folder
+    under /proc included, which is not a missing *input* (exit code 2)."""
+
+
 def output_error(exc: OSError, path: str | os.PathLike) -> OSError:
     """``exc`` re-addressed to ``path`` (the file the user asked for, not our temporary one)."""
+    if exc.errno is None and _disk_is_full(path):
+        # numpy and scipy report a short write as "N requested and M written": the reason is
+        # the full disk, not the byte count.
+        return OutputError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path))
     if exc.errno is None:
-        return OSError(errno.EIO, " ".join(str(exc).split()) or type(exc).__name__,
-                       os.fspath(path))
-    return OSError(exc.errno, exc.strerror or str(exc), os.fspath(path))
+        return OutputError(errno.EIO, " ".join(str(exc).split()) or type(exc).__name__,
+                           os.fspath(path))
+    return OutputError(exc.errno, exc.strerror or str(exc), os.fspath(path))
+
+
+def _disk_is_full(path: str | os.PathLike) -> bool:
+    from crbnet.limits import FULL_DISK_BYTES, free_disk
+
+    return free_disk(path) < FULL_DISK_BYTES

@@ -10,20 +10,29 @@ temporary one); :func:`check_output_file` and :func:`check_output_folder` find t
 failures (a folder where a file goes, a file where a folder goes, no write permission) before
 any work starts. :func:`read_text` reads a text input and turns undecodable bytes into an
 :class:`~crbnet.errors.InputError`.
+
+Special outputs (:mod:`crbnet.special_outputs`): a path that exists and is neither a regular
+file nor a folder is never replaced. ``/dev/null``, ``/dev/zero``, ``/dev/full``, a terminal,
+a named pipe (FIFO) or one of this process's descriptors (``/dev/stdout``) is written through
+as a stream, after the complete file was built in a private temporary folder; any other device,
+a socket and folders of kernel file systems (``/proc``, ``/sys``, ``/dev``) are refused.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import io as _io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, BinaryIO, Iterator, Sequence
 
 import numpy as np
 
+from crbnet import special_outputs
 from crbnet.errors import InputError, output_error
 
 
@@ -70,13 +79,26 @@ def _read_only_fs(path: Path) -> bool:
         return False
 
 
+def check_not_full(path: Path) -> None:
+    """A disk that is already full (less than 64 kB free) fails now, before any work, as the
+    write would at the end."""
+    from crbnet.limits import FULL_DISK_BYTES, free_disk
+
+    if free_disk(path) < FULL_DISK_BYTES:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
 def check_output_file(path: str | Path) -> Path:
     """Check before any work that ``path`` can be written as a file: not an existing folder,
     its parent is (or can be created as) a writable folder. Raises :class:`OSError` naming
     the path and the reason."""
     path = Path(path)
+    if special_outputs.stream_for(path) is not None:
+        return path
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    special_outputs.check_creatable(path)
+    check_not_full(path)
     if path.exists() and not os.access(path.parent, os.W_OK | os.X_OK):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path.parent))
     _check_can_create_in(path)
@@ -88,6 +110,8 @@ def check_output_folder(path: str | Path) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+    special_outputs.check_creatable(path)
+    check_not_full(path)
     if path.is_dir():
         if not os.access(path, os.W_OK | os.X_OK):
             code = errno.EROFS if _read_only_fs(path) else errno.EACCES
@@ -149,33 +173,133 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def atomic_paths(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
     """:func:`atomic_path` for several files that appear together or not at all: all are
     renamed into place only after every one was written (folders created for them are removed
-    again on failure). An OSError names the destination, not the temporary file."""
+    again on failure). An OSError names the destination, not the temporary file. A destination
+    that is a stream (``/dev/null``, a FIFO, ``/dev/stdout``) gets a temporary file in a private
+    folder, copied into the stream once complete."""
     paths = [Path(p) for p in paths]
-    for path in paths:
-        check_output_file(path)
+    streams = [special_outputs.stream_for(p) for p in paths]
+    for path, stream in zip(paths, streams):
+        if stream is None:
+            check_output_file(path)
     created: list[Path] = []
     tmps: list[Path] = []
+    private: list[Path] = []
     done = False
     try:
-        for path in paths:
-            created += make_folders(path.parent)
-            tmps.append(_temporary_beside(path))
+        for path, stream in zip(paths, streams):
+            if stream is None:
+                created += make_folders(path.parent)
+                tmps.append(_temporary_beside(path))
+            else:
+                private.append(special_outputs.private_folder(path))
+                tmps.append(private[-1] / (path.name or "stream"))
         try:
             yield tmps
         except OSError as exc:
             raise _readdressed(exc, dict(zip(tmps, paths))) from None
-        for path, tmp in zip(paths, tmps):
+        for stream, tmp in zip(streams, tmps):
+            if stream is not None:
+                stream.open()       # a FIFO without a reader is refused before any rename
+        for path, tmp, stream in zip(paths, tmps, streams):
             try:
-                os.replace(tmp, path)
+                if stream is None:
+                    os.replace(tmp, path)
+                else:
+                    stream.copy_from(tmp)
             except OSError as exc:
                 raise output_error(exc, path) from None
         done = True
     finally:
+        for stream in streams:
+            if stream is not None:
+                stream.close()
         for tmp in tmps:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+        for folder in private:
+            shutil.rmtree(folder, ignore_errors=True)
         if not done:
             remove_created_folders(created)
+
+
+class _FailSafeFile(_io.RawIOBase):
+    """A binary file whose first failed write (or truncate or flush) raises and is remembered;
+    later ones are dropped. HDF5 must flush its caches when a file closes; after a failed write
+    (a full disk) that flush fails again, and the library then crashes the process when its
+    objects are released. Dropping the writes after the first failure lets it close cleanly;
+    the file is a temporary that is deleted anyway."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__()
+        self.raw, self.error = raw, None
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self.raw.readinto(buffer)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def _guarded(self, action: Any, dropped: Any) -> Any:
+        if self.error is not None:
+            return dropped
+        try:
+            return action()
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        return self._guarded(lambda: self._write_all(view), len(view))
+
+    def _write_all(self, view: memoryview) -> int:
+        """Every byte or an OSError: a nearly full disk answers with short writes, which the
+        HDF5 library would take for complete ones."""
+        done = 0
+        while done < len(view):
+            written = self.raw.write(view[done:])
+            if not written:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            done += written
+        return done
+
+    def truncate(self, size: int | None = None) -> int:
+        return self._guarded(lambda: self.raw.truncate(size), size or 0)
+
+    def flush(self) -> None:
+        self._guarded(self.raw.flush, None)
+
+
+@contextlib.contextmanager
+def hdf5_file(tmp: str | Path) -> Iterator[Any]:
+    """A new HDF5 file (``h5py.File``) at ``tmp`` (a temporary from :func:`atomic_path`) that a
+    failed write cannot crash: a full disk raises the OSError of the first failed write, once
+    the file is closed."""
+    import h5py
+
+    with open(tmp, "w+b", buffering=0) as raw:
+        guard = _FailSafeFile(raw)
+        try:
+            with h5py.File(guard, "w") as f:
+                yield f
+        except Exception:
+            if guard.error is not None:
+                raise guard.error from None
+            raise
+        if guard.error is not None:
+            raise guard.error
 
 
 def _temporary_beside(path: Path) -> Path:

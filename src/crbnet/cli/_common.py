@@ -86,6 +86,27 @@ def check_positive(value: float | None, flag: str) -> None:
         raise InputError(f"{flag} must be a positive number")
 
 
+def seed_value(text: str) -> int:
+    """argparse type of ``--seed``: a whole number from 0 to 2^63 - 1 (the generators refuse
+    negative seeds; a one-line argparse error instead of a failure halfway)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"a seed is a whole number from 0 to 2^63 - 1, got "
+                                         f"{text!r}")
+    return value
+
+
+def comma_list(text: str, flag: str) -> list[str]:
+    """``a,b,c`` as stripped non-empty items; an empty list is refused (InputError)."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise InputError(f"{flag} is empty; give at least one value")
+    return items
+
+
 def split_assignments(items: list[str], what: str) -> list[tuple[str, str]]:
     """Repeated ``NAME=VALUE`` strings as (name, value text) pairs; ``what`` names the flag in
     errors (malformed item, name given twice)."""
@@ -128,8 +149,9 @@ def parse_options(items: list[str]) -> dict:
 
 
 def parse_times(text: str) -> sequences.TimesSequence:
+    items = comma_list(text, "--times")
     try:
-        values = [float(t) for t in text.split(",") if t.strip()]
+        values = [float(t) for t in items]
     except ValueError:
         raise InputError(f"--times expects comma-separated numbers in s, got {text!r}") from None
     return sequences.from_times(values)
@@ -140,12 +162,12 @@ def build_model(args: argparse.Namespace) -> SignalModel:
     name = args.model
     cls = models.resolve(name)
     seq: Any = None
-    if getattr(args, "times", None):
+    if getattr(args, "times", None) is not None:
         if cls.sequence_kind != "times":
             raise InputError(f"--times applies to models with a times sequence "
                              f"({', '.join(times_models())}), not {cls.name}")
         seq = parse_times(args.times)
-    if getattr(args, "sequence", None):
+    if getattr(args, "sequence", None) is not None:
         if seq is not None:
             raise InputError("give either --sequence or --times, not both")
         if not Path(args.sequence).is_file():

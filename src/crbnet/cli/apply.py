@@ -17,7 +17,9 @@ from crbnet.cli._common import (
     read_basis,
     resolve_device,
 )
+from crbnet.cli import _sizes
 from crbnet.errors import InputError
+from crbnet.limits import count
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -140,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
             estimator = baselines.get(args.method, model, **parse_options(args.option))
         except TypeError as exc:
             raise InputError(f"--option: {exc}") from None
+    _sizes.apply(estimator.model, count(*source.spatial_shape), args.out)
     mask = _read_mask(args, source)
     result = apply_to_volume(estimator, source, args.out, mask=mask, sigma=args.sigma,
                              noise=args.noise, chunk_size=args.chunk_size,

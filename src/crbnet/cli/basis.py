@@ -6,7 +6,8 @@ import argparse
 import math
 from pathlib import Path
 
-from crbnet.cli._common import add_model_arguments, build_model
+from crbnet.cli import _sizes
+from crbnet.cli._common import add_model_arguments, build_model, seed_value
 from crbnet.errors import InputError
 
 
@@ -24,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="noiseless signals the SVD is fitted on (default 4096)")
     p.add_argument("--n-check", type=int, default=128,
                    help="points of the training range for the CRB inflation (default 128)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_value, default=0)
     p.add_argument("--out", required=True, metavar="BASIS.npy",
                    help="output file: .npy (default), .mat (variable 'basis') or .h5")
     p.set_defaults(func=run)
@@ -36,8 +37,11 @@ def write_basis_file(path: Path, basis) -> None:
 
     from crbnet.io import atomic_path
 
+    from crbnet.special_outputs import stream_for
+
     array = basis.numpy()
-    suffix = path.suffix.lower()
+    # a stream without a suffix (/dev/stdout, a pipe) gets the default format
+    suffix = path.suffix.lower() or (".npy" if stream_for(path) is not None else "")
     if suffix == ".npy":
         from crbnet.stats.subspace import save_basis
 
@@ -48,9 +52,9 @@ def write_basis_file(path: Path, basis) -> None:
         with atomic_path(path) as tmp:
             scipy.io.savemat(str(tmp), {"basis": array})
     elif suffix in (".h5", ".hdf5"):
-        import h5py
+        from crbnet.io import hdf5_file
 
-        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        with atomic_path(path) as tmp, hdf5_file(tmp) as f:
             f.create_dataset("basis", data=np.ascontiguousarray(array))
     else:
         raise InputError("--out must end in .npy, .mat or .h5")
@@ -59,6 +63,7 @@ def write_basis_file(path: Path, basis) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from crbnet.special_outputs import stream_for
     from crbnet.stats.sampling import ParameterSampler, derived_generator
     from crbnet.stats.subspace import basis_hash, crb_inflation, fit_subspace
 
@@ -69,8 +74,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--n must be at least --k")
     if args.n_check < 0:
         raise InputError("--n-check must be >= 0")
+    _sizes.basis(model, args.n, args.n_check)
     out = Path(args.out)
-    if out.suffix.lower() not in (".npy", ".mat", ".h5", ".hdf5"):
+    if out.suffix.lower() not in (".npy", ".mat", ".h5", ".hdf5") and \
+            not (out.suffix == "" and stream_for(out) is not None):
         raise InputError("--out must end in .npy, .mat or .h5")
     sampler = ParameterSampler(model)
     theta = sampler.sample(args.n, derived_generator(args.seed, "basis"))

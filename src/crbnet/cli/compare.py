@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from crbnet import io
+from crbnet.cli import _sizes
 from crbnet.cli._common import (
     add_basis_argument,
     add_device_argument,
@@ -13,6 +14,7 @@ from crbnet.cli._common import (
     check_positive,
     read_basis_for_estimators,
     resolve_device,
+    seed_value,
 )
 from crbnet.errors import InputError
 from crbnet.learning import losses
@@ -36,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"else {DEFAULT_SNR:g})")
     p.add_argument("--voxels", type=int, default=1000, metavar="N",
                    help="test voxels (default 1000; NLLS is the slow one)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the test set")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of the test set")
     add_basis_argument(p, "test on the K coefficients in this basis, against their CRBs "
                           "(networks must have been trained in it)")
     p.add_argument("--losses", metavar="NAME,NAME", default="",
@@ -83,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     specs = expand_boxes(args.estimators, args.bounds)
     basis = read_basis_for_estimators(args, model, args.estimators)
     model, estimators = resolve_estimators(specs, model=model, device=device, basis=basis)
+    _sizes.compare(model, args.voxels, len(estimators))
     snr = args.snr
     if snr is None:
         snr = next((s for s in (training_snr(e) for _, e in estimators) if s), DEFAULT_SNR)

@@ -6,11 +6,13 @@ import argparse
 import time
 
 from crbnet import io
+from crbnet.cli import _sizes
 from crbnet.cli._common import (
     add_basis_argument,
     add_model_arguments,
     build_model,
     read_basis,
+    seed_value,
     sequence_line,
 )
 from crbnet.cli.train import add_sampling_arguments, sampling_from_args
@@ -36,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_basis_argument(p, "store the coefficients in this basis (instead of an SVD basis) "
                           "with the CRBs of these coefficients")
     p.add_argument("--chunk-rows", type=int, default=1024, help="rows simulated per chunk")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_value, default=0)
     p.set_defaults(func=run)
 
 
@@ -47,12 +49,19 @@ def run(args: argparse.Namespace) -> int:
         from crbnet.cli.train import apply_model_table
         from crbnet.learning.training_config import read_config_file
 
-        apply_model_table(args, read_config_file(args.config).get("model", {}),
-                           Path(args.config))
+        file_data = read_config_file(args.config)
+        apply_model_table(args, file_data.get("model", {}), Path(args.config))
     io.check_output_file(args.out)
     model = build_model(args)
+    if args.config:
+        from crbnet.learning.training_config import check_config_file
+
+        check_config_file(model, file_data)
     if args.n < 1:
         raise InputError("--n must be >= 1")
+    if args.chunk_rows < 1:
+        raise InputError("--chunk-rows must be >= 1")
+    _sizes.dataset(model, args.n, args.chunk_rows, args.storage, args.k, args.out)
     sampler = sampler_from_spec(model, sampling_from_args(args))
     t0 = time.perf_counter()
     info = write_dataset(args.out, model, sampler, args.n, seed=args.seed, storage=args.storage,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from crbnet.cli._common import comma_list, seed_value
 from crbnet.learning import losses
 
 
@@ -18,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--minutes-per-net", type=float, metavar="T",
                    help="training budget of each network (default 3.5)")
     p.add_argument("--snr", type=float, help="training and test SNR |M0|/sigma (default 100)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--seed", type=seed_value, help="random seed (default 0)")
     p.add_argument("--losses", metavar="NAME,NAME",
                    help="training losses, one network each (default crb,mse; registered: "
                         f"{', '.join(losses.names())})")
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if args.seed is not None:
         cfg.seed = args.seed
     if args.losses is not None:
-        cfg.losses = tuple(n.strip() for n in args.losses.split(",") if n.strip())
+        cfg.losses = tuple(comma_list(args.losses, "--losses"))
     run_demo(args.out, cfg, progress=False if args.no_progress else None,
              log=lambda s: print(s, file=sys.stderr, flush=True))
     print(f"report: {args.out}/report.md")

@@ -6,7 +6,12 @@ import argparse
 import math
 from pathlib import Path
 
-from crbnet.cli._common import add_model_arguments, add_output_folder_arguments, build_model
+from crbnet.cli._common import (
+    add_model_arguments,
+    add_output_folder_arguments,
+    build_model,
+    seed_value,
+)
 from crbnet.errors import InputError
 
 DEFAULT_TISSUES = ["WM", "GM"]
@@ -72,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-iterations", type=int, default=2000,
                    help="L-BFGS iterations per run (default 2000); with a generous "
                         "--max-minutes the result no longer depends on the machine's speed")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random starts")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of the random starts")
     p.set_defaults(func=run)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from crbnet import io
+from crbnet.cli import _sizes
 from crbnet.cli._common import (
     add_basis_argument,
     add_device_argument,
@@ -12,9 +13,11 @@ from crbnet.cli._common import (
     add_model_arguments,
     build_model,
     check_positive,
+    comma_list,
     parse_options,
     read_basis_for_estimators,
     resolve_device,
+    seed_value,
 )
 from crbnet.cli.fit import add_option_argument
 from crbnet.errors import InputError
@@ -66,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="instead of a grid: N points drawn from the training distribution")
     p.add_argument("--realizations", type=int, default=100, metavar="R",
                    help="noise realizations per point (default 100)")
-    p.add_argument("--seed", type=int, default=0, help="seed of noise and M0 phases")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of noise and M0 phases")
     add_option_argument(p)
     add_basis_argument(p, "test on the K coefficients in this basis, against their CRBs "
                           "(networks must have been trained in it)")
@@ -128,12 +131,15 @@ def run(args: argparse.Namespace) -> int:
     if args.points is not None:
         return run_points(args, model, estimators, snrs, training_snr(estimator))
     snr = args.snr if args.snr is not None else (training_snr(estimator) or DEFAULT_SNR)
+    n_axes = min(2, model.n_parameters)
+    n_points = args.samples if args.samples is not None else float(args.grid) ** n_axes
+    _sizes.evaluate_grid(model, n_points, args.realizations, args.out)
     if args.samples is not None:
         grid = sample_points(model, args.samples, seed=args.seed)
     else:
         axes = None
-        if args.grid_parameters:
-            axes = [a.strip() for a in args.grid_parameters.split(",") if a.strip()]
+        if args.grid_parameters is not None:
+            axes = comma_list(args.grid_parameters, "--grid-parameters")
         grid = make_grid(model, args.grid, axes=axes)
     result = evaluate(estimator, grid, snr=snr, realizations=args.realizations, seed=args.seed)
     paths = result.save(args.out)
@@ -168,8 +174,12 @@ def run_points(args: argparse.Namespace, model, estimators: list, snrs: list[flo
 
     points = tissue_points(model, args.points)
     if args.sweep:
+        if not 1 <= args.sweep_values <= 10 ** 6:
+            raise InputError("--sweep-values must be between 1 and 10^6")
         points = sweep_points(model, points, args.sweep, args.sweep_values)
     snrs = snrs or [train_snr or DEFAULT_SNR]
+    _sizes.evaluate_points(model, len(points.names), len(snrs) * len(estimators),
+                           args.realizations)
     result = study(estimators, points, snrs, realizations=args.realizations, seed=args.seed)
     paths = result.save(args.out)
     print(format_point_table(result))

@@ -10,6 +10,7 @@ import numpy as np
 
 from crbnet import estimators as baselines
 from crbnet import io
+from crbnet.cli import _sizes
 from crbnet.cli._common import (
     add_basis_argument,
     add_device_argument,
@@ -79,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"method {args.method} does not estimate M0 (predict_with_m0); "
                          "`crbnet fit` needs it")
     signals = load_signals(args.input)
+    _sizes.fit_output(model, signals.shape[0], args.out)
     theta, m0 = estimator.predict_with_m0(signals)
     theta = theta.cpu().numpy().astype(np.float64)
     arrays = {args.out: theta}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from crbnet.cli import _sizes
 from crbnet.cli._common import (
     add_basis_argument,
     add_model_arguments,
@@ -11,6 +12,7 @@ from crbnet.cli._common import (
     build_model,
     check_positive,
     model_in_basis,
+    seed_value,
 )
 
 
@@ -29,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="grid: one slice (128x128, default) or a volume (96x96x24)")
     p.add_argument("--snr", type=float, required=True,
                    help="SNR = mean |M0| over the brain / sigma (sigma per real/imag part)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of every random choice (default 0)")
     p.add_argument("--field-strength", type=float, default=3.0, metavar="TESLA",
                    help="tissue values at 3 T (default) or 1.5 T (not for mt_hybrid_state)")
     p.add_argument("--variation", type=float, default=0.05,
@@ -52,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     shape = parse_shape(args.shape)
     check_positive(args.snr, "--snr")
     check_output_directory(args.out, args.overwrite)
+    _sizes.phantom(model, shape, args.out, compressed=not args.uncompressed)
     phantom = make_phantom(model, shape, args.snr, args.seed, field_strength=args.field_strength,
                            variation=args.variation, m0_scale=args.m0_scale)
     paths = save_phantom(phantom, args.out, compress=not args.uncompressed,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from crbnet.cli import _sizes
 from crbnet.cli._common import (
     add_basis_argument,
     add_model_arguments,
@@ -13,6 +14,7 @@ from crbnet.cli._common import (
     parse_assignments,
     read_basis,
     resolve_device,
+    seed_value,
     sequence_line,
     split_assignments,
 )
@@ -82,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="number of epochs")
     p.add_argument("--max-minutes", type=float, metavar="T",
                    help="stop at the first epoch end after T minutes")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--seed", type=seed_value, help="random seed (default 0)")
     p.add_argument("--device", default=None, help="cpu (default) or cuda[:i]")
     p.add_argument("--resume", action="store_true",
                    help="continue RUN_DIR/checkpoint.pt (give the same options)")
@@ -167,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.setdefault("data", {}).setdefault("sampling", {}).update(sampling)
     config = build_config(model, file_data, overrides)
     device = resolve_device(args.device)
+    _sizes.train(model, config, args.out, device)
     trainer = Trainer(model, config, args.out, device=device, max_minutes=args.max_minutes,
                       resume=args.resume, progress=False if args.no_progress else None,
                       init=args.init, basis=read_basis(args, model))

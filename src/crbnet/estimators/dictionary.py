@@ -42,6 +42,7 @@ from crbnet.estimators.protocol import (
     least_squares_m0,
     register_estimator,
 )
+from crbnet.limits import check_memory, count
 from crbnet.physics.models.base import SignalModel, resolve_ranges
 
 #: Default dictionary size: about this many atoms in total, spread evenly over the parameters.
@@ -179,6 +180,9 @@ class DictionaryEstimator:
             counts = [int(per.get(p, default)) for p in self.model.parameters]
         else:
             counts = [int(self.n_points)] * P
+        # theta and grid index of every atom, and its compressed signal (rank >= 1)
+        check_memory(count(*counts, P * 8 * 3 + 16),
+                     f"a dictionary of {' x '.join(str(n) for n in counts)} atoms")
         axes = {}
         for p, n in zip(self.model.parameters, counts):
             lo, hi = self.ranges[p]

@@ -56,6 +56,7 @@ import numpy as np
 from crbnet.errors import InputError, output_error
 from crbnet.io import (
     atomic_path,
+    check_not_full,
     check_output_folder,
     chmod_as_new,
     make_folders,
@@ -70,7 +71,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 1 << 30
 
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError,
-                gzip.BadGzipFile)
+                gzip.BadGzipFile, nib.spatialimages.HeaderDataError,
+                nib.spatialimages.HeaderTypeError)
 
 
 # --------------------------------------------------------------------------------------------
@@ -85,13 +87,30 @@ def load_image(path: str | Path, what: str = "input") -> nib.Nifti1Image:
     if not path.is_file():
         raise InputError(f"{what} is not a file: {path}")
     try:
-        img = nib.load(str(path), keep_file_open=True)
+        with _quiet_nibabel():
+            img = nib.load(str(path), keep_file_open=True)
+            # A header nibabel cannot make sense of (dim[0] outside 1..7 reads as the other
+            # byte order) fails here, not halfway through the work.
+            img.header.get_data_shape(), img.get_data_dtype()
     except _READ_ERRORS as exc:
         raise InputError(f"cannot read {what} {path} as NIfTI: {exc}") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(f"{what} {path} is a {type(img).__name__}, not a NIfTI image")
     _check_file_size(img, path, what)
     return img
+
+
+@contextlib.contextmanager
+def _quiet_nibabel() -> Iterator[None]:
+    """nibabel reports header repairs on its own stderr handler ("sizeof_hdr should be 348");
+    a bad header becomes one InputError line instead."""
+    log = nib.imageglobals.logger
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _check_file_size(img: nib.Nifti1Image, path: Path, what: str) -> None:
@@ -492,6 +511,7 @@ def check_output_directory(path: str | Path, overwrite: bool = False) -> Path:
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise InputError(f"output folder {path} exists and is not empty (use --overwrite to "
                          "replace it)")
+    check_not_full(path)
     # The folder is built beside its final place and renamed: its parent must be writable.
     check_output_folder(path.parent if str(path.parent) else Path("."))
     return path

@@ -31,7 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 from crbnet.errors import InputError
-from crbnet.io import atomic_path
+from crbnet.io import atomic_path, hdf5_file
+from crbnet.limits import check_disk
 from crbnet.learning.checkpoint import model_from_dict, model_to_dict
 from crbnet.learning.data import CleanBatch, simulate_clean
 from crbnet.physics.models.base import SignalModel
@@ -45,7 +46,8 @@ VERSION = 1
 def write_dataset(path: str | Path, model: SignalModel, sampler: ParameterSampler, n: int,
                   seed: int = 0, storage: str = "coefficients", k: int | None = None,
                   energy: float = 0.9999999, n_fit: int = 4096, chunk_rows: int = 1024,
-                  progress: bool | None = None, basis: torch.Tensor | None = None) -> dict:
+                  progress: bool | None = None, basis: torch.Tensor | None = None,
+                  check_space: bool = True) -> dict:
     """Simulate ``n`` noiseless samples with their CRBs and write them to ``path`` (HDF5).
 
     Args:
@@ -55,6 +57,8 @@ def write_dataset(path: str | Path, model: SignalModel, sampler: ParameterSample
         progress: show a progress bar (None: only on a terminal).
         basis: a user's basis U [T, K] (orthonormal): coefficients in it instead of an SVD
             basis, and the CRBs are those of these coefficients (they *are* the data).
+        check_space: refuse (ResourceError) before writing when the rows cannot fit in the
+            free disk space where ``path`` goes.
 
     Returns:
         a summary dict (n, k, storage, path).
@@ -77,7 +81,9 @@ def write_dataset(path: str | Path, model: SignalModel, sampler: ParameterSample
     P = model.n_parameters
     n_chunks = math.ceil(n / chunk_rows)
     path = Path(path)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    if check_space:
+        check_disk(path, float(n) * (16 * P + 8 * width), f"{n} samples of {width} values")
+    with atomic_path(path) as tmp, hdf5_file(tmp) as f:
         f.attrs["format"] = FORMAT
         f.attrs["version"] = VERSION
         f.attrs["model"] = json.dumps(model_to_dict(model))
@@ -172,7 +178,20 @@ class Dataset:
                 coef = torch.from_numpy(f["signals"][start:stop])
                 if basis is not None:
                     coef = project(coef.to(torch.complex128), basis).to(torch.complex64)
+        self._check_finite(start, theta, coef, crb)
         return CleanBatch(theta, coef, crb)
+
+    def _check_finite(self, start: int, theta: torch.Tensor, coef: torch.Tensor,
+                      crb: torch.Tensor) -> None:
+        """NaN or Inf in a row is bad input (an infinite CRB is allowed: unidentifiable)."""
+        for name, values, bad in (("theta", theta, ~torch.isfinite(theta)),
+                                  (self.storage, coef, ~torch.isfinite(coef)),
+                                  ("crb", crb, torch.isnan(crb) | (crb < 0))):
+            if bool(bad.any()):
+                row = start + int(torch.nonzero(bad)[0, 0])
+                raise InputError(f"{self.path}: {name} of row {row} is not a finite number "
+                                 f"({'negative or NaN' if name == 'crb' else 'NaN or Inf'}); "
+                                 "the dataset is corrupt")
 
 
 def _text(value: Any) -> Any:

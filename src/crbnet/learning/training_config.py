@@ -124,6 +124,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        cfg = cls._construct(d)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def _construct(cls, d: Mapping[str, Any]) -> "TrainConfig":
         cls.check_types(d)
         kwargs: dict[str, Any] = {"seed": int(d.get("seed", 0))}
         for name, typ in cls.section_types().items():
@@ -132,9 +138,7 @@ class TrainConfig:
                 kwargs[name] = typ(**section)
             except TypeError as exc:
                 raise InputError(f"[{name}]: {exc}") from None
-        cfg = cls(**kwargs)
-        cfg.validate()
-        return cfg
+        return cls(**kwargs)
 
     @staticmethod
     def section_types() -> dict[str, type]:
@@ -155,11 +159,15 @@ class TrainConfig:
             if name in d:
                 check_table(name, typ, d[name])
 
-    def validate(self) -> None:
+    def validate(self, whole: bool = True) -> None:
+        """Check every value's range; ``whole=False`` (one layer, e.g. the config file, before
+        the command line is merged in) leaves out the checks that tie two values together."""
         d, o, l, s = self.data, self.optim, self.loss, self.subspace
+        if not 0 <= self.seed < 2 ** 63:
+            raise InputError(f"seed must be a whole number from 0 to 2^63 - 1, got {self.seed}")
         if d.mode not in ("online", "offline"):
             raise InputError(f"data.mode must be 'online' or 'offline', got {d.mode!r}")
-        if d.mode == "offline" and not d.dataset:
+        if whole and d.mode == "offline" and not d.dataset:
             raise InputError("offline training needs a dataset (--dataset FILE)")
         check_snr(d.snr)
         if len(d.m0_magnitude) != 2:
@@ -178,7 +186,7 @@ class TrainConfig:
         loss = losses.get(l.name)          # the registry as it is now, plugins included
         l.options = loss.option_values(l.options)   # typed, every declared option given
         if loss.repeated:
-            if not 2 <= l.realizations <= d.batch_size:
+            if not 2 <= l.realizations <= (d.batch_size if whole else l.realizations):
                 raise InputError(f"{l.name} needs 2 <= loss.realizations <= batch_size "
                                  f"({d.batch_size}), got {l.realizations}")
             if l.lam < 0 or l.delta < 0:
@@ -267,9 +275,21 @@ def build_config(model: SignalModel | type[SignalModel] | str,
     # command line overrides it.
     TrainConfig.check_types(file_data)
     TrainConfig.check_types(overrides or {})
+    if file_data:   # ranges too: the command line must not hide a wrong value in the file
+        TrainConfig._construct(deep_merge(merged, file_data)).validate(whole=False)
     merged = deep_merge(merged, file_data)
     merged = deep_merge(merged, overrides or {})
     return TrainConfig.from_dict(merged)
+
+
+def check_config_file(model: SignalModel | type[SignalModel] | str,
+                      file_data: Mapping[str, Any]) -> None:
+    """Check the values of a config file's training tables (types and ranges) for commands
+    that use only its [model] and [sampling] tables (``crbnet dataset``)."""
+    layer = {k: v for k, v in file_data.items() if k not in ("model", "sampling")}
+    TrainConfig.check_types(layer)
+    base = deep_merge(TrainConfig().to_dict(), model_training_defaults(model))
+    TrainConfig._construct(deep_merge(base, layer)).validate(whole=False)
 
 
 def parse_set_option(items: list[str]) -> dict:

@@ -389,10 +389,16 @@ def test_models_command_lists_the_sequence_kinds(capsys):
     assert "MATLAB .mat" in " ".join(capsys.readouterr().out.split())
 
 
-def test_design_refuses_a_segmented_sequence_with_one_line(tmp_path, capsys):
+def test_design_plays_a_segmented_sequence_with_mt_hybrid_state(tmp_path, capsys):
+    """Both MT models design segmented sequences: mt_hybrid_state through its per-segment map
+    (the inversions kept), within the limits."""
     alpha, trf = segments(2, 8)
     write_v5(tmp_path / "s.mat", {"alpha": alpha.T, "TRF": trf.T, "TR": TR})
     rc = cli.main(["design", "--model", "mt_hybrid_state", "--sequence", str(tmp_path / "s.mat"),
+                   "--control-points", "4", "--starts", "1", "--max-iterations", "3",
                    "--out", str(tmp_path / "design")])
-    err = capsys.readouterr().err
-    assert rc == 2 and len(err.strip().splitlines()) == 1 and "kind 'segmented'" in err
+    assert rc == 0, capsys.readouterr().err
+    designed = sequences.load(tmp_path / "design" / "sequence.json", "segmented")
+    assert designed.alpha.shape == alpha.shape
+    assert np.allclose(designed.alpha[:, 0], alpha[:, 0]) and designed.inversion[:, 0].all()
+    assert hardware.violations(designed) == []

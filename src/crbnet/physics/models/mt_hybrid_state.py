@@ -695,11 +695,17 @@ class MTHybridState(SignalModel):
     def signal_for_sequence(self, theta: torch.Tensor, played) -> torch.Tensor:
         """The signal [N, T] (complex, imaginary part zero) at ``theta`` [N, P] when the model
         plays θ and TRF from ``played`` (tensors [T], rad and s; TR, T_inv and k_RF are the
-        model's sequence's), by :func:`steady_state_signal`: plain tensor operations,
-        differentiable in both."""
-        if self.sequence.kind != "mt":
-            raise NotImplementedError(f"{self.name} plays sequences given as tensors of kind "
-                                      f"'mt' only, not {self.sequence.kind!r}")
+        model's sequence's) — or, on a segmented sequence, α and TRF ([S, n], mapped per
+        segment as :mod:`._mt_segments` does; the inversions are the sequence's) — by
+        :func:`steady_state_signal`: plain tensor operations, differentiable in both."""
+        if self._segments is not None:
+            parts = []
+            for s, part in enumerate(self._segment_models()):
+                # The inversion's own TR takes the next pulse's θ and TRF (_mt_segments).
+                angle = torch.cat((played["alpha"][s, 1:2], played["alpha"][s, 1:])) / 2
+                trf = torch.cat((played["TRF"][s, 1:2], played["TRF"][s, 1:]))
+                parts.append(part.signal_for_sequence(theta, {"theta": angle, "TRF": trf}))
+            return torch.cat(parts, -1)
         p = self.full_parameters(theta)
         rows, beta = self._voxel_rows(p)
         angle = played["theta"][:, None]

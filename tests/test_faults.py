@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import h5py
 import nibabel as nib
@@ -367,3 +368,23 @@ def test_a_short_write_on_a_full_disk_names_the_reason_not_a_byte_count(small_tm
     exc = output_error(OSError("262144 requested and 4096 written"), small_tmpfs / "b.npy")
     assert exc.errno == errno.ENOSPC
     assert describe_os_error(exc).endswith("disk full (no space left on device)")
+
+
+def test_design_with_too_many_tissue_points_is_refused_at_once(tmp_path, capsys):
+    """20,000 tissue points on the shipped in-vivo sequence (6852 pulses, 8 parameters): the
+    design's signals and Jacobians with their gradient would need ~10² GB; refused before any
+    simulation."""
+    root = Path(__file__).resolve().parents[1]
+    points = tmp_path / "points.csv"
+    row = "0.15,1.8,0.07,16,0.34,1.2e-05,1.0,0.0\n"
+    points.write_text("m0s,T1f,T2f,Rx,T1s,T2s,B1,omega0\n" + row * 20_000)
+    t0 = time.perf_counter()
+    rc, lines = run(capsys, ["design", "--model", "mt_generalized_bloch", "--sequence",
+                             str(root / "examples" / "invivo" / "control.mat"),
+                             "--model-option", "TR=3.5e-3", "--model-option",
+                             "lineshape=lorentzian", "--points", str(points),
+                             "--out", str(tmp_path / "out")])
+    assert rc == 2, lines
+    assert "would need" in one_error_line(lines) and "tissue points" in lines[0]
+    assert time.perf_counter() - t0 <= 5.0
+    assert not (tmp_path / "out").exists()

@@ -126,3 +126,19 @@ def fit_output(model: Any, voxels: int, out: str | Path) -> None:
 
 __all__ = ["dataset", "train", "evaluate_grid", "evaluate_points", "compare", "phantom",
            "apply", "basis", "fit_output"]
+
+
+#: Tensors of [points, time points] that one design cost evaluation keeps for its reverse pass
+#: per estimated parameter (signal and Jacobian columns and their forward-mode intermediates;
+#: measured on mt_hybrid_state and fisp_mrf, a lower bound for the generalized Bloch model,
+#: whose tensor route keeps 6 × 6 propagators per pulse as well).
+DESIGN_TENSORS_PER_PARAMETER = 8
+
+
+def design(model: Any, points: int) -> None:
+    """``crbnet design``: the signal and Jacobian at every tissue point over the whole
+    sequence, kept with their graph for the gradient."""
+    T, P = model.n_timepoints, model.n_parameters
+    check_memory(count(points, T, P + 1, DESIGN_TENSORS_PER_PARAMETER, 16),
+                 f"{points} tissue points × {T} time points × {P} parameters (the design's "
+                 "signals and Jacobians with their gradient)")

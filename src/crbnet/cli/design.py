@@ -6,6 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
+from crbnet.cli import _sizes
 from crbnet.cli._common import (
     add_model_arguments,
     add_output_folder_arguments,
@@ -107,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     model = build_model(args)
     specs = list(args.tissue) + ([args.points] if args.points else [])
     labels, points = load_points(model, specs or DEFAULT_TISSUES)
+    _sizes.design(model, points.shape[0])
     if not (args.max_minutes > 0 and math.isfinite(args.max_minutes)):
         raise InputError("--max-minutes must be a positive number")
     designer = SequenceDesigner(model, points, snr=args.snr,

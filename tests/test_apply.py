@@ -328,3 +328,14 @@ def test_estimator_must_match_its_model(phantom, tmp_path):
     with pytest.raises(InputError, match="differ"):
         apply_to_volume(Wrong(models.get("t2_decay")), ArraySignals(phantom.signal),
                         tmp_path / "o", progress=False)
+
+
+def test_zero_filled_background_is_no_noise_sample(phantom, estimator, tmp_path):
+    """Outside a reconstruction's own mask the data are zero-filled (subspace coefficient
+    images): those voxels hold no noise, so 'auto' takes σ from the residuals."""
+    signal = np.where(phantom.mask[..., None], phantom.signal, 0)
+    run = apply_to_volume(estimator, ArraySignals(signal, phantom.affine), tmp_path / "maps",
+                          mask=phantom.mask, progress=False)
+    noise = run.summary["noise"]
+    assert noise["method"] == "residual"
+    assert noise["sigma"] == pytest.approx(phantom.sigma, rel=0.05)

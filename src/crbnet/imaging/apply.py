@@ -24,7 +24,8 @@ Noise level σ (the standard deviation of the real and of the imaginary part of 
 * ``"background"``: from the voxels outside the mask, which hold noise only:
   ``σ² = median_v(‖y_v‖² / 2T) / m(2T)``, with ``m(ν) ≈ (1 − 2/(9ν))³`` the median of
   ``χ²_ν / ν`` (Wilson–Hilferty) — the median keeps a minority of non-noise voxels (scalp,
-  artefacts) from biasing it. Needs at least 100 background voxels.
+  artefacts) from biasing it. Needs at least 100 background voxels that are not exactly zero
+  (zero-filled voxels, as outside a reconstruction's mask, hold no noise).
 * ``"residual"``: ``σ² = median_v(σ̂_v²) / m(2T − P − 2)`` over the mask (robust to a minority of
   badly fitted voxels; exact for an unbiased least-squares estimator).
 * ``"voxel"``: every voxel's own ``σ̂_v`` (for noise that varies in space, e.g. with parallel
@@ -316,8 +317,11 @@ def _survey(source: SignalSource, model: SignalModel, max_bytes: int, auto_mask:
 
 def background_sigma(power: np.ndarray, background: np.ndarray, n_timepoints: int
                      ) -> tuple[float, int]:
-    """σ from noise-only voxels: sqrt(median(‖y‖²/2T) / m(2T)); returns (σ, voxels used)."""
-    values = power[background & np.isfinite(power)]
+    """σ from noise-only voxels: sqrt(median(‖y‖²/2T) / m(2T)); returns (σ, voxels used).
+    Voxels that are exactly zero are no noise samples (a reconstruction zero-filled them
+    outside its own mask, as in subspace coefficient images) and are left out: with fewer than
+    :data:`MIN_BACKGROUND_VOXELS` left, ``noise="auto"`` takes σ from the residuals."""
+    values = power[background & np.isfinite(power) & (power > 0)]
     if values.size < MIN_BACKGROUND_VOXELS:
         return float("nan"), int(values.size)
     sigma2 = np.median(values) / chi2_median_ratio(2 * n_timepoints)

@@ -27,6 +27,8 @@ class DistInfo:
     world: int = 1
     local_rank: int = 0
     backend: str | None = None
+    #: Whether this process joined the group here (and so leaves it: :func:`leave`).
+    owns_group: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -47,9 +49,19 @@ def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
     if device.type == "cuda":
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         dist.init_process_group(backend=backend)
-    return DistInfo(rank, world, local, backend), device
+    return DistInfo(rank, world, local, backend, owns), device
+
+
+def leave(info: DistInfo) -> None:
+    """Leave the process group that :func:`init_distributed` joined. A group left to the
+    interpreter's exit can take a process down with it (its communication threads are torn
+    down by static destructors: "terminate called without an active exception", seen once in
+    the two-process test)."""
+    if info.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
@@ -98,5 +110,5 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-__all__ = ["DistInfo", "init_distributed", "broadcast_flag", "gather", "state_fingerprint",
+__all__ = ["DistInfo", "init_distributed", "leave", "broadcast_flag", "gather", "state_fingerprint",
            "wrap_for_training", "barrier"]

@@ -36,6 +36,7 @@ from crbnet.learning.distributed import (
     broadcast_flag,
     gather,
     init_distributed,
+    leave,
     state_fingerprint,
     wrap_for_training,
 )
@@ -119,14 +120,18 @@ class Trainer:
         # cores the steps need (crbnet.physics.models._numba)
         _numba.prefer_workqueue()
         resumed = self._start()
-        self._build()
-        start_epoch = self._restore(resumed) if resumed is not None else self._fresh_start()
-        self.setup_seconds = time.perf_counter() - self.t_start
-        if self.dist.is_main:
-            self._say(setup_line(self))
-        summary = self._run_epochs(start_epoch)
-        if self.dist.active:
-            summary = self._finish_distributed(summary)
+        try:
+            self._build()
+            start_epoch = (self._restore(resumed) if resumed is not None
+                           else self._fresh_start())
+            self.setup_seconds = time.perf_counter() - self.t_start
+            if self.dist.is_main:
+                self._say(setup_line(self))
+            summary = self._run_epochs(start_epoch)
+            if self.dist.active:
+                summary = self._finish_distributed(summary)
+        finally:
+            leave(self.dist)
         return summary
 
     def _start(self) -> dict | None:

@@ -125,7 +125,8 @@ class MTGeneralizedBloch(SignalModel):
 
     # ---- physics ---------------------------------------------------------------------------
     def _rates(self, p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Voxel parameters as [N, 1] columns, relaxation times as rates."""
+        """Voxel parameters as [N, 1] columns, relaxation times as rates (the names of the
+        compiled kernel's directions, ``_gbloch_kernel.DIRECTIONS``)."""
         col = {k: v[:, None] for k, v in p.items()}
         return {"m0s": col["m0s"], "R1f": 1 / col["T1f"], "R2f": 1 / col["T2f"],
                 "Rx": col["Rx"], "R1s": 1 / col["T1s"], "T2s": col["T2s"], "B1": col["B1"],
@@ -165,7 +166,6 @@ class MTGeneralizedBloch(SignalModel):
         model's own), differentiable in both."""
         p = self.full_parameters(theta)
         return self._signal(p, {"alpha": played["alpha"], "TRF": played["TRF"]})
-
 
     # ---- compiled CPU route ------------------------------------------------------------------
     def explicit_signal_and_jacobian(self, theta: torch.Tensor
@@ -221,8 +221,8 @@ class MTGeneralizedBloch(SignalModel):
         jac = torch.empty(len(names), n, T, dtype=torch.complex128) if jacobian else None
         F = torch.empty(n, len(names) + 2, len(names) + 2, dtype=torch.float64) if fisher \
             else None
-        rates = torch.stack((p["m0s"], 1 / p["T1f"], 1 / p["T2f"], p["Rx"], 1 / p["T1s"],
-                             p["T2s"], p["B1"], p["omega0"]), 1)
+        columns = self._rates(p)
+        rates = torch.cat([columns[k] for k in _gbloch_kernel.DIRECTIONS], 1)
         factor = {"T1f": -rates[:, 1] ** 2, "T2f": -rates[:, 2] ** 2, "T1s": -rates[:, 4] ** 2}
         scale = torch.stack([factor.get(k, torch.ones(n, dtype=torch.float64)) for k in names],
                             1) if names else torch.zeros(n, 0, dtype=torch.float64)

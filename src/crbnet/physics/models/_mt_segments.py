@@ -50,10 +50,17 @@ def segment_sequences(seq: seqs.SegmentedSequence, model: str = "mt_hybrid_state
         if abs(abs(seq.alpha[s, 0]) - math.pi) > INVERSION_TOLERANCE:
             raise SequenceError(f"{model} plays inversions as π pulses; the inversion of "
                                 f"segment {s} has alpha {seq.alpha[s, 0]:g} rad")
-        theta, trf = seq.alpha[s] / 2, seq.TRF[s].copy()
-        theta[0], trf[0] = theta[1], trf[1]
+        theta, trf = cycle_trains(seq.alpha[s], seq.TRF[s])
         out.append(seqs.MTSequence(TR=TR, theta=theta, TRF=trf, T_inv=float(seq.TRF[s, 0])))
     return out
+
+
+def cycle_trains(alpha, TRF):
+    """θ and TRF of one segment's 'mt' cycle from its pulses' α and TRF (numpy arrays or
+    tensors [n]; plain indexing, so autodiff follows): θ = α/2, and the inversion's own TR takes
+    the next pulse's θ and TRF (module docstring)."""
+    index = [1] + list(range(1, len(alpha)))
+    return alpha[index] / 2, TRF[index]
 
 
 def concatenated(parts: list[tuple], combine: tuple[Callable | None, ...]) -> tuple | None:

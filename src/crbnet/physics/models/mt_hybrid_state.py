@@ -701,9 +701,7 @@ class MTHybridState(SignalModel):
         if self._segments is not None:
             parts = []
             for s, part in enumerate(self._segment_models()):
-                # The inversion's own TR takes the next pulse's θ and TRF (_mt_segments).
-                angle = torch.cat((played["alpha"][s, 1:2], played["alpha"][s, 1:])) / 2
-                trf = torch.cat((played["TRF"][s, 1:2], played["TRF"][s, 1:]))
+                angle, trf = _mt_segments.cycle_trains(played["alpha"][s], played["TRF"][s])
                 parts.append(part.signal_for_sequence(theta, {"theta": angle, "TRF": trf}))
             return torch.cat(parts, -1)
         p = self.full_parameters(theta)

@@ -129,9 +129,9 @@ __all__ = ["dataset", "train", "evaluate_grid", "evaluate_points", "compare", "p
 
 
 #: Tensors of [points, time points] that one design cost evaluation keeps for its reverse pass
-#: per estimated parameter (signal and Jacobian columns and their forward-mode intermediates;
-#: measured on mt_hybrid_state and fisp_mrf, a lower bound for the generalized Bloch model,
-#: whose tensor route keeps 6 × 6 propagators per pulse as well).
+#: per estimated parameter (signal and Jacobian columns and their forward-mode intermediates):
+#: an estimate, not a measurement — low for the generalized Bloch model, whose tensor route
+#: keeps 6 × 6 propagators per pulse as well, so the check refuses only what cannot fit.
 DESIGN_TENSORS_PER_PARAMETER = 8
 
 

@@ -22,11 +22,12 @@ import math
 import numpy as np
 
 from crbnet.physics.models import _numba
+from crbnet.physics.r2sl_table import DOMAIN_TOLERANCE
 
 
 def _r2sl_scalar_python(x_nodes, x_step, u_step, coefficients, bounds, TRF, alpha, B1, T2s):
     """R2sl and its derivatives (∂T2s, ∂B1, ∂TRF, ∂α) at one point; NaN outside the domain."""
-    tol = 1e-9
+    tol = DOMAIN_TOLERANCE
     nan = math.nan
     if not (bounds[0] * (1 - tol) - tol * bounds[1] <= TRF <= bounds[1] * (1 + tol)
             and bounds[2] * (1 - tol) - tol * bounds[3] <= T2s <= bounds[3] * (1 + tol)
@@ -162,7 +163,7 @@ def _inside(table, TRF, alpha, B1, T2s):
     import torch
 
     lo_trf, hi_trf, lo_t2s, hi_t2s, alpha_max, b1_max = (float(b) for b in table.bounds())
-    tol = 1e-9
+    tol = DOMAIN_TOLERANCE
     with torch.no_grad():
         return ((TRF >= lo_trf * (1 - tol) - tol * hi_trf) & (TRF <= hi_trf * (1 + tol))
                 & (T2s >= lo_t2s * (1 - tol) - tol * hi_t2s) & (T2s <= hi_t2s * (1 + tol))

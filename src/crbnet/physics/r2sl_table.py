@@ -31,6 +31,10 @@ from crbnet.errors import InputError
 from crbnet.physics.lineshapes import get_lineshape
 from crbnet.physics.r2sl_solver import OmegaSeries, rho_from_w
 
+#: Relative slack of the domain checks (numpy, torch and the compiled evaluation alike):
+#: round-off in a bound's value is not a point outside the table.
+DOMAIN_TOLERANCE = 1e-9
+
 VERSION = "r2sl-table-1"
 
 # Hermite basis → monomials on [0, 1]: p(s) = [1 s s² s³] · _HERMITE · [p0, p1, p0', p1'].
@@ -99,7 +103,7 @@ class R2slTable:
     def check(self, TRF, alpha, B1, T2s) -> None:
         """Raise :class:`R2slDomainError` naming the first parameter outside the domain."""
         s = self.spec
-        tol = 1e-9
+        tol = DOMAIN_TOLERANCE
         for name, value, low, high, unit in (
                 ("TRF", TRF, s.TRF_min, s.TRF_max, "s"),
                 ("T2s", T2s, s.T2s_min, s.T2s_max, "s"),

@@ -120,7 +120,9 @@ def tr_maps(alpha: torch.Tensor, TRF: torch.Tensor, inversion: torch.Tensor, TR:
     F = free_precession(half, p)
     pulse = rf_pulse(alpha, TRF, R2sl, p)
     if inv.any():
-        pulse = torch.where(inv[:, None, None], inversion_pulse(alpha, TRF, R2sl, p), pulse)
+        # Only the inversion pulses' own maps (a few per segment), copied into their places.
+        at = torch.nonzero(inv)[:, 0]
+        pulse = pulse.index_copy(-3, at, inversion_pulse(alpha[at], TRF[at], R2sl[:, at], p))
     rotation = phase_advance(increment, F.dtype, F.device)
     return F @ pulse @ rotation @ F
 

@@ -165,7 +165,7 @@ def main() -> None:
 
     import crbnet
     from crbnet.assessment.compare import box_options, compare, make_comparison_set, training_ranges
-    from crbnet.assessment.point_statistics import study, tissue_points
+    from crbnet.assessment.point_study import study, tissue_points
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)

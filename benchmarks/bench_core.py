@@ -281,7 +281,7 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from crbnet.io import atomic_path
+    from crbnet.files import atomic_path
 
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
     for ax, res in zip(axes[0], results):
@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from crbnet import sequences
-    from crbnet.io import write_json
+    from crbnet.files import write_json
 
     torch.set_num_threads(args.threads)
     seqs = [("default sequence", sequences.default_mt_sequence())]

@@ -186,7 +186,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from crbnet import io
+    from crbnet import files
 
     torch.set_num_threads(args.threads)
     results = {"cpu_count": os.cpu_count(), "threads": args.threads,
@@ -195,7 +195,7 @@ def main() -> None:
                "fisp": bench_fisp(args.fisp_minutes, args.seed),
                "load_average_after": os.getloadavg()}
     out = Path(args.out)
-    io.write_json(out.with_suffix(".json"), results)
+    files.write_json(out.with_suffix(".json"), results)
     plot(results, out.with_suffix(".png"))
     for key in ("mt", "fisp"):
         r = results[key]

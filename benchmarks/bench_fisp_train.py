@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_results(result: dict, out: Path, stem: str, plot_fn) -> None:
     """``<out>/<stem>.json`` and ``.png`` (``plot_fn(result, path)``), then say so."""
-    from crbnet.io import write_json
+    from crbnet.files import write_json
 
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / f"{stem}.json", result)

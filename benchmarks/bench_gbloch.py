@@ -251,7 +251,7 @@ def main() -> int:
                   f"(CPU {r['cpu_us_per_pulse_per_voxel']:.3f})")
     print("parts (CPU us per call):", result["parts_cpu"])
     print("agreement:", result["agreement"])
-    from crbnet.io import write_json
+    from crbnet.files import write_json
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         timed_predict,
         training_snr,
     )
-    from crbnet.io import write_json
+    from crbnet.files import write_json
     from crbnet.plots.evaluation import plot_comparison
 
     network = None

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     import crbnet
     from crbnet import baselines
     from crbnet.assessment.evaluate import evaluate, make_grid
-    from crbnet.io import write_json
+    from crbnet.files import write_json
 
     model = crbnet.get_model(args.model)
     out = Path(args.out or f"benchmarks/results/nlls_efficiency_{model.name}")

@@ -226,7 +226,7 @@ def run(args) -> int:
     from crbnet.imaging.apply import apply_to_volume
     from crbnet.imaging.nifti import ArraySignals
     from crbnet.imaging.phantom import make_phantom, parse_shape
-    from crbnet.io import write_json, write_text
+    from crbnet.files import write_json, write_text
     from crbnet.physics.sequences import sequence_hash
 
     if args.threads:

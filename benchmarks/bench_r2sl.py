@@ -262,7 +262,7 @@ def main() -> None:
     result["clamped_at_pi"] = clamped_difference(tables["super_lorentzian"],
                                                 Path(args.control))
     print(json.dumps({k: result[k] for k in ("speed", "clamped_at_pi")}, indent=1))
-    from crbnet.io import write_json
+    from crbnet.files import write_json
 
     write_json(out_dir / "bench_r2sl.json", result)
     figure(out_dir / "bench_r2sl.png", tables, errors)

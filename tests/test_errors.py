@@ -22,7 +22,7 @@ import pytest
 from crbnet.cli import app as cli
 from crbnet.errors import InputError
 from crbnet.imaging.nifti import NiftiSignals
-from crbnet.learning.datasets import Dataset
+from crbnet.learning.hdf5_dataset import Dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -28,7 +28,7 @@ from crbnet import locks, special_outputs
 from crbnet.cli import app as cli
 from crbnet.errors import InputError
 from crbnet.imaging.nifti import load_image
-from crbnet.learning.datasets import Dataset, write_dataset
+from crbnet.learning.hdf5_dataset import Dataset, write_dataset
 from crbnet.physics import models
 from crbnet.stats.sampling import ParameterSampler
 

@@ -9,9 +9,9 @@ import torch
 from scipy import stats
 
 import crbnet
-from crbnet.assessment.point_statistics import (
+from crbnet.assessment.point_study import (
     Points,
-    point_statistics,
+    point_study,
     study,
     sweep_points,
     tissue_points,
@@ -50,7 +50,7 @@ def test_statistics_match_a_hand_computed_case():
     snr = 40.0
     offsets = [-1.0, 0.0, 1.0, 2.0]          # in units of √CRB
     est = OffsetEstimator(model, points.theta, 1 / snr, offsets)
-    s = point_statistics(est, points, snr, realizations=4, classify=True)
+    s = point_study(est, points, snr, realizations=4, classify=True)
     x = np.array(offsets)
     mean, sd = x.mean(), x.std(ddof=1)           # 0.5, √(5/3)
     m4 = ((x - mean) ** 4).mean()

@@ -115,7 +115,7 @@ def hold(outputs: Sequence[str | Path], command: str | None = None) -> Iterator[
     clear message); a lock held by another process raises :class:`OutputInUseError`. Missing
     folders above an output are made first, so that every run on it finds the lock in the same
     place; those still empty at the end are removed again."""
-    from crbnet.io import make_folders, remove_created_folders
+    from crbnet.files import make_folders, remove_created_folders
 
     held: list[tuple[int, Path]] = []
     created: list[Path] = []

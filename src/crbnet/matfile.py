@@ -183,7 +183,7 @@ def write_v73(path: str | Path, arrays: Mapping[str, np.ndarray], compression: i
     """
     import h5py
 
-    from crbnet.io import atomic_path
+    from crbnet.files import atomic_path
 
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w", userblock_size=USERBLOCK_SIZE, libver="earliest") as fh:

@@ -300,16 +300,16 @@ class ComparisonResult:
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
         """Write ``comparison.json``, ``comparison.md`` and ``comparison.png``."""
-        from crbnet import io
+        from crbnet import files
         from crbnet.plots.evaluation import plot_comparison
 
         out_dir = Path(out_dir)
         paths = {"json": out_dir / "comparison.json", "md": out_dir / "comparison.md",
                  "png": out_dir / "comparison.png"}
-        with io.atomic_paths(list(paths.values())) as tmps:   # all three files or none
+        with files.atomic_paths(list(paths.values())) as tmps:   # all three files or none
             tmp = dict(zip(paths, tmps))
-            io.write_json(tmp["json"], self.to_json())
-            io.write_text(tmp["md"], self.to_markdown())
+            files.write_json(tmp["json"], self.to_json())
+            files.write_text(tmp["md"], self.to_markdown())
             plot_comparison(self.rows, self.parameters, tmp["png"],
                             title=f"{self.model}: {self.n_voxels} test voxels, SNR "
                                   f"{self.snr:g} (|M0|/σ)")

@@ -304,14 +304,14 @@ class EvaluationResult:
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
         """Write ``evaluation.json`` and ``evaluation.png`` into ``out_dir``."""
-        from crbnet import io
+        from crbnet import files
         from crbnet.plots.evaluation import plot_evaluation
 
         out_dir = Path(out_dir)
         paths = {"json": out_dir / "evaluation.json", "png": out_dir / "evaluation.png"}
-        with io.atomic_paths(list(paths.values())) as tmps:   # both files or neither
+        with files.atomic_paths(list(paths.values())) as tmps:   # both files or neither
             tmp = dict(zip(paths, tmps))
-            io.write_json(tmp["json"], self.to_json())
+            files.write_json(tmp["json"], self.to_json())
             plot_evaluation(self, tmp["png"])
         return paths
 

@@ -35,7 +35,7 @@ def write_basis_file(path: Path, basis) -> None:
     """U as .npy, .mat (variable ``basis``) or .h5 (dataset ``basis``), written atomically."""
     import numpy as np
 
-    from crbnet.io import atomic_path
+    from crbnet.files import atomic_path
 
     from crbnet.special_outputs import stream_for
 
@@ -52,7 +52,7 @@ def write_basis_file(path: Path, basis) -> None:
         with atomic_path(path) as tmp:
             scipy.io.savemat(str(tmp), {"basis": array})
     elif suffix in (".h5", ".hdf5"):
-        from crbnet.io import hdf5_file
+        from crbnet.files import hdf5_file
 
         with atomic_path(path) as tmp, hdf5_file(tmp) as f:
             f.create_dataset("basis", data=np.ascontiguousarray(array))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from crbnet import io
+from crbnet import files
 from crbnet.cli import _sizes
 from crbnet.cli._common import (
     add_basis_argument,
@@ -74,7 +74,7 @@ def expand_boxes(specs: list[str], bounds: str | None) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    io.check_output_folder(args.out)
+    files.check_output_folder(args.out)
     from crbnet.assessment.compare import compare, resolve_estimators, training_snr
 
     device = resolve_device(args.device)

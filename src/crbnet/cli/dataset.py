@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from crbnet import io
+from crbnet import files
 from crbnet.cli import _sizes
 from crbnet.cli._common import (
     add_basis_argument,
@@ -17,7 +17,7 @@ from crbnet.cli._common import (
 )
 from crbnet.cli.train import add_sampling_arguments, sampling_from_args
 from crbnet.errors import InputError
-from crbnet.learning.datasets import write_dataset
+from crbnet.learning.hdf5_dataset import write_dataset
 from crbnet.stats.sampling import sampler_from_spec
 
 
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
         file_data = read_config_file(args.config)
         apply_model_table(args, file_data.get("model", {}), Path(args.config))
-    io.check_output_file(args.out)
+    files.check_output_file(args.out)
     model = build_model(args)
     if args.config:
         from crbnet.learning.training_config import check_config_file

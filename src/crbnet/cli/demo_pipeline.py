@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from crbnet import io
+from crbnet import files
 from crbnet.errors import InputError
 from crbnet.imaging.nifti import atomic_directory
 from crbnet.learning import losses as loss_registry
@@ -168,8 +168,8 @@ def run(out_dir: str | Path, cfg: DemoConfig | None = None, progress: bool | Non
         evaluations = _grid_evaluations(model, cfg, nets, out, progress)
         wall = time.perf_counter() - t0
         summary = _summary(model, cfg, wall, summaries, comparison, evaluations, points)
-        io.write_json(out / "summary.json", summary)
-        io.write_text(out / "report.md", _report(model, cfg, comparison, summaries, wall, points))
+        files.write_json(out / "summary.json", summary)
+        files.write_text(out / "report.md", _report(model, cfg, comparison, summaries, wall, points))
     log(f"[{wall:5.0f} s] wrote {final / 'report.md'}")
     return summary
 
@@ -180,7 +180,7 @@ def _check(cfg: DemoConfig, out_dir: str | Path) -> Path:
         raise InputError("the demo needs one or more different losses")
     for loss in cfg.losses:
         loss_registry.get(loss)
-    out = io.check_output_folder(out_dir)
+    out = files.check_output_folder(out_dir)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out} exists and is not empty; choose a new --out directory")
     return out
@@ -243,7 +243,7 @@ def _tissue_points(model: models.SignalModel, cfg: DemoConfig, nets: dict, nlls:
                    out: Path, progress: bool | None) -> Any:
     """Bias and std at the tissue points of the CRB-net and the bias-reduced net (else the
     first net) and NLLS."""
-    from crbnet.assessment.point_statistics import study, tissue_points
+    from crbnet.assessment.point_study import study, tissue_points
 
     shown = [(label, nets[label]) for label in ("CRB-net", "bias-reduced net")
              if label in nets] or list(nets.items())[:1]

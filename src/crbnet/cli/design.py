@@ -83,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crbnet import io
+    from crbnet import files
     from crbnet.assessment.points import load_points
     from crbnet.cli._common import parse_assignments
     from crbnet.design import DesignSpace, SequenceDesigner
@@ -120,8 +120,8 @@ def run(args: argparse.Namespace) -> int:
     result = designer.fit()
     report = design_report(designer, result, labels, args.sequence or args.start or "default")
     with atomic_directory(args.out, overwrite=args.overwrite) as tmp:
-        io.write_json(tmp / "sequence.json", result.sequence.to_dict())
-        io.write_json(tmp / "design.json", report)
+        files.write_json(tmp / "sequence.json", result.sequence.to_dict())
+        files.write_json(tmp / "design.json", report)
         plot_design(report, model.sequence, result.sequence, tmp / "design.png")
     print(f"designed: {hardware.describe(result.sequence)}")
     _print_summary(report, labels, SNR_NOTE)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from crbnet import io
+from crbnet import files
 from crbnet.cli import _sizes
 from crbnet.cli._common import (
     add_basis_argument,
@@ -94,7 +94,7 @@ def parse_snrs(text: str | None) -> list[float] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    io.check_output_folder(args.out)
+    files.check_output_folder(args.out)
     from crbnet.assessment.compare import resolve_estimators, training_snr
     from crbnet.assessment.evaluate import SNR_DEFINITION, evaluate, make_grid, sample_points
 
@@ -169,8 +169,8 @@ def format_gross_errors(summary: dict | None) -> str:
 
 def run_points(args: argparse.Namespace, model, estimators: list, snrs: list[float] | None,
                train_snr: float | None) -> int:
-    """``--points``: statistics at tissue points (see :mod:`crbnet.assessment.point_statistics`)."""
-    from crbnet.assessment.point_statistics import study, sweep_points, tissue_points
+    """``--points``: statistics at tissue points (see :mod:`crbnet.assessment.point_study`)."""
+    from crbnet.assessment.point_study import study, sweep_points, tissue_points
 
     points = tissue_points(model, args.points)
     if args.sweep:

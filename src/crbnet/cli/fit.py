@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from crbnet import estimators as baselines
-from crbnet import io
+from crbnet import files
 from crbnet.cli import _sizes
 from crbnet.cli._common import (
     add_basis_argument,
@@ -34,7 +34,7 @@ def add_option_argument(parser: argparse.ArgumentParser) -> None:
 
 def load_signals(path: str) -> np.ndarray:
     """A complex [N, T] (or [T]) array from a .npy file; InputError for anything else."""
-    return io.read_numeric_npy(path, "input")
+    return files.read_numeric_npy(path, "input")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
         raise InputError("--out and --m0-out name the same file")
     for path in outputs:
-        io.check_output_file(path)
+        files.check_output_file(path)
     model = model_in_basis(args, build_model(args))
     device = resolve_device(args.device)
     options = parse_options(args.option)
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     arrays = {args.out: theta}
     if args.m0_out:
         arrays[args.m0_out] = m0.cpu().numpy().astype(np.complex128)
-    io.write_npys(arrays)   # both files or neither
+    files.write_npys(arrays)   # both files or neither
     units = ", ".join(f"{p} [{model.units[p] or '-'}]" for p in model.parameters)
     print(f"wrote {args.out}: float64 {list(theta.shape)}, columns (SI): {units}")
     if args.m0_out:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from crbnet import io
+from crbnet import files
 from crbnet.cli._common import add_model_arguments, build_model, parse_assignments, sequence_line
 
 
@@ -18,11 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    io.check_output_file(args.out)
+    files.check_output_file(args.out)
     model = build_model(args)
     theta = model.theta_from_dict(parse_assignments(args.param), fill_defaults=True)
     signal = model.simulate(theta).numpy()
-    io.write_npy(args.out, signal)
+    files.write_npy(args.out, signal)
     print(f"wrote {args.out}: {signal.dtype} {list(signal.shape)} "
           f"({model.name}, {', '.join(f'{p}={v:g}' for p, v in zip(model.parameters, theta[0].tolist()))})")
     print(sequence_line(model))

@@ -757,7 +757,7 @@ def _write_outputs(out_dir: Path, overwrite: bool, source: SignalSource, model: 
                     estimator.name, summary["noise"]["method"],
                     summary["noise"]["sigma"] or float("nan"), tmp / "maps.png")
         finish(summary)
-        from crbnet.io import write_json
+        from crbnet.files import write_json
         write_json(tmp / "apply.json", summary)
 
 

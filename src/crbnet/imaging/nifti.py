@@ -54,7 +54,7 @@ import nibabel as nib
 import numpy as np
 
 from crbnet.errors import InputError, output_error
-from crbnet.io import (
+from crbnet.files import (
     atomic_path,
     check_not_full,
     check_output_folder,

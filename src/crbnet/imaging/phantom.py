@@ -537,7 +537,7 @@ def save_phantom(phantom: Phantom, directory: str | Path, *, compress: bool = Tr
             put(f"truth_{p}.nii.gz", values, np.float32, f"true {p} ({model.spec(p).unit or '1'})")
         put("truth_M0_magnitude.nii.gz", np.abs(phantom.m0), np.float32, "true |M0|")
         put("truth_M0_phase.nii.gz", np.angle(phantom.m0), np.float32, "true M0 phase (rad)")
-        from crbnet.io import write_json
+        from crbnet.files import write_json
         write_json(tmp / "phantom.json", info)
         names.append("phantom.json")
         if figure:

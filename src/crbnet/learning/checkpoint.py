@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from crbnet.errors import InputError
-from crbnet.io import atomic_path
+from crbnet.files import atomic_path
 from crbnet.physics import models, sequences
 from crbnet.physics.models.base import SignalModel
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from crbnet.learning import losses
-from crbnet.learning.data import NoisyBatch
+from crbnet.learning.batches import NoisyBatch
 from crbnet.learning.training_config import LossConfig
 from crbnet.physics.models.base import SignalModel
 from crbnet.stats.sampling import ParameterSampler

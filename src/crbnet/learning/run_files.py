@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 
-from crbnet import io as cio
+from crbnet import files as cio
 from crbnet.errors import InputError
 from crbnet.learning.checkpoint import NORMALIZATION, basis_to_real, model_to_dict, read, save
 from crbnet.learning.distributed import gather

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from crbnet.errors import ComputationError, InputError
 from crbnet.learning import losses
-from crbnet.learning.data import NoisyBatch, make_noisy
+from crbnet.learning.batches import NoisyBatch, make_noisy
 from crbnet.learning.distributed import (
     DistInfo,
     barrier,

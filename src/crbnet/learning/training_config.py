@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from crbnet import io as cio
+from crbnet import files as cio
 from crbnet.config import check_table, check_value
 from crbnet.errors import InputError
 from crbnet.learning import losses
@@ -41,7 +41,7 @@ class DataConfig:
         batch_size: noisy samples per batch and process.
         batches_per_epoch: batches per epoch (online).
         pool_size, pool_refresh: online pool (0 = fresh θ and CRB every batch); see
-            :class:`crbnet.learning.data.OnlineSource`.
+            :class:`crbnet.learning.batches.OnlineSource`.
         val_size: validation samples (offline: the last rows of the file, held out).
         block_rows, blocks_in_memory: offline streaming granularity.
         sampling: per-parameter range/distribution overrides.

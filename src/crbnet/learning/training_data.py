@@ -16,7 +16,7 @@ import torch
 
 from crbnet.errors import InputError
 from crbnet.learning import losses
-from crbnet.learning.data import (
+from crbnet.learning.batches import (
     CleanBatch,
     NoisyBatch,
     OnlineSource,
@@ -132,7 +132,7 @@ def _online(model: SignalModel, config: TrainConfig, dist: DistInfo, device: tor
 
 def _offline(model: SignalModel, config: TrainConfig, dist: DistInfo, device: torch.device,
              user_basis: torch.Tensor | None, init: InitCheckpoint | None) -> tuple:
-    from crbnet.learning.datasets import Dataset, HDF5Source, check_compatible
+    from crbnet.learning.hdf5_dataset import Dataset, HDF5Source, check_compatible
 
     cfg = config
     ds = Dataset(cfg.data.dataset)

@@ -287,7 +287,7 @@ def _load(path: Path, spec: R2slGridSpec) -> R2slTable | None:
 
 
 def _save(path: Path, table: R2slTable) -> None:
-    from crbnet.io import atomic_path
+    from crbnet.files import atomic_path
 
     with atomic_path(path) as tmp:
         np.savez(tmp, key=np.array(table.spec.key()), x_nodes=table.x_nodes,

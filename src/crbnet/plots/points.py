@@ -12,7 +12,7 @@ import numpy as np
 from crbnet.plots import save_figure, subplots
 
 if TYPE_CHECKING:  # pragma: no cover
-    from crbnet.assessment.point_statistics import PointStudy
+    from crbnet.assessment.point_study import PointStudy
 
 _ROWS = (("bias_over_sqrt_crb", "bias / √CRB", 0.0), ("std_over_sqrt_crb", "std / √CRB", 1.0))
 

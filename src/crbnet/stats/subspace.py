@@ -263,7 +263,7 @@ def basis_record(basis: torch.Tensor) -> dict:
 
 def save_basis(path: str | Path, basis: torch.Tensor) -> None:
     """Write U [T, K] complex128 as .npy (atomically)."""
-    from crbnet.io import write_npy
+    from crbnet.files import write_npy
 
     write_npy(str(path), basis.detach().to("cpu", torch.complex128).numpy())
 

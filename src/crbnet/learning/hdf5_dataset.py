@@ -31,10 +31,10 @@ import torch
 from tqdm.auto import tqdm
 
 from crbnet.errors import InputError
-from crbnet.io import atomic_path, hdf5_file
+from crbnet.files import atomic_path, hdf5_file
 from crbnet.limits import check_disk
 from crbnet.learning.checkpoint import model_from_dict, model_to_dict
-from crbnet.learning.data import CleanBatch, simulate_clean
+from crbnet.learning.batches import CleanBatch, simulate_clean
 from crbnet.physics.models.base import SignalModel
 from crbnet.stats.sampling import ParameterSampler, derived_generator
 from crbnet.stats.subspace import Subspace, basis_hash, fit_subspace, project, user_subspace

@@ -108,7 +108,7 @@ class _Moments:
         return m4 - 4 * m1 * m3 + 6 * m1 ** 2 * m2 - 3 * m1 ** 4
 
 
-def point_statistics(estimator: Estimator, points: Points, snr: float, realizations: int,
+def point_study(estimator: Estimator, points: Points, snr: float, realizations: int,
                      seed: int = 0, batch_size: int = 8192, classify: bool = True,
                      progress: bool | None = None) -> dict[str, Any]:
     """Statistics of one estimator at ``points`` and one SNR (module docstring).
@@ -272,12 +272,12 @@ class PointStudy:
         return "\n".join(lines) + "\n"
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
-        from crbnet import io
+        from crbnet import files
         from crbnet.plots.points import plot_point_study
 
         out_dir = Path(out_dir)
         paths = {"json": out_dir / "points.json", "png": out_dir / "points.png"}
-        io.write_json(paths["json"], self.to_json())
+        files.write_json(paths["json"], self.to_json())
         plot_point_study(self, paths["png"])
         return paths
 
@@ -297,7 +297,7 @@ def study(estimators: Sequence[tuple[str, Estimator]], points: Points, snrs: Seq
     model = estimators[0][1].model
     stats: dict[str, dict[float, dict[str, Any]]] = {}
     for i, (label, est) in enumerate(estimators):
-        stats[label] = {snr: point_statistics(est, points, snr, realizations,
+        stats[label] = {snr: point_study(est, points, snr, realizations,
                                               seed=seed + 7919 * i + 104729 * k,
                                               classify=classify, progress=progress)
                         for k, snr in enumerate(snrs)}
@@ -316,5 +316,5 @@ def study(estimators: Sequence[tuple[str, Estimator]], points: Points, snrs: Seq
     return result
 
 
-__all__ = ["Points", "PointStudy", "tissue_points", "sweep_points", "point_statistics",
+__all__ = ["Points", "PointStudy", "tissue_points", "sweep_points", "point_study",
            "welch_test", "study", "GROSS_ERROR_THRESHOLD"]

@@ -9,9 +9,9 @@ import torch
 
 import crbnet
 from crbnet.errors import InputError
-from crbnet.learning import data
+from crbnet.learning import batches
 from crbnet.stats import noise, sampling
-from crbnet.learning.datasets import Dataset, HDF5Source, check_compatible, write_dataset
+from crbnet.learning.hdf5_dataset import Dataset, HDF5Source, check_compatible, write_dataset
 from crbnet.stats.crb import crb as crb_fn
 from crbnet.stats.subspace import choose_k, crb_inflation, fit_subspace
 
@@ -51,9 +51,9 @@ def test_snr_draws():
 def test_make_noisy_scales_noise_and_crb_with_m0(t2):
     n = 4000
     theta = torch.full((n, 1), 0.08, dtype=torch.float64)
-    clean = data.simulate_clean(t2, theta, basis=None, coefficient_dtype=torch.complex128)
+    clean = batches.simulate_clean(t2, theta, basis=None, coefficient_dtype=torch.complex128)
     g = torch.Generator().manual_seed(3)
-    noisy = data.make_noisy(clean, 20.0, (0.5, 2.0), g)
+    noisy = batches.make_noisy(clean, 20.0, (0.5, 2.0), g)
     resid = noisy.signals - noisy.m0[:, None] * clean.coefficients
     sigma = noisy.m0.abs() / 20.0
     # per real/imaginary part, noise std is |M0|/SNR
@@ -70,8 +70,8 @@ def test_make_noisy_scales_noise_and_crb_with_m0(t2):
 
 def test_make_noisy_repeats_share_m0_not_noise(t2):
     theta = torch.tensor([[0.05], [0.2]], dtype=torch.float64)
-    clean = data.simulate_clean(t2, theta)
-    noisy = data.make_noisy(clean, 30.0, (1.0, 2.0), torch.Generator().manual_seed(0), repeats=4)
+    clean = batches.simulate_clean(t2, theta)
+    noisy = batches.make_noisy(clean, 30.0, (1.0, 2.0), torch.Generator().manual_seed(0), repeats=4)
     assert noisy.signals.shape == (8, t2.n_timepoints)
     assert torch.equal(noisy.theta[:4], theta[:1].expand(4, 1))
     assert torch.all(noisy.m0[:4] == noisy.m0[0]) and noisy.m0[0] != noisy.m0[4]
@@ -82,25 +82,25 @@ def test_online_pool_rebuild_equals_sequential_refresh(t2):
     """The pool at epoch e can be rebuilt directly — what --resume relies on."""
     s = sampling.sampler_from_spec(t2, {})
     kwargs = dict(batch_size=8, batches_per_epoch=2, pool_size=10, pool_refresh=4, seed=5)
-    seq = data.OnlineSource(t2, s, None, **kwargs)
+    seq = batches.OnlineSource(t2, s, None, **kwargs)
     for epoch in range(6):
         seq.start_epoch(epoch)
-    direct = data.OnlineSource(t2, s, None, **kwargs)
+    direct = batches.OnlineSource(t2, s, None, **kwargs)
     direct.start_epoch(5)
     assert torch.equal(seq.pool.theta, direct.pool.theta)
-    first = data.OnlineSource(t2, s, None, **kwargs)
+    first = batches.OnlineSource(t2, s, None, **kwargs)
     first.start_epoch(0)
     assert len(first.pool) == 10
     # blocks 4, 4, 2 have been replaced twice / twice / once by epoch 5: all different
     assert not torch.isin(seq.pool.theta, first.pool.theta).any()
-    other_rank = data.OnlineSource(t2, s, None, rank=1, **{k: v for k, v in kwargs.items()})
+    other_rank = batches.OnlineSource(t2, s, None, rank=1, **{k: v for k, v in kwargs.items()})
     other_rank.start_epoch(0)
     assert not torch.equal(other_rank.pool.theta, first.pool.theta)
 
 
 def test_fresh_online_batches_have_crbs(t2):
     s = sampling.sampler_from_spec(t2, {})
-    src = data.OnlineSource(t2, s, None, batch_size=16, batches_per_epoch=3, pool_size=0)
+    src = batches.OnlineSource(t2, s, None, batch_size=16, batches_per_epoch=3, pool_size=0)
     batches = list(src.batches(0, torch.Generator().manual_seed(0)))
     assert len(batches) == 3
     b = batches[0]

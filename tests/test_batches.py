@@ -101,11 +101,11 @@ def test_online_pool_rebuild_equals_sequential_refresh(t2):
 def test_fresh_online_batches_have_crbs(t2):
     s = sampling.sampler_from_spec(t2, {})
     src = batches.OnlineSource(t2, s, None, batch_size=16, batches_per_epoch=3, pool_size=0)
-    batches = list(src.batches(0, torch.Generator().manual_seed(0)))
-    assert len(batches) == 3
-    b = batches[0]
+    drawn = list(src.batches(0, torch.Generator().manual_seed(0)))
+    assert len(drawn) == 3
+    b = drawn[0]
     assert torch.allclose(b.crb, crb_fn(t2, b.theta), rtol=1e-12)
-    assert not torch.equal(batches[0].theta, batches[1].theta)
+    assert not torch.equal(drawn[0].theta, drawn[1].theta)
 
 
 def test_subspace_and_crb_inflation(t2):

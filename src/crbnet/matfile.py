@@ -51,14 +51,23 @@ class MatVariable:
         dtype: numpy dtype of what :meth:`read` returns (complex for complex variables; bool for
             MATLAB ``logical``).
         version: ``"v7.3"`` or ``"v5"``.
+        matlab_class: MATLAB's class (``double``, ``single``, ``int16``, ``logical``, ... and,
+            for variables listed with ``numeric_only=False``, ``char``, ``cell``, ``struct``);
+            ``dtype`` is None for those that hold no numbers.
     """
 
     path: Path
     name: str
     shape: tuple[int, ...]
-    dtype: np.dtype
+    dtype: np.dtype | None
     version: str
     _array: np.ndarray | None = None          # v5: the whole array, already loaded
+    matlab_class: str = "double"
+
+    @property
+    def numeric(self) -> bool:
+        """True for a non-empty array of numbers (real, complex or logical)."""
+        return self.dtype is not None and 0 not in self.shape
 
     def read(self, index: tuple[slice, ...] | None = None) -> np.ndarray:
         """The variable, or the box ``index`` of it (one slice per MATLAB axis)."""
@@ -94,13 +103,22 @@ def is_v73(path: str | Path) -> bool:
     return bool(h5py.is_hdf5(str(path)))
 
 
-def variables(path: str | Path, what: str = "MATLAB file") -> dict[str, MatVariable]:
-    """The numeric variables of a .mat file, by name (structs, cells and strings are left out).
+def variables(path: str | Path, what: str = "MATLAB file",
+              numeric_only: bool = True) -> dict[str, MatVariable]:
+    """The variables of a .mat file, by name: the non-empty numeric ones, or with
+    ``numeric_only=False`` every one (structs, cells, text and empty arrays too, their
+    ``matlab_class`` saying which), for readers that name what is wrong with a variable.
     A file that is not a readable .mat file is one :class:`InputError` line."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} not found: {path}")
-    return _v73_variables(path, what) if is_v73(path) else _v5_variables(path, what)
+    found = _v73_variables(path, what) if is_v73(path) else _v5_variables(path, what)
+    return {k: v for k, v in found.items() if v.numeric or not numeric_only}
+
+
+def _not_a_mat_file(what: str, path: Path, exc: Exception) -> InputError:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return InputError(f"{what} {path} is not a MATLAB .mat file (v5 or v7.3): {reason}")
 
 
 def _v73_variables(path: Path, what: str) -> dict[str, MatVariable]:
@@ -110,18 +128,33 @@ def _v73_variables(path: Path, what: str) -> dict[str, MatVariable]:
     try:
         with h5py.File(path, "r") as fh:
             for name, node in fh.items():
-                if not isinstance(node, h5py.Dataset) or name.startswith("#"):
+                if name.startswith("#"):      # MATLAB's own references, not variables
                     continue
-                dtype = _numpy_dtype(node)
-                if dtype is None or node.attrs.get("MATLAB_empty", 0):
+                if not isinstance(node, h5py.Dataset):
+                    out[name] = MatVariable(path, name, (), None, "v7.3", None, "struct")
                     continue
                 shape = tuple(int(n) for n in reversed(node.shape))
                 if len(shape) == 1:           # not written by MATLAB, but read the same way
                     shape = shape + (1,)
-                out[name] = MatVariable(path, name, shape, dtype, "v7.3")
+                if node.attrs.get("MATLAB_empty", 0):
+                    shape = (0, 0)            # MATLAB stores an empty array's shape as its data
+                out[name] = MatVariable(path, name, shape, _numpy_dtype(node), "v7.3", None,
+                                        _matlab_class(node))
     except OSError as exc:
-        raise InputError(f"cannot read {what} {path} (HDF5 / MATLAB v7.3): {exc}") from None
+        raise _not_a_mat_file(what, path, exc) from None
     return out
+
+
+def _matlab_class(node: Any) -> str:
+    """A v7.3 dataset's MATLAB class (its attribute; from the dtype where it has none)."""
+    matlab_class = node.attrs.get("MATLAB_class", b"")
+    if isinstance(matlab_class, bytes):
+        matlab_class = matlab_class.decode("ascii", "replace")
+    if matlab_class:
+        return str(matlab_class)
+    base = np.dtype(node.dtype["real"]) if node.dtype.names and "real" in node.dtype.names \
+        else np.dtype(node.dtype)
+    return _CLASS_OF_DTYPE.get(base, "logical" if base.kind == "b" else str(base))
 
 
 def _numpy_dtype(node: Any) -> np.dtype | None:
@@ -146,16 +179,29 @@ def _v5_variables(path: Path, what: str) -> dict[str, MatVariable]:
 
     try:
         data = scipy.io.loadmat(str(path))
-    except (ValueError, OSError, TypeError, NotImplementedError) as exc:
-        raise InputError(f"cannot read {what} {path} as a MATLAB file: {exc}") from None
+    except Exception as exc:  # scipy raises several types for files that are not MAT files
+        raise _not_a_mat_file(what, path, exc) from None
     out: dict[str, MatVariable] = {}
     for name, value in data.items():
-        if name.startswith("__") or not isinstance(value, np.ndarray) \
-                or value.dtype.kind not in "biufc" or value.size == 0:
+        if name.startswith("__") or not isinstance(value, np.ndarray):
             continue
-        out[name] = MatVariable(path, name, tuple(int(n) for n in value.shape), value.dtype,
-                                "v5", value)
+        numeric = value.dtype.kind in "biufc"
+        out[name] = MatVariable(path, name, tuple(int(n) for n in value.shape),
+                                value.dtype if numeric else None, "v5", value,
+                                _v5_class(value.dtype))
     return out
+
+
+def _v5_class(dtype: np.dtype) -> str:
+    """The MATLAB class scipy's loadmat array stands for."""
+    base = np.empty(0, dtype).real.dtype if dtype.kind == "c" else dtype
+    if dtype.kind in "US":
+        return "char"
+    if dtype.kind == "O":
+        return "cell"
+    if dtype.kind == "V":
+        return "struct"
+    return _CLASS_OF_DTYPE.get(base, "logical" if dtype.kind == "b" else str(dtype))
 
 
 # --------------------------------------------------------------------------------------------

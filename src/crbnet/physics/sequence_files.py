@@ -1,5 +1,5 @@
 """Reading sequence files: JSON (every kind), control-point CSV (``mt``) and MATLAB ``.mat``
-(``segmented``, v5 through scipy and v7.3 through h5py).
+(``segmented``, v5 and v7.3, through :mod:`crbnet.matfile`, which also reads images and bases).
 
 :func:`load_for` picks the kind a file holds among the kinds a model accepts: a ``.mat`` file is
 read by a kind that reads ``.mat`` files, a ``.csv`` file by one that reads CSV, and a JSON
@@ -25,12 +25,12 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from crbnet import matfile
+from crbnet.errors import InputError
+from crbnet.matfile import MatVariable
 from crbnet.physics import sequences as seqs
 from crbnet.physics.sequences import SequenceError
 
-#: MATLAB classes whose arrays hold numbers (``MATLAB_class`` of a v7.3 dataset).
-_NUMERIC_CLASSES = {"double", "single", "int8", "uint8", "int16", "uint16", "int32", "uint32",
-                    "int64", "uint64", "logical"}
 #: Variables of a ``.mat`` sequence file: required, then optional.
 MAT_REQUIRED = ("alpha", "TRF")
 MAT_OPTIONAL = ("TR", "inversion")
@@ -38,68 +38,32 @@ MAT_OPTIONAL = ("TR", "inversion")
 
 # ---- .mat ------------------------------------------------------------------------------------
 
-def _check_numeric(path: Path, name: str, value: np.ndarray, matlab_class: str | None) -> None:
-    """Refuse complex, text, cell, struct and other non-numeric MATLAB variables."""
-    if np.iscomplexobj(value) or (value.dtype.names is not None
-                                  and set(value.dtype.names) >= {"real", "imag"}):
-        raise SequenceError(f"{path}: variable {name!r} is complex; it must be real")
-    if matlab_class is not None and matlab_class not in _NUMERIC_CLASSES:
-        raise SequenceError(f"{path}: variable {name!r} is a MATLAB {matlab_class}, not a "
-                            "numeric array")
-    if value.dtype.kind not in "fiub":
-        raise SequenceError(f"{path}: variable {name!r} is not a numeric array "
-                            f"(stored as {value.dtype})")
-    if name != "inversion" and (value.dtype.kind == "b" or matlab_class == "logical"):
-        raise SequenceError(f"{path}: variable {name!r} is logical; it must hold numbers")
+def _numeric_array(variable: MatVariable) -> np.ndarray:
+    """The variable's array in MATLAB's orientation; a struct, cell, text, empty, complex or
+    (except ``inversion``) logical variable is refused, naming what it is."""
+    where = f"{variable.path}: variable {variable.name!r}"
+    if variable.dtype is None:
+        group = " or group" if variable.matlab_class == "struct" else ""
+        raise SequenceError(f"{where} is a MATLAB {variable.matlab_class}{group}, not a numeric "
+                            "array")
+    if 0 in variable.shape:
+        raise SequenceError(f"{where} is empty")
+    if variable.dtype.kind == "c":
+        raise SequenceError(f"{where} is complex; it must be real")
+    if variable.name != "inversion" and (variable.dtype.kind == "b"
+                                         or variable.matlab_class == "logical"):
+        raise SequenceError(f"{where} is logical; it must hold numbers")
+    return variable.read()
 
 
-def _read_v73(path: Path) -> dict[str, np.ndarray]:
-    """The sequence variables of a v7.3 (HDF5) file in MATLAB's orientation (dims reversed
-    back from HDF5's)."""
-    import h5py
-
-    out: dict[str, np.ndarray] = {}
+def _read_variables(path: Path) -> dict[str, np.ndarray]:
+    """The sequence variables of a .mat file (v5 or v7.3) in MATLAB's orientation."""
     try:
-        with h5py.File(path, "r") as fh:
-            for name in MAT_REQUIRED + MAT_OPTIONAL:
-                if name not in fh:
-                    continue
-                node = fh[name]
-                if not isinstance(node, h5py.Dataset):
-                    raise SequenceError(f"{path}: variable {name!r} is a MATLAB struct or "
-                                        "group, not a numeric array")
-                cls = node.attrs.get("MATLAB_class")
-                cls = cls.decode() if isinstance(cls, bytes) else cls
-                if node.attrs.get("MATLAB_empty", 0):
-                    raise SequenceError(f"{path}: variable {name!r} is empty")
-                value = node[()]
-                if not isinstance(value, np.ndarray):
-                    value = np.asarray(value)
-                _check_numeric(path, name, value, cls)
-                out[name] = value.T          # HDF5 holds MATLAB's dims reversed
-    except OSError as exc:
-        raise SequenceError(f"cannot read {path} as a MATLAB v7.3 (HDF5) file: {exc}") from None
-    return out
-
-
-def _read_v5(path: Path) -> dict[str, np.ndarray]:
-    """The sequence variables of a v5 (or v4/v6) MAT file in MATLAB's orientation."""
-    import scipy.io
-
-    try:
-        data = scipy.io.loadmat(str(path), variable_names=list(MAT_REQUIRED + MAT_OPTIONAL),
-                                squeeze_me=False, mat_dtype=False)
-    except Exception as exc:  # scipy raises several types for files that are not MAT files
-        raise SequenceError(f"{path} is not a MATLAB .mat file (v5 or v7.3): "
-                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-                            ) from None
-    out = {}
-    for name in MAT_REQUIRED + MAT_OPTIONAL:
-        if name in data:
-            value = np.asarray(data[name])
-            _check_numeric(path, name, value, None)
-            out[name] = value
-    return out
+        found = matfile.variables(path, "sequence file", numeric_only=False)
+    except InputError as exc:
+        raise SequenceError(str(exc)) from None
+    return {name: _numeric_array(found[name]) for name in MAT_REQUIRED + MAT_OPTIONAL
+            if name in found}
 
 
 def _segments(path: Path, name: str, matlab: np.ndarray) -> np.ndarray:
@@ -125,12 +89,10 @@ def read_mat(path: str | Path) -> "seqs.SegmentedSequence":
     ``TRF`` (s), pulses × segments, and optionally a scalar ``TR`` (s) and a logical
     ``inversion`` of the same size. v7.3 files (HDF5) are read with h5py, older ones with
     scipy.io.loadmat; see the module docstring for the orientation rule."""
-    import h5py
-
     path = Path(path)
     if not path.is_file():
         raise SequenceError(f"sequence file not found: {path}")
-    data = _read_v73(path) if h5py.is_hdf5(path) else _read_v5(path)
+    data = _read_variables(path)
     missing = [n for n in MAT_REQUIRED if n not in data]
     if missing:
         raise SequenceError(f"{path} has no variable(s) {', '.join(missing)}; a .mat sequence "

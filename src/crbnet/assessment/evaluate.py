@@ -42,7 +42,7 @@ from crbnet.assessment.gross_errors import GROSS_ERROR_THRESHOLD, KINDS, classif
 from crbnet.errors import InputError
 from crbnet.estimators.dictionary import parameter_axis
 from crbnet.estimators.protocol import Estimator
-from crbnet.learning.losses import crb_normalized, finite_crb
+from crbnet.stats.metrics import crb_normalized, finite_crb
 from crbnet.physics.models.base import SignalModel, resolve_ranges
 from crbnet.stats.crb import SingularFisherWarning, crb
 from crbnet.stats.noise import SNR_DEFINITION as _SNR

@@ -1,6 +1,5 @@
-"""crbnet's default sequences, defined in code (and one shipped JSON file), so that the
-installed package needs no data files of the user's: the designed hybrid-state MT train, a FISP
-fingerprinting schedule, echo and inversion times.
+"""crbnet's default sequences: the designed hybrid-state MT train (shipped as package data), a
+FISP fingerprinting schedule, echo and inversion times (defined in code).
 """
 
 from __future__ import annotations

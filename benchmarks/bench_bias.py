@@ -165,7 +165,8 @@ def main() -> None:
 
     import crbnet
     from crbnet.assessment.compare import box_options, compare, make_comparison_set, training_ranges
-    from crbnet.assessment.point_study import study, tissue_points
+    from crbnet.assessment.point_study import study
+    from crbnet.assessment.points import tissue_points
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     import crbnet
-    from crbnet import baselines
+    from crbnet import estimators as estimator_registry
     from crbnet.assessment.compare import (
         gross_error_fractions,
         make_comparison_set,
@@ -106,14 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(n) for n in args.dictionary_points.split(",") if n.strip()] or [None]
     dictionaries = {}
     for n_points in sizes:
-        dictionary = baselines.get("dictionary", model, device=args.device, n_points=n_points,
+        dictionary = estimator_registry.get("dictionary", model, device=args.device, n_points=n_points,
                                    refine=not args.plain_dictionary)
         start = time.perf_counter()
         dictionary.build()
         label = "dictionary" if len(sizes) == 1 else f"dictionary {dictionary.n_atoms}"
         dictionaries[label] = (dictionary, time.perf_counter() - start)
         estimators.append((label, dictionary, test))
-    nlls = baselines.get("nlls", model, device=args.device, progress=True)
+    nlls = estimator_registry.get("nlls", model, device=args.device, progress=True)
     start = time.perf_counter()
     nlls.start_dictionary.build()
     nlls_setup = time.perf_counter() - start

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     import crbnet
-    from crbnet import baselines
+    from crbnet import estimators
     from crbnet.assessment.evaluate import evaluate, make_grid
     from crbnet.files import write_json
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(|M0|/sigma, |M0| = 1), {args.threads} thread(s)", flush=True)
     results = {}
     for method in ("nlls", "dictionary"):
-        est = baselines.get(method, model, progress=False)
+        est = estimators.get(method, model, progress=False)
         start = time.perf_counter()
         res = evaluate(est, grid, snr=args.snr, realizations=R, seed=args.seed, progress=True)
         wall = time.perf_counter() - start

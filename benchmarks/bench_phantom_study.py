@@ -56,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_estimators(args, device):
     """``{label: estimator}`` and the common model."""
-    from crbnet import baselines, models
+    from crbnet import estimators as estimator_registry
+    from crbnet import models
     from crbnet.errors import InputError
     from crbnet.estimators import network
     from crbnet.physics.sequences import sequence_hash
@@ -86,9 +87,9 @@ def load_estimators(args, device):
     elif args.model and args.model != model.name:
         raise InputError(f"--model {args.model} differs from the checkpoints' {model.name}")
     if not args.no_nlls:
-        estimators["NLLS"] = baselines.get("nlls", model)
+        estimators["NLLS"] = estimator_registry.get("nlls", model)
     if args.dictionary:
-        estimators["dictionary"] = baselines.get("dictionary", model)
+        estimators["dictionary"] = estimator_registry.get("dictionary", model)
     if not estimators:
         raise InputError("no estimator to run")
     return estimators, model

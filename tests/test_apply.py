@@ -192,7 +192,7 @@ def test_input_variants_give_the_same_maps_with_the_input_header(phantom, tmp_pa
     mask = write(tmp_path / "mask.nii.gz", phantom.mask.astype(np.uint8), affine)
     common = ["--method", "nlls", "--model", "t2_decay", "--mask", str(mask),
               "--no-uncertainty"]
-    pytest.importorskip("crbnet.baselines")
+    pytest.importorskip("crbnet.estimators")
     runs = {"complex": ["--input", str(c)],
             "real_imag": ["--real", str(tmp_path / "re.nii.gz"),
                           "--imag", str(tmp_path / "im.nii.gz")],
@@ -293,7 +293,7 @@ def test_bad_input_exits_2_and_writes_nothing(phantom_dir, tmp_path, capsys):
 
 
 def test_cli_phantom_to_maps(phantom_dir, tmp_path, capsys):
-    pytest.importorskip("crbnet.baselines")
+    pytest.importorskip("crbnet.estimators")
     out = tmp_path / "maps"
     assert main(["apply", "--method", "nlls", "--model", "t2_decay", "--input",
                  str(phantom_dir / "signal.nii.gz"), "--mask", str(phantom_dir / "mask.nii.gz"),

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import crbnet
-from crbnet import baselines, sequences
+from crbnet import estimators, sequences
 from crbnet.assessment.evaluate import evaluate, make_grid
 from crbnet.cli.app import main
 from crbnet.errors import InputError
@@ -49,19 +49,19 @@ def fisp_dictionary(fisp):
 
 # ---- factory ---------------------------------------------------------------------------------
 def test_factory_and_interface(fisp):
-    nlls = baselines.get("nlls", fisp, n_starts=3)
-    dic = baselines.get("dictionary", fisp, n_points=5)
+    nlls = estimators.get("nlls", fisp, n_starts=3)
+    dic = estimators.get("dictionary", fisp, n_points=5)
     assert isinstance(nlls, NLLSEstimator) and nlls.n_starts == 3
     assert isinstance(dic, DictionaryEstimator) and dic.n_atoms == 25
     for est in (nlls, dic):
         assert est.model is fisp and est.parameters == ("T1", "T2") and isinstance(est.name, str)
         assert isinstance(est, crbnet.estimators.protocol.Estimator)
     with pytest.raises(InputError, match="unknown method"):
-        baselines.get("svm", fisp)
+        estimators.get("svm", fisp)
     with pytest.raises(InputError, match="unknown option"):
-        baselines.get("nlls", fisp, n_start=2)
+        estimators.get("nlls", fisp, n_start=2)
     with pytest.raises(InputError):
-        baselines.get("dictionary", fisp, ranges={"T1": (2.0, 1.0)})
+        estimators.get("dictionary", fisp, ranges={"T1": (2.0, 1.0)})
 
 
 # ---- dictionary matching -----------------------------------------------------------------------
@@ -262,7 +262,7 @@ def test_fit_command_round_trip(tmp_path, capsys):
         assert "T2" in printed
         estimates = np.load(out)
         assert estimates.dtype == np.float64 and estimates.shape == (3, 1)
-        expected = baselines.get(method, model).predict(signals).numpy()
+        expected = estimators.get(method, model).predict(signals).numpy()
         np.testing.assert_array_equal(estimates, expected)
         if method == "nlls":
             np.testing.assert_allclose(estimates, truth.numpy(), rtol=1e-9)

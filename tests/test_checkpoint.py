@@ -11,7 +11,8 @@ from crbnet.errors import InputError
 from crbnet.estimators.protocol import Estimator, as_signal_tensor
 from crbnet.learning import checkpoint
 from crbnet.learning.nets import invariant_features
-from crbnet.train import Trainer, build_config
+from crbnet.learning.trainer import Trainer
+from crbnet.learning.training_config import build_config
 
 TINY = {"data": {"batches_per_epoch": 5, "batch_size": 64, "val_size": 64},
         "subspace": {"n_fit": 256, "n_check": 8},

@@ -17,7 +17,8 @@ from crbnet.estimators import protocol as estimator
 from crbnet.estimators.nlls import NLLSEstimator
 from crbnet.learning import losses
 from crbnet.testing import check_estimator, check_loss, check_model
-from crbnet.train import Trainer, build_config
+from crbnet.learning.trainer import Trainer
+from crbnet.learning.training_config import build_config
 
 EXAMPLE = (f"{Path(__file__).resolve().parents[1] / 'examples' / 'two_compartment_t2.py'}"
            ":TwoCompartmentT2")

@@ -226,7 +226,7 @@ def test_points_from_tissue_names_and_csv(tmp_path):
     model = models.get("mt_hybrid_state", fixed={"B1": 1.0, "T1s": 1.0})
     labels, theta = load_points(model, ["WM,GM"])
     assert labels == ["WM", "GM"] and theta.shape == (2, 5)
-    from crbnet.imaging.phantom import tissue_table
+    from crbnet.physics.tissues import tissue_table
     assert theta[0, model.parameters.index("m0s")] == tissue_table(model.name)["WM"]["m0s"][0]
     csv_file = tmp_path / "pts.csv"
     csv_file.write_text("label,m0s,T2f\nlesion-like,0.05,0.12\n")

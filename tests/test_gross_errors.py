@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import crbnet
-from crbnet import baselines, sequences
+from crbnet import estimators, sequences
 from crbnet.assessment.evaluate import evaluate, make_grid
 from crbnet.assessment.gross_errors import classify_gross_errors, projected_cost
 from crbnet.cli import app as cli
@@ -81,7 +81,7 @@ def test_the_built_model_has_secondary_minima(model):
 def test_grid_evaluation_reports_local_minima_of_a_badly_started_fit(model, tmp_path):
     # One start from a two-atom dictionary (Δf = ±150 Hz): a truth at 0 Hz is 150 Hz away, so
     # every fit descends into a side lobe of its start — a local minimum, cost above the truth's.
-    bad = baselines.get("nlls", model, n_starts=1, start_points=2)
+    bad = estimators.get("nlls", model, n_starts=1, start_points=2)
     assert bad.start_dictionary.atoms_theta[:, 0].tolist() == [-150.0, 150.0]
     grid = make_grid(model, 5)                       # -120, -60, 0, 60, 120 Hz
     result = evaluate(bad, grid, snr=50, realizations=8, seed=0)
@@ -96,7 +96,7 @@ def test_grid_evaluation_reports_local_minima_of_a_badly_started_fit(model, tmp_
     assert summary["local_minimum_fraction"] > 0.2
     # the same fit with the default starts (a dense start dictionary) has no gross error at all:
     # the local minima came from the starts, not from the classification
-    good = evaluate(baselines.get("nlls", model), grid, snr=50, realizations=8, seed=0)
+    good = evaluate(estimators.get("nlls", model), grid, snr=50, realizations=8, seed=0)
     assert good.gross_error_summary()["n_gross"] == 0
     # written to the JSON (summary and per point) and the PNG
     paths = result.save(tmp_path / "ev")
@@ -109,7 +109,7 @@ def test_grid_evaluation_reports_local_minima_of_a_badly_started_fit(model, tmp_
 def test_a_well_started_fit_at_low_snr_finds_alternative_solutions(model):
     # At SNR 0.5 the noise sometimes makes a side lobe deeper than the truth's lobe; NLLS with
     # dense starts finds that deeper minimum: gross errors at a cost *below* the truth's.
-    result = evaluate(baselines.get("nlls", model), make_grid(model, 5), snr=0.5,
+    result = evaluate(estimators.get("nlls", model), make_grid(model, 5), snr=0.5,
                       realizations=10, seed=0)
     summary = result.gross_error_summary()
     assert summary["n_alternative"] >= 3
@@ -121,7 +121,7 @@ def test_dictionary_estimates_are_classified_too(model):
     # three atoms (-150, 0, 150 Hz): off-atom truths at high SNR end at an atom that fits worse
     # than the truth (the grid spacing, reported as "local minimum"); the truth on an atom is
     # exact
-    dictionary = baselines.get("dictionary", model, n_points=3)
+    dictionary = estimators.get("dictionary", model, n_points=3)
     assert dictionary.atoms_theta[:, 0].tolist() == [-150.0, 0.0, 150.0]
     result = evaluate(dictionary, make_grid(model, 5), snr=50, realizations=4, seed=0)
     frac = result.gross_error_fractions()

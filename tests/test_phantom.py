@@ -12,8 +12,9 @@ import torch
 from crbnet import models
 from crbnet.cli.app import main
 from crbnet.errors import InputError
-from crbnet.imaging.phantom import LABELS, PROTON_DENSITY, make_phantom, save_phantom, tissue_table
+from crbnet.imaging.phantom import LABELS, make_phantom, save_phantom
 from crbnet.physics.sequences import sequence_hash
+from crbnet.physics.tissues import PROTON_DENSITY, tissue_table
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -22,7 +22,8 @@ from crbnet.stats.crb import crb
 from crbnet.stats.projected import ProjectedModel
 from crbnet.stats.sampling import ParameterSampler
 from crbnet.stats.subspace import basis_hash, fit_subspace, load_basis
-from crbnet.train import Trainer, build_config
+from crbnet.learning.trainer import Trainer
+from crbnet.learning.training_config import build_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,14 +9,8 @@ import torch
 from scipy import stats
 
 import crbnet
-from crbnet.assessment.point_study import (
-    Points,
-    point_study,
-    study,
-    sweep_points,
-    tissue_points,
-    welch_test,
-)
+from crbnet.assessment.point_study import point_study, study, welch_test
+from crbnet.assessment.points import Points, sweep_points, tissue_points
 from crbnet.cli import app as cli
 from crbnet.errors import InputError
 from crbnet.stats.crb import crb

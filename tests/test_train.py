@@ -14,7 +14,8 @@ import torch
 
 import crbnet
 from crbnet.cli import app as cli
-from crbnet.train import Trainer, build_config, parse_set_option
+from crbnet.learning.trainer import Trainer
+from crbnet.learning.training_config import build_config, parse_set_option
 
 # Tiny settings shared by the tests: a few batches, a small network.
 TINY = ["--set", "data.batches_per_epoch=4", "--set", "data.batch_size=64",

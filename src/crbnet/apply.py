@@ -1,5 +1,6 @@
-"""Stable public name ``crbnet.apply`` (used in the README and by user code); the implementation
-lives in :mod:`crbnet.imaging.apply`."""
+"""Deprecated: use :mod:`crbnet.imaging.apply` (``crbnet.imaging.apply.apply_to_volume``).
+Every name still works and warns (DeprecationWarning)."""
 
-from crbnet.imaging.apply import *  # noqa: F403
-from crbnet.imaging.apply import __all__  # noqa: F401
+from crbnet import _deprecated
+
+__getattr__, __dir__ = _deprecated.forwarding(__name__, "crbnet.imaging.apply")

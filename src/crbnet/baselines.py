@@ -1,5 +1,7 @@
-"""Stable public name ``crbnet.baselines`` (used in the README and by user code); the implementation
-lives in :mod:`crbnet.estimators`."""
+"""Deprecated: ``crbnet.baselines`` re-exported the estimators under a misleading name; use
+:mod:`crbnet.estimators` (``crbnet.estimators.get("nlls", model)``). Every name still works and
+warns (DeprecationWarning)."""
 
-from crbnet.estimators import *  # noqa: F403
-from crbnet.estimators import __all__  # noqa: F401
+from crbnet import _deprecated
+
+__getattr__, __dir__ = _deprecated.forwarding(__name__, "crbnet.estimators")

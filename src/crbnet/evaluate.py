@@ -1,14 +1,9 @@
-"""Stable public name ``crbnet.evaluate`` (used in the README and by user code); the implementation
-lives in :mod:`crbnet.assessment.evaluate`."""
+"""Deprecated: use :mod:`crbnet.assessment.evaluate` (``crbnet.assessment.evaluate.evaluate``).
+Every name still works and warns (DeprecationWarning)."""
 
-from crbnet.assessment.evaluate import (  # noqa: F401
-    METRICS,
-    SNR_DEFINITION,
-    EvaluationResult,
-    Grid,
-    evaluate,
-    make_grid,
-    sample_points,
-)
+from crbnet import _deprecated
 
-__all__ = ["evaluate", "make_grid", "sample_points", "Grid", "EvaluationResult", "METRICS", "SNR_DEFINITION"]
+__getattr__, __dir__ = _deprecated.forwarding(__name__, {
+    name: "crbnet.assessment.evaluate" for name in (
+        "evaluate", "make_grid", "sample_points", "Grid", "EvaluationResult", "METRICS",
+        "SNR_DEFINITION")})

@@ -1,5 +1,7 @@
-"""Stable public name ``crbnet.phantom`` (used in the README and by user code); the implementation
-lives in :mod:`crbnet.imaging.phantom`."""
+"""Deprecated: use :mod:`crbnet.imaging.phantom` (``crbnet.imaging.phantom.make_phantom``); the
+tissue tables are in :mod:`crbnet.physics.tissues`. Every name still works and warns
+(DeprecationWarning)."""
 
-from crbnet.imaging.phantom import *  # noqa: F403
-from crbnet.imaging.phantom import __all__  # noqa: F401
+from crbnet import _deprecated
+
+__getattr__, __dir__ = _deprecated.forwarding(__name__, "crbnet.imaging.phantom")

@@ -28,7 +28,7 @@ from crbnet.errors import InputError
 from crbnet.estimators.network import load, require_same_model
 from crbnet.estimators.protocol import Estimator, accepted
 from crbnet.learning import losses as loss_registry
-from crbnet.learning.losses import crb_normalized, finite_crb
+from crbnet.stats.metrics import crb_normalized, finite_crb
 from crbnet.physics.models import same_model
 from crbnet.physics.models.base import SignalModel
 from crbnet.stats.crb import SingularFisherWarning, crb

@@ -42,7 +42,7 @@ from crbnet.assessment.gross_errors import GROSS_ERROR_THRESHOLD, KINDS, classif
 from crbnet.errors import InputError
 from crbnet.estimators.dictionary import parameter_axis
 from crbnet.estimators.protocol import Estimator
-from crbnet.learning.losses import crb_normalized, finite_crb
+from crbnet.stats.metrics import crb_normalized, finite_crb
 from crbnet.physics.models.base import SignalModel, resolve_ranges
 from crbnet.stats.crb import SingularFisherWarning, crb
 from crbnet.stats.noise import SNR_DEFINITION as _SNR
@@ -343,6 +343,15 @@ class _PointStats:
         self.count[points] = n
         self.sq[points] += (e ** 2).sum(1)
 
+    def moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(bias, std, MSE)`` [G, P] of the errors so far; NaN where too few are finite."""
+        count = self.count
+        with np.errstate(invalid="ignore", divide="ignore"):
+            bias = np.where(count > 0, self.mean, np.nan)
+            std = np.where(count > 1, np.sqrt(self.m2 / np.maximum(count - 1, 1)), np.nan)
+            mse = np.where(count > 0, self.sq / np.maximum(count, 1), np.nan)
+        return bias, std, mse
+
 
 def evaluate(estimator: Estimator, grid: Grid | torch.Tensor, snr: float = 100.0,
              realizations: int = 100, seed: int = 0, batch_size: int = 8192,
@@ -374,22 +383,10 @@ def evaluate(estimator: Estimator, grid: Grid | torch.Tensor, snr: float = 100.0
     from tqdm.auto import tqdm
 
     model = estimator.model
-    if not isinstance(grid, Grid):
-        grid = Grid(theta=torch.as_tensor(grid, dtype=torch.float64))
-    theta = grid.theta.to(torch.float64).cpu()
-    model.check_theta(theta)
-    if not (isinstance(snr, (int, float)) and math.isfinite(snr) and snr > 0):
-        raise InputError(f"SNR must be a positive number, got {snr!r}")
-    if realizations < 2:
-        raise InputError("at least 2 noise realizations per point are needed for a std")
-    if tuple(estimator.parameters) != tuple(model.parameters):
-        raise InputError(f"estimator parameters {list(estimator.parameters)} differ from the "
-                         f"model's {list(model.parameters)}")
+    grid, theta = _checked_inputs(estimator, grid, snr, realizations)
     G, P, R = theta.shape[0], model.n_parameters, int(realizations)
     sigma = 1.0 / snr
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SingularFisherWarning)
-        bound = crb(model, theta, sigma=sigma).numpy()
+    bound = _bounds(model, theta, sigma)
     generator = torch.Generator().manual_seed(seed)
     truth = theta.numpy()
     stats = _PointStats(G, P)
@@ -399,19 +396,7 @@ def evaluate(estimator: Estimator, grid: Grid | torch.Tensor, snr: float = 100.0
     def noisy(f_points: torch.Tensor, r: int) -> torch.Tensor:
         return noisy_measurements(f_points.repeat_interleave(r, 0), sigma, generator)[0]
 
-    def count_gross(pts: slice, signals: torch.Tensor, est: np.ndarray) -> None:
-        g, r = est.shape[0], est.shape[1]
-        kinds = classify_gross_errors(model, signals.cpu(), torch.from_numpy(est.reshape(-1, P)),
-                                      theta[pts].repeat_interleave(r, 0),
-                                      torch.from_numpy(bound[pts]).repeat_interleave(r, 0))
-        for kind in KINDS:
-            gross_counts[kind][pts] += kinds[kind].view(g, r).sum(1).numpy()
-
-    # Warm-up (untimed, separate generator so the evaluation draws do not depend on it).
-    warm_gen = torch.Generator().manual_seed(seed + 1)
-    f0 = model.simulate(theta[:1])
-    with torch.no_grad():
-        estimator.predict(add_noise(f0.repeat(2, 1), sigma, warm_gen))
+    _warm_up(estimator, theta, sigma, seed)
 
     points_per_block = max(1, batch_size // R)
     real_per_block = min(R, batch_size)
@@ -432,26 +417,79 @@ def evaluate(estimator: Estimator, grid: Grid | torch.Tensor, snr: float = 100.0
             if est.shape != (y.shape[0], P):
                 raise InputError(f"estimator returned shape {list(est.shape)}, expected "
                                  f"{[y.shape[0], P]}")
-            est = est.reshape(-1, r, P)
-            bad = ~np.isfinite(est).all(-1)
-            n_failed[pts] += bad.sum(1)
-            est = np.where(bad[..., None], np.nan, est)
-            stats.add(pts, est - truth[pts][:, None, :])
+            est = _accumulate(est.reshape(-1, r, P), pts, truth, stats, n_failed)
             if gross_counts is not None:
-                count_gross(pts, y, est)
+                _count_gross(model, pts, y, est, theta, bound, gross_counts)
             if on_block is not None:
                 on_block(pts, y, est)
             bar.update(y.shape[0])
     bar.close()
 
-    count = stats.count
-    with np.errstate(invalid="ignore", divide="ignore"):
-        bias = np.where(count > 0, stats.mean, np.nan)
-        std = np.where(count > 1, np.sqrt(stats.m2 / np.maximum(count - 1, 1)), np.nan)
-        mse = np.where(count > 0, stats.sq / np.maximum(count, 1), np.nan)
+    bias, std, mse = stats.moments()
     return EvaluationResult(
         model=model.name, estimator=str(getattr(estimator, "name", type(estimator).__name__)),
         parameters=tuple(model.parameters), units=dict(model.units), theta=truth, crb=bound,
         bias=bias, std=std, mse=mse, n_failed=n_failed, snr=float(snr), realizations=R,
         seed=int(seed), n_voxels=G * R, predict_seconds=seconds, grid=grid,
         gross_counts=gross_counts)
+
+
+def _checked_inputs(estimator: Estimator, grid: Grid | torch.Tensor, snr: float,
+                    realizations: int) -> tuple[Grid, torch.Tensor]:
+    """The grid (a bare [G, P] tensor wrapped) and its points as float64 on the CPU;
+    :class:`InputError` for points outside the model's bounds, a bad SNR, fewer than 2
+    realizations or an estimator of other parameters."""
+    model = estimator.model
+    if not isinstance(grid, Grid):
+        grid = Grid(theta=torch.as_tensor(grid, dtype=torch.float64))
+    theta = grid.theta.to(torch.float64).cpu()
+    model.check_theta(theta)
+    if not (isinstance(snr, (int, float)) and math.isfinite(snr) and snr > 0):
+        raise InputError(f"SNR must be a positive number, got {snr!r}")
+    if realizations < 2:
+        raise InputError("at least 2 noise realizations per point are needed for a std")
+    if tuple(estimator.parameters) != tuple(model.parameters):
+        raise InputError(f"estimator parameters {list(estimator.parameters)} differ from the "
+                         f"model's {list(model.parameters)}")
+    return grid, theta
+
+
+def _bounds(model: SignalModel, theta: torch.Tensor, sigma: float) -> np.ndarray:
+    """[G, P] CRB at noise level ``sigma`` (infinite where a parameter is not identifiable:
+    those points are reported, so the warning is not needed)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SingularFisherWarning)
+        return crb(model, theta, sigma=sigma).numpy()
+
+
+def _warm_up(estimator: Estimator, theta: torch.Tensor, sigma: float, seed: int) -> None:
+    """One untimed ``predict`` (lazy set-up, e.g. a dictionary's simulation), drawn from a
+    generator of its own so that the evaluation's draws do not depend on it."""
+    warm_gen = torch.Generator().manual_seed(seed + 1)
+    f0 = estimator.model.simulate(theta[:1])
+    with torch.no_grad():
+        estimator.predict(add_noise(f0.repeat(2, 1), sigma, warm_gen))
+
+
+def _accumulate(est: np.ndarray, pts: slice, truth: np.ndarray, stats: _PointStats,
+                n_failed: np.ndarray) -> np.ndarray:
+    """Add a block of estimates [g, r, P] to the running statistics of its points; a
+    non-finite estimate counts as a failure of its point and becomes NaN (returned)."""
+    bad = ~np.isfinite(est).all(-1)
+    n_failed[pts] += bad.sum(1)
+    est = np.where(bad[..., None], np.nan, est)
+    stats.add(pts, est - truth[pts][:, None, :])
+    return est
+
+
+def _count_gross(model: SignalModel, pts: slice, signals: torch.Tensor, est: np.ndarray,
+                 theta: torch.Tensor, bound: np.ndarray,
+                 gross_counts: dict[str, np.ndarray]) -> None:
+    """Add the block's gross errors of each kind (:mod:`crbnet.assessment.gross_errors`) to
+    ``gross_counts`` of its points."""
+    g, r, P = est.shape
+    kinds = classify_gross_errors(model, signals.cpu(), torch.from_numpy(est.reshape(-1, P)),
+                                  theta[pts].repeat_interleave(r, 0),
+                                  torch.from_numpy(bound[pts]).repeat_interleave(r, 0))
+    for kind in KINDS:
+        gross_counts[kind][pts] += kinds[kind].view(g, r).sum(1).numpy()

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from crbnet.learning.losses import crb_normalized
+from crbnet.stats.metrics import crb_normalized
 from crbnet.physics.models.base import SignalModel
 
 #: A realization is a gross error when some parameter is off by more than this many √CRB.

@@ -1,7 +1,8 @@
 """Estimator statistics at tissue points, with standard errors, and two estimators compared.
 
-At each point θ (a tissue of :func:`crbnet.imaging.phantom.tissue_table`, a row of a CSV file, or a
-sweep of one parameter through its training range with the others at a tissue's values) and
+At each point θ (:mod:`crbnet.assessment.points`: a tissue of
+:func:`crbnet.physics.tissues.tissue_table`, a row of a CSV file, or a sweep of one parameter
+through its training range with the others at a tissue's values) and
 each SNR, R noisy measurements are estimated (:func:`crbnet.assessment.evaluate.evaluate`: |M0| = 1,
 random phase, σ = 1/SNR). Per point, parameter and SNR, from the n finite estimates:
 
@@ -33,55 +34,10 @@ import numpy as np
 import torch
 
 from crbnet.assessment.gross_errors import GROSS_ERROR_THRESHOLD, KINDS
+from crbnet.assessment.points import Points, sweep_points, tissue_points
 from crbnet.errors import InputError
-from crbnet.estimators.dictionary import parameter_axis
 from crbnet.estimators.protocol import Estimator
-from crbnet.learning.losses import crb_normalized
-from crbnet.physics.models.base import SignalModel
-
-
-# ---- points --------------------------------------------------------------------------------
-@dataclass
-class Points:
-    """Named parameter points (SI, model order); ``sweep`` names the swept parameter."""
-
-    names: list[str]
-    theta: torch.Tensor
-    sweep: str | None = None
-
-
-def tissue_points(model: SignalModel, spec: str) -> Points:
-    """``spec``: comma-separated tissue names of the phantom table (``WM,GM``) and/or CSV files
-    (:func:`crbnet.assessment.points.load_points`: a header of parameter names, an optional ``label`` or
-    ``name`` column). Estimated parameters a table or file leaves out (e.g. B1) take the
-    model's default."""
-    from crbnet.assessment.points import load_points
-
-    names, theta = load_points(model, [spec])
-    model.check_theta(theta)
-    return Points(names, theta)
-
-
-def sweep_points(model: SignalModel, base: Points, parameter: str, n: int = 9,
-                 ranges: Mapping[str, tuple[float, float]] | None = None) -> Points:
-    """``n`` values of ``parameter`` across its training range (cell centres; log-spaced for
-    log-uniform parameters) at each base point, the other parameters held at its values."""
-    if parameter not in model.parameters:
-        raise InputError(f"--sweep: {parameter!r} is not estimated; estimated: "
-                         f"{', '.join(model.parameters)}")
-    if n < 2:
-        raise InputError("a sweep needs at least 2 values")
-    lo, hi = (ranges or {}).get(parameter, model.spec(parameter).train_range)
-    values = parameter_axis(lo, hi, n, log=model.spec(parameter).log_uniform, centered=True)
-    j = model.parameters.index(parameter)
-    names, rows = [], []
-    for name, theta in zip(base.names, base.theta):
-        for v in values:
-            row = theta.clone()
-            row[j] = float(v)
-            rows.append(row)
-            names.append(f"{name}:{parameter}={v:.4g}")
-    return Points(names, torch.stack(rows), sweep=parameter)
+from crbnet.stats.metrics import crb_normalized
 
 
 # ---- statistics ----------------------------------------------------------------------------

@@ -1,5 +1,7 @@
-"""Tissue points: named tissues from the phantom's literature tables (WM, GM, CSF, lesion) or
-rows of a CSV file whose header names the parameters.
+"""Tissue points, where estimators are studied: named tissues from the literature tables of
+:mod:`crbnet.physics.tissues` (WM, GM, CSF, lesion), rows of a CSV file whose header names the
+parameters, and sweeps of one parameter through its training range at those points
+(:class:`Points`). The statistics at the points: :mod:`crbnet.assessment.point_study`.
 
 A point gives every estimated parameter of a model: values the table or file leaves out take the
 parameter's default; fixed parameters keep their fixed value.
@@ -8,17 +10,19 @@ parameter's default; fixed parameters keep their fixed value.
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
 from crbnet.errors import InputError
+from crbnet.estimators.dictionary import parameter_axis
 from crbnet.physics.models.base import SignalModel
+from crbnet.physics.tissues import tissue_table
 
 
 def _tissue_values(model: SignalModel, name: str) -> dict[str, float]:
-    from crbnet.imaging.phantom import tissue_table  # the phantom module is heavy; only here
-
     table = tissue_table(model)
     if name not in table:
         raise InputError(f"unknown tissue {name!r} for {model.name}; known: {', '.join(table)}")
@@ -65,3 +69,47 @@ def load_points(model: SignalModel, specs: list[str]) -> tuple[list[str], torch.
         raise InputError("no tissue points given")
     theta = torch.cat([model.theta_from_dict(v, fill_defaults=True) for _, v in labelled])
     return [label for label, _ in labelled], theta
+
+
+@dataclass
+class Points:
+    """Named parameter points (SI, model order); ``sweep`` names the swept parameter."""
+
+    names: list[str]
+    theta: torch.Tensor
+    sweep: str | None = None
+
+
+def tissue_points(model: SignalModel, spec: str) -> Points:
+    """``spec``: comma-separated tissue names of :mod:`crbnet.physics.tissues` (``WM,GM``) and/or CSV files
+    (:func:`load_points`: a header of parameter names, an optional ``label`` or
+    ``name`` column). Estimated parameters a table or file leaves out (e.g. B1) take the
+    model's default."""
+    names, theta = load_points(model, [spec])
+    model.check_theta(theta)
+    return Points(names, theta)
+
+
+def sweep_points(model: SignalModel, base: Points, parameter: str, n: int = 9,
+                 ranges: Mapping[str, tuple[float, float]] | None = None) -> Points:
+    """``n`` values of ``parameter`` across its training range (cell centres; log-spaced for
+    log-uniform parameters) at each base point, the other parameters held at its values."""
+    if parameter not in model.parameters:
+        raise InputError(f"--sweep: {parameter!r} is not estimated; estimated: "
+                         f"{', '.join(model.parameters)}")
+    if n < 2:
+        raise InputError("a sweep needs at least 2 values")
+    lo, hi = (ranges or {}).get(parameter, model.spec(parameter).train_range)
+    values = parameter_axis(lo, hi, n, log=model.spec(parameter).log_uniform, centered=True)
+    j = model.parameters.index(parameter)
+    names, rows = [], []
+    for name, theta in zip(base.names, base.theta):
+        for v in values:
+            row = theta.clone()
+            row[j] = float(v)
+            rows.append(row)
+            names.append(f"{name}:{parameter}={v:.4g}")
+    return Points(names, torch.stack(rows), sweep=parameter)
+
+
+__all__ = ["Points", "load_points", "tissue_points", "sweep_points"]

@@ -1,7 +1,10 @@
-"""Training and test batches: clean signals with their CRBs, noisy copies, the online pool.
+"""Training and test batches in memory: clean signals with their CRBs (:class:`CleanBatch`),
+noisy copies (:class:`NoisyBatch`), and the online source that simulates them as training goes
+(:class:`OnlineSource`, with its pool).
 
-Sampling and the noise model are statistics and live in :mod:`crbnet.stats.sampling` and
-:mod:`crbnet.stats.noise`.
+The offline source, a file, is :mod:`crbnet.learning.hdf5_dataset`; what a run assembles from
+either is :mod:`crbnet.learning.training_data`. Sampling and the noise model are statistics and
+live in :mod:`crbnet.stats.sampling` and :mod:`crbnet.stats.noise`.
 """
 
 from __future__ import annotations

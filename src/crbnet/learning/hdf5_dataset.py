@@ -1,4 +1,5 @@
-"""Offline training data in HDF5: ``crbnet dataset`` writes it, training streams it.
+"""Offline training data in an HDF5 file: ``crbnet dataset`` writes it, training streams it
+(as the batches of :mod:`crbnet.learning.batches`).
 
 File layout (h5py), all SI:
 

@@ -50,30 +50,8 @@ import torch
 from crbnet import plugins
 from crbnet.errors import InputError
 from crbnet.options import Option
-
-def _finite_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` over entries where ``mask`` holds (0 if there are none)."""
-    count = mask.sum().clamp_min(1)
-    return torch.where(mask, values, torch.zeros_like(values)).sum() / count
-
-
-def finite_crb(crb: torch.Tensor) -> torch.Tensor:
-    """Entries where the CRB is usable as a scale: finite and positive (an infinite CRB means
-    the parameter is not identifiable in that sample)."""
-    return torch.isfinite(crb) & (crb > 0)
-
-
-def crb_normalized(values: torch.Tensor, crb: torch.Tensor) -> torch.Tensor:
-    """``values / CRB`` entry by entry, NaN where the CRB is not finite and positive.
-
-    The one place where anything is put in CRB units — losses, validation, evaluation,
-    comparison and gross-error tests all go through it. Gradients flow only through the
-    entries with a usable CRB (the others never divide by the bad CRB).
-    """
-    crb = crb.to(device=values.device, dtype=values.dtype)
-    usable = finite_crb(crb)
-    ratio = values / torch.where(usable, crb, torch.ones_like(crb))
-    return torch.where(usable, ratio, torch.full_like(ratio, float("nan")))
+# The CRB-unit metrics live in stats; they stay importable from here (in __all__).
+from crbnet.stats.metrics import crb_normalized, crb_ratio_per_parameter, finite_crb, finite_mean
 
 
 def mse(estimate: torch.Tensor, target: torch.Tensor,
@@ -88,14 +66,14 @@ def mse(estimate: torch.Tensor, target: torch.Tensor,
 def crb(estimate: torch.Tensor, target: torch.Tensor, crb: torch.Tensor) -> torch.Tensor:
     """``mean_{i,p} (θ̂_ip − θ_ip)² / CRB_ip`` over entries with a finite CRB."""
     crb = crb.to(estimate.dtype)        # an overflow to inf in a float32 CRB leaves it out
-    return _finite_mean(crb_normalized((estimate - target) ** 2, crb), finite_crb(crb))
+    return finite_mean(crb_normalized((estimate - target) ** 2, crb), finite_crb(crb))
 
 
 def relative_mse(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``mean_{i,p} (θ̂_ip − θ_ip)² / θ_ip²`` over entries with θ ≠ 0."""
     nonzero = target != 0
     safe = torch.where(nonzero, target, torch.ones_like(target))
-    return _finite_mean(((estimate - target) / safe) ** 2, nonzero)
+    return finite_mean(((estimate - target) / safe) ** 2, nonzero)
 
 
 def log_mse(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -105,7 +83,7 @@ def log_mse(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     tiny = torch.finfo(estimate.dtype).tiny
     log_ratio = (torch.log(estimate.clamp_min(tiny))
                  - torch.log(torch.where(positive, target, torch.ones_like(target))))
-    return _finite_mean(log_ratio ** 2, positive)
+    return finite_mean(log_ratio ** 2, positive)
 
 
 def bias_reduced(estimates: torch.Tensor, target: torch.Tensor, crb: torch.Tensor,
@@ -126,18 +104,7 @@ def bias_reduced(estimates: torch.Tensor, target: torch.Tensor, crb: torch.Tenso
     var = estimates.var(1, unbiased=True)
     bias_term = crb_normalized((mean - target) ** 2, crb)
     excess = torch.relu(crb_normalized(var, crb) - delta)
-    return _finite_mean(bias_term + lam * excess, finite_crb(crb))
-
-
-def crb_ratio_per_parameter(estimate: torch.Tensor, target: torch.Tensor,
-                            crb: torch.Tensor) -> torch.Tensor:
-    """[P] mean over samples of ``(θ̂ − θ)² / CRB`` (finite CRBs only): the validation metric,
-    the same whatever loss trained the network."""
-    crb = crb.to(torch.float64)
-    finite = finite_crb(crb)
-    ratio = crb_normalized((estimate.to(torch.float64) - target.to(torch.float64)) ** 2, crb)
-    ratio = torch.where(finite, ratio, torch.zeros_like(ratio))
-    return ratio.sum(0) / finite.sum(0).clamp_min(1)
+    return finite_mean(bias_term + lam * excess, finite_crb(crb))
 
 
 # ---- the registry --------------------------------------------------------------------------

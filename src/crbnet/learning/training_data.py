@@ -1,6 +1,7 @@
-"""What a training run learns from: the parameter sampler, the input subspace, the batch source
-(online simulation or an offline HDF5 dataset), the fixed validation set and the signals the
-network's input statistics come from.
+"""What a training run learns from, assembled from its configuration: the parameter sampler,
+the input subspace, the batch source (online simulation, :mod:`crbnet.learning.batches`, or an
+offline HDF5 dataset, :mod:`crbnet.learning.hdf5_dataset`), the fixed validation set and the
+signals the network's input statistics come from.
 
 Every random piece has its own seeded stream (:func:`crbnet.stats.sampling.derived_generator`): subspace,
 validation set and its noise, input statistics; the batch sources are seeded by the config's

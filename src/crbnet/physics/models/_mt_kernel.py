@@ -1,11 +1,12 @@
 """Compiled MT hybrid-state steady state and its forward-mode derivative (CPU, float64).
 
-The same mathematics as :class:`~crbnet.physics.models.mt_hybrid_state._FreePoolSteadyState` — its
-module docstring holds the physics — written as one loop per voxel so that the state, its
-tangents and the 2×2 maps stay in registers instead of streaming ``[T, N]`` tensors through
-memory (which is what bounds the PyTorch version on a CPU). numba compiles it once per machine
-(cached on disk) and runs voxels in parallel threads (numba's OpenMP layer where available: a
-process that forks after using the kernel should start its workers with "spawn").
+The same mathematics as :class:`~crbnet.physics.models.mt_steady_state._FreePoolSteadyState` —
+:mod:`crbnet.physics.models.mt_hybrid_state`'s docstring holds the physics — written as one
+loop per voxel so that the state, its tangents and the 2×2 maps stay in registers instead of
+streaming ``[T, N]`` tensors through memory (which is what bounds the PyTorch version on a
+CPU). numba compiles it once per machine (cached on disk) and runs voxels in parallel threads
+(numba's OpenMP layer where available: a process that forks after using the kernel should
+start its workers with "spawn").
 
 Directions differentiated: the eight voxel rows ``(k_c2, k_s2, k_w, k_0, x_f, x_s, k_b, b2)``
 whose products with the sequence columns make ``A h`` and ``b h``, the inversion's z_s factor

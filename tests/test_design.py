@@ -212,13 +212,16 @@ def test_design_cli_round_trip(tmp_path):
     ["--weights", "T9=1"],
     ["--snr", "0"],
 ])
-def test_design_cli_bad_input(tmp_path, bad):
+def test_design_cli_bad_input(tmp_path, bad, capsys):
+    from crbnet.cli import app
+
     out = tmp_path / "never"
-    res = _cli("design", "--model", "mt_hybrid_state", "--max-minutes", "0.1", *bad,
-               "--out", str(out))
-    assert res.returncode == 2, res.stderr
-    errors = [ln for ln in res.stderr.splitlines() if not ln.startswith("crbnet: warning")]
-    assert "Traceback" not in res.stderr and len(errors) == 1, res.stderr
+    rc = app.main(["design", "--model", "mt_hybrid_state", "--max-minutes", "0.1", *bad,
+                   "--out", str(out)])
+    stderr = capsys.readouterr().err
+    assert rc == 2, stderr
+    errors = [ln for ln in stderr.splitlines() if not ln.startswith("crbnet: warning")]
+    assert "Traceback" not in stderr and len(errors) == 1, stderr
     assert not out.exists()
 
 

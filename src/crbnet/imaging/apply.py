@@ -96,7 +96,6 @@ from crbnet.imaging.apply_outputs import write_outputs
 from crbnet.imaging.apply_summary import summary as apply_summary
 from crbnet.imaging.estimation_pass import PassSettings, estimation_pass
 from crbnet.imaging.estimator_ranges import EDGE_FRACTION, edge_flags, estimator_ranges
-from crbnet.imaging.nifti import DEFAULT_MAX_BYTES, SignalSource, check_output_directory
 from crbnet.imaging.noise_level import (
     MIN_BACKGROUND_VOXELS,
     NOISE_MODES,
@@ -104,7 +103,9 @@ from crbnet.imaging.noise_level import (
     chi2_median_ratio,
     noise_level,
 )
+from crbnet.imaging.output_folders import check_output_directory
 from crbnet.imaging.projected_source import ProjectedSource, as_model_input
+from crbnet.imaging.signal_sources import DEFAULT_MAX_BYTES, SignalSource
 from crbnet.imaging.stage_times import StageTimes
 from crbnet.imaging.survey import AUTO_MASK_FALSE_ALARM, Survey, survey
 from crbnet.progress import ProgressFactory

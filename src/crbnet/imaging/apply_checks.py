@@ -9,7 +9,7 @@ import numpy as np
 
 from crbnet.errors import InputError
 from crbnet.estimators.protocol import Estimator
-from crbnet.imaging.nifti import SignalSource
+from crbnet.imaging.signal_sources import SignalSource
 from crbnet.imaging.noise_level import NOISE_MODES
 from crbnet.physics.models.base import SignalModel
 from crbnet.physics.sequences import sequence_hash

@@ -12,7 +12,9 @@ import numpy as np
 from crbnet import __version__
 from crbnet.estimators.protocol import Estimator
 from crbnet.files import write_json
-from crbnet.imaging.nifti import SignalSource, atomic_directory, write_image, write_sidecar
+from crbnet.imaging.nifti_writing import write_image, write_sidecar
+from crbnet.imaging.output_folders import atomic_directory
+from crbnet.imaging.signal_sources import SignalSource
 from crbnet.physics.models.base import SignalModel
 
 #: File name of the figure a figure writer draws.

@@ -12,7 +12,7 @@ from crbnet.estimators.protocol import Estimator
 from crbnet.files import json_ready
 from crbnet.imaging.estimation_pass import Estimates
 from crbnet.imaging.estimator_ranges import EDGE_FRACTION
-from crbnet.imaging.nifti import SignalSource
+from crbnet.imaging.signal_sources import SignalSource
 from crbnet.imaging.noise_level import NoiseLevel
 from crbnet.physics.models.base import SignalModel
 from crbnet.physics.sequences import sequence_hash

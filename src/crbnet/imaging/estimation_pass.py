@@ -13,7 +13,7 @@ from crbnet import progress as progress_contract
 from crbnet.errors import InputError
 from crbnet.estimators.protocol import Estimator
 from crbnet.imaging.chunk_estimates import ChunkResult, estimate_chunk
-from crbnet.imaging.nifti import SignalSource
+from crbnet.imaging.signal_sources import SignalSource
 from crbnet.imaging.noise_level import noise_power
 from crbnet.imaging.stage_times import StageTimes
 from crbnet.physics.models.base import SignalModel

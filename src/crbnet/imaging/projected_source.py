@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from crbnet.imaging.nifti import SignalSource
+from crbnet.imaging.signal_sources import SignalSource
 from crbnet.physics.models.base import SignalModel
 
 

@@ -17,7 +17,7 @@ import torch
 
 from crbnet import progress as progress_contract
 from crbnet.errors import InputError
-from crbnet.imaging.nifti import SignalSource
+from crbnet.imaging.signal_sources import SignalSource
 from crbnet.imaging.noise_level import chi2_median_ratio
 from crbnet.physics.models.base import SignalModel
 from crbnet.progress import ProgressFactory

@@ -156,7 +156,12 @@ def run(args: argparse.Namespace) -> int:
                              uncertainty=not args.no_uncertainty, overwrite=args.overwrite,
                              device=device, ignore_sequence_hash=args.ignore_sequence_hash,
                              progress=terminal_bars, figure=draw_apply_maps)
-    s = result.summary
+    _print_summary(result.summary, args.out)
+    return 0
+
+
+def _print_summary(s: dict, out: str) -> None:
+    """What was estimated, the noise level and the counts worth a look, from apply.json."""
     v, n = s["voxels"], s["noise"]
     print(f"{s['estimator']} on {s['model']}: {v['estimated']} voxels estimated "
           f"({v['in_mask']} in the mask, {v['nonfinite_input']} with NaN/Inf data, "
@@ -178,5 +183,4 @@ def run(args: argparse.Namespace) -> int:
     if sing:
         print("singular Fisher matrix (CRB std = NaN): "
               + ", ".join(f"{p} {c}" for p, c in sing.items()))
-    print(f"wrote {len(s['files'])} files to {args.out}")
-    return 0
+    print(f"wrote {len(s['files'])} files to {out}")

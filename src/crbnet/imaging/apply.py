@@ -94,7 +94,7 @@ from crbnet.imaging.apply_checks import check_arguments, check_basis, check_comp
 from crbnet.imaging.apply_maps import map_name, parameter_maps
 from crbnet.imaging.apply_outputs import write_outputs
 from crbnet.imaging.apply_summary import summary as apply_summary
-from crbnet.imaging.estimation_pass import PassSettings, estimation_pass
+from crbnet.imaging.estimation_pass import Estimates, PassSettings, estimation_pass
 from crbnet.imaging.estimator_ranges import EDGE_FRACTION, edge_flags, estimator_ranges
 from crbnet.imaging.noise_level import (
     MIN_BACKGROUND_VOXELS,
@@ -108,6 +108,7 @@ from crbnet.imaging.projected_source import ProjectedSource, as_model_input
 from crbnet.imaging.signal_sources import DEFAULT_MAX_BYTES, SignalSource
 from crbnet.imaging.stage_times import StageTimes
 from crbnet.imaging.survey import AUTO_MASK_FALSE_ALARM, Survey, survey
+from crbnet.physics.models.base import SignalModel
 from crbnet.progress import ProgressFactory
 
 
@@ -193,11 +194,8 @@ def apply_to_volume(estimator: Estimator, source: SignalSource, out_dir: str | P
     found = None
     if mask is None:             # the mask must come from the data first: a survey pass
         with times.stage("survey"):
-            found = survey(source, model, max_bytes, auto_mask=True, progress=settings.progress)
+            found = _survey_for_mask(source, model, settings)
         mask = found.auto_mask
-        if not mask.any():
-            raise InputError("the automatic mask is empty: no voxel has signal above the "
-                             "noise (give --mask)")
     # With a given mask, the background power is gathered during the estimation pass.
     gather_background = found is None and sigma is None and noise in ("auto", "background")
     est = estimation_pass(estimator, model, source, mask, gather_background, settings, times)
@@ -213,16 +211,27 @@ def apply_to_volume(estimator: Estimator, source: SignalSource, out_dir: str | P
     result = ApplyResult(out_dir=out_dir, maps=maps, mask=est.used, sigma=level.sigma,
                          summary=report, map_names=dict(zip(model.parameters, names)))
 
-    def finish(summary: dict) -> None:
-        total = time.perf_counter() - started
-        summary["seconds"] = round(total, 2)
-        summary["seconds_by_stage"] = times.report(total)
-
     with times.stage("write"):
         write_outputs(out_dir, overwrite, source, model, estimator, maps, names, est.used,
                       report, ranges, None if figure is None else (lambda p: figure(result, p)),
-                      finish)
+                      lambda summary: _add_timing(summary, times, started))
     return result
+
+
+def _add_timing(summary: dict, times: StageTimes, started: float) -> None:
+    """``seconds`` (the whole run so far) and ``seconds_by_stage`` into ``summary``."""
+    total = time.perf_counter() - started
+    summary["seconds"] = round(total, 2)
+    summary["seconds_by_stage"] = times.report(total)
+
+
+def _survey_for_mask(source: SignalSource, model: SignalModel, settings: PassSettings) -> Survey:
+    """The survey pass that finds the automatic mask; InputError when it is empty."""
+    found = survey(source, model, settings.max_bytes, auto_mask=True, progress=settings.progress)
+    if not found.auto_mask.any():
+        raise InputError("the automatic mask is empty: no voxel has signal above the "
+                         "noise (give --mask)")
+    return found
 
 
 def _figure_writer(figure: FigureWriter | bool | None) -> FigureWriter | None:
@@ -236,7 +245,7 @@ def _figure_writer(figure: FigureWriter | bool | None) -> FigureWriter | None:
     return figure
 
 
-def _background(found: Survey | None, est, mask: np.ndarray
+def _background(found: Survey | None, est: Estimates, mask: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray] | None:
     """(noise power, noise-only voxels) for the background noise estimate: from the survey
     (finite voxels outside the mask), else from the estimation pass, else None."""

@@ -252,7 +252,9 @@ def main() -> None:
         "threads": args.threads, "cpu_count": os.cpu_count(),
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
     }
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=float))
+    from crbnet.files import write_json
+
+    write_json(out.with_suffix(".json"), result, indent=1)
     plot(rows, 50.0 if 50.0 in snrs else snrs[-1], out.with_suffix(".png"))
     print_tables(rows, result)
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import time
@@ -91,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
                "loadavg": os.getloadavg(), "threads": torch.get_num_threads()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2))
+    from crbnet.files import write_json
+
+    write_json(out, summary)
     figure(summary, model.parameters, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import sys
 import time
@@ -113,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         label = "dictionary" if len(sizes) == 1 else f"dictionary {dictionary.n_atoms}"
         dictionaries[label] = (dictionary, time.perf_counter() - start)
         estimators.append((label, dictionary, test))
-    nlls = estimator_registry.get("nlls", model, device=args.device, progress=True)
+    from crbnet.cli._progress import terminal_bars
+
+    nlls = estimator_registry.get("nlls", model, device=args.device, progress=terminal_bars)
     start = time.perf_counter()
     nlls.start_dictionary.build()
     nlls_setup = time.perf_counter() - start
@@ -215,23 +216,12 @@ def main(argv: list[str] | None = None) -> int:
                     "speedup_vs_dictionary": TARGET_VS_DICTIONARY},
     }
     out = Path(args.out)
-    write_json(out.with_suffix(".json"), _clean(record))
+    write_json(out.with_suffix(".json"), record)
     plot_comparison(rows, params, out.with_suffix(".png"),
                     title=f"{model.name}: inference on the same voxels, SNR {snr:g} (|M0|/σ); "
                           f"NLLS on {n_nlls} of {args.voxels}")
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
     return 0
-
-
-def _clean(obj):
-    """Strict JSON: NaN/Inf -> None."""
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 if __name__ == "__main__":

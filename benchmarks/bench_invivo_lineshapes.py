@@ -16,7 +16,6 @@ and how many T2s estimates sit at the edge of the range. Writes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -124,7 +123,9 @@ def main() -> None:
     result["residual_ratio"] = {**summary(ratio), "mean": float(ratio.mean()),
                                 "standard_error": float(ratio.std(ddof=1) / np.sqrt(ratio.size))}
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "bench_invivo_lineshapes.json").write_text(json.dumps(result, indent=1))
+    from crbnet.files import write_json
+
+    write_json(OUT / "bench_invivo_lineshapes.json", result, indent=1)
     figure(result, OUT / "bench_invivo_lineshapes.png")
     for lineshape in LINESHAPES:
         row = result["parameters"][lineshape]

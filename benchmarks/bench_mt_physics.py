@@ -18,7 +18,6 @@ strongly for the same T2s, which changes the signal far more.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -110,7 +109,9 @@ def main() -> None:
     result = {"sequence": source, "tissues": TISSUES, "differences": differences(sig),
               "seconds": time.perf_counter() - start, "load": os.getloadavg()[0]}
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "bench_mt_physics.json").write_text(json.dumps(result, indent=1))
+    from crbnet.files import write_json
+
+    write_json(OUT / "bench_mt_physics.json", result, indent=1)
     figure(sig, OUT / "bench_mt_physics.png", f"MT physics on the {source}")
     for key, value in result["differences"].items():
         print(f"{key:80s} rms {value['rms_relative']:.3f}  max {value['max_over_peak']:.3f}")

@@ -224,8 +224,10 @@ def figure(rows, labels, model, path, title):
 
 
 def run(args) -> int:
+    from crbnet.cli._progress import terminal_bars
     from crbnet.imaging.apply import apply_to_volume
     from crbnet.imaging.nifti import ArraySignals
+    from crbnet.plots.apply_figure import draw_apply_maps
     from crbnet.imaging.phantom import make_phantom, parse_shape
     from crbnet.files import write_json, write_text
     from crbnet.physics.sequences import sequence_hash
@@ -251,7 +253,8 @@ def run(args) -> int:
         t0 = time.time()
         results[label] = apply_to_volume(est, source, out / f"maps_{label}", mask=phantom.mask,
                                          uncertainty=not args.no_uncertainty, overwrite=True,
-                                         device=device)
+                                         device=device, progress=terminal_bars,
+                                         figure=draw_apply_maps)
         seconds[label] = round(time.time() - t0, 2)
         print(f"{label}: {seconds[label]} s, sigma estimate "
               f"{results[label].summary['noise']['sigma']}", file=sys.stderr)

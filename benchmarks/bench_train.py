@@ -176,7 +176,9 @@ def main() -> None:
     result["time_to_target_s"] = crb_run["time_to_target_s"]
     result["meets_20_min_target"] = (crb_run["time_to_target_s"] is not None
                                      and crb_run["time_to_target_s"] <= 20 * 60)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    from crbnet.files import write_json
+
+    write_json(out.with_suffix(".json"), result)
     plot(result, out.with_suffix(".png"))
     print(json.dumps({k: result[k] for k in ("time_to_target_s", "meets_20_min_target")}))
     for loss in ("crb", "mse"):

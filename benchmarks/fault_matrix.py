@@ -426,5 +426,7 @@ if __name__ == "__main__":
           f"mounts: {'yes' if result['mounts'] else 'no (not root): those cases skipped'})")
     prefix = Path(args.results)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    prefix.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    from crbnet.files import write_json
+
+    write_json(prefix.with_suffix(".json"), result, indent=1)
     plot(result, prefix.with_suffix(".png"))

@@ -39,9 +39,9 @@ try:
     rc = main(argv)
 except SystemExit as exc:
     rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-with open(report, "w") as fh:
-    json.dump({"rc": rc, "seconds": time.perf_counter() - t0,
-               "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}, fh)
+from crbnet.files import write_json
+write_json(report, {"rc": rc, "seconds": time.perf_counter() - t0,
+                    "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss})
 sys.exit(rc if isinstance(rc, int) else 1)
 """
 

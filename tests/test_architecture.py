@@ -18,7 +18,6 @@ KNOWN_UPWARD = {
     ("crbnet.assessment.compare", "crbnet.plots.evaluation"),
     ("crbnet.assessment.evaluate", "crbnet.plots.evaluation"),
     ("crbnet.assessment.point_study", "crbnet.plots.points"),
-    ("crbnet.imaging.apply", "crbnet.plots.maps"),
     ("crbnet.imaging.phantom", "crbnet.plots.maps"),
     ("crbnet.learning.trainer", "crbnet.plots.training"),
 }

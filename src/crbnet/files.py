@@ -24,10 +24,12 @@ import contextlib
 import errno
 import io as _io
 import json
+import math
 import os
 import shutil
 import tempfile
-from pathlib import Path
+from collections.abc import Mapping
+from pathlib import Path, PurePath
 from typing import Any, BinaryIO, Iterator, Sequence
 
 import numpy as np
@@ -365,8 +367,40 @@ def write_text(path: str | Path, text: str) -> None:
     write_bytes(path, text.encode())
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
+    """``obj`` as strict JSON (:func:`json_ready`), atomically: every JSON file crbnet writes
+    goes through here."""
+    text = json.dumps(json_ready(obj), indent=indent, allow_nan=False)
+    write_text(path, text + "\n")
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` as plain JSON values: NaN and ±Inf become None (strict JSON has no NaN);
+    numpy scalars, numpy arrays and torch tensors become Python numbers and lists; paths become
+    strings; tuples and sets become lists; mapping keys become strings. TypeError for anything
+    else that JSON cannot hold."""
+    if isinstance(value, Mapping):
+        return {_json_key(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_ready(v) for v in value]
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, (np.generic, np.ndarray)) or hasattr(value, "tolist"):
+        return json_ready(value.tolist())      # numpy scalars and arrays, torch tensors
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def _json_key(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    plain = json_ready(key)
+    return json.dumps(plain) if not isinstance(plain, str) else plain
 
 
 def write_npy(path: str | Path, array: np.ndarray) -> None:
@@ -382,13 +416,3 @@ def write_npys(arrays: dict[str | Path, np.ndarray]) -> None:
                     np.save(fh, array)
             except OSError as exc:
                 raise output_error(exc, path) from None
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")

@@ -13,7 +13,6 @@ value of registered training losses (:mod:`crbnet.learning.losses`; ``mse`` with
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from crbnet.assessment.evaluate import SNR_DEFINITION, _json_ready
+from crbnet.assessment.evaluate import SNR_DEFINITION
 from crbnet.assessment.gross_errors import classify_gross_errors
 from crbnet.errors import InputError
+from crbnet.estimators.calling import checked_predict, warm_up
+from crbnet.files import json_ready
 from crbnet.estimators.network import load, require_same_model
 from crbnet.estimators.protocol import Estimator, accepted
 from crbnet.learning import losses as loss_registry
@@ -190,14 +191,12 @@ def timed_predict(estimator: Estimator, signals: torch.Tensor, batch_size: int =
                   ) -> tuple[torch.Tensor, float]:
     """Estimates [N, P] (float64, CPU) and the seconds spent in ``predict`` (after an untimed
     warm-up call on two voxels, which also triggers lazy setup)."""
-    with torch.no_grad():
-        estimator.predict(signals[:2])
-        seconds, out = 0.0, []
-        for s in range(0, signals.shape[0], batch_size):
-            start = time.perf_counter()
-            est = estimator.predict(signals[s:s + batch_size])
-            seconds += time.perf_counter() - start
-            out.append(torch.as_tensor(est).detach().to("cpu", torch.float64))
+    warm_up(estimator, signals)
+    seconds, out = 0.0, []
+    for s in range(0, signals.shape[0], batch_size):
+        called = checked_predict(estimator, signals[s:s + batch_size])
+        seconds += called.seconds
+        out.append(called.theta)
     return torch.cat(out), seconds
 
 
@@ -263,7 +262,7 @@ class ComparisonResult:
     rows: list[dict[str, Any]]
 
     def to_json(self) -> dict[str, Any]:
-        return _json_ready({
+        return json_ready({
             "model": self.model, "parameters": list(self.parameters), "snr": self.snr,
             "snr_definition": SNR_DEFINITION, "n_voxels": self.n_voxels, "seed": self.seed,
             "test_set": "parameters drawn from the model's training distribution; the same "

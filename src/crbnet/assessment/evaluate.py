@@ -29,7 +29,6 @@ each). The result keeps the counts per point and reports the fractions of all re
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,8 @@ import torch
 
 from crbnet.assessment.gross_errors import GROSS_ERROR_THRESHOLD, KINDS, classify_gross_errors
 from crbnet.errors import InputError
+from crbnet.estimators.calling import checked_predict, warm_up
+from crbnet.files import json_ready
 from crbnet.estimators.dictionary import parameter_axis
 from crbnet.estimators.protocol import Estimator
 from crbnet.stats.metrics import crb_normalized, finite_crb
@@ -128,21 +129,6 @@ def sample_points(model: SignalModel, n: int, seed: int = 0,
     sampler = ParameterSampler(model, dict(ranges or {}))
     theta = sampler.sample(n, torch.Generator().manual_seed(seed))
     return Grid(theta=theta)
-
-
-def _json_ready(value: Any) -> Any:
-    """NaN/Inf become None (strict JSON); arrays become lists."""
-    if isinstance(value, np.ndarray):
-        return _json_ready(value.tolist())
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 @dataclass
@@ -300,7 +286,7 @@ class EvaluationResult:
                 "n_failed": self.n_failed,
                 **(self.gross_error_fractions() or {}),
             }
-        return _json_ready(d)
+        return json_ready(d)
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
         """Write ``evaluation.json`` and ``evaluation.png`` into ``out_dir``."""
@@ -409,15 +395,9 @@ def evaluate(estimator: Estimator, grid: Grid | torch.Tensor, snr: float = 100.0
         for r0 in range(0, R, real_per_block):
             r = min(real_per_block, R - r0)
             y = noisy(f_block, r)
-            start = time.perf_counter()
-            with torch.no_grad():
-                est = estimator.predict(y)
-            seconds += time.perf_counter() - start
-            est = torch.as_tensor(est).detach().to("cpu", torch.float64).numpy()
-            if est.shape != (y.shape[0], P):
-                raise InputError(f"estimator returned shape {list(est.shape)}, expected "
-                                 f"{[y.shape[0], P]}")
-            est = _accumulate(est.reshape(-1, r, P), pts, truth, stats, n_failed)
+            called = checked_predict(estimator, y)
+            seconds += called.seconds
+            est = _accumulate(called.theta.numpy().reshape(-1, r, P), pts, truth, stats, n_failed)
             if gross_counts is not None:
                 _count_gross(model, pts, y, est, theta, bound, gross_counts)
             if on_block is not None:
@@ -467,8 +447,7 @@ def _warm_up(estimator: Estimator, theta: torch.Tensor, sigma: float, seed: int)
     generator of its own so that the evaluation's draws do not depend on it."""
     warm_gen = torch.Generator().manual_seed(seed + 1)
     f0 = estimator.model.simulate(theta[:1])
-    with torch.no_grad():
-        estimator.predict(add_noise(f0.repeat(2, 1), sigma, warm_gen))
+    warm_up(estimator, add_noise(f0.repeat(2, 1), sigma, warm_gen))
 
 
 def _accumulate(est: np.ndarray, pts: slice, truth: np.ndarray, stats: _PointStats,

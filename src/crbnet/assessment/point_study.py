@@ -36,6 +36,7 @@ import torch
 from crbnet.assessment.gross_errors import GROSS_ERROR_THRESHOLD, KINDS
 from crbnet.assessment.points import Points, sweep_points, tissue_points
 from crbnet.errors import InputError
+from crbnet.files import json_ready
 from crbnet.estimators.protocol import Estimator
 from crbnet.stats.metrics import crb_normalized
 
@@ -182,9 +183,7 @@ class PointStudy:
         return out
 
     def to_json(self) -> dict:
-        from crbnet.assessment.evaluate import _json_ready
-
-        return _json_ready({
+        return json_ready({
             "model": self.model, "parameters": list(self.parameters), "units": self.units,
             "points": {n: dict(zip(self.parameters, t.tolist()))
                        for n, t in zip(self.points.names, self.points.theta)},

@@ -102,8 +102,10 @@ def _read_mask(args: argparse.Namespace, source):
 
 
 def run(args: argparse.Namespace) -> int:
+    from crbnet.cli._progress import terminal_bars
     from crbnet.imaging.apply import apply_to_volume, as_model_input, check_compatible
     from crbnet.imaging.nifti import check_output_directory
+    from crbnet.plots.apply_figure import draw_apply_maps
 
     device = resolve_device(args.device)
     check_positive(args.sigma, "--sigma")
@@ -137,9 +139,13 @@ def run(args: argparse.Namespace) -> int:
         # take a while to build).
         check_compatible(as_model_input(source, model), model, args.ignore_sequence_hash)
         from crbnet import estimators as baselines
+        from crbnet.estimators.protocol import accepted
 
+        # A built-in that builds or fits for a while shows its bars (an --option wins).
+        options = {**accepted(args.method, {"progress": terminal_bars}),
+                   **parse_options(args.option)}
         try:
-            estimator = baselines.get(args.method, model, **parse_options(args.option))
+            estimator = baselines.get(args.method, model, **options)
         except TypeError as exc:
             raise InputError(f"--option: {exc}") from None
     _sizes.apply(estimator.model, count(*source.spatial_shape), args.out)
@@ -148,8 +154,14 @@ def run(args: argparse.Namespace) -> int:
                              noise=args.noise, chunk_size=args.chunk_size,
                              max_bytes=int(args.max_memory * 2 ** 20),
                              uncertainty=not args.no_uncertainty, overwrite=args.overwrite,
-                             device=device, ignore_sequence_hash=args.ignore_sequence_hash)
-    s = result.summary
+                             device=device, ignore_sequence_hash=args.ignore_sequence_hash,
+                             progress=terminal_bars, figure=draw_apply_maps)
+    _print_summary(result.summary, args.out)
+    return 0
+
+
+def _print_summary(s: dict, out: str) -> None:
+    """What was estimated, the noise level and the counts worth a look, from apply.json."""
     v, n = s["voxels"], s["noise"]
     print(f"{s['estimator']} on {s['model']}: {v['estimated']} voxels estimated "
           f"({v['in_mask']} in the mask, {v['nonfinite_input']} with NaN/Inf data, "
@@ -171,5 +183,4 @@ def run(args: argparse.Namespace) -> int:
     if sing:
         print("singular Fisher matrix (CRB std = NaN): "
               + ", ".join(f"{p} {c}" for p, c in sing.items()))
-    print(f"wrote {len(s['files'])} files to {args.out}")
-    return 0
+    print(f"wrote {len(s['files'])} files to {out}")

@@ -70,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
     model = model_in_basis(args, build_model(args))
     device = resolve_device(args.device)
     options = parse_options(args.option)
-    options = {**accepted(args.method, {"device": device}), **options}
+    from crbnet.cli._progress import terminal_bars
+
+    options = {**accepted(args.method, {"device": device, "progress": terminal_bars}), **options}
     if args.bounds:
         from crbnet.assessment.compare import box_options, training_ranges
 

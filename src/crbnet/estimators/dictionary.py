@@ -30,11 +30,12 @@ of voxels and atoms.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
+from crbnet import progress as progress_contract
 from crbnet.errors import InputError
 from crbnet.estimators.protocol import (
     SignalFit,
@@ -44,6 +45,7 @@ from crbnet.estimators.protocol import (
 )
 from crbnet.limits import check_memory, count
 from crbnet.physics.models.base import SignalModel, resolve_ranges
+from crbnet.progress import ProgressFactory
 
 #: Default dictionary size: about this many atoms in total, spread evenly over the parameters.
 DEFAULT_ATOMS = 10_000
@@ -102,7 +104,8 @@ class DictionaryEstimator:
             the memory bound of matching.
         simulate_chunk: atoms simulated per call while building (memory of the simulation).
         device: where the dictionary lives and matching runs (default CPU).
-        progress: tqdm progress bar while building (None: only on a terminal).
+        progress: a :class:`~crbnet.progress.ProgressFactory` for a bar while building
+            (None, or a bool as older callers pass: silent).
         full_atoms_bytes: the uncompressed atoms (A × T complex128) are kept too when they
             take at most this many bytes; :meth:`predict_with_fit` then takes the matched
             atoms from them instead of simulating them again.
@@ -120,7 +123,7 @@ class DictionaryEstimator:
                  atoms: torch.Tensor | np.ndarray | None = None, rank: int | None = None,
                  energy: float = 1 - 1e-6, chunk_elements: int = 2 ** 22,
                  simulate_chunk: int = 4096, device: torch.device | str | None = None,
-                 progress: bool | None = None, full_atoms_bytes: int = 2 ** 28,
+                 progress: ProgressFactory | bool | None = None, full_atoms_bytes: int = 2 ** 28,
                  refine: bool | None = None) -> None:
         self.model = model
         self.n_points = n_points
@@ -206,16 +209,24 @@ class DictionaryEstimator:
         """
         if self.basis is not None:
             return self
-        from tqdm.auto import tqdm
-
-        T = self.model.n_timepoints
         chunks = self._atom_chunks()
+        one_pass = len(chunks) == 1
+        bars = progress_contract.resolve(None if isinstance(self.progress, bool)
+                                         else self.progress)
+        with bars(total=self.n_atoms * (1 if one_pass else 2), desc="dictionary",
+                  unit="atom") as bar:
+            gram, kept = self._gram(chunks, one_pass, bar)
+            basis = self._subspace(gram)
+            self._compress(chunks, kept, one_pass, basis, bar)
+        return self
+
+    def _gram(self, chunks: list[tuple[int, int]], one_pass: bool, bar: Any
+              ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """First pass: Dᴴ D of the unit-norm atoms D (rows), and the atoms themselves when
+        they were simulated in one chunk."""
+        T = self.model.n_timepoints
         gram = torch.zeros(T, T, dtype=torch.complex128, device=self.device)
         kept: list[torch.Tensor] = []
-        one_pass = len(chunks) == 1
-        bar = tqdm(total=self.n_atoms * (1 if one_pass else 2), desc="dictionary",
-                   unit="atom", disable=(None if self.progress is None else not self.progress),
-                   leave=False)
         for start, stop in chunks:
             f = self._simulate(start, stop)
             unit = f / f.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
@@ -223,6 +234,12 @@ class DictionaryEstimator:
             if one_pass:
                 kept.append(f)
             bar.update(stop - start)
+        return gram, kept
+
+    def _subspace(self, gram: torch.Tensor) -> torch.Tensor:
+        """The basis [T, k] of the leading eigenvectors of ``gram`` (k = ``rank``, else the
+        smallest keeping ``energy``); sets ``captured_energy``."""
+        T = self.model.n_timepoints
         evals, evecs = torch.linalg.eigh(gram)
         evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
         total = evals.sum()
@@ -234,9 +251,14 @@ class DictionaryEstimator:
                                                                  device=evals.device)).item()) + 1
             k = min(k, T)
         self.captured_energy = float(evals[:k].sum() / total)
-        basis = evecs[:, :k].contiguous()
+        return evecs[:, :k].contiguous()
+
+    def _compress(self, chunks: list[tuple[int, int]], kept: list[torch.Tensor],
+                  one_pass: bool, basis: torch.Tensor, bar: Any) -> None:
+        """Second pass: the atoms in the subspace, unit-normalized, with their norms (and the
+        full atoms when they fit in ``full_atoms_bytes``)."""
         compressed, norms, full = [], [], []
-        keep_full = self.n_atoms * T * 16 <= self.full_atoms_bytes
+        keep_full = self.n_atoms * self.model.n_timepoints * 16 <= self.full_atoms_bytes
         for i, (start, stop) in enumerate(chunks):
             f = kept[i] if one_pass else self._simulate(start, stop)
             if keep_full:
@@ -247,13 +269,11 @@ class DictionaryEstimator:
             norms.append(n)
             if not one_pass:
                 bar.update(stop - start)
-        bar.close()
         self.basis = basis
         self._atoms_real = None
         self.atoms_compressed = torch.cat(compressed)
         self.atom_norms = torch.cat(norms)
         self.atoms_full = torch.cat(full) if keep_full else None
-        return self
 
     def _simulate(self, start: int, stop: int) -> torch.Tensor:
         theta = self.atoms_theta[start:stop].to(self.device)

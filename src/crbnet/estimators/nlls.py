@@ -37,6 +37,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from crbnet import progress as progress_contract
 from crbnet.errors import InputError
 from crbnet.estimators.dictionary import DictionaryEstimator, default_points_per_parameter
 from crbnet.estimators.protocol import (
@@ -46,6 +47,7 @@ from crbnet.estimators.protocol import (
     register_estimator,
 )
 from crbnet.physics.models.base import SignalModel, resolve_ranges
+from crbnet.progress import ProgressFactory
 from crbnet.stats.crb import jacobian
 
 #: Total atoms of the coarse dictionary that provides the starting points.
@@ -297,7 +299,8 @@ class NLLSEstimator:
         gtol, xtol, ftol: convergence tolerances (module docstring).
         chunk_size: voxels fitted together (bounds memory; all their starts are batched).
         device: where the fit runs (default: the signals' device).
-        progress: tqdm progress bar over chunks (None: only on a terminal).
+        progress: a :class:`~crbnet.progress.ProgressFactory` for a bar over chunks
+            (None, or a bool as older callers pass: silent).
     """
 
     name = "nlls"
@@ -307,7 +310,7 @@ class NLLSEstimator:
                  bounds: Mapping[str, tuple[float, float]] | None = None, max_iter: int = 200,
                  gtol: float = 1e-8, xtol: float = 1e-10, ftol: float = 1e-14,
                  chunk_size: int = 2048, device: torch.device | str | None = None,
-                 progress: bool | None = None) -> None:
+                 progress: ProgressFactory | bool | None = None) -> None:
         if n_starts < 1:
             raise InputError(f"n_starts must be >= 1, got {n_starts}")
         if max_iter < 1 or chunk_size < 1:
@@ -339,8 +342,6 @@ class NLLSEstimator:
 
     def fit(self, signals: torch.Tensor | np.ndarray) -> NLLSFit:
         """Fit every voxel of ``signals`` [N, T] (complex); results on the signals' device."""
-        from tqdm.auto import tqdm
-
         out_device = signals.device if isinstance(signals, torch.Tensor) else torch.device("cpu")
         dev = self.device or out_device
         y_all = as_signal_tensor(signals, self.model.n_timepoints, device=dev)
@@ -351,7 +352,7 @@ class NLLSEstimator:
                              device=dev)
         upper = torch.tensor([self.bounds[p][1] for p in self.parameters], dtype=torch.float64,
                              device=dev)
-        K, N = self.n_starts, y_all.shape[0]
+        N = y_all.shape[0]
         if N == 0:
             P = self.model.n_parameters
             empty = torch.zeros(0, dtype=torch.float64, device=out_device)
@@ -360,22 +361,27 @@ class NLLSEstimator:
                            converged=empty.bool(), n_iter=empty.long(), gradient_cosine=empty)
         parts: list[NLLSFit] = []
         starts_of = range(0, N, self.chunk_size)
-        for v0 in tqdm(starts_of, desc="nlls", unit="chunk", leave=False,
-                       disable=(None if self.progress is None else not self.progress)):
-            y = y_all[v0:v0 + self.chunk_size]
-            n = y.shape[0]
-            index = self.start_dictionary.top_matches(y, K, exclusion=2)
-            theta0 = self.start_dictionary.atoms_theta.to(dev)[index.reshape(-1)]
-            res = levenberg_marquardt(self.model, y.repeat_interleave(K, 0), theta0, lower,
-                                      upper, self.max_iter, self.gtol, self.xtol, self.ftol)
-            best = res.cost.view(n, K).argmin(1)
-            pick = torch.arange(n, device=dev) * K + best
-            parts.append(NLLSFit(*(getattr(res, name)[pick] for name in
-                                   ("theta", "m0", "cost", "converged", "n_iter",
-                                    "gradient_cosine"))))
+        bars = progress_contract.resolve(None if isinstance(self.progress, bool)
+                                         else self.progress)
+        with bars(total=len(starts_of), desc="nlls", unit="chunk") as bar:
+            for v0 in starts_of:
+                parts.append(self._fit_chunk(y_all[v0:v0 + self.chunk_size], lower, upper))
+                bar.update(1)
         fields = {name: torch.cat([getattr(p, name) for p in parts]).to(out_device)
                   for name in ("theta", "m0", "cost", "converged", "n_iter", "gradient_cosine")}
         return NLLSFit(**fields)
+
+    def _fit_chunk(self, y: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> NLLSFit:
+        """The best of ``n_starts`` Levenberg–Marquardt fits of each voxel of ``y``."""
+        K, n, dev = self.n_starts, y.shape[0], y.device
+        index = self.start_dictionary.top_matches(y, K, exclusion=2)
+        theta0 = self.start_dictionary.atoms_theta.to(dev)[index.reshape(-1)]
+        res = levenberg_marquardt(self.model, y.repeat_interleave(K, 0), theta0, lower,
+                                  upper, self.max_iter, self.gtol, self.xtol, self.ftol)
+        best = res.cost.view(n, K).argmin(1)
+        pick = torch.arange(n, device=dev) * K + best
+        return NLLSFit(*(getattr(res, name)[pick] for name in
+                         ("theta", "m0", "cost", "converged", "n_iter", "gradient_cosine")))
 
     def predict_with_m0(self, signals: torch.Tensor | np.ndarray
                         ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from crbnet.cli.demo_pipeline import DemoConfig, run
+from crbnet.reporting.demo import DemoConfig, run
 from crbnet.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,5 +1,5 @@
 """``crbnet demo``: train a CRB-loss and an MSE-loss network on the MT model, compare them
-with NLLS in CRB units and write DIR/report.md (see :mod:`crbnet.cli.demo_pipeline`)."""
+with NLLS in CRB units and write DIR/report.md (see :mod:`crbnet.reporting.demo`)."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crbnet.cli.demo_pipeline import DemoConfig
-    from crbnet.cli.demo_pipeline import run as run_demo
+    from crbnet.reporting.demo import DemoConfig
+    from crbnet.reporting.demo import run as run_demo
     from crbnet.errors import InputError
 
     cfg = DemoConfig()

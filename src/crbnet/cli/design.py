@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from crbnet.design.report import SNR_NOTE, design_report
     from crbnet.imaging.nifti import atomic_directory, check_output_directory
     from crbnet.physics import hardware
+    from crbnet.cli._progress import terminal_bars
     from crbnet.reporting.design import write_design_figure
 
     if args.start not in (None, "default", "random"):
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
                                 weights=parse_assignments(args.weights, "--weights"),
                                 space=space, starts=args.starts, max_minutes=args.max_minutes,
                                 max_iterations=args.max_iterations, seed=args.seed,
-                                random_only=args.start == "random", progress=True)
+                                random_only=args.start == "random", progress=terminal_bars)
     print(f"start: {hardware.describe(model.sequence)}")
     result = designer.fit()
     report = design_report(designer, result, labels, args.sequence or args.start or "default")

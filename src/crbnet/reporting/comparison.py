@@ -6,7 +6,7 @@ from pathlib import Path
 
 from crbnet import files
 from crbnet.assessment.compare import ComparisonResult
-from crbnet.plots.evaluation import plot_comparison
+from crbnet.plots.comparison import plot_comparison
 
 
 def write_comparison(result: ComparisonResult, out_dir: str | Path) -> dict[str, Path]:

@@ -4,12 +4,17 @@ leaves torch's global RNG as the caller set it."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+
+import pytest
 
 import torch
 
 import crbnet
+from crbnet.cli._progress import terminal_lines
+from crbnet.errors import InputError
 from crbnet.learning.checkpoint import read
 from crbnet.learning.run_record import RunRecord
 from crbnet.learning.trainer import Trainer
@@ -96,3 +101,19 @@ def test_resume_leaves_the_global_rng_alone(tmp_path):
     torch.testing.assert_close(torch.rand(4), expected)
     payload = read(tmp_path / "run" / "checkpoint.pt")
     assert set(payload["resume"]["rng"]) == {"data"}     # the global state is not stored
+
+
+def test_callbacks_must_be_callable(tmp_path):
+    model = crbnet.get_model("t2_decay")
+    config = build_config(model, overrides=TINY)
+    for bad in ({"log": "stderr"}, {"progress": True}, {"loss_figure": "loss.png"}):
+        with pytest.raises(InputError, match="must be a callable"):
+            Trainer(model, config, tmp_path / "run", **bad)
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_lines_go_to_the_stderr_of_the_moment(monkeypatch):
+    buffer = io.StringIO()
+    monkeypatch.setattr("sys.stderr", buffer)
+    terminal_lines("epoch   1/2  train 1.0")
+    assert buffer.getvalue() == "epoch   1/2  train 1.0\n"

@@ -88,6 +88,9 @@ class Trainer:
                  loss_figure: Callable[[RunRecord, Path], None] | None = None) -> None:
         if max_minutes is not None and not max_minutes > 0:
             raise InputError("--max-minutes must be positive")
+        for name, given in (("progress", progress), ("log", log), ("loss_figure", loss_figure)):
+            if given is not None and not callable(given):
+                raise InputError(f"Trainer {name} must be a callable or None, got {given!r}")
         # What the caller asked for.
         self.model, self.config = model, config
         self.user_basis = None if basis is None else basis.to(torch.complex128)

@@ -191,6 +191,10 @@ def _scatter(ax: Any, fig: Any, result: "EvaluationResult", values: np.ndarray,
         ax.set_ylabel(axis_label(params[1], result.units[params[1]], y))
     else:
         sc = ax.scatter(x * fx, values, c=values, norm=norm, cmap=cmap, s=14)
+        ax.axhline(0.0 if metric == "bias_over_sqrt_crb" else 1.0, color="k", lw=0.8, ls="--")
+        if np.all(x > 0) and x.max() > 20 * x.min():   # samples over decades: log axis
+            ax.set_xscale("log")
+            _plain_log_ticks(ax.xaxis)
         ax.set_ylabel(METRIC_LABELS[metric])
     ax.set_xlabel(axis_label(params[0], result.units[params[0]], x))
     _colorbar(fig, sc, ax, metric)

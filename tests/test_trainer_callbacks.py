@@ -9,7 +9,6 @@ import json
 import logging
 
 import pytest
-
 import torch
 
 import crbnet

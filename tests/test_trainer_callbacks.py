@@ -77,7 +77,10 @@ def test_bars_lines_and_figure_come_through_callbacks(tmp_path, capfd):
     assert written["network_parameters"] > 0 and written["device"] == "cpu"
 
 
-def test_silent_by_default_logs_lines_and_draws_nothing(tmp_path, capfd, caplog):
+def test_silent_by_default_logs_lines_and_draws_nothing(tmp_path, capfd, caplog, monkeypatch):
+    # as in a program that has not configured logging (the CLI, run earlier in this process,
+    # adds a handler to the crbnet logger)
+    monkeypatch.setattr(logging.getLogger("crbnet"), "handlers", [])
     model = crbnet.get_model("t2_decay")
     with caplog.at_level(logging.INFO, logger="crbnet.learning.trainer"):
         Trainer(model, build_config(model, overrides=TINY), tmp_path / "run").fit()

@@ -115,7 +115,7 @@ class Trainer:
         self.objective: TrainingObjective | None = None
         # What the run has done (restored on --resume); the run files are written from it.
         self.record = RunRecord(model, config, str(self.device),
-                                init=None if init is None else str(init))
+                                init=None if init is None else str(Path(init)))
         self.first_batch_fingerprint: float | None = None
         self.elapsed_before = 0.0
         self.t_start = 0.0

@@ -69,6 +69,7 @@ def _entry(designer, labels, seq, name):
 def bench_mt(minutes: float, seed: int) -> dict:
     import crbnet
     from crbnet.assessment.points import load_points
+    from crbnet.cli._progress import terminal_bars
     from crbnet.design import DesignSpace, SequenceDesigner
     from crbnet.physics.hardware import HardwareLimits
     from crbnet.physics.sequences import load_control_points_csv
@@ -78,7 +79,7 @@ def bench_mt(minutes: float, seed: int) -> dict:
     limits = HardwareLimits()
     designer = SequenceDesigner(model, points, snr=50, space=DesignSpace(limits, n_control=64),
                                 starts=4, max_minutes=minutes, seed=seed, random_only=True,
-                                progress=True)
+                                progress=terminal_bars)
     t0 = time.perf_counter()
     result = designer.fit()
     wall = time.perf_counter() - t0
@@ -108,6 +109,7 @@ def bench_fisp(minutes: float, seed: int) -> dict:
     flip angles with the TRs (within the default's TR range, no longer in total)."""
     import crbnet
     from crbnet.assessment.points import load_points
+    from crbnet.cli._progress import terminal_bars
     from crbnet.design import DesignSpace, SequenceDesigner
     from crbnet.physics.hardware import HardwareLimits
 
@@ -118,7 +120,7 @@ def bench_fisp(minutes: float, seed: int) -> dict:
                               (True, "designed: flip angles and TRs")):
         space = DesignSpace(HardwareLimits(), optimize_tr=optimize_tr)
         designer = SequenceDesigner(model, points, snr=50, space=space, starts=2,
-                                    max_minutes=minutes, seed=seed, progress=True)
+                                    max_minutes=minutes, seed=seed, progress=terminal_bars)
         t0 = time.perf_counter()
         result = designer.fit()
         wall += time.perf_counter() - t0

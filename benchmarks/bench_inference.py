@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         training_snr,
     )
     from crbnet.files import write_json
-    from crbnet.plots.evaluation import plot_comparison
+    from crbnet.plots.comparison import plot_comparison
 
     network = None
     if args.checkpoint:

@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     import crbnet
     from crbnet import estimators
     from crbnet.assessment.evaluate import evaluate, make_grid
+    from crbnet.cli._progress import terminal_bars
+    from crbnet.reporting.evaluation import write_evaluation
     from crbnet.files import write_json
 
     model = crbnet.get_model(args.model)
@@ -54,9 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     for method in ("nlls", "dictionary"):
         est = estimators.get(method, model, progress=False)
         start = time.perf_counter()
-        res = evaluate(est, grid, snr=args.snr, realizations=R, seed=args.seed, progress=True)
+        res = evaluate(est, grid, snr=args.snr, realizations=R, seed=args.seed,
+                       progress=terminal_bars)
         wall = time.perf_counter() - start
-        res.save(out / method)
+        write_evaluation(res, out / method)
         results[method] = (res, wall)
 
     nlls, _ = results["nlls"]

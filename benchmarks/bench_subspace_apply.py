@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     train_s = None
     if not args.checkpoint:
         _, train_s = timed(lambda: Trainer(model, cfg, run, max_minutes=args.train_minutes,
-                                           progress=False, log=None, basis=U).fit())
+                                           log=None, basis=U).fit())
     network = load(run).in_basis(U)
     say("network trained")
 

@@ -249,7 +249,7 @@ def test_wrong_time_length_is_refused_before_any_work(phantom, estimator, tmp_pa
 @pytest.fixture(scope="module")
 def phantom_dir(phantom, tmp_path_factory):
     d = tmp_path_factory.mktemp("ph") / "ph"
-    save_phantom(phantom, d, figure=False)
+    save_phantom(phantom, d)
     return d
 
 

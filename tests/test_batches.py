@@ -132,8 +132,7 @@ def test_subspace_and_crb_inflation(t2):
 def test_hdf5_dataset_roundtrip(t2, tmp_path, storage):
     path = tmp_path / "d.h5"
     s = sampling.sampler_from_spec(t2, {})
-    info = write_dataset(path, t2, s, n=300, seed=4, storage=storage, chunk_rows=64, n_fit=200,
-                         progress=False)
+    info = write_dataset(path, t2, s, n=300, seed=4, storage=storage, chunk_rows=64, n_fit=200)
     assert [p.name for p in tmp_path.iterdir()] == ["d.h5"]  # no temporary left behind
     ds = Dataset(path)
     assert ds.n == 300 and ds.storage == storage
@@ -148,7 +147,7 @@ def test_hdf5_dataset_roundtrip(t2, tmp_path, storage):
         assert info["k"] == ds.width < t2.n_timepoints
     # the same seed gives the same file content
     write_dataset(tmp_path / "e.h5", t2, s, n=300, seed=4, storage=storage, chunk_rows=64,
-                  n_fit=200, progress=False)
+                  n_fit=200)
     with h5py.File(path) as a, h5py.File(tmp_path / "e.h5") as b:
         assert np.array_equal(a["theta"][()], b["theta"][()])
 
@@ -156,7 +155,7 @@ def test_hdf5_dataset_roundtrip(t2, tmp_path, storage):
 def test_hdf5_stream_ranks_disjoint_and_balanced(t2, tmp_path):
     path = tmp_path / "d.h5"
     write_dataset(path, t2, sampling.sampler_from_spec(t2, {}), n=1000, seed=0, chunk_rows=128,
-                  n_fit=100, progress=False)
+                  n_fit=100)
     ds = Dataset(path)
     seen = []
     counts = []
@@ -189,6 +188,6 @@ def test_dataset_refuses_foreign_files(t2, tmp_path):
     with pytest.raises(InputError):
         Dataset(tmp_path / "y.h5")
     path = tmp_path / "d.h5"
-    write_dataset(path, t2, sampling.sampler_from_spec(t2, {}), n=10, n_fit=10, progress=False)
+    write_dataset(path, t2, sampling.sampler_from_spec(t2, {}), n=10, n_fit=10)
     with pytest.raises(InputError, match="different model"):
         check_compatible(Dataset(path), crbnet.get_model("ir_t1"))

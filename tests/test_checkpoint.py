@@ -23,7 +23,7 @@ TINY = {"data": {"batches_per_epoch": 5, "batch_size": 64, "val_size": 64},
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     model = crbnet.get_model("ir_t1")
-    Trainer(model, build_config("ir_t1", overrides=TINY), out, progress=False, log=None).fit()
+    Trainer(model, build_config("ir_t1", overrides=TINY), out, log=None).fit()
     return out
 
 

@@ -96,7 +96,7 @@ def test_one_training_epoch(spec, tmp_path):
     torch.manual_seed(1234)
     expected_draw = torch.rand(3)
     torch.manual_seed(1234)
-    summary = Trainer(model, cfg, tmp_path, progress=False, log=None).fit()
+    summary = Trainer(model, cfg, tmp_path, log=None).fit()
     torch.testing.assert_close(torch.rand(3), expected_draw)        # caller's RNG untouched
     assert summary["epochs"] == 1
     assert set(summary["val_crb_loss"]) == set(model.parameters)
@@ -151,7 +151,7 @@ def ir_t1_checkpoint(tmp_path_factory):
         "data": {"batches_per_epoch": 20, "batch_size": 64, "val_size": 64},
         "subspace": {"n_fit": 128, "n_check": 0}, "net": {"width": 16, "depth": 1},
         "optim": {"epochs": 2}})
-    Trainer(models.get(ESTIMATOR_MODEL), cfg, out, progress=False, log=None).fit()
+    Trainer(models.get(ESTIMATOR_MODEL), cfg, out, log=None).fit()
     return out
 
 

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from crbnet.cli.demo_pipeline import DemoConfig, run
+from crbnet.reporting.demo import DemoConfig, run
 from crbnet.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,7 +23,7 @@ def tiny_config(**changes) -> DemoConfig:
 def test_demo_writes_a_report_with_every_figure_it_names(tmp_path):
     out = tmp_path / "demo"
     # a third, registered loss rides along (the default is crb and mse)
-    summary = run(out, tiny_config(losses=("crb", "mse", "log_mse")), progress=False,
+    summary = run(out, tiny_config(losses=("crb", "mse", "log_mse")),
                   log=lambda *_: None)
     report = (out / "report.md").read_text()
     figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
@@ -51,7 +51,7 @@ def test_mse_net_gets_the_epochs_the_crb_net_completed(tmp_path):
     """A time guard that stops the CRB-net early (busy machine) must not leave the MSE-net with
     a different number of epochs: the comparison would then measure the machine."""
     summary = run(tmp_path / "demo", tiny_config(epochs=50, minutes_per_net=1e-4),
-                  progress=False, log=lambda *_: None)
+                  log=lambda *_: None)
     epochs = {n: t["epochs"] for n, t in summary["training"].items()}
     assert epochs["CRB-net"] < 50
     assert epochs["MSE-net"] == epochs["CRB-net"]
@@ -60,14 +60,14 @@ def test_mse_net_gets_the_epochs_the_crb_net_completed(tmp_path):
 def test_demo_refuses_a_non_empty_output_folder(tmp_path):
     (tmp_path / "keep.txt").write_text("user data")
     with pytest.raises(InputError, match="not empty"):
-        run(tmp_path, tiny_config(), progress=False, log=lambda *_: None)
+        run(tmp_path, tiny_config(), log=lambda *_: None)
     assert (tmp_path / "keep.txt").read_text() == "user data"
 
 
 
 def test_demo_refuses_an_unknown_loss(tmp_path):
     with pytest.raises(InputError, match="unknown loss"):
-        run(tmp_path / "x", tiny_config(losses=("crb", "nope")), progress=False,
+        run(tmp_path / "x", tiny_config(losses=("crb", "nope")),
             log=lambda *_: None)
     assert not (tmp_path / "x").exists()
 
@@ -82,5 +82,5 @@ def test_an_interrupted_demo_leaves_nothing_behind(tmp_path, monkeypatch):
     monkeypatch.setattr(crbnet.assessment.compare, "compare", fail)
     out = tmp_path / "demo"
     with pytest.raises(OSError):
-        run(out, tiny_config(), progress=False, log=lambda *_: None)
+        run(out, tiny_config(), log=lambda *_: None)
     assert list(tmp_path.iterdir()) == []

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from crbnet import models, sequences
+from crbnet import models, progress, sequences
 from crbnet.assessment.points import load_points
 from crbnet.design import DesignSpace, SequenceDesigner
 from crbnet.design.controls import FISPControls, MTControls, hann_matrix
@@ -166,10 +166,24 @@ def test_default_sequences_are_within_3t_limits():
 def test_design_improves_the_cost():
     model = models.get("mt_hybrid_state", sequence=_short_mt_sequence())
     labels, points = load_points(model, ["WM"])
+    bars = []
+
+    def record_bars(*, total, desc, unit):
+        bars.append((total, desc, unit))
+        return progress.silent()
+
     designer = SequenceDesigner(model, points, snr=50,
                                 space=DesignSpace(HardwareLimits(), n_control=6),
-                                starts=2, max_minutes=1.0, max_iterations=15, seed=1)
-    result = designer.fit()
+                                starts=2, max_minutes=1.0, max_iterations=15, seed=1,
+                                progress=record_bars)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = designer.fit()
+        assert torch.get_num_threads() == 2          # the design's one thread is not left set
+    finally:
+        torch.set_num_threads(threads)
+    assert bars == [(60, "design", "s")]
     assert result.cost < 0.9 * result.start_cost
     assert hardware.violations(result.sequence) == []
     assert [r["start"] for r in result.runs] == ["start", "random"]

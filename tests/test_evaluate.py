@@ -17,6 +17,8 @@ from crbnet.cli.app import main
 from crbnet.errors import InputError
 from crbnet.estimators import DictionaryEstimator
 from crbnet.stats.crb import crb
+from crbnet.reporting.comparison import write_comparison
+from crbnet.reporting.evaluation import write_evaluation
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -122,7 +124,7 @@ def test_infinite_crb_points_are_excluded_and_reported(tmp_path):
         j = mt.parameters.index(p)
         assert math.isnan(result.mse_over_crb[0, j]) and math.isfinite(result.mse_over_crb[1, j])
     assert summary["m0s"]["n_points"] == 2
-    paths = result.save(tmp_path / "ev")
+    paths = write_evaluation(result, tmp_path / "ev")
     text = paths["json"].read_text()
     doc = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert doc["summary"]["T2s"]["n_points_infinite_crb"] == 1
@@ -176,7 +178,7 @@ def test_compare_scores_estimators_on_the_same_signals(tmp_path, t2):
     # Score agrees with a direct computation on the shared test set.
     direct = ((estimators[1][1].predict(test.signals) - test.theta) ** 2 / test.crb).mean()
     assert rows["nlls"]["mse_over_crb"]["T2"] == pytest.approx(float(direct), rel=1e-12)
-    paths = result.save(tmp_path)
+    paths = write_comparison(result, tmp_path)
     md = paths["md"].read_text()
     assert "| nlls |" in md and "| dictionary |" in md and "MSE/CRB T2" in md
     doc = json.loads(paths["json"].read_text())

@@ -17,6 +17,7 @@ from crbnet.assessment.evaluate import evaluate, make_grid
 from crbnet.assessment.gross_errors import classify_gross_errors, projected_cost
 from crbnet.cli import app as cli
 from crbnet.physics.models import ParameterSpec, SignalModel
+from crbnet.reporting.evaluation import write_evaluation
 from crbnet.stats.crb import crb
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -99,7 +100,7 @@ def test_grid_evaluation_reports_local_minima_of_a_badly_started_fit(model, tmp_
     good = evaluate(estimators.get("nlls", model), grid, snr=50, realizations=8, seed=0)
     assert good.gross_error_summary()["n_gross"] == 0
     # written to the JSON (summary and per point) and the PNG
-    paths = result.save(tmp_path / "ev")
+    paths = write_evaluation(result, tmp_path / "ev")
     doc = json.loads(paths["json"].read_text())
     assert doc["gross_errors"]["local_minimum_fraction"] == summary["local_minimum_fraction"]
     assert doc["points"]["local_minimum_fraction"] == frac["local_minimum_fraction"].tolist()

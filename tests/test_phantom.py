@@ -15,6 +15,7 @@ from crbnet.errors import InputError
 from crbnet.imaging.phantom import LABELS, make_phantom, save_phantom
 from crbnet.physics.sequences import sequence_hash
 from crbnet.physics.tissues import PROTON_DENSITY, tissue_table
+from crbnet.reporting.phantom import truth_figure
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -125,7 +126,7 @@ def test_field_strength_tables():
 
 def test_save_writes_nifti_and_json(phantoms, tmp_path):
     ph = phantoms["fisp_mrf"]
-    paths = save_phantom(ph, tmp_path / "ph")
+    paths = save_phantom(ph, tmp_path / "ph", figures=truth_figure)
     names = {p.name for p in paths}
     assert {"signal.nii.gz", "signal.json", "mask.nii.gz", "labels.nii.gz", "truth_T1.nii.gz",
             "truth_T2.nii.gz", "truth_M0_magnitude.nii.gz", "truth_M0_phase.nii.gz",

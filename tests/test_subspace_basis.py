@@ -127,7 +127,7 @@ def test_complete_basis_gives_the_time_domain_crb(name):
 @pytest.fixture(scope="module")
 def net_run(t2, basis, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    Trainer(t2, build_config("t2_decay", overrides=TINY), out, progress=False, log=None,
+    Trainer(t2, build_config("t2_decay", overrides=TINY), out, log=None,
             basis=basis).fit()
     return out
 

@@ -73,7 +73,7 @@ def test_training_learns_t2(tmp_path):
         "data": {"batches_per_epoch": 40, "val_size": 1024,
                  "sampling": {"T2": {"range": [0.01, 0.3]}}},
         "net": {"width": 64, "depth": 2}, "optim": {"epochs": 6, "lr": 1e-2}})
-    summary = Trainer(crbnet.get_model("t2_decay"), cfg, tmp_path, progress=False,
+    summary = Trainer(crbnet.get_model("t2_decay"), cfg, tmp_path,
                       log=None).fit()
     rows = read_metrics(tmp_path)
     assert float(rows[0]["val_crb_loss_mean"]) > 3 * summary["val_crb_loss_mean"]
@@ -86,7 +86,7 @@ def test_other_losses_report_crb_units(tmp_path, loss):
         "data": {"batches_per_epoch": 4, "batch_size": 64, "val_size": 64},
         "subspace": {"n_fit": 256, "n_check": 0}, "net": {"width": 16, "depth": 1},
         "optim": {"epochs": 1}, "loss": {"name": loss, "realizations": 4, "lam": 0.5}})
-    summary = Trainer(crbnet.get_model("ir_t1"), cfg, tmp_path, progress=False, log=None).fit()
+    summary = Trainer(crbnet.get_model("ir_t1"), cfg, tmp_path, log=None).fit()
     assert summary["loss"] == loss and summary["config"]["loss"]["realizations"] == 4
     assert summary["val_crb_loss"]["T1"] > 0  # the validation metric is MSE/CRB for any loss
 

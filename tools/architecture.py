@@ -44,7 +44,7 @@ LAYERS: tuple[Layer, ...] = (
           "options, the plugin mechanism, MATLAB files, progress",
           ("crbnet.errors", "crbnet.files", "crbnet.special_outputs", "crbnet.locks",
            "crbnet.limits", "crbnet.options", "crbnet.plugins", "crbnet.matfile",
-           "crbnet.progress", "crbnet.config", "crbnet._deprecated")),
+           "crbnet.progress", "crbnet.config", "crbnet._deprecated", "crbnet.disk_space")),
     Layer("physics", "what the scanner plays and what tissue returns: signal models, "
           "sequences, hardware limits, tissue values", ("crbnet.physics",)),
     Layer("stats", "Cramér–Rao bounds, noise, sampling, subspaces, metrics in CRB units",

@@ -71,6 +71,6 @@ def output_error(exc: OSError, path: str | os.PathLike) -> OSError:
 
 
 def _disk_is_full(path: str | os.PathLike) -> bool:
-    from crbnet.limits import FULL_DISK_BYTES, free_disk
+    from crbnet.disk_space import FULL_DISK_BYTES, free_disk
 
     return free_disk(path) < FULL_DISK_BYTES

@@ -24,11 +24,9 @@ import os
 import resource
 from pathlib import Path
 
+from crbnet.disk_space import FULL_DISK_BYTES, free_disk, nearest_existing  # noqa: F401
 from crbnet.errors import InputError
 
-
-#: Free space below which a file system counts as full (a write there fails as "disk full").
-FULL_DISK_BYTES = 1 << 16
 
 
 class ResourceError(InputError):
@@ -104,22 +102,6 @@ def available_memory(device: object = None) -> int:
             return int(torch.cuda.mem_get_info(device)[0])
     rooms = [r for r in (_meminfo_available(), _cgroup_room(), _rlimit_room()) if r is not None]
     return min(rooms) if rooms else 1 << 62
-
-
-def nearest_existing(path: str | Path) -> Path:
-    """``path`` or its nearest existing parent folder."""
-    probe = Path(os.path.abspath(path))
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    return probe
-
-
-def free_disk(path: str | Path) -> int:
-    """Bytes the user may still write on the file system where ``path`` would go."""
-    with contextlib.suppress(OSError):
-        st = os.statvfs(nearest_existing(path))
-        return st.f_bavail * st.f_frsize
-    return 1 << 62
 
 
 def check_memory(need: float, what: str, device: object = None) -> None:

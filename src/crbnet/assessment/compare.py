@@ -298,20 +298,16 @@ class ComparisonResult:
         return "\n".join(lines) + "\n"
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write ``comparison.json``, ``comparison.md`` and ``comparison.png``."""
+        """Write ``comparison.json`` and ``comparison.md`` (both or neither; the figure beside
+        them: :func:`crbnet.reporting.comparison.write_comparison`)."""
         from crbnet import files
-        from crbnet.plots.evaluation import plot_comparison
 
         out_dir = Path(out_dir)
-        paths = {"json": out_dir / "comparison.json", "md": out_dir / "comparison.md",
-                 "png": out_dir / "comparison.png"}
-        with files.atomic_paths(list(paths.values())) as tmps:   # all three files or none
+        paths = {"json": out_dir / "comparison.json", "md": out_dir / "comparison.md"}
+        with files.atomic_paths(list(paths.values())) as tmps:
             tmp = dict(zip(paths, tmps))
             files.write_json(tmp["json"], self.to_json())
             files.write_text(tmp["md"], self.to_markdown())
-            plot_comparison(self.rows, self.parameters, tmp["png"],
-                            title=f"{self.model}: {self.n_voxels} test voxels, SNR "
-                                  f"{self.snr:g} (|M0|/σ)")
         return paths
 
 

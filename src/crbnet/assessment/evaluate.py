@@ -45,6 +45,8 @@ from crbnet.estimators.dictionary import parameter_axis
 from crbnet.estimators.protocol import Estimator
 from crbnet.stats.metrics import crb_normalized, finite_crb
 from crbnet.physics.models.base import SignalModel, resolve_ranges
+from crbnet.progress import ProgressFactory
+from crbnet.progress import resolve as resolve_progress
 from crbnet.stats.crb import SingularFisherWarning, crb
 from crbnet.stats.noise import SNR_DEFINITION as _SNR
 from crbnet.stats.noise import add_noise, noisy_measurements
@@ -289,17 +291,13 @@ class EvaluationResult:
         return json_ready(d)
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write ``evaluation.json`` and ``evaluation.png`` into ``out_dir``."""
+        """Write ``evaluation.json`` into ``out_dir`` (the figure beside it:
+        :func:`crbnet.reporting.evaluation.write_evaluation`)."""
         from crbnet import files
-        from crbnet.plots.evaluation import plot_evaluation
 
-        out_dir = Path(out_dir)
-        paths = {"json": out_dir / "evaluation.json", "png": out_dir / "evaluation.png"}
-        with files.atomic_paths(list(paths.values())) as tmps:   # both files or neither
-            tmp = dict(zip(paths, tmps))
-            files.write_json(tmp["json"], self.to_json())
-            plot_evaluation(self, tmp["png"])
-        return paths
+        path = Path(out_dir) / "evaluation.json"
+        files.write_json(path, self.to_json())
+        return {"json": path}
 
 
 class _PointStats:
@@ -341,7 +339,7 @@ class _PointStats:
 
 def evaluate(estimator: Estimator, grid: Grid | torch.Tensor, snr: float = 100.0,
              realizations: int = 100, seed: int = 0, batch_size: int = 8192,
-             progress: bool | None = None,
+             progress: ProgressFactory | None = None,
              on_block: Callable[[slice, torch.Tensor, np.ndarray], None] | None = None,
              classify: bool = True) -> EvaluationResult:
     """Bias, std and MSE of ``estimator`` on every point of ``grid``, against the CRB.
@@ -354,7 +352,7 @@ def evaluate(estimator: Estimator, grid: Grid | torch.Tensor, snr: float = 100.0
         realizations: noise realizations per point (≥ 2).
         seed: seed of the M0 phases and the noise.
         batch_size: voxels passed to one ``predict`` call (memory bound).
-        progress: tqdm bar (None: only on a terminal).
+        progress: progress bars (:mod:`crbnet.progress`; None: none).
         on_block: called after each block as ``on_block(points, signals, estimates)`` with the
             point slice, the noisy signals [g·r, T] and the estimates [g, r, P] (NaN where the
             estimate failed) — for statistics beyond bias/std/MSE without a second pass.
@@ -366,8 +364,6 @@ def evaluate(estimator: Estimator, grid: Grid | torch.Tensor, snr: float = 100.0
     statistics of their point. Timing covers the ``predict`` calls only, after an untimed
     warm-up call that also triggers lazy setup (e.g. dictionary simulation).
     """
-    from tqdm.auto import tqdm
-
     model = estimator.model
     grid, theta = _checked_inputs(estimator, grid, snr, realizations)
     G, P, R = theta.shape[0], model.n_parameters, int(realizations)
@@ -387,8 +383,9 @@ def evaluate(estimator: Estimator, grid: Grid | torch.Tensor, snr: float = 100.0
     points_per_block = max(1, batch_size // R)
     real_per_block = min(R, batch_size)
     seconds = 0.0
-    bar = tqdm(total=G * R, desc=f"evaluate {getattr(estimator, 'name', '')}", unit="voxel",
-               disable=(None if progress is None else not progress), leave=False)
+    bars = resolve_progress(progress)(total=G * R, unit="voxel",
+                                      desc=f"evaluate {getattr(estimator, 'name', '')}")
+    bar = bars.__enter__()    # closed after the loop (kept flat: the loop is long)
     for g0 in range(0, G, points_per_block):
         pts = slice(g0, min(G, g0 + points_per_block))
         f_block = model.simulate(theta[pts])
@@ -403,7 +400,7 @@ def evaluate(estimator: Estimator, grid: Grid | torch.Tensor, snr: float = 100.0
             if on_block is not None:
                 on_block(pts, y, est)
             bar.update(y.shape[0])
-    bar.close()
+    bars.__exit__(None, None, None)
 
     bias, std, mse = stats.moments()
     return EvaluationResult(

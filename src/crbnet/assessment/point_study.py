@@ -39,6 +39,7 @@ from crbnet.errors import InputError
 from crbnet.files import json_ready
 from crbnet.estimators.protocol import Estimator
 from crbnet.stats.metrics import crb_normalized
+from crbnet.progress import ProgressFactory
 
 
 # ---- statistics ----------------------------------------------------------------------------
@@ -67,7 +68,7 @@ class _Moments:
 
 def point_study(estimator: Estimator, points: Points, snr: float, realizations: int,
                      seed: int = 0, batch_size: int = 8192, classify: bool = True,
-                     progress: bool | None = None) -> dict[str, Any]:
+                     progress: ProgressFactory | None = None) -> dict[str, Any]:
     """Statistics of one estimator at ``points`` and one SNR (module docstring).
 
     Returns ``{name: array [G, P]}`` for ``mean, bias, bias_se, std, std_se, crb, n,
@@ -227,19 +228,18 @@ class PointStudy:
         return "\n".join(lines) + "\n"
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write ``points.json`` into ``out_dir`` (the figure beside it:
+        :func:`crbnet.reporting.points.write_point_study`)."""
         from crbnet import files
-        from crbnet.plots.points import plot_point_study
 
-        out_dir = Path(out_dir)
-        paths = {"json": out_dir / "points.json", "png": out_dir / "points.png"}
-        files.write_json(paths["json"], self.to_json())
-        plot_point_study(self, paths["png"])
-        return paths
+        path = Path(out_dir) / "points.json"
+        files.write_json(path, self.to_json())
+        return {"json": path}
 
 
 def study(estimators: Sequence[tuple[str, Estimator]], points: Points, snrs: Sequence[float],
           realizations: int = 1000, seed: int = 0, classify: bool = True,
-          progress: bool | None = None) -> PointStudy:
+          progress: ProgressFactory | None = None) -> PointStudy:
     """Statistics of each estimator at ``points`` for every SNR; with two or more, the Welch
     test of the first two estimators' biases (module docstring)."""
     if not estimators:

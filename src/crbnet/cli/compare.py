@@ -76,6 +76,7 @@ def expand_boxes(specs: list[str], bounds: str | None) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     files.check_output_folder(args.out)
     from crbnet.assessment.compare import compare, resolve_estimators, training_snr
+    from crbnet.reporting.comparison import write_comparison
 
     device = resolve_device(args.device)
     if args.voxels < 1:
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.losses.split(",") if n.strip()]
     result = compare(estimators, model=model, n=args.voxels, snr=snr, seed=args.seed,
                      losses=names)
-    paths = result.save(args.out)
+    paths = write_comparison(result, args.out)
     print(result.to_markdown())
     print(f"wrote {paths['md']}, {paths['json']} and {paths['png']}")
     return 0

@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from crbnet.cli._progress import terminal_bars
+
     if args.config:
         from pathlib import Path
 
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     info = write_dataset(args.out, model, sampler, args.n, seed=args.seed, storage=args.storage,
                          k=args.k, energy=args.energy, chunk_rows=args.chunk_rows,
-                         basis=read_basis(args, model))
+                         basis=read_basis(args, model), progress=terminal_bars)
     dt = time.perf_counter() - t0
     k = (f", k={info['k']} ({1 - info['energy']:.1e} of the signal energy dropped)"
          if info["k"] else "")

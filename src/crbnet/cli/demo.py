@@ -1,10 +1,9 @@
 """``crbnet demo``: train a CRB-loss and an MSE-loss network on the MT model, compare them
-with NLLS in CRB units and write DIR/report.md (see :mod:`crbnet.cli.demo_pipeline`)."""
+with NLLS in CRB units and write DIR/report.md (see :mod:`crbnet.reporting.demo`)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 from crbnet.cli._common import comma_list, seed_value
 from crbnet.learning import losses
@@ -28,8 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crbnet.cli.demo_pipeline import DemoConfig
-    from crbnet.cli.demo_pipeline import run as run_demo
+    from crbnet.cli._progress import terminal_bars, terminal_lines
+    from crbnet.reporting.demo import DemoConfig
+    from crbnet.reporting.demo import run as run_demo
     from crbnet.errors import InputError
 
     cfg = DemoConfig()
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         cfg.seed = args.seed
     if args.losses is not None:
         cfg.losses = tuple(comma_list(args.losses, "--losses"))
-    run_demo(args.out, cfg, progress=False if args.no_progress else None,
-             log=lambda s: print(s, file=sys.stderr, flush=True))
+    run_demo(args.out, cfg, progress=None if args.no_progress else terminal_bars,
+             log=terminal_lines)
     print(f"report: {args.out}/report.md")
     return 0

@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     from crbnet.design.report import SNR_NOTE, design_report
     from crbnet.imaging.nifti import atomic_directory, check_output_directory
     from crbnet.physics import hardware
-    from crbnet.plots.design import plot_design
+    from crbnet.cli._progress import terminal_bars
+    from crbnet.reporting.design import write_design_figure
 
     if args.start not in (None, "default", "random"):
         if args.sequence:
@@ -115,14 +116,14 @@ def run(args: argparse.Namespace) -> int:
                                 weights=parse_assignments(args.weights, "--weights"),
                                 space=space, starts=args.starts, max_minutes=args.max_minutes,
                                 max_iterations=args.max_iterations, seed=args.seed,
-                                random_only=args.start == "random", progress=True)
+                                random_only=args.start == "random", progress=terminal_bars)
     print(f"start: {hardware.describe(model.sequence)}")
     result = designer.fit()
     report = design_report(designer, result, labels, args.sequence or args.start or "default")
     with atomic_directory(args.out, overwrite=args.overwrite) as tmp:
         files.write_json(tmp / "sequence.json", result.sequence.to_dict())
         files.write_json(tmp / "design.json", report)
-        plot_design(report, model.sequence, result.sequence, tmp / "design.png")
+        write_design_figure(report, model.sequence, result.sequence, tmp / "design.png")
     print(f"designed: {hardware.describe(result.sequence)}")
     _print_summary(report, labels, SNR_NOTE)
     print(f"wrote {Path(args.out) / 'sequence.json'}, design.json, design.png")

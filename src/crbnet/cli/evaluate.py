@@ -97,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
     files.check_output_folder(args.out)
     from crbnet.assessment.compare import resolve_estimators, training_snr
     from crbnet.assessment.evaluate import SNR_DEFINITION, evaluate, make_grid, sample_points
+    from crbnet.cli._progress import terminal_bars
+    from crbnet.reporting.evaluation import write_evaluation
 
     snrs = parse_snrs(args.snr)
     if args.points is None:
@@ -141,8 +143,9 @@ def run(args: argparse.Namespace) -> int:
         if args.grid_parameters is not None:
             axes = comma_list(args.grid_parameters, "--grid-parameters")
         grid = make_grid(model, args.grid, axes=axes)
-    result = evaluate(estimator, grid, snr=snr, realizations=args.realizations, seed=args.seed)
-    paths = result.save(args.out)
+    result = evaluate(estimator, grid, snr=snr, realizations=args.realizations, seed=args.seed,
+                      progress=terminal_bars)
+    paths = write_evaluation(result, args.out)
     print(f"{label} on {model.name}: {grid.theta.shape[0]} points x {args.realizations} "
           f"realizations, SNR {snr:g} ({SNR_DEFINITION})")
     print(f"{'parameter':<10} {'MSE/CRB':>9} {'|bias|/sqrtCRB':>15} {'std/sqrtCRB':>12} "
@@ -171,6 +174,8 @@ def run_points(args: argparse.Namespace, model, estimators: list, snrs: list[flo
                train_snr: float | None) -> int:
     """``--points``: statistics at tissue points (see :mod:`crbnet.assessment.point_study`)."""
     from crbnet.assessment.point_study import study, sweep_points, tissue_points
+    from crbnet.cli._progress import terminal_bars
+    from crbnet.reporting.points import write_point_study
 
     points = tissue_points(model, args.points)
     if args.sweep:
@@ -180,8 +185,9 @@ def run_points(args: argparse.Namespace, model, estimators: list, snrs: list[flo
     snrs = snrs or [train_snr or DEFAULT_SNR]
     _sizes.evaluate_points(model, len(points.names), len(snrs) * len(estimators),
                            args.realizations)
-    result = study(estimators, points, snrs, realizations=args.realizations, seed=args.seed)
-    paths = result.save(args.out)
+    result = study(estimators, points, snrs, realizations=args.realizations, seed=args.seed,
+                   progress=terminal_bars)
+    paths = write_point_study(result, args.out)
     print(format_point_table(result))
     print(f"wrote {paths['json']} and {paths['png']}")
     return 0

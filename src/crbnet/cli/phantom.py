@@ -49,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from crbnet.imaging.nifti import check_output_directory
     from crbnet.imaging.phantom import make_phantom, parse_shape, save_phantom
+    from crbnet.reporting.phantom import truth_figure
 
     model = model_in_basis(args, build_model(args))
     shape = parse_shape(args.shape)
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     phantom = make_phantom(model, shape, args.snr, args.seed, field_strength=args.field_strength,
                            variation=args.variation, m0_scale=args.m0_scale)
     paths = save_phantom(phantom, args.out, compress=not args.uncompressed,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, figures=truth_figure)
     counts = ", ".join(f"{name} {int(m.sum())}" for name, m in phantom.tissue_masks().items())
     points = (f"{model.n_timepoints} coefficients" if hasattr(model, "basis") else
               f"{model.n_timepoints} time points")

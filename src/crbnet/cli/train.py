@@ -131,6 +131,7 @@ def _option_text(value: object) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 def run(args: argparse.Namespace) -> int:
+    from crbnet.cli._progress import terminal_bars, terminal_lines
     from crbnet.learning.trainer import Trainer
     from crbnet.learning.training_config import (
         TrainConfig,
@@ -138,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         parse_set_option,
         read_config_file,
     )
+    from crbnet.reporting.training import draw_loss_curves
 
     file_data: dict = {}
     if args.config:
@@ -171,8 +173,9 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     _sizes.train(model, config, args.out, device)
     trainer = Trainer(model, config, args.out, device=device, max_minutes=args.max_minutes,
-                      resume=args.resume, progress=False if args.no_progress else None,
-                      init=args.init, basis=read_basis(args, model))
+                      resume=args.resume, progress=None if args.no_progress else terminal_bars,
+                      log=terminal_lines, init=args.init, basis=read_basis(args, model),
+                      loss_figure=draw_loss_curves)
     summary = trainer.fit()
     if trainer.dist.is_main:
         per = ", ".join(f"{p} {v:.3g}" for p, v in summary["val_crb_loss"].items()

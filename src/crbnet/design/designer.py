@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.optimize
 import torch
-from tqdm.auto import tqdm
 
 from crbnet.design.controls import Controls, DesignSpace, controls_for
 from crbnet.design.cost import design_cost, relative_crb
@@ -18,11 +17,28 @@ from crbnet.errors import InputError
 from crbnet.physics import sequences as seqs
 from crbnet.physics.hardware import HardwareLimits
 from crbnet.physics.models.base import SignalModel
+from crbnet.progress import ProgressBar, ProgressFactory
+from crbnet.progress import resolve as resolve_progress
 from crbnet.stats.crb import crb
 
 
 class _OutOfTime(Exception):
     """The time budget ran out inside an optimizer run."""
+
+
+class _BarClock:
+    """Shows the seconds spent of the budget on a progress bar (whole seconds, so a bar
+    redraws at most once a second) with the run and best cost as its status."""
+
+    def __init__(self, bar: ProgressBar, total: int) -> None:
+        self.bar, self.total, self.shown = bar, total, 0
+
+    def show(self, elapsed: float, status: str) -> None:
+        now = min(int(elapsed), self.total)
+        if now > self.shown:
+            self.bar.set_postfix(ordered_dict={"status": status}, refresh=False)
+            self.bar.update(now - self.shown)
+            self.shown = now
 
 
 @dataclass
@@ -61,13 +77,14 @@ class SequenceDesigner:
             provides what is not designed (TR, number of TRs, inversion, ...).
         max_minutes: wall-time budget of all runs together.
         max_iterations: quasi-Newton iterations per run.
-        progress: show a progress bar (stderr).
+        progress: a bar over the time budget, s (:mod:`crbnet.progress`; None: none).
     """
 
     def __init__(self, model: SignalModel, points: torch.Tensor, snr: float = 50.0,
                  weights: dict[str, float] | None = None, space: DesignSpace | None = None,
                  starts: int = 4, max_minutes: float = 10.0, max_iterations: int = 2000,
-                 seed: int = 0, random_only: bool = False, progress: bool = False) -> None:
+                 seed: int = 0, random_only: bool = False,
+                 progress: ProgressFactory | None = None) -> None:
         if not (math.isfinite(snr) and snr > 0):
             raise InputError(f"the SNR must be a positive number, got {snr!r}")
         if starts < 1 or not max_minutes > 0 or max_iterations < 1:
@@ -169,24 +186,22 @@ class SequenceDesigner:
         best = {"x": x_start, "cost": math.inf if self.random_only else start_cost}
         history: list[dict] = []
         runs: list[dict] = []
-        bar = tqdm(total=round(budget), unit="s", desc="design", disable=not self.progress,
-                   mininterval=0.5, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s {postfix}")
-        try:
+        with resolve_progress(self.progress)(total=round(budget), unit="s",
+                                             desc="design") as bar:
+            clock = _BarClock(bar, round(budget))
             for run in range(self.starts):
                 remaining = budget - (time.perf_counter() - t0)
                 if remaining <= 0:
                     break
                 x0 = x_start if run == 0 and not self.random_only else self.controls.random(rng)
                 deadline = time.perf_counter() + remaining / (self.starts - run)
-                runs.append(self._run(run, x0, deadline, t0, best, history, bar))
-        finally:
-            bar.close()
+                runs.append(self._run(run, x0, deadline, t0, best, history, clock))
         return DesignResult(sequence=self.controls.sequence(best["x"]), x=best["x"],
                             cost=best["cost"], start_cost=start_cost, history=history,
                             runs=runs, elapsed=time.perf_counter() - t0)
 
     def _run(self, run: int, x0: np.ndarray, deadline: float, t0: float, best: dict,
-             history: list[dict], bar) -> dict:
+             history: list[dict], clock: _BarClock) -> dict:
         """One bounded L-BFGS run on log(cost) until convergence or the deadline."""
         record = {"start": "random" if run or self.random_only else "start", "first_cost": None,
                   "final_cost": math.inf, "evaluations": 0}
@@ -206,9 +221,7 @@ class SequenceDesigner:
                 best["x"], best["cost"] = x.copy(), value
             elapsed = time.perf_counter() - t0
             history.append({"elapsed": elapsed, "run": run, "cost": value, "best": best["cost"]})
-            bar.set_postfix_str(f"run {run + 1}/{self.starts} best {best['cost']:.4g}",
-                                refresh=False)
-            bar.update(min(elapsed, bar.total) - bar.n)     # redraws at most every 0.5 s
+            clock.show(elapsed, f"run {run + 1}/{self.starts} best {best['cost']:.4g}")
             return math.log(value), grad / value
 
         try:

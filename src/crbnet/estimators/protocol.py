@@ -151,10 +151,10 @@ def register_estimator(name: str, description: str, needs_checkpoint: bool = Fal
 def _registry() -> dict[str, EstimatorKind]:
     """The registry, after importing every module of the :mod:`crbnet.estimators` package
     once (each built-in registers itself from its own module, so a new one is a new file and
-    nothing else)."""
-    import crbnet.estimators as package
-
-    for module in pkgutil.iter_modules(package.__path__, prefix=f"{package.__name__}."):
+    nothing else). The modules are found beside this one, by path: the package itself is not
+    imported from here (it imports this module)."""
+    package = __name__.rpartition(".")[0]
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)], prefix=f"{package}."):
         importlib.import_module(module.name)
     return REGISTRY
 

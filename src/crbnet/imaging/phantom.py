@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -379,13 +379,16 @@ def _noisy_signals(model: SignalModel, truth: dict[str, np.ndarray], m0: np.ndar
 
 
 def save_phantom(phantom: Phantom, directory: str | Path, *, compress: bool = True,
-                 overwrite: bool = False, figure: bool = True) -> list[Path]:
+                 overwrite: bool = False,
+                 figures: Callable[[Phantom, Path], list[str]] | None = None) -> list[Path]:
     """Write the phantom to a new folder (atomically: all files or none).
 
     Files: ``signal.nii.gz`` (complex64, time last; ``.nii`` without ``compress``) with its
     sidecar ``signal.json``, ``mask.nii.gz``, ``labels.nii.gz``, ``truth_<param>.nii.gz`` per
     estimated parameter, ``truth_M0_magnitude.nii.gz``, ``truth_M0_phase.nii.gz`` (rad),
-    ``phantom.json`` and ``truth.png``.
+    ``phantom.json``, and what ``figures(phantom, folder)`` draws into the folder being written
+    (it returns the names; the command line passes
+    :func:`crbnet.reporting.phantom.truth_figure`, which draws ``truth.png``).
 
     Returns:
         the written paths (in their final folder).
@@ -429,17 +432,8 @@ def save_phantom(phantom: Phantom, directory: str | Path, *, compress: bool = Tr
         from crbnet.files import write_json
         write_json(tmp / "phantom.json", info)
         names.append("phantom.json")
-        if figure:
-            from crbnet.plots.maps import plot_parameter_maps
-            maps = dict(phantom.truth)
-            maps["|M0|"] = np.abs(phantom.m0)
-            maps["M0 phase"] = np.angle(phantom.m0)
-            units = {p: model.spec(p).unit for p in phantom.truth}
-            units.update({"|M0|": "a.u.", "M0 phase": "rad"})
-            plot_parameter_maps(maps, units, tmp / "truth.png", mask=phantom.mask,
-                                title=f"phantom truth: {model.name}, {phantom.field_strength:g} T, "
-                                      f"SNR {phantom.snr:g} (|M0|/σ)")
-            names.append("truth.png")
+        if figures is not None:
+            names += figures(phantom, tmp)
     return [Path(directory) / n for n in names]
 
 

@@ -29,7 +29,6 @@ from typing import Any, Iterator
 
 import h5py
 import torch
-from tqdm.auto import tqdm
 
 from crbnet.errors import InputError
 from crbnet.files import atomic_path, hdf5_file
@@ -37,6 +36,8 @@ from crbnet.limits import check_disk
 from crbnet.learning.checkpoint import model_from_dict, model_to_dict
 from crbnet.learning.batches import CleanBatch, simulate_clean
 from crbnet.physics.models.base import SignalModel
+from crbnet.progress import ProgressFactory
+from crbnet.progress import resolve as resolve_progress
 from crbnet.stats.sampling import ParameterSampler, derived_generator
 from crbnet.stats.subspace import Subspace, basis_hash, fit_subspace, project, user_subspace
 
@@ -47,7 +48,7 @@ VERSION = 1
 def write_dataset(path: str | Path, model: SignalModel, sampler: ParameterSampler, n: int,
                   seed: int = 0, storage: str = "coefficients", k: int | None = None,
                   energy: float = 0.9999999, n_fit: int = 4096, chunk_rows: int = 1024,
-                  progress: bool | None = None, basis: torch.Tensor | None = None,
+                  progress: ProgressFactory | None = None, basis: torch.Tensor | None = None,
                   check_space: bool = True) -> dict:
     """Simulate ``n`` noiseless samples with their CRBs and write them to ``path`` (HDF5).
 
@@ -55,7 +56,7 @@ def write_dataset(path: str | Path, model: SignalModel, sampler: ParameterSample
         storage: ``"coefficients"`` (default: SVD basis fitted on ``n_fit`` extra signals, k
             from ``k`` or ``energy``) or ``"signals"`` (full time series).
         chunk_rows: rows simulated and written at a time (bounds memory).
-        progress: show a progress bar (None: only on a terminal).
+        progress: a bar over the chunks (:mod:`crbnet.progress`; None: none).
         basis: a user's basis U [T, K] (orthonormal): coefficients in it instead of an SVD
             basis, and the CRBs are those of these coefficients (they *are* the data).
         check_space: refuse (ResourceError) before writing when the rows cannot fit in the
@@ -103,14 +104,15 @@ def write_dataset(path: str | Path, model: SignalModel, sampler: ParameterSample
             f.attrs["basis_source"] = subspace.source
             f.attrs["basis_hash"] = basis_hash(subspace.basis)
         f.attrs["crb_space"] = "time" if crb_basis is None else "coefficients"
-        for c in tqdm(range(n_chunks), desc="dataset", unit="chunk",
-                      disable=None if progress is None else not progress, leave=False):
-            start, stop = c * chunk_rows, min(n, (c + 1) * chunk_rows)
-            theta = sampler.sample(stop - start, derived_generator(seed, "dataset", c))
-            clean = simulate_clean(model, theta, basis, crb_basis=crb_basis)
-            d_theta[start:stop] = clean.theta.numpy()
-            d_crb[start:stop] = clean.crb.numpy()
-            d_sig[start:stop] = clean.coefficients.numpy()
+        with resolve_progress(progress)(total=n_chunks, desc="dataset", unit="chunk") as bar:
+            for c in range(n_chunks):
+                start, stop = c * chunk_rows, min(n, (c + 1) * chunk_rows)
+                theta = sampler.sample(stop - start, derived_generator(seed, "dataset", c))
+                clean = simulate_clean(model, theta, basis, crb_basis=crb_basis)
+                d_theta[start:stop] = clean.theta.numpy()
+                d_crb[start:stop] = clean.crb.numpy()
+                d_sig[start:stop] = clean.coefficients.numpy()
+                bar.update(1)
     return {"path": str(path), "n": n, "storage": storage, "k": width if basis is not None else None,
             "energy": None if subspace is None else subspace.energy}
 

@@ -2,8 +2,10 @@
 
 RUN_DIR holds ``checkpoint.pt`` (weights, model, sampling, basis, config, metrics and the state
 needed to resume: Adam, schedule step, epoch, each process's generator states), ``metrics.csv``
-(one row per epoch), ``summary.json`` and ``loss.png``. All are rewritten after every epoch,
-each atomically (temporary file, then rename); loss.png at most every 30 s and at the end.
+(one row per epoch), ``summary.json`` and — when the caller draws one — ``loss.png``. All are
+rewritten after every epoch, each atomically (temporary file, then rename); loss.png at most
+every 30 s and at the end. What is written comes from a
+:class:`~crbnet.learning.run_record.RunRecord`, never from the trainer itself.
 RUN_DIR appears with the first complete set of files or not at all.
 """
 
@@ -14,21 +16,18 @@ import io as _io
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
 from crbnet import files as cio
 from crbnet.errors import InputError
 from crbnet.learning.checkpoint import NORMALIZATION, basis_to_real, model_to_dict, read, save
-from crbnet.learning.distributed import gather
-from crbnet.learning.nets import count_parameters
+from crbnet.learning.distributed import DistInfo, gather
+from crbnet.learning.run_record import RunRecord, TrainingState
 from crbnet.learning.training_config import TrainConfig
 from crbnet.physics.models.base import SignalModel
 from crbnet.stats.noise import SNR_DEFINITION
-
-if TYPE_CHECKING:
-    from crbnet.learning.trainer import Trainer
 
 FILES = ("checkpoint.pt", "metrics.csv", "summary.json", "loss.png")
 PLOT_INTERVAL_S = 30.0
@@ -82,11 +81,12 @@ class RunFiles:
         return payload
 
     def write(self, payload: Mapping[str, Any], summary: Mapping[str, Any],
-              metrics: list[dict], final: bool, plot: Callable[[Path], None]) -> None:
+              metrics: list[dict], final: bool,
+              plot: Callable[[Path], None] | None = None) -> None:
         """Write the epoch's files (main process only). If a write fails (disk full, ...), the
         files and folders it would have created are removed again; files of an earlier epoch
         stay (each is replaced atomically, so they are complete). ``plot(path)`` draws
-        loss.png."""
+        loss.png (None: no figure)."""
         if not self.is_main:
             return
         fresh = [self.run_dir / n for n in FILES if not (self.run_dir / n).exists()]
@@ -96,7 +96,7 @@ class RunFiles:
             self._write_metrics_csv(metrics)
             cio.write_json(self.run_dir / "summary.json", summary)
             now = time.perf_counter()
-            if final or now - self._last_plot > PLOT_INTERVAL_S:
+            if plot is not None and (final or now - self._last_plot > PLOT_INTERVAL_S):
                 plot(self.run_dir / "loss.png")
                 self._last_plot = now
         except BaseException:
@@ -119,37 +119,41 @@ class RunFiles:
         cio.write_text(self.run_dir / "metrics.csv", buf.getvalue())
 
 
-def checkpoint_payload(trainer: "Trainer", epoch: int, summary: Mapping[str, Any]) -> dict:
+def checkpoint_payload(record: RunRecord, state: TrainingState, epoch: int,
+                       summary: Mapping[str, Any], dist: DistInfo) -> dict:
     """checkpoint.pt: what inference needs (model, sampling, basis, normalization, network),
     the training record, and the state that resumes the run. Call it on every process: it
-    gathers each process's generator states."""
-    net, subspace, dist = trainer.net, trainer.data.subspace, trainer.dist
+    gathers each process's data-generator state.
 
-    def gathered(state: torch.Tensor) -> list[torch.Tensor]:
-        return [torch.as_tensor(s) for s in gather(state.clone(), dist)]
+    Training draws every random number from its own generators, never from torch's global
+    one, so the global state is neither saved nor restored (a resume leaves the caller's
+    global RNG alone)."""
+    net = state.net
 
-    rng = {"data": gathered(trainer.generator.get_state()),
-           "torch": gathered(torch.get_rng_state())}
+    def gathered(rng_state: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.as_tensor(s) for s in gather(rng_state.clone(), dist)]
+
     return {
-        "model": model_to_dict(trainer.model),
-        "sampling": trainer.data.sampler.spec_dict(),
-        "basis": basis_to_real(None if subspace is None else subspace.basis),
-        "subspace": trainer.subspace_report,
+        "model": model_to_dict(record.model),
+        "sampling": state.sampling,
+        "basis": basis_to_real(state.basis),
+        "subspace": record.subspace,
         "normalization": dict(NORMALIZATION),
         "network": {"description": net.describe(),
                     "state_dict": {k: v.detach().cpu().clone()
                                    for k, v in net.state_dict().items()}},
-        "training": {"config": trainer.config.to_dict(), "metrics": list(trainer.metrics),
+        "training": {"config": record.config.to_dict(), "metrics": list(record.metrics),
                      "summary": summary},
-        "resume": {"epoch": epoch, "optimizer": trainer.optimizer.state_dict(),
-                   "scheduler": trainer.schedule.state_dict(), "rng": rng,
-                   "world_size": dist.world, "elapsed_s": trainer.elapsed()},
+        "resume": {"epoch": epoch, "optimizer": state.optimizer.state_dict(),
+                   "scheduler": state.schedule.state_dict(),
+                   "rng": {"data": gathered(state.generator.get_state())},
+                   "world_size": dist.world, "elapsed_s": record.elapsed_seconds},
     }
 
 
-def run_summary(trainer: "Trainer", epoch: int) -> dict:
+def run_summary(record: RunRecord, epoch: int) -> dict:
     """summary.json after ``epoch`` epochs."""
-    model, cfg, metrics = trainer.model, trainer.config, trainer.metrics
+    model, cfg, metrics = record.model, record.config, record.metrics
     params = list(model.parameters)
     last = metrics[-1] if metrics else {}
     train_time = sum(m["epoch_seconds"] for m in metrics)
@@ -164,26 +168,26 @@ def run_summary(trainer: "Trainer", epoch: int) -> dict:
         "mode": cfg.data.mode,
         "epochs": epoch,
         "epochs_planned": cfg.optim.epochs,
-        "stopped_by": trainer.stopped_by,
+        "stopped_by": record.stopped_by,
         "val_crb_loss": {p: last.get(f"val_crb_loss_{p}") for p in params},
         "val_crb_loss_mean": last.get("val_crb_loss_mean"),
         "val_definition": "mean over the fixed validation set of (estimate - truth)^2 / CRB, "
                           "CRB of the full data at each sample's noise level",
         "val_size": cfg.data.val_size,
-        "val_crb_over_prior_variance": trainer.data.prior_ratio,
-        "val_singular_samples": trainer.data.val_singular,
+        "val_crb_over_prior_variance": record.val_crb_over_prior_variance,
+        "val_singular_samples": record.val_singular_samples,
         "best_val_crb_loss_mean": min((m["val_crb_loss_mean"] for m in metrics), default=None),
-        "wall_time_s": trainer.elapsed(),
+        "wall_time_s": record.elapsed_seconds,
         "train_time_s": train_time,
         "samples": samples,
         "samples_per_s": samples / train_time if train_time > 0 else None,
-        "setup_time_s": trainer.setup_seconds,
-        "subspace": trainer.subspace_report,
-        "network_parameters": count_parameters(trainer.net),
-        "world_size": trainer.dist.world,
-        "device": str(trainer.device),
+        "setup_time_s": record.setup_seconds,
+        "subspace": record.subspace,
+        "network_parameters": record.network_parameters,
+        "world_size": record.world_size,
+        "device": record.device,
         "config": cfg.to_dict(),
-        "init": None if trainer.init is None else str(trainer.init),
+        "init": record.init,
     }
 
 

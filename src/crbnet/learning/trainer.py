@@ -18,14 +18,13 @@ in :mod:`~crbnet.learning.distributed`, ``--init`` in :mod:`~crbnet.learning.fin
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from crbnet.errors import ComputationError, InputError
 from crbnet.learning import losses
@@ -44,14 +43,17 @@ from crbnet.learning.fine_tune import InitCheckpoint
 from crbnet.learning.nets import ParameterNet, count_parameters, output_ranges
 from crbnet.learning.objective import TrainingObjective
 from crbnet.learning.run_files import RunFiles, checkpoint_payload, run_summary
+from crbnet.learning.run_record import RunRecord, TrainingState
 from crbnet.learning.schedule import WarmupCosine
 from crbnet.learning.training_config import TrainConfig
 from crbnet.learning.training_data import TrainingData, prepare_data, subspace_report
 from crbnet.physics.models import _numba
 from crbnet.physics.models.base import SignalModel
+from crbnet.progress import ProgressFactory, silent
 from crbnet.stats.sampling import derived_generator
 
 VALIDATION_CHUNK = 4096
+_log = logging.getLogger(__name__)
 
 
 class Trainer:
@@ -60,7 +62,8 @@ class Trainer:
     Args:
         model: signal model (sequence and fixed parameters included).
         config: :class:`~crbnet.learning.training_config.TrainConfig`.
-        run_dir: output directory (checkpoint.pt, metrics.csv, loss.png, summary.json).
+        run_dir: output directory (checkpoint.pt, metrics.csv, summary.json; loss.png when
+            ``loss_figure`` is given).
         device: torch device for the network (and online simulation).
         max_minutes: stop at the first epoch end after this many minutes of this invocation.
         resume: continue from RUN_DIR/checkpoint.pt (the config must be the same).
@@ -68,20 +71,26 @@ class Trainer:
             of a random initialization — fine-tuning, e.g. a bias-reduced network from a
             CRB-loss one (:mod:`crbnet.learning.fine_tune` says what must match). Its basis
             replaces the subspace fit. The optimizer and schedule start afresh.
-        progress: progress bars (None: only on a terminal).
-        log: where progress lines go: a text stream, None (nowhere) or "stderr" (the
-            ``sys.stderr`` of the moment each line is written, which may be redirected).
+        progress: one bar per epoch (:mod:`crbnet.progress`; None: none).
+        log: receives each progress line (set-up, one per epoch, resume notes); None: they go
+            to the ``crbnet.learning.trainer`` logger at INFO level.
+        loss_figure: draws the training curves from the run's record into the given path
+            (``crbnet.reporting.training.draw_loss_curves``); None: no loss.png.
         basis: a user's basis U [T, K]: the network reads coefficients in it and trains against
             their CRBs.
     """
 
     def __init__(self, model: SignalModel, config: TrainConfig, run_dir: str | Path,
                  device: torch.device | str = "cpu", max_minutes: float | None = None,
-                 resume: bool = False, progress: bool | None = None,
-                 log: Any = "stderr", basis: torch.Tensor | None = None,
-                 init: str | Path | None = None) -> None:
+                 resume: bool = False, progress: ProgressFactory | None = None,
+                 log: Callable[[str], None] | None = None, basis: torch.Tensor | None = None,
+                 init: str | Path | None = None,
+                 loss_figure: Callable[[RunRecord, Path], None] | None = None) -> None:
         if max_minutes is not None and not max_minutes > 0:
             raise InputError("--max-minutes must be positive")
+        for name, given in (("progress", progress), ("log", log), ("loss_figure", loss_figure)):
+            if given is not None and not callable(given):
+                raise InputError(f"Trainer {name} must be a callable or None, got {given!r}")
         # What the caller asked for.
         self.model, self.config = model, config
         self.user_basis = None if basis is None else basis.to(torch.complex128)
@@ -92,6 +101,7 @@ class Trainer:
         self.resume = resume
         self.progress = progress
         self.log = log
+        self.loss_figure = loss_figure
         # Set up by fit(): processes, files, data, network and optimizer.
         self.dist = DistInfo()
         self.files = RunFiles(self.run_dir, say=self._say)
@@ -103,14 +113,12 @@ class Trainer:
         self.schedule: WarmupCosine | None = None
         self.generator: torch.Generator | None = None
         self.objective: TrainingObjective | None = None
-        self.subspace_report: dict = {}
-        # Progress of the run (restored on --resume).
-        self.metrics: list[dict] = []
+        # What the run has done (restored on --resume); the run files are written from it.
+        self.record = RunRecord(model, config, str(self.device),
+                                init=None if init is None else str(Path(init)))
         self.first_batch_fingerprint: float | None = None
-        self.stopped_by = "epochs"
         self.elapsed_before = 0.0
         self.t_start = 0.0
-        self.setup_seconds = 0.0
 
     # ---- main --------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -124,7 +132,7 @@ class Trainer:
             self._build()
             start_epoch = (self._restore(resumed) if resumed is not None
                            else self._fresh_start())
-            self.setup_seconds = time.perf_counter() - self.t_start
+            self.record.setup_seconds = time.perf_counter() - self.t_start
             if self.dist.is_main:
                 self._say(setup_line(self))
             summary = self._run_epochs(start_epoch)
@@ -141,6 +149,7 @@ class Trainer:
         RUN_DIR is created by the first (atomic) write, after epoch 1: bad input found during
         set-up leaves nothing behind."""
         self.dist, self.device = init_distributed(self.device)
+        self.record.device, self.record.world_size = str(self.device), self.dist.world
         self.files.is_main = self.dist.is_main
         self.config.validate()
         self.files.check_start(self.resume)
@@ -170,6 +179,9 @@ class Trainer:
         self.generator = derived_generator(self.config.seed, "train-data", self.dist.rank)
         self.objective = TrainingObjective(self.config.loss, self.model, self.data.sampler,
                                            self.device)
+        self.record.network_parameters = count_parameters(self.net)
+        self.record.val_crb_over_prior_variance = self.data.prior_ratio
+        self.record.val_singular_samples = self.data.val_singular
 
     def _build_network(self) -> ParameterNet:
         cfg, model, data = self.config, self.model, self.data
@@ -192,24 +204,25 @@ class Trainer:
         self.net.load_state_dict(resumed["network"]["state_dict"])
         self.optimizer.load_state_dict(r["optimizer"])
         self.schedule.load_state_dict(r["scheduler"])
+        # Training draws only from its own generators: torch's global RNG (which a checkpoint
+        # of an earlier version also holds) is the caller's and is left alone.
         self.generator.set_state(r["rng"]["data"][self.dist.rank])
-        torch.set_rng_state(r["rng"]["torch"][self.dist.rank])
-        self.metrics = list(resumed["training"]["metrics"])
+        self.record.metrics = list(resumed["training"]["metrics"])
         self.elapsed_before = float(r["elapsed_s"])
-        self.subspace_report = resumed["subspace"]
+        self.record.subspace = resumed["subspace"]
         start_epoch = int(r["epoch"])
         self._say(f"resuming {self.run_dir} after epoch {start_epoch}")
         return start_epoch
 
     def _fresh_start(self) -> int:
-        self.subspace_report = subspace_report(self.model, self.data, self.config,
+        self.record.subspace = subspace_report(self.model, self.data, self.config,
                                                self.dist.is_main)
         return 0
 
     def _run_epochs(self, start_epoch: int) -> dict:
         """Train, validate and write the run files epoch by epoch; returns the last summary."""
         epochs = self.config.optim.epochs
-        summary = run_summary(self, start_epoch)
+        summary = run_summary(self._record_now(), start_epoch)
         epoch = start_epoch
         while epoch < epochs:
             train_loss, samples, seconds = self._train_epoch(epoch)
@@ -217,12 +230,12 @@ class Trainer:
             stop = False
             if self.dist.is_main:
                 row = self._metrics_row(epoch, train_loss, samples, seconds)
-                self.metrics.append(row)
+                self.record.metrics.append(row)
                 self._say(epoch_line(row, self.model.parameters, epochs))
                 stop = self._out_of_time() and epoch < epochs
             stop = broadcast_flag(stop, self.dist, self.device)
             if stop:
-                self.stopped_by = "time"
+                self.record.stopped_by = "time"
             summary = self._write_files(epoch, final=stop or epoch == epochs)
             if stop:
                 break
@@ -261,11 +274,15 @@ class Trainer:
         """One epoch of optimizer steps; returns (mean loss, samples over all processes, s)."""
         cfg = self.config
         self.ddp_net.train()
-        bar = tqdm(total=self.data.source.batches_per_epoch,
-                   desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="batch", leave=False,
-                   file=sys.stderr,
-                   disable=(not self.dist.is_main) or (None if self.progress is None
-                                                       else not self.progress))
+        bars = self.progress if self.progress is not None and self.dist.is_main else silent
+        with bars(total=self.data.source.batches_per_epoch,
+                  desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="batch") as bar:
+            total, count, samples, seconds = self._epoch_batches(epoch, bar)
+        return total / max(count, 1), samples * self.dist.world, seconds
+
+    def _epoch_batches(self, epoch: int, bar: Any) -> tuple[float, int, int, float]:
+        """The optimizer steps of one epoch; returns (loss sum, steps, samples, s)."""
+        cfg = self.config
         total, count, samples = 0.0, 0, 0
         t0 = time.perf_counter()
         for b, clean in enumerate(self.data.source.batches(epoch, self.generator)):
@@ -284,8 +301,7 @@ class Trainer:
             bar.update(1)
             if b % 10 == 0:
                 bar.set_postfix(loss=f"{total / count:.4g}")
-        bar.close()
-        return total / max(count, 1), samples * self.dist.world, time.perf_counter() - t0
+        return total, count, samples, time.perf_counter() - t0
 
     def _step(self, batch: NoisyBatch) -> float:
         """One optimizer step on ``batch``; returns the loss value."""
@@ -315,30 +331,36 @@ class Trainer:
         """Seconds of training so far, earlier invocations (before --resume) included."""
         return self.elapsed_before + (time.perf_counter() - self.t_start)
 
+    def _record_now(self) -> RunRecord:
+        """The run's record with the elapsed time brought up to date."""
+        self.record.elapsed_seconds = self.elapsed()
+        return self.record
+
     def _write_files(self, epoch: int, final: bool) -> dict:
-        summary = run_summary(self, epoch)
-        payload = checkpoint_payload(self, epoch, summary)   # on every process: gathers RNG states
-        cfg = self.config
-
-        def plot(path: Path) -> None:
-            from crbnet.plots.training import plot_training_curves
-
-            plot_training_curves(self.metrics, list(self.model.parameters), path,
-                                 loss_name=cfg.loss.name,
-                                 title=f"{self.model.name}, {cfg.loss.name} loss, "
-                                       f"SNR {cfg.data.snr}")
-
-        self.files.write(payload, summary, self.metrics, final, plot)
+        record = self._record_now()
+        summary = run_summary(record, epoch)
+        state = TrainingState(self.net, self.optimizer, self.schedule, self.generator,
+                              self.data.sampler.spec_dict(),
+                              None if self.data.subspace is None else self.data.subspace.basis)
+        # on every process: gathers the generator states
+        payload = checkpoint_payload(record, state, epoch, summary, self.dist)
+        figure = self.loss_figure
+        plot = None if figure is None else (lambda path: figure(record, path))
+        self.files.write(payload, summary, record.metrics, final, plot)
         return summary
 
     def _say(self, text: str) -> None:
-        if self.dist.is_main and self.log is not None:
-            tqdm.write(text, file=sys.stderr if self.log == "stderr" else self.log)
+        if not self.dist.is_main:
+            return
+        if self.log is None:
+            _log.info(text)
+        else:
+            self.log(text)
 
 
 def setup_line(trainer: Trainer) -> str:
     """The line announcing a run: model, loss, SNR, data, subspace, network, processes."""
-    s, cfg, model = trainer.subspace_report, trainer.config, trainer.model
+    s, cfg, model = trainer.record.subspace, trainer.config, trainer.model
     src = (f"offline {cfg.data.dataset}" if cfg.data.mode == "offline" else
            f"online, pool {cfg.data.pool_size}" if cfg.data.pool_size else "online, fresh")
     comp = "none" if s["k"] is None else f"k={s['k']} of {model.n_timepoints}"
@@ -348,7 +370,7 @@ def setup_line(trainer: Trainer) -> str:
     return (f"crbnet train: {model.name} [{', '.join(model.parameters)}], "
             f"loss {cfg.loss.name}, SNR {cfg.data.snr} (|M0|/sigma), data {src}, "
             f"subspace {comp}, network {count_parameters(trainer.net)} weights, "
-            f"{trainer.dist.world} process(es), setup {trainer.setup_seconds:.1f} s")
+            f"{trainer.dist.world} process(es), setup {trainer.record.setup_seconds:.1f} s")
 
 
 def epoch_line(row: dict, parameters: tuple[str, ...], epochs: int) -> str:

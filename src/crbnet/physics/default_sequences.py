@@ -10,25 +10,9 @@ import json
 
 import numpy as np
 
+from crbnet.physics.control_points import hann_interpolate
 from crbnet.physics.sequence_kinds import FISPSequence, MTSequence, TimesSequence
 from crbnet.physics.sequence_registry import from_dict
-
-
-def hann_interpolate(control_points: np.ndarray, n_out: int) -> np.ndarray:
-    """Interpolate a periodic list of control points onto ``n_out`` samples.
-
-    Between points a and b at fraction u the value is
-    ``(a*(1 - cos(pi*(1-u))) + b*(1 - cos(pi*u))) / 2``; the last point connects to the first,
-    since the train repeats every cycle.
-    """
-    cp = np.asarray(control_points, dtype=np.float64)
-    n_cp = cp.size
-    pos = np.arange(n_out) * n_cp / n_out
-    i = np.floor(pos).astype(int)
-    u = pos - i
-    a = cp[i % n_cp]
-    b = cp[(i + 1) % n_cp]
-    return (a * (1 - np.cos(np.pi * (1 - u))) + b * (1 - np.cos(np.pi * u))) / 2
 
 
 def default_mt_sequence() -> MTSequence:

@@ -5,7 +5,7 @@
 read by a kind that reads ``.mat`` files, a ``.csv`` file by one that reads CSV, and a JSON
 object by its ``"kind"`` key where it has one, else by the kind whose fields it has (two kinds
 that fit are refused as ambiguous). Every bad file is refused with one line
-(:class:`~crbnet.physics.sequences.SequenceError`).
+(:class:`~crbnet.physics.sequence_registry.SequenceError`).
 
 Orientation of ``.mat`` arrays: a segment is a **column** of the MATLAB matrix — ``alpha`` and
 ``TRF`` are pulses × segments in MATLAB, as in the public hybrid-state data sets — so a v5 and a
@@ -21,15 +21,19 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
 from crbnet import matfile
 from crbnet.errors import InputError
 from crbnet.matfile import MatVariable
-from crbnet.physics import sequences as seqs
-from crbnet.physics.sequences import SequenceError
+from crbnet.physics import sequence_registry as registry
+from crbnet.physics.control_points import hann_interpolate
+from crbnet.physics.sequence_registry import SequenceError
+
+if TYPE_CHECKING:  # the kinds import this module to read their files
+    from crbnet.physics.sequence_kinds import MTSequence, SegmentedSequence, Sequence
 
 #: Variables of a ``.mat`` sequence file: required, then optional.
 MAT_REQUIRED = ("alpha", "TRF")
@@ -84,7 +88,7 @@ def _segments(path: Path, name: str, matlab: np.ndarray) -> np.ndarray:
     return matlab.T
 
 
-def read_mat(path: str | Path) -> "seqs.SegmentedSequence":
+def read_mat(path: str | Path) -> "SegmentedSequence":
     """A segmented sequence from a MATLAB ``.mat`` file with variables ``alpha`` (rad) and
     ``TRF`` (s), pulses × segments, and optionally a scalar ``TR`` (s) and a logical
     ``inversion`` of the same size. v7.3 files (HDF5) are read with h5py, older ones with
@@ -107,7 +111,7 @@ def read_mat(path: str | Path) -> "seqs.SegmentedSequence":
                                 f"{list(data['TR'].shape)}")
         fields["TR"] = float(data["TR"].reshape(()))
     try:
-        return seqs.SegmentedSequence(**fields)
+        return registry.kind_of("segmented").cls(**fields)
     except SequenceError as exc:
         raise SequenceError(f"{path}: {exc}") from None
 
@@ -115,7 +119,7 @@ def read_mat(path: str | Path) -> "seqs.SegmentedSequence":
 # ---- CSV ---------------------------------------------------------------------------------------
 
 def load_control_points_csv(path: str | Path, TR: float = 4.5e-3, cycle_duration: float = 3.0,
-                            T_inv: float = 10e-3, k_RF: float = 4.0) -> "seqs.MTSequence":
+                            T_inv: float = 10e-3, k_RF: float = 4.0) -> "MTSequence":
     """Read hybrid-state control points (columns ``theta_rad, trf_ms``; '#' comments).
 
     The points span one cycle and are Hann-interpolated onto ``floor(cycle_duration / TR)``
@@ -144,9 +148,9 @@ def load_control_points_csv(path: str | Path, TR: float = 4.5e-3, cycle_duration
         raise SequenceError(f"{path}: needs at least 2 control points")
     cp = np.array(rows)
     n = int(cycle_duration / TR + 1e-9)
-    return seqs.MTSequence(TR=TR, theta=seqs.hann_interpolate(cp[:, 0], n),
-                           TRF=seqs.hann_interpolate(cp[:, 1], n) * 1e-3, T_inv=T_inv,
-                           k_RF=k_RF)
+    return registry.kind_of("mt").cls(TR=TR, theta=hann_interpolate(cp[:, 0], n),
+                                      TRF=hann_interpolate(cp[:, 1], n) * 1e-3, T_inv=T_inv,
+                                      k_RF=k_RF)
 
 
 # ---- choosing the kind -------------------------------------------------------------------------
@@ -178,7 +182,7 @@ def _json_kind(data: Any, kinds: tuple[str, ...]) -> str:
         return data["kind"]
     if len(kinds) == 1:
         return kinds[0]
-    entries = [seqs.kind_of(k) for k in kinds]
+    entries = [registry.kind_of(k) for k in kinds]
     fitting = [e.name for e in entries
                if e.required <= data.keys() <= e.required | e.optional]
     if len(fitting) == 1:
@@ -190,24 +194,24 @@ def _json_kind(data: Any, kinds: tuple[str, ...]) -> str:
     return max(entries, key=lambda e: len(data.keys() & (e.required | e.optional))).name
 
 
-def load_for(path: str | Path, kinds: Iterable[str]) -> "seqs.Sequence":
+def load_for(path: str | Path, kinds: Iterable[str]) -> "Sequence":
     """Load a sequence file for a model that plays sequences of ``kinds`` (its
     ``accepted_sequence_kinds()``), choosing the kind the file holds (module docstring)."""
     path, kinds = Path(path), tuple(kinds)
-    entries = [seqs.kind_of(k) for k in kinds]
+    entries = [registry.kind_of(k) for k in kinds]
     suffix = path.suffix.lower()
     for what, label, attr in ((".csv", "CSV", "read_csv"), (".mat", "MATLAB .mat", "read_mat")):
         if suffix == what:
             readers = [e for e in entries if getattr(e, attr) is not None]
             if not readers:
-                everywhere = [k for k, e in seqs.KINDS.items() if getattr(e, attr) is not None]
+                everywhere = [k for k, e in registry.KINDS.items() if getattr(e, attr) is not None]
                 raise SequenceError(
                     f"{label} sequence files are read for kind(s) {', '.join(everywhere)} "
                     f"only; this model plays {' or '.join(kinds)}: give a JSON file")
             return getattr(readers[0], attr)(path)
     data = _read_json(path)
     kind = _json_kind(data, kinds)
-    return seqs.from_dict({k: v for k, v in data.items() if k != "kind"}, kind)
+    return registry.from_dict({k: v for k, v in data.items() if k != "kind"}, kind)
 
 
 __all__ = ["read_mat", "load_for", "load_control_points_csv", "MAT_REQUIRED", "MAT_OPTIONAL"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib import ticker
 
 from crbnet.physics.sequences import FISPSequence, MTSequence, SegmentedSequence, Sequence
 from crbnet.plots import save_figure, subplots
@@ -109,11 +110,20 @@ def plot_design(report: dict, start: Sequence, result: Sequence, path: str | Pat
     else:
         _distributions(ax, report)
     ax.set_yscale("log")
+    # plain numbers (2, 3, 5, 10, ...) rather than 2×10⁰ on a narrow range
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(ticker.FuncFormatter(
+        lambda v, _: f"{v:g}" if _few_decades(ax) else ""))
     ax.set_ylabel("√CRB / value (%)")
     ax.set_title(f"relative √CRB at SNR {report['snr']:g}")
     ax.grid(True, axis="y", which="both", alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def _few_decades(ax) -> bool:
+    low, high = ax.get_ylim()
+    return high / low < 20      # label the minor ticks too where the majors are too few
 
 
 __all__ = ["plot_design", "MAX_POINTS_AS_BARS"]

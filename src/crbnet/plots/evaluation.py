@@ -1,4 +1,4 @@
-"""Figures of the evaluation against the CRB and of the estimator comparison.
+"""Figure of the evaluation against the CRB (the comparison figure: crbnet.plots.comparison).
 
 Colour conventions (same in every panel, so no legend hunt): white is ideal — ``bias/√CRB = 0``,
 ``std/√CRB = 1``, ``MSE/CRB = 1``; red is above, blue below. Ratio maps use a logarithmic scale
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -191,62 +191,10 @@ def _scatter(ax: Any, fig: Any, result: "EvaluationResult", values: np.ndarray,
         ax.set_ylabel(axis_label(params[1], result.units[params[1]], y))
     else:
         sc = ax.scatter(x * fx, values, c=values, norm=norm, cmap=cmap, s=14)
+        ax.axhline(0.0 if metric == "bias_over_sqrt_crb" else 1.0, color="k", lw=0.8, ls="--")
+        if np.all(x > 0) and x.max() > 20 * x.min():   # samples over decades: log axis
+            ax.set_xscale("log")
+            _plain_log_ticks(ax.xaxis)
         ax.set_ylabel(METRIC_LABELS[metric])
     ax.set_xlabel(axis_label(params[0], result.units[params[0]], x))
     _colorbar(fig, sc, ax, metric)
-
-
-def _log_limits(ax: Any, values: Sequence[Any], include: float | None = None) -> None:
-    """Log y-limits spanning the positive finite ``values`` (and ``include``) with margin, so
-    bars start well below the smallest value and differences are not exaggerated."""
-    vals = [float(v) for v in values if v is not None and np.isfinite(v) and v > 0]
-    if include is not None:
-        vals.append(include)
-    if vals:
-        ax.set_ylim(min(vals) / 3.0, max(vals) * 3.0)
-
-
-def plot_comparison(rows: Sequence[Mapping[str, Any]], parameters: Sequence[str],
-                    path: str | Path, title: str) -> None:
-    """Grouped bars of MSE/CRB per parameter (log scale, dashed line at 1 = efficient) and a
-    bar of voxels/s per estimator.
-
-    ``rows``: one mapping per estimator with ``label``, ``mse_over_crb`` ({param: value}) and
-    ``voxels_per_second``.
-    """
-    n = len(rows)
-    fig, (ax1, ax2) = subplots(1, 2, figsize=(9 + 0.7 * len(parameters) * max(n, 1), 4.8),
-                                   gridspec_kw={"width_ratios": [2, 1]}, layout="constrained")
-    width = 0.8 / max(n, 1)
-    x = np.arange(len(parameters))
-    colors = get_cmap("tab10")
-    for i, row in enumerate(rows):
-        vals = [row["mse_over_crb"].get(p, np.nan) for p in parameters]
-        vals = [v if v is not None else np.nan for v in vals]
-        bars = ax1.bar(x + (i - (n - 1) / 2) * width, vals, width, label=row["label"],
-                       color=colors(i % 10))
-        for b, v in zip(bars, vals):
-            if np.isfinite(v):
-                ax1.annotate(f"{v:.3g}", (b.get_x() + b.get_width() / 2, v), ha="center",
-                             va="bottom", fontsize=7)
-    ax1.axhline(1.0, color="k", ls="--", lw=0.8, label="CRB (efficient)")
-    ax1.set_yscale("log")
-    _log_limits(ax1, [v for row in rows for v in row["mse_over_crb"].values()], include=1.0)
-    _plain_log_ticks(ax1.yaxis)
-    ax1.set_xticks(x, parameters)
-    ax1.set_ylabel("MSE / CRB (mean over test voxels)")
-    ax1.set_title("accuracy relative to the Cramér–Rao bound (lower is better, 1 = efficient)",
-                  fontsize=9)
-    ax1.legend(fontsize=8)
-    speeds = [row["voxels_per_second"] for row in rows]
-    ax2.bar(np.arange(n), speeds, color=[colors(i % 10) for i in range(n)])
-    for i, s in enumerate(speeds):
-        ax2.annotate(f"{s:,.0f}", (i, s), ha="center", va="bottom", fontsize=7)
-    ax2.set_yscale("log")
-    _log_limits(ax2, speeds)
-    _plain_log_ticks(ax2.yaxis)
-    ax2.set_xticks(np.arange(n), [row["label"] for row in rows], rotation=20, ha="right")
-    ax2.set_ylabel("voxels / s (higher is better)")
-    ax2.set_title("inference speed", fontsize=9)
-    fig.suptitle(title, fontsize=10)
-    save_figure(fig, path)

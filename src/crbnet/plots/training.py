@@ -10,17 +10,24 @@ from crbnet.plots import save_figure, subplots
 
 
 def plot_training_curves(metrics: Sequence[Mapping[str, float]], parameters: Sequence[str],
-                         path: str | Path, loss_name: str = "crb", title: str = "") -> None:
+                         path: str | Path, loss_name: str = "crb", title: str = "",
+                         crb_units: bool | None = None) -> None:
     """Two log-scale panels: (left) training loss; (right) validation MSE/CRB per parameter and
     their mean, with the ideal value 1 (an efficient unbiased estimator) as a dashed line.
 
     ``metrics`` are the rows of metrics.csv (``epoch``, ``train_loss``, ``val_crb_loss_mean``,
-    ``val_crb_loss_<param>``).
+    ``val_crb_loss_<param>``). ``crb_units``: whether the training loss is in CRB units (then
+    the validation mean and the ideal 1 share its panel); None: looked up by ``loss_name`` in
+    the loss registry.
     """
+    from matplotlib.ticker import MaxNLocator
+
+    if crb_units is None:
+        crb_units = loss_name in losses.REGISTRY and losses.REGISTRY[loss_name].crb_units
     epochs = [m["epoch"] for m in metrics]
     fig, (ax_train, ax_val) = subplots(1, 2, figsize=(11, 4.2))
     ax_train.plot(epochs, [m["train_loss"] for m in metrics], "k-o", ms=3, label="training loss")
-    if loss_name in losses.REGISTRY and losses.REGISTRY[loss_name].crb_units:
+    if crb_units:
         ax_train.plot(epochs, [m["val_crb_loss_mean"] for m in metrics], "C3-s", ms=3,
                       label="validation MSE/CRB (mean)")
         ax_train.axhline(1.0, color="gray", ls="--", lw=1, label="ideal = 1")
@@ -31,6 +38,8 @@ def plot_training_curves(metrics: Sequence[Mapping[str, float]], parameters: Seq
     ax_train.set_xlabel("epoch")
     ax_train.set_title(f"training ({loss_name} loss)")
     ax_train.legend(fontsize=8)
+    for ax in (ax_train, ax_val):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))    # epochs are whole
     ax_train.grid(True, which="both", alpha=0.3)
 
     for i, p in enumerate(parameters):

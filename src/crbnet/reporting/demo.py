@@ -18,12 +18,13 @@ full-scale version.
 
 from __future__ import annotations
 
+import logging
 import math
 import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -32,7 +33,14 @@ from crbnet.errors import InputError
 from crbnet.imaging.nifti import atomic_directory
 from crbnet.learning import losses as loss_registry
 from crbnet.physics import models
+from crbnet.progress import ProgressFactory
+from crbnet.reporting.comparison import write_comparison
+from crbnet.reporting.evaluation import write_evaluation
+from crbnet.reporting.points import write_point_study
 from crbnet.stats.noise import SNR_DEFINITION
+
+Log = Callable[[str], None]
+_logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -92,10 +100,11 @@ def net_label(loss: str) -> str:
 
 
 def _train(model: models.SignalModel, loss: str, cfg: DemoConfig, run_dir: Path,
-           progress: bool | None, epochs: int, max_minutes: float | None,
+           progress: ProgressFactory | None, log: Log, epochs: int, max_minutes: float | None,
            init: Path | None = None) -> dict:
     from crbnet.learning.trainer import Trainer
     from crbnet.learning.training_config import build_config
+    from crbnet.reporting.training import draw_loss_curves
 
     loss_options: dict[str, Any] = {"name": loss}
     optim: dict[str, Any] = {"epochs": epochs}
@@ -113,7 +122,7 @@ def _train(model: models.SignalModel, loss: str, cfg: DemoConfig, run_dir: Path,
         "optim": optim,
     })
     trainer = Trainer(model, config, run_dir, max_minutes=max_minutes, progress=progress,
-                      init=init)
+                      log=log, init=init, loss_figure=draw_loss_curves)
     return trainer.fit()
 
 
@@ -139,10 +148,14 @@ def _finding(rows: list[dict], parameters: tuple[str, ...]) -> list[str]:
     return lines
 
 
-def run(out_dir: str | Path, cfg: DemoConfig | None = None, progress: bool | None = None,
-        log: Any = print) -> dict:
-    """Train, evaluate, compare and write ``out_dir/report.md``; returns the summary dict."""
+def run(out_dir: str | Path, cfg: DemoConfig | None = None,
+        progress: ProgressFactory | None = None, log: Log | None = None) -> dict:
+    """Train, evaluate, compare and write ``out_dir/report.md``; returns the summary dict.
+
+    ``progress``: bars of the long stages (:mod:`crbnet.progress`; None: none). ``log``:
+    receives the stage lines and the networks' epoch lines (None: the ``crbnet`` logger)."""
     cfg = cfg or DemoConfig()
+    log = log or _logger.info
     out = _check(cfg, out_dir)
     # Everything is written into a temporary folder beside ``out`` that replaces it at the end:
     # an interrupted demo leaves nothing behind.
@@ -156,7 +169,7 @@ def run(out_dir: str | Path, cfg: DemoConfig | None = None, progress: bool | Non
         model = models.get("mt_hybrid_state", fixed=cfg.fixed)
         log(f"crbnet demo: {model.name} [{', '.join(model.parameters)}], fixed "
             f"{model.fixed}, SNR {cfg.snr:g} (|M0|/sigma), {cfg.minutes_per_net:g} min per network")
-        summaries = _train_networks(model, cfg, out, progress, stage)
+        summaries = _train_networks(model, cfg, out, progress, log, stage)
         nets, nlls = _estimators(model, cfg, out, progress)
         stage(f"comparing on {cfg.test_voxels} test voxels (networks and NLLS in both boxes)")
         comparison = _compare(model, cfg, nets, nlls, out)
@@ -187,7 +200,8 @@ def _check(cfg: DemoConfig, out_dir: str | Path) -> Path:
 
 
 def _train_networks(model: models.SignalModel, cfg: DemoConfig, out: Path,
-                    progress: bool | None, stage: Any) -> dict[str, dict]:
+                    progress: ProgressFactory | None, log: Log,
+                    stage: Log) -> dict[str, dict]:
     """One network per loss, then (with the CRB loss) the CRB-net fine-tuned with the
     bias-reduced loss; their training summaries by label."""
     summaries = {}
@@ -195,7 +209,7 @@ def _train_networks(model: models.SignalModel, cfg: DemoConfig, out: Path,
     for loss in cfg.losses:
         label = net_label(loss)
         stage(f"training the {label} ({loss} loss, {epochs} epochs)")
-        summaries[label] = _train(model, loss, cfg, out / f"{loss}_net", progress, epochs,
+        summaries[label] = _train(model, loss, cfg, out / f"{loss}_net", progress, log, epochs,
                                   max_minutes)
         # Later nets get exactly the epochs the first one completed, without a time guard: on
         # a busy machine the guard may stop the first net early, and the comparison must not
@@ -206,13 +220,13 @@ def _train_networks(model: models.SignalModel, cfg: DemoConfig, out: Path,
         stage(f"fine-tuning the CRB-net with the bias-reduced loss ({cfg.bias_epochs} epochs, "
               f"{cfg.bias_realizations} realizations per fingerprint)")
         summaries["bias-reduced net"] = _train(model, "bias_reduced", cfg, out / "bias_net",
-                                               progress, cfg.bias_epochs, None,
+                                               progress, log, cfg.bias_epochs, None,
                                                init=out / "crb_net")
     return summaries
 
 
-def _estimators(model: models.SignalModel, cfg: DemoConfig, out: Path, progress: bool | None
-                ) -> tuple[dict[str, Any], dict[str, Any]]:
+def _estimators(model: models.SignalModel, cfg: DemoConfig, out: Path,
+                progress: ProgressFactory | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The trained networks and NLLS in the physical and in the training box, by label."""
     from crbnet import estimators as baselines
     from crbnet.assessment.compare import box_options, training_ranges
@@ -235,12 +249,12 @@ def _compare(model: models.SignalModel, cfg: DemoConfig, nets: dict, nlls: dict,
 
     test = make_comparison_set(model, cfg.test_voxels, cfg.snr, seed=cfg.seed + 1)
     comparison = compare([*nets.items(), *nlls.items()], model=model, test=test)
-    comparison.save(out)
+    write_comparison(comparison, out)
     return comparison
 
 
 def _tissue_points(model: models.SignalModel, cfg: DemoConfig, nets: dict, nlls: dict,
-                   out: Path, progress: bool | None) -> Any:
+                   out: Path, progress: ProgressFactory | None) -> Any:
     """Bias and std at the tissue points of the CRB-net and the bias-reduced net (else the
     first net) and NLLS."""
     from crbnet.assessment.point_study import study, tissue_points
@@ -250,12 +264,12 @@ def _tissue_points(model: models.SignalModel, cfg: DemoConfig, nets: dict, nlls:
     points = study([*shown, *nlls.items()], tissue_points(model, ",".join(cfg.points)),
                    [cfg.snr], realizations=cfg.point_realizations, seed=cfg.seed + 3,
                    progress=progress)
-    points.save(out / "points")
+    write_point_study(points, out / "points")
     return points
 
 
 def _grid_evaluations(model: models.SignalModel, cfg: DemoConfig, nets: dict, out: Path,
-                      progress: bool | None) -> dict[str, dict]:
+                      progress: ProgressFactory | None) -> dict[str, dict]:
     """Each loss's network evaluated over the grid; summaries by label."""
     from crbnet.assessment.evaluate import evaluate, make_grid
 
@@ -265,7 +279,7 @@ def _grid_evaluations(model: models.SignalModel, cfg: DemoConfig, nets: dict, ou
         label, net = net_label(loss), nets[net_label(loss)]
         result = evaluate(net, grid, snr=cfg.snr, realizations=cfg.realizations,
                           seed=cfg.seed + 2, progress=progress)
-        result.save(out / f"evaluation_{loss}")
+        write_evaluation(result, out / f"evaluation_{loss}")
         evaluations[label] = result.summary()
     return evaluations
 

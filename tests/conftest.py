@@ -1,4 +1,6 @@
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def architecture():
+    """tools/architecture.py (the import reader and layer table), loaded as a module."""
+    spec = importlib.util.spec_from_file_location("architecture", Path(__file__).resolve().parent.parent / "tools" / "architecture.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["architecture"] = module          # dataclasses look their module up by name
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop("architecture", None)

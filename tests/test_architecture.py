@@ -3,8 +3,6 @@ page equals the generated one, every module sits in a layer, and imports only go
 layers (physics → stats → learning/estimators/design → public API → assessment/imaging →
 reporting → cli, with the base modules below them all)."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,18 +13,6 @@ ROOT = Path(__file__).resolve().parent.parent
 #: which the reporting layer is to take over (issue 23, item 4). Each entry must still exist
 #: (remove it when the import goes); no other may appear.
 KNOWN_UPWARD: set[tuple[str, str]] = set()
-
-
-@pytest.fixture(scope="module")
-def architecture():
-    spec = importlib.util.spec_from_file_location("architecture", ROOT / "tools" / "architecture.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["architecture"] = module          # dataclasses look their module up by name
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop("architecture", None)
 
 
 def test_committed_doc_is_the_generated_one(architecture):

@@ -20,56 +20,10 @@ PENDING: dict[str, str] = {}
 KNOWN_CYCLES: list[list[str]] = []
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def sources() -> dict[str, Path]:
-    return {module_name(p): p for p in sorted(ROOT.rglob("*.py"))}
-
-
-def _type_checking_only(node: ast.AST) -> bool:
-    test = getattr(node, "test", None)
-    return isinstance(node, ast.If) and (
-        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
-        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
-
-
-def _walk_run_time(node: ast.AST):
-    """Every node that runs: the tree without the bodies of ``if TYPE_CHECKING:``."""
-    for child in ast.iter_child_nodes(node):
-        if _type_checking_only(child):
-            for other in child.orelse:
-                yield other
-                yield from _walk_run_time(other)
-            continue
-        yield child
-        yield from _walk_run_time(child)
-
-
-def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
-    """Every module ``name`` imports (crbnet's own resolved to modules; others by name)."""
-    is_package = path.name == "__init__.py"
-    found: set[str] = set()
-    for node in _walk_run_time(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                package = name.split(".") if is_package else name.split(".")[:-1]
-                package = package[:len(package) - (node.level - 1)]
-                base = ".".join(package + ([base] if base else []))
-            subs = {f"{base}.{alias.name}" for alias in node.names} & known
-            found.update(subs or {base})
-    return found
-
-
-def graph() -> dict[str, set[str]]:
-    mods = sources()
-    known = set(mods)
-    return {name: imports_of(name, path, known) for name, path in mods.items()}
+def graph(architecture) -> dict[str, set[str]]:
+    """Imports that run (crbnet's own and other packages'), by the reader of
+    tools/architecture.py."""
+    return architecture.import_graph(run_time_only=True, external=True)
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -124,16 +78,17 @@ def test_the_cycle_finder_finds_a_planted_circle():
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
-def test_function_level_imports_count_and_type_checking_ones_do_not(tmp_path):
+def test_function_level_imports_count_and_type_checking_ones_do_not(tmp_path, architecture):
     source = tmp_path / "m.py"
     source.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import x_typing\n"
                       "def f():\n    from crbnet.plots import y\n    import x_late\n")
-    found = imports_of("crbnet.m", source, {"crbnet.plots"})
+    found = architecture.imports(source, "crbnet.m", {"crbnet.plots"}, run_time_only=True,
+                                 external=True)
     assert {"crbnet.plots", "x_late"} <= found and "x_typing" not in found
 
 
-def test_the_import_graph_has_no_circles():
-    found = cycles(graph())
+def test_the_import_graph_has_no_circles(architecture):
+    found = cycles(graph(architecture))
     assert [c for c in found if c not in KNOWN_CYCLES] == []
     assert [c for c in KNOWN_CYCLES if c not in found] == [], "gone: remove from KNOWN_CYCLES"
 
@@ -156,9 +111,9 @@ def _outputs(path: Path) -> list[str]:
     return found
 
 
-def library_violations() -> dict[str, list[str]]:
-    mods = sources()
-    edges = graph()
+def library_violations(architecture) -> dict[str, list[str]]:
+    mods = architecture.modules()
+    edges = graph(architecture)
     out: dict[str, list[str]] = {}
     for name in filter(_library, mods):
         bad = [f"imports {m}" for m in sorted(edges[name])
@@ -169,14 +124,14 @@ def library_violations() -> dict[str, list[str]]:
     return out
 
 
-def test_library_modules_neither_draw_nor_print():
-    violations = library_violations()
+def test_library_modules_neither_draw_nor_print(architecture):
+    violations = library_violations(architecture)
     unexpected = {m: v for m, v in violations.items() if m not in PENDING}
     assert unexpected == {}, "library modules that draw or print (move it to crbnet.reporting)"
     settled = sorted(set(PENDING) - set(violations))
     assert settled == [], f"no longer drawing or printing: remove from PENDING: {settled}"
 
 
-def test_the_library_layers_exist_as_named():
+def test_the_library_layers_exist_as_named(architecture):
     assert all((ROOT / layer / "__init__.py").is_file() for layer in LIBRARY)
-    assert any(name.startswith("crbnet.reporting.") for name in sources())
+    assert any(name.startswith("crbnet.reporting.") for name in architecture.modules())

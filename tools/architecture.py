@@ -111,27 +111,53 @@ def _resolve(node: ast.ImportFrom, here: str, is_package: bool, known: set[str])
     return out
 
 
-def imports(path: Path, here: str, known: set[str]) -> set[str]:
-    """The crbnet modules ``path`` imports (itself excluded)."""
+def _type_checking_block(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (
+        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
+
+
+def _walk(node: ast.AST, run_time_only: bool):
+    """Every node below ``node``; with ``run_time_only`` not the bodies of ``if TYPE_CHECKING:``
+    (those imports never run, so they cannot close a circle)."""
+    for child in ast.iter_child_nodes(node):
+        if run_time_only and _type_checking_block(child):
+            for other in child.orelse:
+                yield other
+                yield from _walk(other, run_time_only)
+            continue
+        yield child
+        yield from _walk(child, run_time_only)
+
+
+def imports(path: Path, here: str, known: set[str], run_time_only: bool = False,
+            external: bool = False) -> set[str]:
+    """The crbnet modules ``path`` imports (itself excluded), at module or function level;
+    ``run_time_only`` leaves out ``if TYPE_CHECKING:`` imports; ``external`` adds the other
+    packages' module names (``matplotlib.pyplot``, ``tqdm``...)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     is_package = path.name == "__init__.py"
     found: set[str] = set()
-    for node in ast.walk(tree):
+    for node in _walk(tree, run_time_only):
         if isinstance(node, ast.Import):
             for alias in node.names:
-                if alias.name == "crbnet" or alias.name.startswith("crbnet."):
+                if external or alias.name == "crbnet" or alias.name.startswith("crbnet."):
                     found.add(alias.name)
         elif isinstance(node, ast.ImportFrom):
-            found.update(_resolve(node, here, is_package, known))
+            ours = _resolve(node, here, is_package, known)
+            found.update(ours if ours or not external or node.level else [node.module or ""])
     found.discard(here)
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
-    """``{module: the crbnet modules it imports}`` for every module of the package."""
+def import_graph(run_time_only: bool = False, external: bool = False) -> dict[str, set[str]]:
+    """``{module: the modules it imports}`` for every module of the package (see
+    :func:`imports` for the options)."""
     mods = modules()
     known = set(mods)
-    return {name: imports(path, name, known) for name, path in mods.items()}
+    return {name: imports(path, name, known, run_time_only, external)
+            for name, path in mods.items()}
 
 
 def upward_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:

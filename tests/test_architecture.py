@@ -58,3 +58,25 @@ def test_relative_imports_resolve(architecture, tmp_path):
 def test_an_unplaced_module_is_refused(architecture):
     with pytest.raises(LookupError, match="crbnet.somewhere_new belongs to no layer"):
         architecture.layer_of("crbnet.somewhere_new")
+
+
+def _is_kernel(path: Path) -> bool:
+    """Compiled numeric kernels (``_*_kernel.py``) are exempt from the size limits."""
+    return path.name.startswith("_") and path.stem.endswith("_kernel")
+
+
+def test_no_module_over_500_lines_nor_function_over_80(architecture):
+    import ast
+
+    long_files, long_functions = [], []
+    for name, path in architecture.modules().items():
+        if _is_kernel(path):
+            continue
+        text = path.read_text(encoding="utf-8")
+        if text.count("\n") > 500:
+            long_files.append(name)
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) \
+                    and node.end_lineno - node.lineno + 1 > 80:
+                long_functions.append(f"{name}.{node.name}")
+    assert long_files == [] and long_functions == [], (long_files, long_functions)

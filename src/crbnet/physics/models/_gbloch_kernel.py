@@ -47,9 +47,9 @@ from crbnet.physics.models import _numba
 # first use; until then these names are None.
 numba = None
 _compiled = None
-_poly = _exp2 = _exp2_tangent = _free = _mul = _mul_acc = _pulse_exp = None
-_lmul = _rmul = _horner_step = None
-_comp = _tcomp = _lcomp = _rotate_rows = _assemble = _pulse_generator = _inversion = _solve_periodic = None
+_poly = _exp2 = _exp2_tangent = _free = _mul = _pulse_exp = _horner_step = _comp = None
+_pulse_generator = _pulse_vec = _apply_map = _rotate_state = _assemble = _inversion = None
+_solve_periodic = None
 
 #: Elementary directions, in this order: the column indices of ``rates`` too.
 DIRECTIONS = ("m0s", "R1f", "R2f", "Rx", "R1s", "T2s", "B1", "omega0")
@@ -66,6 +66,34 @@ _N_SERIES = 16
 _COSH = np.array([1.0 / math.factorial(2 * k) for k in range(_N_SERIES)])
 _SINHC = np.array([1.0 / math.factorial(2 * k + 1) for k in range(_N_SERIES)])
 _D_SINHC = np.array([(k + 1.0) / math.factorial(2 * k + 3) for k in range(_N_SERIES)])
+
+# The pulse applied to a vector (pass 2): Taylor degrees up to 60; the largest norm per
+# substep; for each degree m the largest norm ν whose truncation bound
+# ν^m/m!/(1 − ν/(m+1)) (it bounds the tangent's; the value's is ν/(m+1) times smaller) is
+# below 2⁻⁵³.
+_TAYLOR_LONG = np.array([1.0 / math.factorial(k) for k in range(61)])
+_SUBSTEP = 6.0
+
+
+def _degree_table() -> np.ndarray:
+    nu = np.zeros(61)
+    for m in range(1, 61):
+        lo, hi = 0.0, m + 1.0
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            bound = math.exp(m * math.log(mid) - math.lgamma(m + 1)) / (1 - mid / (m + 1))
+            lo, hi = (mid, hi) if bound <= 2.0 ** -53 else (lo, mid)
+        nu[m] = lo
+    nu[60] = math.inf          # never reached: ν ≤ _SUBSTEP needs m ≈ 40
+    return nu
+
+
+_DEGREE_NU = _degree_table()
+# The generator's structural nonzeros (row, column) in the 5 × 6 top of the affine 6 × 6
+# (xf, yf, zf, xs, zs, 1): the free pool couples xf–yf (ω0) and xf–zf (RF), exchange zf–zs,
+# the semi-solid pool zs–xs (RF); every parameter's tangent lives on the same positions.
+_PAT_ROW = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 3, 4, 4, 4, 4])
+_PAT_COL = np.array([0, 1, 2, 0, 1, 0, 2, 4, 5, 3, 4, 2, 3, 4, 5])
 
 # Reduced-state rows/columns of the full 6-vector (xf, yf, zf, xs, zs, 1).
 _RED = np.array([0, 1, 2, 4, 5])
@@ -193,63 +221,9 @@ def _mul_python(A, B, lam, out):  # pragma: no cover - compiled
         out[i, 0], out[i, 1], out[i, 2], out[i, 3], out[i, 4], out[i, 5] = o0, o1, o2, o3, o4, o5
 
 
-def _mul_acc_python(A, B, lam, out):  # pragma: no cover - compiled
-    """``out += A·B`` (as :func:`_mul_python`)."""
-    for i in range(5):
-        o0, o1, o2, o3, o4 = out[i, 0], out[i, 1], out[i, 2], out[i, 3], out[i, 4]
-        o5 = out[i, 5] + lam * A[i, 5]
-        for k in range(5):
-            a = A[i, k]
-            o0 += a * B[k, 0]
-            o1 += a * B[k, 1]
-            o2 += a * B[k, 2]
-            o3 += a * B[k, 3]
-            o4 += a * B[k, 4]
-            o5 += a * B[k, 5]
-        out[i, 0], out[i, 1], out[i, 2], out[i, 3], out[i, 4], out[i, 5] = o0, o1, o2, o3, o4, o5
-
-
-def _lmul_python(A, T, n_dir, out, accumulate):  # pragma: no cover - compiled
-    """``out (+)= A·T_j`` for every direction j: A a value top [5, 6]; tangents (last rows
-    0) stored by column, row, direction: T[c, r, j] ([6, 5, D]). Each output number is one
-    5-term sum and the directions are contiguous, which LLVM vectorizes."""
-    for c in range(6):
-        for i in range(5):
-            a0, a1, a2, a3, a4 = A[i, 0], A[i, 1], A[i, 2], A[i, 3], A[i, 4]
-            if accumulate:
-                for j in range(n_dir):
-                    out[c, i, j] += (a0 * T[c, 0, j] + a1 * T[c, 1, j] + a2 * T[c, 2, j]
-                                     + a3 * T[c, 3, j] + a4 * T[c, 4, j])
-            else:
-                for j in range(n_dir):
-                    out[c, i, j] = (a0 * T[c, 0, j] + a1 * T[c, 1, j] + a2 * T[c, 2, j]
-                                    + a3 * T[c, 3, j] + a4 * T[c, 4, j])
-
-
-def _rmul_python(Tf, B, lam, n_dir, Of, accumulate):  # pragma: no cover - compiled
-    """``out (+)= T_j·B`` for every direction j: B a value top [5, 6] with last row
-    ``lam·e_6``; tangents given as flat views [6, 5·D] of their [6, 5, D] storage (``Tf``,
-    ``Of``): column q of every tangent's product is one contiguous run of 5-term sums."""
-    width = 5 * n_dir
-    for q in range(6):
-        b0, b1, b2, b3, b4 = B[0, q], B[1, q], B[2, q], B[3, q], B[4, q]
-        if accumulate:
-            for m in range(width):
-                Of[q, m] += (b0 * Tf[0, m] + b1 * Tf[1, m] + b2 * Tf[2, m] + b3 * Tf[3, m]
-                             + b4 * Tf[4, m])
-        else:
-            for m in range(width):
-                Of[q, m] = (b0 * Tf[0, m] + b1 * Tf[1, m] + b2 * Tf[2, m] + b3 * Tf[3, m]
-                            + b4 * Tf[4, m])
-    for m in range(width):
-        Of[5, m] += lam * Tf[5, m]
-
-
-def _pulse_exp_python(M, dMf, n_dir, t, ws, dws, dwsf, E, dEf):  # pragma: no cover - compiled
-    """``E = exp(M t)`` (tops of affine 6 × 6) and its tangents along those of M (tangents
-    stored [6, 5, D] — column, row, direction — and given here as flat views [6, 5·D]:
-    ``dMf``, ``dEf``). ``ws`` [6, 5, 6] and ``dws`` [6, 6, 5, D] (with its flat view ``dwsf``)
-    are scratch."""
+def _pulse_exp_python(M, t, ws, E):  # pragma: no cover - compiled
+    """``E = exp(M t)`` (tops of affine 6 × 6; values only): scaling and squaring with the
+    degree-19 Taylor polynomial (Paterson–Stockmeyer in ``X⁴``); ``ws`` [6, 5, 6] is scratch."""
     # exp(Mt) = e^{−μt}·exp((M + μI)t) for any μ: shifting the diagonal (0 … −R2sl) to be
     # centred on zero about halves the norm where R2sl dominates — one squaring fewer.
     lo = hi = M[0, 0]
@@ -286,22 +260,6 @@ def _pulse_exp_python(M, dMf, n_dir, t, ws, dws, dwsf, E, dEf):  # pragma: no co
     _mul(X2, X, lx, X3)
     _mul(X2, X2, lx * lx, X4)
     c = _TAYLOR
-    width = 5 * n_dir
-    dX, dX2, dX3, dX4, dP, dT = dws[0], dws[1], dws[2], dws[3], dws[4], dws[5]
-    fX, fX2, fX3, fX4, fP, fT = dwsf[0], dwsf[1], dwsf[2], dwsf[3], dwsf[4], dwsf[5]
-    if n_dir > 0:
-        for r in range(6):
-            for m in range(width):
-                fX[r, m] = dMf[r, m] * scale
-        _rmul(fX, X, lx, n_dir, fX2, False)
-        _lmul(X, dX, n_dir, dX2, True)
-        _rmul(fX2, X, lx, n_dir, fX3, False)
-        _lmul(X2, dX, n_dir, dX3, True)
-        _rmul(fX2, X2, lx * lx, n_dir, fX4, False)
-        _lmul(X2, dX2, n_dir, dX4, True)
-        for r in range(6):
-            for m in range(width):
-                fP[r, m] = c[17] * fX[r, m] + c[18] * fX2[r, m] + c[19] * fX3[r, m]
     # P = B4 = c16 I + c17 X + c18 X² + c19 X³ (last row lam·e_6)
     for r in range(5):
         for q in range(6):
@@ -312,25 +270,10 @@ def _pulse_exp_python(M, dMf, n_dir, t, ws, dws, dwsf, E, dEf):  # pragma: no co
     for blk in range(3, -1, -1):
         base = 4 * blk
         c0, c1, c2, c3 = c[base], c[base + 1], c[base + 2], c[base + 3]
-        # P ← B + X⁴·P and dP ← dB + dX⁴·P + X⁴·dP (tangents first: they need the old P);
-        # the results go to the other buffer, then the buffers swap.
-        if n_dir > 0:
-            for r in range(6):
-                for m in range(width):
-                    fT[r, m] = c1 * fX[r, m] + c2 * fX2[r, m] + c3 * fX3[r, m]
-            _lmul(X4, dP, n_dir, dT, True)
-            _rmul(fX4, P, lam, n_dir, fT, True)
-            dP, dT = dT, dP
-            fP, fT = fT, fP
         _horner_step(X4, P, lam, X, X2, X3, c0, c1, c2, c3, Q)
         P, Q = Q, P
         lam = c0 + lx * (c1 + lx * (c2 + lx * c3)) + lx4 * lam
     for i in range(s):
-        if n_dir > 0:
-            _rmul(fP, P, lam, n_dir, fT, False)
-            _lmul(P, dP, n_dir, dT, True)
-            dP, dT = dT, dP
-            fP, fT = fT, fP
         _mul(P, P, lam, Q)
         P, Q = Q, P
         lam = lam * lam
@@ -338,9 +281,6 @@ def _pulse_exp_python(M, dMf, n_dir, t, ws, dws, dwsf, E, dEf):  # pragma: no co
     for r in range(5):
         for q in range(6):
             E[r, q] = P[r, q] * back
-    for r in range(6):
-        for m in range(width):
-            dEf[r, m] = fP[r, m] * back
 
 
 def _horner_step_python(X4, P, lam, X, X2, X3, c0, c1, c2, c3, out):  # pragma: no cover
@@ -379,87 +319,9 @@ def _comp_python(A, B, add_off, out):  # pragma: no cover - compiled
         out[i, 0], out[i, 1], out[i, 2], out[i, 3], out[i, 4] = o0, o1, o2, o3, o4
 
 
-def _tcomp_python(T, B, n_dir, out, accumulate):  # pragma: no cover - compiled
-    """``out[:, j] (+)= T[:, j] ∘ B`` for every direction: tangents T [4, D, 5] of a map
-    applied after the map B [4, 5] (T's offsets included)."""
-    for i in range(4):
-        for j in range(n_dir):
-            if accumulate:
-                o0, o1, o2 = out[i, j, 0], out[i, j, 1], out[i, j, 2]
-                o3, o4 = out[i, j, 3], out[i, j, 4] + T[i, j, 4]
-            else:
-                o0 = o1 = o2 = o3 = 0.0
-                o4 = T[i, j, 4]
-            for k in range(4):
-                a = T[i, j, k]
-                o0 += a * B[k, 0]
-                o1 += a * B[k, 1]
-                o2 += a * B[k, 2]
-                o3 += a * B[k, 3]
-                o4 += a * B[k, 4]
-            out[i, j, 0], out[i, j, 1], out[i, j, 2] = o0, o1, o2
-            out[i, j, 3], out[i, j, 4] = o3, o4
-
-
-def _lcomp_python(A, Tf, n_dir, block_diagonal, Of, accumulate):  # pragma: no cover
-    """``out[:, j] (+)= A_L · T[:, j]`` for every direction (a map's linear part applied to
-    tangents [4, D, 5], given as flat-row views [4, 5·D]: each row of the result is one
-    contiguous run). With ``block_diagonal``, A_L couples only (xf, yf) and (zf, zs)."""
-    width = 5 * n_dir
-    for i in range(4):
-        if block_diagonal:
-            # rows 0, 1 use rows 0, 1 of T; rows 2, 3 use rows 2, 3
-            k0 = 0 if i < 2 else 2
-            a0, a1 = A[i, k0], A[i, k0 + 1]
-            if accumulate:
-                for m in range(width):
-                    Of[i, m] += a0 * Tf[k0, m] + a1 * Tf[k0 + 1, m]
-            else:
-                for m in range(width):
-                    Of[i, m] = a0 * Tf[k0, m] + a1 * Tf[k0 + 1, m]
-        else:
-            a0, a1, a2, a3 = A[i, 0], A[i, 1], A[i, 2], A[i, 3]
-            if accumulate:
-                for m in range(width):
-                    Of[i, m] += a0 * Tf[0, m] + a1 * Tf[1, m] + a2 * Tf[2, m] + a3 * Tf[3, m]
-            else:
-                for m in range(width):
-                    Of[i, m] = a0 * Tf[0, m] + a1 * Tf[1, m] + a2 * Tf[2, m] + a3 * Tf[3, m]
-
-
-def _rotate_rows_python(rc, rs, T, n_dir, out):  # pragma: no cover - compiled
-    """``out = Rot · T`` for tangents [4, D, 5] (the RF phase advance turns xf, yf)."""
-    for j in range(n_dir):
-        for q in range(5):
-            x, y = T[0, j, q], T[1, j, q]
-            out[0, j, q] = rc * x - rs * y
-            out[1, j, q] = rs * x + rc * y
-            out[2, j, q] = T[2, j, q]
-            out[3, j, q] = T[3, j, q]
-
-
-def _assemble_python(F, dF, R, dR, rc, rs, n_dir, G, dG, dGf, H, dH, dHf, P, dP, dPf
-                     ):  # pragma: no cover - compiled
-    """``P = F ∘ R ∘ Rot ∘ F`` and its tangents [4, D, 5] from the factors' (``…f``: the
-    tangents' flat-row views [4, 5·D])."""
-    for j in range(5):
-        G[0, j] = rc * F[0, j] - rs * F[1, j]
-        G[1, j] = rs * F[0, j] + rc * F[1, j]
-        G[2, j] = F[2, j]
-        G[3, j] = F[3, j]
-    _comp(R, G, True, H)
-    _comp(F, H, True, P)
-    if n_dir == 0:
-        return
-    _rotate_rows(rc, rs, dF, n_dir, dG)
-    _tcomp(dR, G, n_dir, dH, False)
-    _lcomp(R, dGf, n_dir, False, dHf, True)
-    _tcomp(dF, H, n_dir, dP, False)
-    _lcomp(F, dHf, n_dir, True, dPf, True)
-
-
-def _pulse_generator_python(rv, a, trf, r2, d_t2s, d_b1, dirs, M, dM):  # pragma: no cover
-    """The generator M (top 5 rows of the affine 6 × 6) of a pulse and its tangents dM [6, 5, D] (column, row, direction)."""
+def _pulse_generator_python(rv, a, trf, r2, d_t2s, d_b1, dirs, M, dMp):  # pragma: no cover
+    """The generator M (top 5 rows of the affine 6 × 6) of a pulse and its tangents at the
+    15 pattern positions (:data:`_PATTERN`) in dMp [15, D]."""
     m0s, R1f, R2f, Rx, R1s, B1, w0 = rv[0], rv[1], rv[2], rv[3], rv[4], rv[6], rv[7]
     m0f = 1.0 - m0s
     w = B1 * a / trf
@@ -470,28 +332,178 @@ def _pulse_generator_python(rv, a, trf, r2, d_t2s, d_b1, dirs, M, dM):  # pragma
     M[3, 3], M[3, 4] = -r2, w
     M[4, 2], M[4, 3], M[4, 4], M[4, 5] = Rx * m0s, -w, -R1s - Rx * m0f, R1s * m0s
     for j in range(dirs.shape[0]):
-        dM[:, :, j] = 0.0
+        for p in range(15):
+            dMp[p, j] = 0.0
         k = dirs[j]
         if k == _M0S:
-            dM[2, 2, j], dM[4, 2, j], dM[5, 2, j] = -Rx, -Rx, -R1f
-            dM[2, 4, j], dM[4, 4, j], dM[5, 4, j] = Rx, Rx, R1s
+            dMp[6, j], dMp[7, j], dMp[8, j] = -Rx, -Rx, -R1f
+            dMp[11, j], dMp[13, j], dMp[14, j] = Rx, Rx, R1s
         elif k == _R1F:
-            dM[2, 2, j], dM[5, 2, j] = -1.0, m0f
+            dMp[6, j], dMp[8, j] = -1.0, m0f
         elif k == _R2F:
-            dM[0, 0, j], dM[1, 1, j] = -1.0, -1.0
+            dMp[0, j], dMp[4, j] = -1.0, -1.0
         elif k == _RX:
-            dM[2, 2, j], dM[4, 2, j] = -m0s, m0f
-            dM[2, 4, j], dM[4, 4, j] = m0s, -m0f
+            dMp[6, j], dMp[7, j], dMp[11, j], dMp[13, j] = -m0s, m0f, m0s, -m0f
         elif k == _R1S:
-            dM[4, 4, j], dM[5, 4, j] = -1.0, m0s
+            dMp[13, j], dMp[14, j] = -1.0, m0s
         elif k == _T2S:
-            dM[3, 3, j] = -d_t2s
+            dMp[9, j] = -d_t2s
         elif k == _B1:
             dw = a / trf
-            dM[2, 0, j], dM[0, 2, j], dM[4, 3, j], dM[3, 4, j] = dw, -dw, dw, -dw
-            dM[3, 3, j] = -d_b1
+            dMp[2, j], dMp[5, j], dMp[10, j], dMp[12, j] = dw, -dw, dw, -dw
+            dMp[9, j] = -d_b1
         else:
-            dM[1, 0, j], dM[0, 1, j] = -1.0, 1.0
+            dMp[1, j], dMp[3, j] = -1.0, 1.0
+
+
+def _pulse_vec_python(M, dMp, n_dir, t, u, Y, dY, d, dv, out):  # pragma: no cover - compiled
+    """The pulse applied to one state and differentiated along the generator's tangents:
+    ``out = exp(M t)·(u₀, u₁, u₂, 0, u₃, 1)`` (5 rows: xf, yf, zf, xs, zs) and
+    ``d[:, j] = L(M t, dM_j t)·(same vector)`` [5, D] (the Fréchet derivative applied to the
+    state: the input's own tangent is applied separately, by the pulse's matrix).
+
+    Taylor series of the shifted generator ``Y = (M + μI)·h`` applied to the vector by Horner's
+    rule (``h_m = v/m!``, ``h_k = v/k! + Y h_{k+1}``), differentiated (``dh_k = Y dh_{k+1} +
+    dY h_{k+1}``), over ``s`` substeps ``h = t/s`` with ``‖Y‖ ≤ _SUBSTEP``; the degree m is the
+    smallest whose truncation bound ``ν^m/m!/(1 − ν/(m+1))`` is below ``2⁻⁵³`` (:data:`_DEGREE_NU`).
+    Only the generator's 15 structural nonzeros (:data:`_PATTERN`) enter. ``Y`` [15], ``dY``
+    [15, D], ``dv`` [5, D] are scratch."""
+    lo = hi = M[0, 0]
+    for i in range(1, 5):
+        lo = min(lo, M[i, i])
+        hi = max(hi, M[i, i])
+    mu = min(-0.5 * (lo + hi), _MAX_SHIFT / t)
+    # 1- and ∞-norms of the affine 6 × 6, shifted by μ and not (either bounds the series)
+    n1 = n1s = 0.0
+    ninf, ninfs = 0.0, abs(mu)
+    n1s = abs(mu)
+    for j in range(6):
+        col = col_s = 0.0
+        for i in range(5):
+            col += abs(M[i, j])
+            col_s += abs(M[i, j] + (mu if i == j else 0.0))
+        if j == 5:
+            col_s += abs(mu)
+        n1 = max(n1, col)
+        n1s = max(n1s, col_s)
+    for i in range(5):
+        row = row_s = 0.0
+        for j in range(6):
+            row += abs(M[i, j])
+            row_s += abs(M[i, j] + (mu if i == j else 0.0))
+        ninf = max(ninf, row)
+        ninfs = max(ninfs, row_s)
+    norm = min(n1, ninf)
+    norm_s = min(n1s, ninfs)
+    if norm_s >= norm:
+        mu = 0.0
+        norm_s = norm
+    nu = norm_s * t
+    s = max(1, int(math.ceil(nu / _SUBSTEP)))
+    h = t / s
+    nus = nu / s
+    m = 1
+    while _DEGREE_NU[m] < nus:
+        m += 1
+    for p in range(15):
+        Y[p] = M[_PAT_ROW[p], _PAT_COL[p]] * h
+        for j in range(n_dir):
+            dY[p, j] = dMp[p, j] * h
+    Y[0] += mu * h
+    Y[4] += mu * h
+    Y[6] += mu * h
+    Y[9] += mu * h
+    Y[13] += mu * h
+    lam = mu * h
+    y0, y1, y2, y3, y4, y5, y6, y7 = Y[0], Y[1], Y[2], Y[3], Y[4], Y[5], Y[6], Y[7]
+    y8, y9, y10, y11, y12, y13, y14 = Y[8], Y[9], Y[10], Y[11], Y[12], Y[13], Y[14]
+    c = _TAYLOR_LONG
+    v0, v1, v2, v3, v4, v5 = u[0], u[1], u[2], 0.0, u[3], 1.0
+    for sub in range(s):
+        cm = c[m]
+        h0, h1, h2, h3, h4, h5 = cm * v0, cm * v1, cm * v2, cm * v3, cm * v4, cm * v5
+        for r in range(5):
+            for j in range(n_dir):
+                d[r, j] = cm * dv[r, j] if sub > 0 else 0.0
+        for k in range(m - 1, -1, -1):
+            ck = c[k]
+            for j in range(n_dir):
+                d0, d1, d2, d3, d4 = d[0, j], d[1, j], d[2, j], d[3, j], d[4, j]
+                e0 = y0 * d0 + y1 * d1 + y2 * d2 + dY[0, j] * h0 + dY[1, j] * h1 + dY[2, j] * h2
+                e1 = y3 * d0 + y4 * d1 + dY[3, j] * h0 + dY[4, j] * h1
+                e2 = (y5 * d0 + y6 * d2 + y7 * d4 + dY[5, j] * h0 + dY[6, j] * h2
+                      + dY[7, j] * h4 + dY[8, j] * h5)
+                e3 = y9 * d3 + y10 * d4 + dY[9, j] * h3 + dY[10, j] * h4
+                e4 = (y11 * d2 + y12 * d3 + y13 * d4 + dY[11, j] * h2 + dY[12, j] * h3
+                      + dY[13, j] * h4 + dY[14, j] * h5)
+                if sub > 0:
+                    e0 += ck * dv[0, j]
+                    e1 += ck * dv[1, j]
+                    e2 += ck * dv[2, j]
+                    e3 += ck * dv[3, j]
+                    e4 += ck * dv[4, j]
+                d[0, j], d[1, j], d[2, j], d[3, j], d[4, j] = e0, e1, e2, e3, e4
+            g0 = ck * v0 + y0 * h0 + y1 * h1 + y2 * h2
+            g1 = ck * v1 + y3 * h0 + y4 * h1
+            g2 = ck * v2 + y5 * h0 + y6 * h2 + y7 * h4 + y8 * h5
+            g3 = ck * v3 + y9 * h3 + y10 * h4
+            g4 = ck * v4 + y11 * h2 + y12 * h3 + y13 * h4 + y14 * h5
+            g5 = ck * v5 + lam * h5
+            h0, h1, h2, h3, h4, h5 = g0, g1, g2, g3, g4, g5
+        v0, v1, v2, v3, v4, v5 = h0, h1, h2, h3, h4, h5
+        if sub + 1 < s:
+            for r in range(5):
+                for j in range(n_dir):
+                    dv[r, j] = d[r, j]
+    back = math.exp(-mu * t)
+    out[0], out[1], out[2], out[3], out[4] = v0 * back, v1 * back, v2 * back, v3 * back, v4 * back
+    for r in range(5):
+        for j in range(n_dir):
+            d[r, j] *= back
+
+
+def _apply_map_python(A, dA, n_dir, block_diagonal, y, T, yn, Tn):  # pragma: no cover
+    """One reduced map with its tangents applied to a state and its tangents: ``yn = A_L y +
+    A_o`` and ``Tn[:, j] = A_L T[:, j] + dA_j·(y, 1)`` (T [4, D], dA [4, D, 5]). With
+    ``block_diagonal`` A_L couples only (xf, yf) and (zf, zs)."""
+    for i in range(4):
+        acc = A[i, 4]
+        for q in range(4):
+            acc += A[i, q] * y[q]
+        yn[i] = acc
+    for i in range(4):
+        k0 = 0 if i < 2 else 2
+        for j in range(n_dir):
+            acc = dA[i, j, 4]
+            for q in range(4):
+                acc += dA[i, j, q] * y[q]
+            if block_diagonal:
+                acc += A[i, k0] * T[k0, j] + A[i, k0 + 1] * T[k0 + 1, j]
+            else:
+                acc += A[i, 0] * T[0, j] + A[i, 1] * T[1, j] + A[i, 2] * T[2, j] + A[i, 3] * T[3, j]
+            Tn[i, j] = acc
+
+
+def _rotate_state_python(rc, rs, n_dir, y, T):  # pragma: no cover - compiled
+    """The RF phase advance (turns xf, yf) applied in place to a state and its tangents."""
+    x = y[0]
+    y[0] = rc * x - rs * y[1]
+    y[1] = rs * x + rc * y[1]
+    for j in range(n_dir):
+        x = T[0, j]
+        T[0, j] = rc * x - rs * T[1, j]
+        T[1, j] = rs * x + rc * T[1, j]
+
+
+def _assemble_python(F, R, rc, rs, G, H, P):  # pragma: no cover - compiled
+    """``P = F ∘ R ∘ Rot ∘ F`` (values)."""
+    for j in range(5):
+        G[0, j] = rc * F[0, j] - rs * F[1, j]
+        G[1, j] = rs * F[0, j] + rc * F[1, j]
+        G[2, j] = F[2, j]
+        G[3, j] = F[3, j]
+    _comp(R, G, True, H)
+    _comp(F, H, True, P)
 
 
 def _inversion_python(rv, a, trf, r2, d_t2s, d_b1, dirs, g, e4, R, dR):  # pragma: no cover
@@ -518,41 +530,16 @@ def _inversion_python(rv, a, trf, r2, d_t2s, d_b1, dirs, g, e4, R, dR):  # pragm
             dR[3, j, 3] = e4[3]
 
 
-def _solve_periodic_python(A, dA, n_dir, work, y, dy):  # pragma: no cover - compiled
-    """``y = (I − A_L)⁻¹ A_o`` and ``dy[j] = (I − A_L)⁻¹ (dA_L[:, j] y + dA_o[:, j])``
-    (Gauss–Jordan with partial pivoting on [I − A_L | rhs…]); dA [4, D, 5], work [4, 5 + D]."""
+def _solve_periodic_python(A, rhs, n_dir, work, y, dy):  # pragma: no cover - compiled
+    """``y = (I − A_L)⁻¹ A_o`` and ``dy[j] = (I − A_L)⁻¹ rhs[:, j]`` (Gauss–Jordan with
+    partial pivoting on [I − A_L | A_o | rhs…]); rhs [4, D], work [4, 5 + D]."""
     m = 5 + n_dir
     for i in range(4):
         for j in range(4):
             work[i, j] = (1.0 if i == j else 0.0) - A[i, j]
         work[i, 4] = A[i, 4]
-    for col in range(4):
-        piv = col
-        for i in range(col + 1, 4):
-            if abs(work[i, col]) > abs(work[piv, col]):
-                piv = i
-        if piv != col:
-            for j in range(5):
-                work[col, j], work[piv, j] = work[piv, j], work[col, j]
-        inv = 1.0 / work[col, col]
-        for i in range(4):
-            if i != col:
-                fct = work[i, col] * inv
-                for j in range(col, 5):
-                    work[i, j] -= fct * work[col, j]
-    for i in range(4):
-        y[i] = work[i, 4] / work[i, i]
-    if n_dir == 0:
-        return
-    # tangents: a second elimination with the right-hand sides dA y + dA_o
-    for i in range(4):
-        for j in range(4):
-            work[i, j] = (1.0 if i == j else 0.0) - A[i, j]
         for d in range(n_dir):
-            acc = dA[i, d, 4]
-            for k in range(4):
-                acc += dA[i, d, k] * y[k]
-            work[i, 5 + d] = acc
+            work[i, 5 + d] = rhs[i, d]
     for col in range(4):
         piv = col
         for i in range(col + 1, 4):
@@ -567,8 +554,9 @@ def _solve_periodic_python(A, dA, n_dir, work, y, dy):  # pragma: no cover - com
                 fct = work[i, col] * inv
                 for j in range(col, m):
                     work[i, j] -= fct * work[col, j]
-    for d in range(n_dir):
-        for i in range(4):
+    for i in range(4):
+        y[i] = work[i, 4] / work[i, i]
+        for d in range(n_dir):
             dy[d, i] = work[i, 5 + d] / work[i, i]
 
 
@@ -584,13 +572,19 @@ def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion,
 
     ``rates`` [N, 8] in the order of :data:`DIRECTIONS` (T2s in s; the rest rates 1/s, m0s,
     B1, ω0 rad/s); ``R2sl`` and its T2s and B1 derivatives [N, S, n]; ``alpha``, ``TRF`` [S, n]
-    (rad, s), ``inversion`` [S, n] (uint8); TR (s); RF phase increment (rad)."""
+    (rad, s), ``inversion`` [S, n] (uint8); TR (s); RF phase increment (rad).
+
+    Per segment, pass 1 (values) builds every pulse's map, composes ``C_k`` (its xf, yf rows
+    kept) and solves for the periodic state ``y_0``; with derivatives, pass 2 carries the state
+    and its tangents (started at 0) once around the period — the tangents at echo k are then
+    ``Ċ_k y_0``, at the end ``Ȧ y_0`` — and ``ẏ_0 = (I − A_L)⁻¹ Ȧ y_0`` completes them."""
     n_vox = rates.shape[0]
     n_seg, n = alpha.shape
     n_dir = dirs.shape[0] if (want_jac or want_fisher) else 0
     nd1 = max(n_dir, 1)
     rc, rs = math.cos(increment), math.sin(increment)
     n_blocks = (n_vox + _BLOCK - 1) // _BLOCK
+    no_dirs = dirs[:0]
     for ib in numba.prange(n_blocks):
         g = np.empty(9)
         e4 = np.empty(4)
@@ -601,38 +595,31 @@ def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion,
         Z = np.empty((4, 5))
         dZ = np.empty((4, nd1, 5))
         G = np.empty((4, 5))
-        dG = np.empty((4, nd1, 5))
         H = np.empty((4, 5))
-        dH = np.empty((4, nd1, 5))
+        P = np.empty((4, 5))
         P0 = np.empty((4, 5))
-        dP0 = np.empty((4, nd1, 5))
-        Pk = np.empty((4, 5))
-        dPk = np.empty((4, nd1, 5))
         C = np.empty((4, 5))
-        dC = np.empty((4, nd1, 5))
         Cn = np.empty((4, 5))
-        dCn = np.empty((4, nd1, 5))
         M = np.empty((5, 6))
-        dM = np.empty((6, 5, nd1))
+        dMp = np.empty((15, nd1))
         E = np.empty((5, 6))
-        dE = np.empty((6, 5, nd1))
         ws = np.empty((6, 5, 6))
-        dws = np.empty((6, 6, 5, nd1))
+        Yp = np.empty(15)
+        dYp = np.empty((15, nd1))
+        dpul = np.empty((5, nd1))
+        dsub = np.empty((5, nd1))
+        pul = np.empty(5)
         work = np.empty((4, 5 + nd1))
-        y = np.empty(4)
-        dy = np.empty((nd1, 4))
-        # flat-row views of the tangents (made once: a reshape costs ~15 ns)
-        dGf = dG.reshape(4, nd1 * 5)
-        dHf = dH.reshape(4, nd1 * 5)
-        dP0f = dP0.reshape(4, nd1 * 5)
-        dPkf = dPk.reshape(4, nd1 * 5)
-        dCf = dC.reshape(4, nd1 * 5)
-        dCnf = dCn.reshape(4, nd1 * 5)
-        dMf = dM.reshape(6, 5 * nd1)
-        dEf = dE.reshape(6, 5 * nd1)
-        dwsf = dws.reshape(6, 6, 5 * nd1)
+        y0 = np.empty(4)
+        dy0 = np.empty((nd1, 4))
+        ys = np.empty(4)
+        yn = np.empty(4)
+        T = np.empty((4, nd1))
+        Tn = np.empty((4, nd1))
         rows = np.empty((n, 2, 5))
-        drows = np.empty((n if n_dir > 0 else 1, 2, nd1, 5))
+        n_t = n if n_dir > 0 else 1
+        drows = np.empty((n_t, 2, nd1))
+        Estore = np.empty((n_t, 4, 4))
         u = np.empty((2, nd1 + 2))
         acc = np.empty((nd1 + 2, nd1 + 2))
         for v in range(ib * _BLOCK, min(n_vox, (ib + 1) * _BLOCK)):
@@ -644,75 +631,119 @@ def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion,
                 Z[1, j] = rs * F[0, j] + rc * F[1, j]
                 Z[2, j] = F[2, j]
                 Z[3, j] = F[3, j]
-            _rotate_rows(rc, rs, dF, n_dir, dZ)
+            for j in range(n_dir):
+                for q in range(5):
+                    x = dF[0, j, q]
+                    dZ[0, j, q] = rc * x - rs * dF[1, j, q]
+                    dZ[1, j, q] = rs * x + rc * dF[1, j, q]
+                    dZ[2, j, q] = dF[2, j, q]
+                    dZ[3, j, q] = dF[3, j, q]
             if want_fisher:
                 acc[:, :] = 0.0
             for seg in range(n_seg):
+                # pass 1: values
+                h_last = -1.0
                 for k in range(n):
-                    P = P0 if k == 0 else Pk
-                    dP = dP0 if k == 0 else dPk
-                    dPf = dP0f if k == 0 else dPkf
+                    Pk = P0 if k == 0 else P
                     a = alpha[seg, k]
                     trf = TRF[seg, k]
-                    r2 = R2sl[v, seg, k]
-                    dt2 = dR2_dT2s[v, seg, k]
-                    db1 = dR2_dB1[v, seg, k]
                     if inversion[seg, k]:
-                        _free(0.5 * TR, rv, dirs[:n_dir], g, e4, F, dF)
-                        _inversion(rv, a, trf, r2, dt2, db1, dirs[:n_dir], g, e4, R, dR)
-                        _assemble(F, dF, R, dR, rc, rs, n_dir, G, dG, dGf, H, dH, dHf, P, dP,
-                                  dPf)
+                        _free(0.5 * TR, rv, no_dirs, g, e4, F, dF)
+                        h_last = -1.0
+                        _inversion(rv, a, trf, R2sl[v, seg, k], 0.0, 0.0, no_dirs, g, e4, R, dR)
+                        _assemble(F, R, rc, rs, G, H, Pk)
                     elif a == 0.0:
-                        P[:, :] = Z[:, :]
-                        if n_dir > 0:
-                            dP[:, :, :] = dZ[:, :, :]
+                        Pk[:, :] = Z[:, :]
                     else:
-                        _free(0.5 * (TR - trf), rv, dirs[:n_dir], g, e4, F, dF)
-                        _pulse_generator(rv, a, trf, r2, dt2, db1, dirs[:n_dir], M, dM)
-                        _pulse_exp(M, dMf, n_dir, trf, ws, dws, dwsf, E, dEf)
+                        h = 0.5 * (TR - trf)
+                        if h != h_last:
+                            _free(h, rv, no_dirs, g, e4, F, dF)
+                            h_last = h
+                        _pulse_generator(rv, a, trf, R2sl[v, seg, k], 0.0, 0.0, no_dirs, M,
+                                         dMp)
+                        _pulse_exp(M, trf, ws, E)
                         for i in range(4):
                             ri = i if i < 3 else 4
                             for j in range(5):
-                                cj = j if j < 3 else j + 1
-                                R[i, j] = E[ri, cj]
-                                for d in range(n_dir):
-                                    dR[i, d, j] = dE[cj, ri, d]
-                        _assemble(F, dF, R, dR, rc, rs, n_dir, G, dG, dGf, H, dH, dHf, P, dP,
-                                  dPf)
+                                R[i, j] = E[ri, j if j < 3 else j + 1]
+                        if n_dir > 0:
+                            for i in range(4):
+                                for j in range(4):
+                                    Estore[k, i, j] = R[i, j]
+                        _assemble(F, R, rc, rs, G, H, Pk)
                     if k == 0:
                         C[:, :] = 0.0
                         for i in range(4):
                             C[i, i] = 1.0
-                        dC[:, :, :] = 0.0
                     else:
                         _comp(Pk, C, True, Cn)
-                        if n_dir > 0:
-                            _tcomp(dPk, C, n_dir, dCn, False)
-                            _lcomp(Pk, dCf, n_dir, False, dCnf, True)
-                            dC[:, :, :] = dCn[:, :, :]
                         C[:, :] = Cn[:, :]
                     for i in range(2):
                         for j in range(5):
                             rows[k, i, j] = C[i, j]
-                    if n_dir > 0:
-                        drows[k, :, :, :] = dC[:2, :, :]
                 # one period from echo 0: A = P_0 ∘ C_{n−1}
                 _comp(P0, C, True, Cn)
                 if n_dir > 0:
-                    _tcomp(dP0, C, n_dir, dCn, False)
-                    _lcomp(P0, dCf, n_dir, False, dCnf, True)
-                _solve_periodic(Cn, dCn, n_dir, work, y, dy)
+                    # pass 2: the state from y_0 and its tangents from 0, once around
+                    _solve_periodic(Cn, T, 0, work, y0, dy0)
+                    ys[:] = y0[:]
+                    T[:, :] = 0.0
+                    drows[0, :, :] = 0.0
+                    h_last = -1.0
+                    for kk in range(1, n + 1):
+                        k = kk if kk < n else 0
+                        a = alpha[seg, k]
+                        trf = TRF[seg, k]
+                        if inversion[seg, k]:
+                            _free(0.5 * TR, rv, dirs[:n_dir], g, e4, F, dF)
+                            h_last = -1.0
+                            _inversion(rv, a, trf, R2sl[v, seg, k], dR2_dT2s[v, seg, k],
+                                       dR2_dB1[v, seg, k], dirs[:n_dir], g, e4, R, dR)
+                            _apply_map(F, dF, n_dir, True, ys, T, yn, Tn)
+                            _rotate_state(rc, rs, n_dir, yn, Tn)
+                            _apply_map(R, dR, n_dir, False, yn, Tn, ys, T)
+                            _apply_map(F, dF, n_dir, True, ys, T, yn, Tn)
+                        elif a == 0.0:
+                            _apply_map(Z, dZ, n_dir, True, ys, T, yn, Tn)
+                        else:
+                            h = 0.5 * (TR - trf)
+                            if h != h_last:
+                                _free(h, rv, dirs[:n_dir], g, e4, F, dF)
+                                h_last = h
+                            _apply_map(F, dF, n_dir, True, ys, T, yn, Tn)
+                            _rotate_state(rc, rs, n_dir, yn, Tn)
+                            _pulse_generator(rv, a, trf, R2sl[v, seg, k], dR2_dT2s[v, seg, k],
+                                             dR2_dB1[v, seg, k], dirs[:n_dir], M, dMp)
+                            _pulse_vec(M, dMp, n_dir, trf, yn, Yp, dYp, dpul, dsub, pul)
+                            # tangent through the pulse: its matrix on the incoming tangents
+                            # plus its own derivative applied to the state
+                            for i in range(4):
+                                ri = i if i < 3 else 4
+                                ys[i] = pul[ri]
+                                e0, e1, e2, e3 = (Estore[k, i, 0], Estore[k, i, 1],
+                                                  Estore[k, i, 2], Estore[k, i, 3])
+                                for j in range(n_dir):
+                                    T[i, j] = (dpul[ri, j] + e0 * Tn[0, j] + e1 * Tn[1, j]
+                                               + e2 * Tn[2, j] + e3 * Tn[3, j])
+                            _apply_map(F, dF, n_dir, True, ys, T, yn, Tn)
+                        ys[:] = yn[:]
+                        T[:, :n_dir] = Tn[:, :n_dir]
+                        if k > 0:
+                            drows[k, :, :] = T[:2, :]
+                    _solve_periodic(Cn, T, n_dir, work, y0, dy0)
+                else:
+                    _solve_periodic(Cn, T, 0, work, y0, dy0)
                 for k in range(n):
                     t = seg * n + k
                     for i in range(2):
                         f = rows[k, i, 4]
                         for q in range(4):
-                            f += rows[k, i, q] * y[q]
+                            f += rows[k, i, q] * y0[q]
                         u[i, n_dir] = f
                         for d in range(n_dir):
-                            df = drows[k, i, d, 4]
+                            df = drows[k, i, d]
                             for q in range(4):
-                                df += drows[k, i, d, q] * y[q] + rows[k, i, q] * dy[d, q]
+                                df += rows[k, i, q] * dy0[d, q]
                             u[i, d] = df * scale[v, d]
                     u[0, n_dir + 1] = -u[1, n_dir]
                     u[1, n_dir + 1] = u[0, n_dir]
@@ -734,10 +765,9 @@ def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion,
                         fisher[v, q, p] = acc[p, q]
 
 
-_HELPERS = ("_poly", "_exp2", "_exp2_tangent", "_free", "_mul", "_mul_acc", "_lmul", "_rmul",
-            "_horner_step", "_pulse_exp",
-            "_comp", "_tcomp", "_lcomp", "_rotate_rows", "_assemble", "_pulse_generator", "_inversion",
-            "_solve_periodic")
+_HELPERS = ("_poly", "_exp2", "_exp2_tangent", "_free", "_mul", "_pulse_exp", "_horner_step",
+            "_comp", "_pulse_generator", "_pulse_vec", "_apply_map", "_rotate_state",
+            "_assemble", "_inversion", "_solve_periodic")
 
 
 def _load():

@@ -47,7 +47,7 @@ from crbnet.physics.models import _numba
 # first use; until then these names are None.
 numba = None
 _compiled = None
-_poly = _exp2 = _exp2_tangent = _free = _mul = _pulse_exp = _horner_step = _comp = None
+_poly = _exp2 = _exp2_tangent = _free = _mul = _pulse_exp = _horner_step = _comp = _mul_pattern = None
 _pulse_generator = _pulse_vec = _apply_map = _rotate_state = _assemble = _inversion = None
 _solve_periodic = None
 
@@ -256,8 +256,8 @@ def _pulse_exp_python(M, t, ws, E):  # pragma: no cover - compiled
         X[i, i] += mu * scale
     # the affine matrices' last rows are lam·e_6: X's is μ·scale, its powers' the powers
     lx = mu * scale
-    _mul(X, X, lx, X2)
-    _mul(X2, X, lx, X3)
+    _mul_pattern(X, X, lx, X2)
+    _mul_pattern(X, X2, lx * lx, X3)
     _mul(X2, X2, lx * lx, X4)
     c = _TAYLOR
     # P = B4 = c16 I + c17 X + c18 X² + c19 X³ (last row lam·e_6)
@@ -281,6 +281,19 @@ def _pulse_exp_python(M, t, ws, E):  # pragma: no cover - compiled
     for r in range(5):
         for q in range(6):
             E[r, q] = P[r, q] * back
+
+
+def _mul_pattern_python(X, B, lam, out):  # pragma: no cover - compiled
+    """``out = X·B`` (tops of affine 6 × 6, B's last row ``lam·e_6``) where X has only the
+    generator's structural nonzeros (:data:`_PATTERN`)."""
+    for q in range(6):
+        b0, b1, b2, b3, b4 = B[0, q], B[1, q], B[2, q], B[3, q], B[4, q]
+        b5 = lam if q == 5 else 0.0
+        out[0, q] = X[0, 0] * b0 + X[0, 1] * b1 + X[0, 2] * b2
+        out[1, q] = X[1, 0] * b0 + X[1, 1] * b1
+        out[2, q] = X[2, 0] * b0 + X[2, 2] * b2 + X[2, 4] * b4 + X[2, 5] * b5
+        out[3, q] = X[3, 3] * b3 + X[3, 4] * b4
+        out[4, q] = X[4, 2] * b2 + X[4, 3] * b3 + X[4, 4] * b4 + X[4, 5] * b5
 
 
 def _horner_step_python(X4, P, lam, X, X2, X3, c0, c1, c2, c3, out):  # pragma: no cover
@@ -765,7 +778,8 @@ def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion,
                         fisher[v, q, p] = acc[p, q]
 
 
-_HELPERS = ("_poly", "_exp2", "_exp2_tangent", "_free", "_mul", "_pulse_exp", "_horner_step",
+_HELPERS = ("_poly", "_exp2", "_exp2_tangent", "_free", "_mul", "_mul_pattern", "_pulse_exp",
+            "_horner_step",
             "_comp", "_pulse_generator", "_pulse_vec", "_apply_map", "_rotate_state",
             "_assemble", "_inversion", "_solve_periodic")
 

@@ -48,7 +48,8 @@ from crbnet.physics.models import _numba
 numba = None
 _compiled = None
 _poly = _exp2 = _exp2_tangent = _free = _mul = _pulse_exp = _horner_step = _comp = _mul_pattern = None
-_pulse_generator = _pulse_vec = _apply_map = _rotate_state = _assemble = _inversion = None
+_pulse_generator = _pulse_vec = _apply_map = _rotate_state = _inversion = None
+_rotate_map = _block_comp = None
 _solve_periodic = None
 
 #: Elementary directions, in this order: the column indices of ``rates`` too.
@@ -508,15 +509,23 @@ def _rotate_state_python(rc, rs, n_dir, y, T):  # pragma: no cover - compiled
         T[1, j] = rs * x + rc * T[1, j]
 
 
-def _assemble_python(F, R, rc, rs, G, H, P):  # pragma: no cover - compiled
-    """``P = F ∘ R ∘ Rot ∘ F`` (values)."""
+def _rotate_map_python(rc, rs, F, out):  # pragma: no cover - compiled
+    """``out = Rot ∘ F`` (the RF phase advance turns xf, yf)."""
     for j in range(5):
-        G[0, j] = rc * F[0, j] - rs * F[1, j]
-        G[1, j] = rs * F[0, j] + rc * F[1, j]
-        G[2, j] = F[2, j]
-        G[3, j] = F[3, j]
-    _comp(R, G, True, H)
-    _comp(F, H, True, P)
+        out[0, j] = rc * F[0, j] - rs * F[1, j]
+        out[1, j] = rs * F[0, j] + rc * F[1, j]
+        out[2, j] = F[2, j]
+        out[3, j] = F[3, j]
+
+
+def _block_comp_python(A, B, out):  # pragma: no cover - compiled
+    """``out = A ∘ B`` for reduced maps [4, 5] where A_L couples only (xf, yf) and (zf, zs)."""
+    for i in range(4):
+        k0 = 0 if i < 2 else 2
+        a0, a1 = A[i, k0], A[i, k0 + 1]
+        for q in range(5):
+            out[i, q] = a0 * B[k0, q] + a1 * B[k0 + 1, q]
+        out[i, 4] += A[i, 4]
 
 
 def _inversion_python(rv, a, trf, r2, d_t2s, d_b1, dirs, g, e4, R, dR):  # pragma: no cover
@@ -607,9 +616,8 @@ def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion,
         dR = np.empty((4, nd1, 5))
         Z = np.empty((4, 5))
         dZ = np.empty((4, nd1, 5))
-        G = np.empty((4, 5))
+        RF = np.empty((4, 5))
         H = np.empty((4, 5))
-        P = np.empty((4, 5))
         P0 = np.empty((4, 5))
         C = np.empty((4, 5))
         Cn = np.empty((4, 5))
@@ -654,23 +662,25 @@ def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion,
             if want_fisher:
                 acc[:, :] = 0.0
             for seg in range(n_seg):
-                # pass 1: values
+                # pass 1: values. Pulse 0's map is kept (it closes the period); every other
+                # pulse's factors are applied to C_{k−1} one by one (free precession and the
+                # zero-flip TR are block diagonal: (xf, yf) ⊕ (zf, zs)).
                 h_last = -1.0
                 for k in range(n):
-                    Pk = P0 if k == 0 else P
                     a = alpha[seg, k]
                     trf = TRF[seg, k]
+                    pulse_map = False
                     if inversion[seg, k]:
                         _free(0.5 * TR, rv, no_dirs, g, e4, F, dF)
+                        _rotate_map(rc, rs, F, RF)
                         h_last = -1.0
                         _inversion(rv, a, trf, R2sl[v, seg, k], 0.0, 0.0, no_dirs, g, e4, R, dR)
-                        _assemble(F, R, rc, rs, G, H, Pk)
-                    elif a == 0.0:
-                        Pk[:, :] = Z[:, :]
-                    else:
+                        pulse_map = True
+                    elif a != 0.0:
                         h = 0.5 * (TR - trf)
                         if h != h_last:
                             _free(h, rv, no_dirs, g, e4, F, dF)
+                            _rotate_map(rc, rs, F, RF)
                             h_last = h
                         _pulse_generator(rv, a, trf, R2sl[v, seg, k], 0.0, 0.0, no_dirs, M,
                                          dMp)
@@ -683,14 +693,24 @@ def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion,
                             for i in range(4):
                                 for j in range(4):
                                     Estore[k, i, j] = R[i, j]
-                        _assemble(F, R, rc, rs, G, H, Pk)
+                        pulse_map = True
                     if k == 0:
+                        if pulse_map:
+                            _comp(R, RF, True, H)
+                            _block_comp(F, H, P0)
+                        else:
+                            P0[:, :] = Z[:, :]
                         C[:, :] = 0.0
                         for i in range(4):
                             C[i, i] = 1.0
+                    elif pulse_map:
+                        _block_comp(RF, C, Cn)
+                        _comp(R, Cn, True, C)
+                        _block_comp(F, C, Cn)
+                        C, Cn = Cn, C
                     else:
-                        _comp(Pk, C, True, Cn)
-                        C[:, :] = Cn[:, :]
+                        _block_comp(Z, C, Cn)
+                        C, Cn = Cn, C
                     for i in range(2):
                         for j in range(5):
                             rows[k, i, j] = C[i, j]
@@ -781,7 +801,7 @@ def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion,
 _HELPERS = ("_poly", "_exp2", "_exp2_tangent", "_free", "_mul", "_mul_pattern", "_pulse_exp",
             "_horner_step",
             "_comp", "_pulse_generator", "_pulse_vec", "_apply_map", "_rotate_state",
-            "_assemble", "_inversion", "_solve_periodic")
+            "_rotate_map", "_block_comp", "_inversion", "_solve_periodic")
 
 
 def _load():

@@ -13,22 +13,27 @@ affine map on ``u = (xf, yf, zf, zs)``: a 4 × 5 matrix ``[L | o]`` (``u ↦ L u
   exponential is in closed form (cosh/sinh of the half eigenvalue gap; power series where
   that gap is small);
 * a pulse: the 6 × 6 affine exponential ``exp(M·TRF)`` by scaling and squaring with a degree-19
-  Taylor polynomial (evaluated with 7 products, Paterson–Stockmeyer in ``X⁴``; truncation
-  ``θ²⁰/20! < 1e-16`` at the scaled 1-norm ``θ ≤ 1.2``); a zero flip angle is free precession,
-  and the RF phase rotation commutes with it, so such a TR is ``Rot ∘ F(TR)``, one map per
-  voxel; an inversion pulse is diagonal in the reduced state (its zs factor is a 2 × 2
-  exponential in closed form).
+  Taylor polynomial (evaluated with 7 products, Paterson–Stockmeyer in ``X⁴``, the first two
+  through M's 15 structural nonzeros; truncation ``θ²⁰/20! < 1e-16`` at the scaled norm
+  ``θ ≤ 1.2``); a zero flip angle is free precession, and the RF phase rotation commutes with
+  it, so such a TR is ``Rot ∘ F(TR)``, one map per voxel; an inversion pulse is diagonal in the
+  reduced state (its zs factor is a 2 × 2 exponential in closed form).
 
-Periodic state per segment (pulses 0 … n−1, echo k after pulse k): ``C_k = P_k ∘ … ∘ P_1`` maps
-echo 0 to echo k (only its xf, yf rows are stored), ``A = P_0 ∘ C_{n−1}`` is one period,
-``y_0 = (I − A_L)⁻¹ A_o`` and echo k is ``C_k y_0``.
+Pass 1, values, per segment (pulses 0 … n−1, echo k after pulse k): ``C_k = P_k ∘ … ∘ P_1``
+maps echo 0 to echo k (each pulse's factors applied to ``C_{k−1}`` in turn; only the xf, yf rows
+are stored), ``A = P_0 ∘ C_{n−1}`` is one period, ``y_0 = (I − A_L)⁻¹ A_o`` and echo k is
+``C_k y_0``.
 
-Derivatives: forward mode in up to eight directions — the rates ``(m0s, R1f, R2f, Rx, R1s)``,
-``T2s`` (through R2sl only), ``B1`` (through ``w = B1·α/TRF`` and R2sl) and ``ω0``. Every
-factor's tangent is exact (the scaling-and-squaring steps are differentiated: the tangent of
-the computed exponential is exact for the same polynomial and scaling); ``Ċ_k`` is carried
-along, and ``ẏ_0 = (I − A_L)⁻¹ (Ȧ y_0)``. The caller's per-voxel factors chain the directions
-to the model's parameters (``∂/∂T1 = −R1²·∂/∂R1``).
+Pass 2, derivatives (forward mode, vectors instead of matrices): up to eight directions — the
+rates ``(m0s, R1f, R2f, Rx, R1s)``, ``T2s`` (through R2sl only), ``B1`` (through
+``w = B1·α/TRF`` and R2sl) and ``ω0``. The state is carried once around the period from
+``y_0`` with tangents started at 0; through each factor ``T ← P_L T + Ṗ·(y, 1)``, where a
+pulse's ``Ṗ·(y, 1)`` is the Fréchet derivative of its exponential applied to the state, from
+the Taylor series on the vector differentiated (Horner: ``dh ← Y dh + dY h``; degree from the
+series' truncation bound, substeps of norm ≤ 6) and ``P_L`` the matrix from pass 1. The
+tangent after pulse k is then ``Ċ_k y_0``, after the whole period ``Ȧ y_0``, so
+``ẏ_0 = (I − A_L)⁻¹ Ȧ y_0`` and echo k's tangent is ``Ċ_k y_0 + C_k ẏ_0``. The caller's
+per-voxel factors chain the directions to the model's parameters (``∂/∂T1 = −R1²·∂/∂R1``).
 
 Outputs: the signal ``xf + i·yf`` at every echo, the Jacobian's columns, and/or the Fisher
 matrix ``Re(JᴴJ)`` of ``J = (∂f/∂θ…, f, i·f)`` (complex M0 as nuisance), accumulated without

@@ -14,8 +14,8 @@ affine map on ``u = (xf, yf, zf, zs)``: a 4 × 5 matrix ``[L | o]`` (``u ↦ L u
   that gap is small);
 * a pulse: the 6 × 6 affine exponential ``exp(M·TRF)`` by scaling and squaring with a degree-19
   Taylor polynomial (evaluated with 7 products, Paterson–Stockmeyer in ``X⁴``, the first two
-  through M's 15 structural nonzeros; truncation ``θ²⁰/20! < 1e-16`` at the scaled norm
-  ``θ ≤ 1.2``); a zero flip angle is free precession, and the RF phase rotation commutes with
+  through M's 15 structural nonzeros; truncation below 2⁻⁵³ at the scaled 1-norm
+  ``θ ≤ 1.32``); a zero flip angle is free precession, and the RF phase rotation commutes with
   it, so such a TR is ``Rot ∘ F(TR)``, one map per voxel; an inversion pulse is diagonal in the
   reduced state (its zs factor is a 2 × 2 exponential in closed form).
 
@@ -55,6 +55,7 @@ from crbnet.physics.models import _numba
 numba = None
 _compiled = None
 _poly = _exp2 = _exp2_tangent = _free = _mul = _pulse_exp = _horner_step = _comp = _mul_pattern = None
+_pattern_norm = None
 _pulse_generator = _pulse_vec = _apply_map = _rotate_state = _inversion = None
 _rotate_map = _block_comp = None
 _solve_periodic = None
@@ -63,9 +64,8 @@ _solve_periodic = None
 DIRECTIONS = ("m0s", "R1f", "R2f", "Rx", "R1s", "T2s", "B1", "omega0")
 _M0S, _R1F, _R2F, _RX, _R1S, _T2S, _B1, _W0 = range(8)
 
-# Taylor coefficients 1/k!, k = 0 … 19, and the largest scaled 1-norm.
+# Taylor coefficients 1/k!, k = 0 … 19 (the largest scaled norm, _THETA, below).
 _TAYLOR = np.array([1.0 / math.factorial(k) for k in range(20)])
-_THETA = 1.2
 # The largest diagonal shift μ·t of a pulse's generator (e^{μt} must not overflow).
 _MAX_SHIFT = 30.0
 # 2 × 2 closed forms: power series in x = (half eigenvalue gap · t)² up to |x| = 1 (16 terms:
@@ -97,6 +97,9 @@ def _degree_table() -> np.ndarray:
 
 
 _DEGREE_NU = _degree_table()
+# Pass 1's degree-19 Taylor polynomial: the largest scaled norm θ whose truncation
+# Σ_{k≥20} θ^k/k! ≤ θ^20/20!/(1 − θ/21) is below 2⁻⁵³ (θ ≈ 1.32).
+_THETA = float(_DEGREE_NU[20])
 # The generator's structural nonzeros (row, column) in the 5 × 6 top of the affine 6 × 6
 # (xf, yf, zf, xs, zs, 1): the free pool couples xf–yf (ω0) and xf–zf (RF), exchange zf–zs,
 # the semi-solid pool zs–xs (RF); every parameter's tangent lives on the same positions.
@@ -239,16 +242,8 @@ def _pulse_exp_python(M, t, ws, E):  # pragma: no cover - compiled
         lo = min(lo, M[i, i])
         hi = max(hi, M[i, i])
     mu = min(-0.5 * (lo + hi), _MAX_SHIFT / t)
-    norm = 0.0
-    norm_shifted = abs(mu)                 # the affine row's diagonal entry, 0 + μ
-    for j in range(6):
-        col = 0.0
-        col_shifted = 0.0
-        for i in range(5):
-            col += abs(M[i, j])
-            col_shifted += abs(M[i, j] + (mu if i == j else 0.0))
-        norm = max(norm, col)
-        norm_shifted = max(norm_shifted, col_shifted)
+    norm = _pattern_norm(M, 0.0)
+    norm_shifted = _pattern_norm(M, mu)
     if norm_shifted >= norm:
         mu = 0.0
         norm_shifted = norm
@@ -302,6 +297,18 @@ def _mul_pattern_python(X, B, lam, out):  # pragma: no cover - compiled
         out[2, q] = X[2, 0] * b0 + X[2, 2] * b2 + X[2, 4] * b4 + X[2, 5] * b5
         out[3, q] = X[3, 3] * b3 + X[3, 4] * b4
         out[4, q] = X[4, 2] * b2 + X[4, 3] * b3 + X[4, 4] * b4 + X[4, 5] * b5
+
+
+def _pattern_norm_python(M, mu):  # pragma: no cover - compiled
+    """1-norm of the affine 6 × 6 ``M + μI`` (M its top 5 rows, last row μ·e_6) from the
+    generator's structural nonzeros (:data:`_PAT_ROW`, :data:`_PAT_COL`)."""
+    c0 = abs(M[0, 0] + mu) + abs(M[1, 0]) + abs(M[2, 0])
+    c1 = abs(M[0, 1]) + abs(M[1, 1] + mu)
+    c2 = abs(M[0, 2]) + abs(M[2, 2] + mu) + abs(M[4, 2])
+    c3 = abs(M[3, 3] + mu) + abs(M[4, 3])
+    c4 = abs(M[2, 4]) + abs(M[3, 4]) + abs(M[4, 4] + mu)
+    c5 = abs(M[2, 5]) + abs(M[4, 5]) + abs(mu)
+    return max(max(max(c0, c1), max(c2, c3)), max(c4, c5))
 
 
 def _horner_step_python(X4, P, lam, X, X2, X3, c0, c1, c2, c3, out):  # pragma: no cover
@@ -805,7 +812,8 @@ def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion,
                         fisher[v, q, p] = acc[p, q]
 
 
-_HELPERS = ("_poly", "_exp2", "_exp2_tangent", "_free", "_mul", "_mul_pattern", "_pulse_exp",
+_HELPERS = ("_poly", "_exp2", "_exp2_tangent", "_free", "_mul", "_mul_pattern", "_pattern_norm",
+            "_pulse_exp",
             "_horner_step",
             "_comp", "_pulse_generator", "_pulse_vec", "_apply_map", "_rotate_state",
             "_rotate_map", "_block_comp", "_inversion", "_solve_periodic")

@@ -94,7 +94,7 @@ def _parts(model, theta) -> dict:
 
     @numba.njit
     def exp_loop(n, r2):
-        M, dMp, E, ws = np.empty((5, 6)), np.empty((15, 8)), np.empty((5, 6)), np.empty((6, 5, 6))
+        M, dMp, E, ws = np.empty((5, 6)), np.empty((15, 8)), np.empty((4, 5)), np.empty((6, 5, 6))
         for _ in range(n):
             kernel._pulse_generator(rates, a, trf, r2, 1.0, 1.0, dirs[:0], M, dMp)
             kernel._pulse_exp(M, trf, ws, E)

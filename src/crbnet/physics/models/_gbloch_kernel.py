@@ -55,7 +55,7 @@ from crbnet.physics.models import _numba
 numba = None
 _compiled = None
 _poly = _exp2 = _exp2_tangent = _free = _mul = _pulse_exp = _horner_step = _comp = _mul_pattern = None
-_pattern_norm = None
+_pattern_norm = _mul_reduced = None
 _pulse_generator = _pulse_vec = _apply_map = _rotate_state = _inversion = None
 _rotate_map = _block_comp = None
 _solve_periodic = None
@@ -232,8 +232,9 @@ def _mul_python(A, B, lam, out):  # pragma: no cover - compiled
         out[i, 0], out[i, 1], out[i, 2], out[i, 3], out[i, 4], out[i, 5] = o0, o1, o2, o3, o4, o5
 
 
-def _pulse_exp_python(M, t, ws, E):  # pragma: no cover - compiled
-    """``E = exp(M t)`` (tops of affine 6 × 6; values only): scaling and squaring with the
+def _pulse_exp_python(M, t, ws, R):  # pragma: no cover - compiled
+    """``R = exp(M t)`` on the reduced state (rows and columns xf, yf, zf, zs and the affine
+    column: [4, 5]; values only): scaling and squaring with the
     degree-19 Taylor polynomial (Paterson–Stockmeyer in ``X⁴``); ``ws`` [6, 5, 6] is scratch."""
     # exp(Mt) = e^{−μt}·exp((M + μI)t) for any μ: shifting the diagonal (0 … −R2sl) to be
     # centred on zero about halves the norm where R2sl dominates — one squaring fewer.
@@ -276,14 +277,34 @@ def _pulse_exp_python(M, t, ws, E):  # pragma: no cover - compiled
         _horner_step(X4, P, lam, X, X2, X3, c0, c1, c2, c3, Q)
         P, Q = Q, P
         lam = c0 + lx * (c1 + lx * (c2 + lx * c3)) + lx4 * lam
-    for i in range(s):
+    back = math.exp(-mu * t)
+    for i in range(s - 1):
         _mul(P, P, lam, Q)
         P, Q = Q, P
         lam = lam * lam
-    back = math.exp(-mu * t)
-    for r in range(5):
-        for q in range(6):
-            E[r, q] = P[r, q] * back
+    if s > 0:
+        _mul_reduced(P, P, lam, back, R)        # the last squaring: only the rows kept
+    else:
+        for i in range(4):
+            ri = i if i < 3 else 4
+            for j in range(5):
+                R[i, j] = P[ri, j if j < 3 else j + 1] * back
+
+
+def _mul_reduced_python(A, B, lam, scale, R):  # pragma: no cover - compiled
+    """``R = scale·(A·B)`` restricted to the reduced state: rows and columns (xf, yf, zf, zs)
+    and the affine column (tops of affine 6 × 6, B's last row ``lam·e_6``; R [4, 5])."""
+    for i in range(4):
+        ri = i if i < 3 else 4
+        a0, a1, a2, a3, a4 = A[ri, 0], A[ri, 1], A[ri, 2], A[ri, 3], A[ri, 4]
+        o0 = a0 * B[0, 0] + a1 * B[1, 0] + a2 * B[2, 0] + a3 * B[3, 0] + a4 * B[4, 0]
+        o1 = a0 * B[0, 1] + a1 * B[1, 1] + a2 * B[2, 1] + a3 * B[3, 1] + a4 * B[4, 1]
+        o2 = a0 * B[0, 2] + a1 * B[1, 2] + a2 * B[2, 2] + a3 * B[3, 2] + a4 * B[4, 2]
+        o4 = a0 * B[0, 4] + a1 * B[1, 4] + a2 * B[2, 4] + a3 * B[3, 4] + a4 * B[4, 4]
+        o5 = (a0 * B[0, 5] + a1 * B[1, 5] + a2 * B[2, 5] + a3 * B[3, 5] + a4 * B[4, 5]
+              + lam * A[ri, 5])
+        R[i, 0], R[i, 1], R[i, 2] = o0 * scale, o1 * scale, o2 * scale
+        R[i, 3], R[i, 4] = o4 * scale, o5 * scale
 
 
 def _mul_pattern_python(X, B, lam, out):  # pragma: no cover - compiled
@@ -637,7 +658,6 @@ def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion,
         Cn = np.empty((4, 5))
         M = np.empty((5, 6))
         dMp = np.empty((15, nd1))
-        E = np.empty((5, 6))
         ws = np.empty((6, 5, 6))
         Yp = np.empty(15)
         dYp = np.empty((15, nd1))
@@ -698,11 +718,7 @@ def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion,
                             h_last = h
                         _pulse_generator(rv, a, trf, R2sl[v, seg, k], 0.0, 0.0, no_dirs, M,
                                          dMp)
-                        _pulse_exp(M, trf, ws, E)
-                        for i in range(4):
-                            ri = i if i < 3 else 4
-                            for j in range(5):
-                                R[i, j] = E[ri, j if j < 3 else j + 1]
+                        _pulse_exp(M, trf, ws, R)
                         if n_dir > 0:
                             for i in range(4):
                                 for j in range(4):
@@ -813,7 +829,7 @@ def _kernel_python(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion,
 
 
 _HELPERS = ("_poly", "_exp2", "_exp2_tangent", "_free", "_mul", "_mul_pattern", "_pattern_norm",
-            "_pulse_exp",
+            "_mul_reduced", "_pulse_exp",
             "_horner_step",
             "_comp", "_pulse_generator", "_pulse_vec", "_apply_map", "_rotate_state",
             "_rotate_map", "_block_comp", "_inversion", "_solve_periodic")

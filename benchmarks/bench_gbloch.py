@@ -12,8 +12,8 @@ shared; timings are noisy):
 - signal + Jacobian in all 8 parameters + Fisher inverse (``crbnet.stats.crb.signal_and_crb``:
   a simulation plus the kernel's Fisher matrix, then the inverse) in voxels/s, per pulse;
 - the kernel's Jacobian alone (``explicit_signal_and_jacobian``);
-- CPU time per call of the kernel's parts (pulse exponential with and without tangents,
-  free precession) at the sequence's median pulse;
+- CPU time per call of the kernel's parts (the pulse's matrix exponential, the pulse applied
+  to one state with 8 tangents, free precession) at the sequence's median pulse;
 - agreement with the tensor route (``use_compiled_kernel = False``; Jacobian by
   ``torch.func.jacfwd``) on ``--check-voxels`` voxels, and the tensor route's simulate time.
 
@@ -73,8 +73,9 @@ def _best(fn, repeats: int) -> tuple[float, float]:
 
 def _parts(model, theta) -> dict:
     """CPU µs per call of the kernel's parts at the sequence's median nonzero pulse: the
-    pulse exponential without and with tangents in all 8 directions (at the voxel's R2sl and
-    at R2sl·TRF = 8, about the super-Lorentzian's largest), and the free precession."""
+    pulse's matrix exponential (values, pass 1), the pulse applied to one state with its
+    derivative in all 8 directions (pass 2), each at the voxel's R2sl and at R2sl·TRF = 8,
+    about the super-Lorentzian's largest, and the free precession with and without tangents."""
     import numba
 
     from crbnet.physics.models import _gbloch_kernel as kernel
@@ -92,15 +93,22 @@ def _parts(model, theta) -> dict:
     dirs = np.arange(8)
 
     @numba.njit
-    def exp_loop(n, nd, r2):
-        M, dM = np.empty((5, 6)), np.empty((6, 5, 8))
-        E, dE = np.empty((5, 6)), np.empty((6, 5, 8))
-        ws, dws = np.empty((6, 5, 6)), np.empty((6, 6, 5, 8))
-        dMf, dEf, dwsf = dM.reshape(6, 40), dE.reshape(6, 40), dws.reshape(6, 6, 40)
+    def exp_loop(n, r2):
+        M, dMp, E, ws = np.empty((5, 6)), np.empty((15, 8)), np.empty((4, 5)), np.empty((6, 5, 6))
         for _ in range(n):
-            kernel._pulse_generator(rates, a, trf, r2, 1.0, 1.0, dirs[:nd], M, dM)
-            kernel._pulse_exp(M, dMf, nd, trf, ws, dws, dwsf, E, dEf)
+            kernel._pulse_generator(rates, a, trf, r2, 1.0, 1.0, dirs[:0], M, dMp)
+            kernel._pulse_exp(M, trf, ws, E)
         return E[0, 0]
+
+    @numba.njit
+    def vec_loop(n, r2):
+        M, dMp = np.empty((5, 6)), np.empty((15, 8))
+        Y, dY, d, dv = np.empty(15), np.empty((15, 8)), np.empty((5, 8)), np.empty((5, 8))
+        u, out = np.array([0.1, 0.2, 0.7, 0.05]), np.empty(5)
+        for _ in range(n):
+            kernel._pulse_generator(rates, a, trf, r2, 1.0, 1.0, dirs, M, dMp)
+            kernel._pulse_vec(M, dMp, 8, trf, u, Y, dY, d, dv, out)
+        return out[0] + d[0, 0]
 
     @numba.njit
     def free_loop(n, nd):
@@ -117,8 +125,8 @@ def _parts(model, theta) -> dict:
 
     out = {"pulse": {"alpha": a, "TRF": trf, "R2sl": r2sl}}
     for label, r2 in (("voxel_R2sl", r2sl), ("R2sl_TRF_8", 8.0 / trf)):
-        out[f"exp_{label}_values_us"] = per_call(exp_loop, 0, r2, n=20000)
-        out[f"exp_{label}_8_tangents_us"] = per_call(exp_loop, 8, r2)
+        out[f"exp_{label}_values_us"] = per_call(exp_loop, r2, n=20000)
+        out[f"pulse_on_state_{label}_8_tangents_us"] = per_call(vec_loop, r2, n=5000)
     out["free_values_us"] = per_call(free_loop, 0, n=100000)
     out["free_8_tangents_us"] = per_call(free_loop, 8, n=100000)
     return out

@@ -163,3 +163,77 @@ def test_inputs_that_the_kernel_does_not_take_and_sizes():
     signal, columns = _signal_and_jacobian(model, theta[:1])
     assert signal.shape == (1, model.n_timepoints)
     assert columns.shape == (model.n_parameters, 1, model.n_timepoints)
+
+
+def _generator6(p: np.ndarray, alpha: float, trf: float, r2: float, d_t2s: float,
+                d_b1: float) -> np.ndarray:
+    """The pulse's affine 6 × 6 generator written out again, as a function of the kernel's
+    eight directions p = (m0s, R1f, R2f, Rx, R1s, T2s, B1, ω0), with R2sl linear in T2s and B1
+    around p's values (slopes d_t2s, d_b1) so that its derivatives are known."""
+    m0s, R1f, R2f, Rx, R1s, T2s, B1, w0 = p
+    R2s = r2 + d_t2s * (T2s - 1e-5) + d_b1 * (B1 - 0.9)
+    w = B1 * alpha / trf
+    m0f = 1 - m0s
+    return np.array([
+        [-R2f, -w0, w, 0, 0, 0],
+        [w0, -R2f, 0, 0, 0, 0],
+        [-w, 0, -R1f - Rx * m0s, 0, Rx * m0f, R1f * m0f],
+        [0, 0, 0, -R2s, w, 0],
+        [0, 0, Rx * m0s, -w, -R1s - Rx * m0f, R1s * m0s],
+        [0, 0, 0, 0, 0, 0]], dtype=float)
+
+
+@pytest.mark.parametrize("alpha, trf, r2", [(0.41, 1e-4, 1.1e4), (math.pi, 1e-4, 6e4),
+                                            (1.2, 5e-4, 1.5e4), (0.5, 1e-3, 2e5),
+                                            (-0.7, 1e-3, 4e4), (1e-4, 5e-4, 1.2e4)],
+                         ids=["median", "short pi", "500us", "stiff Lorentzian", "negative",
+                              "tiny"])
+def test_pulse_exponentials_match_scipy(alpha, trf, r2):
+    """Pass 1's matrix exponential (Taylor, scaling and squaring) and pass 2's pulse applied to
+    a state with its Fréchet derivatives (Taylor on the vector, substeps) against scipy's expm
+    and expm_frechet, the derivatives of an independently written generator."""
+    from scipy.linalg import expm, expm_frechet
+
+    from crbnet.physics.models import _gbloch_kernel as kernel
+
+    kernel._load()
+    p = np.array([0.2, 1.0, 15.0, 30.0, 2.0, 1e-5, 0.9, 120.0])
+    d_t2s, d_b1 = -1e9, 3e3
+    dirs = np.arange(8)
+    M, dMp = np.empty((5, 6)), np.empty((15, 8))
+    kernel._pulse_generator(p, alpha, trf, r2, d_t2s, d_b1, dirs, M, dMp)
+    G = _generator6(p, alpha, trf, r2, d_t2s, d_b1)
+    assert np.array_equal(M, G[:5])
+    E = np.empty((4, 5))                # rows and columns xf, yf, zf, zs, then the offset
+    kernel._pulse_exp(M, trf, np.empty((6, 5, 6)), E)
+    reference = expm(G * trf)
+    reduced = reference[np.ix_([0, 1, 2, 4], [0, 1, 2, 4, 5])]
+    # (both sides round off: up to ~1e-14 where R2sl·TRF = 200)
+    assert np.abs(E - reduced).max() < 1e-13 * np.abs(reference).max()
+    u = np.array([0.3, -0.2, 0.6, 0.05])
+    state = np.array([u[0], u[1], u[2], 0.0, u[3], 1.0])
+    out, d = np.empty(5), np.empty((5, 8))
+    kernel._pulse_vec(M, dMp, 8, trf, u, np.empty(15), np.empty((15, 8)), d, np.empty((5, 8)),
+                      out)
+    assert np.abs(out - (reference @ state)[:5]).max() < 1e-13
+    for j in range(8):
+        step = np.zeros(8)
+        step[j] = 1.0          # the generator is affine in each direction: exact difference
+        dG = _generator6(p + step, alpha, trf, r2, d_t2s, d_b1) - G
+        frechet = expm_frechet(G * trf, dG * trf, compute_expm=False) @ state
+        size = np.abs(dG).max() * trf
+        assert np.abs(d[:, j] - frechet[:5]).max() < 1e-13 * size, kernel.DIRECTIONS[j]
+
+
+def test_taylor_degree_table_is_the_stated_bound():
+    """_DEGREE_NU[m] is the largest ν with ν^m/m!/(1 − ν/(m+1)) ≤ 2⁻⁵³ (the truncation
+    bound of pass 2's Taylor series, tangent included)."""
+    from crbnet.physics.models import _gbloch_kernel as kernel
+
+    def bound(nu, m):
+        return math.exp(m * math.log(nu) - math.lgamma(m + 1)) / (1 - nu / (m + 1))
+
+    for m in range(5, 45):
+        nu = kernel._DEGREE_NU[m]
+        assert bound(nu, m) <= 2.0 ** -53 < bound(nu * 1.001, m)
+    assert kernel._DEGREE_NU[40] >= kernel._SUBSTEP      # a substep never needs more

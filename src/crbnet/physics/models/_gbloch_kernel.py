@@ -48,8 +48,8 @@ import os
 
 import numpy as np
 
-from crbnet.physics.models import _gbloch_pulse, _numba
-from crbnet.physics.models._gbloch_pulse import (  # noqa: F401 - re-exported
+from crbnet.physics.models import _gbloch_pulse_kernel, _numba
+from crbnet.physics.models._gbloch_pulse_kernel import (  # noqa: F401 - re-exported
     _B1,
     _DEGREE_NU,
     _M0S,
@@ -64,7 +64,7 @@ from crbnet.physics.models._gbloch_pulse import (  # noqa: F401 - re-exported
 )
 
 # numba is imported and the functions below compiled (or loaded from numba's disk cache) on
-# first use; until then these names are None (the pulse's helpers come from _gbloch_pulse).
+# first use; until then these names are None (the pulse's helpers come from _gbloch_pulse_kernel).
 numba = None
 _compiled = None
 _poly = _exp2 = _exp2_tangent = _free = _comp = None
@@ -520,9 +520,9 @@ _HELPERS = ("_poly", "_exp2", "_exp2_tangent", "_free", "_comp", "_apply_map", "
 
 
 def _compile_helpers(options: dict) -> None:
-    _gbloch_pulse.compile_helpers(numba, options)
-    for name in _gbloch_pulse.HELPERS:
-        globals()[name] = getattr(_gbloch_pulse, name)
+    _gbloch_pulse_kernel.compile_helpers(numba, options)
+    for name in _gbloch_pulse_kernel.HELPERS:
+        globals()[name] = getattr(_gbloch_pulse_kernel, name)
     for name in _HELPERS:
         globals()[name] = numba.njit(**options)(globals()[name + "_python"])
 

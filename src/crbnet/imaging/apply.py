@@ -78,6 +78,7 @@ import torch
 from crbnet import __version__
 from crbnet.errors import InputError
 from crbnet.estimators.protocol import Estimator, SignalFit, least_squares_m0
+from crbnet.imaging import goodness_of_fit as gof  # issue 22
 from crbnet.imaging.nifti import (
     DEFAULT_MAX_BYTES,
     SignalSource,
@@ -650,6 +651,7 @@ def _parameter_maps(est: _Estimates, noise: _Noise, model: SignalModel, names: l
     maps["M0map"] = np.abs(est.m0)
     maps["M0phase"] = np.where(used, np.angle(est.m0), 0.0)
     maps["sigma_residual"] = np.where(used, np.nan_to_num(noise.residual_map, nan=0.0), 0.0)
+    maps[gof.MAP_NAME] = gof.for_noise(noise, used)[0]  # issue 22: goodness of fit
     return maps, n_singular, at_edge
 
 
@@ -711,6 +713,7 @@ def _summary(estimator: Estimator, model: SignalModel, source: SignalSource, est
             if per_voxel else mean_m0 / noise.sigma,
             "definition": SNR_DEFINITION + " (mean |M0| over the estimated voxels)",
         },
+        "goodness_of_fit": gof.for_noise(noise, used)[1],  # issue 22
         "uncertainty": ("sqrt(CRB) at the estimated parameters and |M0|, scaled by the noise "
                         "level (docs/statistics.md §2)"
                         + (" — the CRB of the subspace coefficients" if basis else "")
@@ -784,6 +787,7 @@ def _file_descriptions(model: SignalModel, names: list[str], summary: dict,
         ("sigma_residual", {"Units": "arbitrary (input units)",
                             "Description": "per-voxel residual noise level "
                                            "sqrt(|y - M0 f|^2 / (2T - P - 2))"}, np.float32),
+        (gof.MAP_NAME, gof.sidecar(summary), np.float32),  # issue 22: goodness of fit
         ("flags", {"Description": "bit j (value 2^j) set where parameter j's estimate sits at "
                                   "the edge of the range the estimator knows: " + ", ".join(
                                       f"{1 << j} {p} [{ranges[p][0]:g}, {ranges[p][1]:g}]"

@@ -99,3 +99,22 @@ def test_crop_end_to_end(crop, tmp_path):
         assert np.median(np.abs(net - fit) / std) < 3, p
     m0s = read(nlls_dir, "m0s")[mask]
     assert 0.02 < np.median(m0s) < 0.35           # brain tissue, not a range edge
+
+
+def test_demo_section_maps_the_slice(tmp_path):
+    """The demo's in-vivo section: the figure it embeds exists, and the network's white matter
+    (masks from its own m0s and T1f maps) is white matter as published for this model family
+    (m0s ≈ 0.2, T1f ≈ 1.8–1.9 s) within wide margins."""
+    from crbnet.cli.demo_invivo import network_maps, demo_section
+    from crbnet.imaging.tissue_regions import region_statistics, tissue_masks
+
+    lines = demo_section(tmp_path, log=lambda s: None)
+    text = "\n".join(lines)
+    assert "![in-vivo maps](invivo_maps.png)" in text and (tmp_path / "invivo_maps.png").is_file()
+    assert "| m0s |" in text and "Assländer" in text
+    maps, mask = network_maps(NETWORK)
+    assert mask.sum() == 19213
+    masks = tissue_masks(maps["m0s"], maps["T1f"], mask)
+    wm = region_statistics(maps, masks)["WM"]
+    assert wm["m0s"]["n"] > 1000
+    assert 0.15 < wm["m0s"]["median"] < 0.3 and 1.4 < wm["T1f"]["median"] < 2.4

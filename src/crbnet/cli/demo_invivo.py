@@ -138,8 +138,8 @@ def report_lines(res: InvivoResult) -> list[str]:
         "voxel; README, section In vivo).", "",
         f"![in-vivo maps]({res.figure.name})", "",
         f"Medians (IQR) in white matter ({n_wm} voxels) and grey matter ({n_gm} voxels); "
-        "tissue masks from the network's own maps (WM: m0s ≥ 0.15; GM: 0.05 ≤ m0s ≤ 0.12 and "
-        "T1f ≤ 2.5 s; brain eroded by 2 voxels, each class by 1):", "",
+        "tissue masks from the network's own maps (WM: m0s ≥ 0.15; GM: 0.06 ≤ m0s ≤ 0.13 and "
+        "T1f ≤ 3 s; brain mask eroded by 2 voxels):", "",
         *region_table({"WM network": res.statistics["WM"], "GM network": res.statistics["GM"]}),
         ""]
 

@@ -26,12 +26,16 @@ def _limits(values: np.ndarray, unit: str) -> tuple[float, float]:
 def plot_rows_of_maps(rows: Mapping[str, Mapping[str, np.ndarray]], names: Sequence[str],
                       units: Mapping[str, str], path: str | Path, *,
                       masks: Mapping[str, np.ndarray] | None = None, title: str | None = None,
-                      dpi: int = 72) -> None:
+                      dpi: int = 72, panel_size: tuple[float, float] = (1.55, 1.75),
+                      aspect: str = "equal") -> None:
     """PNG with one row per entry of ``rows`` (``{row label: {map name: 2-D array (SI)}}``)
     and one column per name in ``names``; voxels outside ``masks[row]`` are blank. Colour
-    limits per column come from the first row (2nd–98th percentile; symmetric for signed maps)."""
+    limits per column come from the first row (2nd–98th percentile; symmetric for signed maps).
+    Arrays are shown with their first axis to the right (``panel_size``: inches per panel;
+    ``aspect='auto'`` stretches thin strips to the panel)."""
     labels = list(rows)
-    fig, axes = subplots(len(labels), len(names), figsize=(1.55 * len(names), 1.75 * len(labels)),
+    fig, axes = subplots(len(labels), len(names), figsize=(panel_size[0] * len(names),
+                                                            panel_size[1] * len(labels)),
                          squeeze=False)
     first = labels[0]
     for c, name in enumerate(names):
@@ -50,7 +54,7 @@ def plot_rows_of_maps(rows: Mapping[str, Mapping[str, np.ndarray]], names: Seque
                 data = np.where(np.asarray(masks[label], bool), data, np.nan)
             im = ax.imshow(data.T * factor, origin="lower", vmin=lo * factor, vmax=hi * factor,
                            cmap="twilight_shifted" if lo < 0 else "viridis",
-                           interpolation="nearest")
+                           interpolation="nearest", aspect=aspect)
             if r == 0:
                 ax.set_title(f"{name} ({shown_unit})" if shown_unit else name, fontsize=8)
             if c == 0:

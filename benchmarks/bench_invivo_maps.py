@@ -201,13 +201,13 @@ def main() -> None:
                       panel_size=(1.9, 0.75), dpi=90, aspect="auto")
     plot_rows_of_maps({"network": dict(maps_only)}, list(MAP_NAMES), UNITS,
                       DOCS / "invivo_network_maps.png", masks={"network": slice_mask})
-    labels = {"nlls": "super-Lorentzian", "lorentzian": "Lorentzian",
-              "hybrid_state": "mt_hybrid_state"}
+    labels = {"nlls": "super-L.", "lorentzian": "Lorentz.", "hybrid_state": "hybrid"}
     plot_rows_of_maps({labels[k]: {"residual level": strip(residual[k]),
                                    "T2s": strip(maps[k]["T2s"])} for k in residual},
                       ["residual level", "T2s"], {"T2s": "s"}, DOCS / "invivo_residuals.png",
                       masks={labels[k]: strip(sparse) for k in residual},
-                      panel_size=(2.6, 0.8), dpi=90, aspect="auto")
+                      panel_size=(2.6, 0.8), dpi=90, aspect="auto",
+                      limits_from_all_rows=True)
     print(json.dumps({k: result[k] for k in ("seconds", "voxels", "nlls_cpu_s_per_voxel",
                                              "nlls_whole_slice_estimate_min_on_2_cores")},
                      indent=1))

@@ -27,12 +27,13 @@ def plot_rows_of_maps(rows: Mapping[str, Mapping[str, np.ndarray]], names: Seque
                       units: Mapping[str, str], path: str | Path, *,
                       masks: Mapping[str, np.ndarray] | None = None, title: str | None = None,
                       dpi: int = 72, panel_size: tuple[float, float] = (1.55, 1.75),
-                      aspect: str = "equal") -> None:
+                      aspect: str = "equal", limits_from_all_rows: bool = False) -> None:
     """PNG with one row per entry of ``rows`` (``{row label: {map name: 2-D array (SI)}}``)
     and one column per name in ``names``; voxels outside ``masks[row]`` are blank. Colour
     limits per column come from the first row (2nd–98th percentile; symmetric for signed maps).
     Arrays are shown with their first axis to the right (``panel_size``: inches per panel;
-    ``aspect='auto'`` stretches thin strips to the panel)."""
+    ``aspect='auto'`` stretches thin strips to the panel; ``limits_from_all_rows``: colour
+    limits from every row's voxels, for rows whose values differ widely)."""
     labels = list(rows)
     fig, axes = subplots(len(labels), len(names), figsize=(panel_size[0] * len(names),
                                                             panel_size[1] * len(labels)),
@@ -43,7 +44,10 @@ def plot_rows_of_maps(rows: Mapping[str, Mapping[str, np.ndarray]], names: Seque
         ref = np.asarray(rows[first][name], float)
         ref_mask = None if masks is None else np.asarray(masks[first], bool)
         factor, shown_unit = display_scale(unit, ref if ref_mask is None else ref[ref_mask])
-        lo, hi = _limits(ref if ref_mask is None else ref[ref_mask], unit)
+        pool = [np.asarray(rows[k][name], float)[np.asarray(masks[k], bool)]
+                if masks is not None else np.asarray(rows[k][name], float).ravel()
+                for k in (labels if limits_from_all_rows else [first]) if name in rows[k]]
+        lo, hi = _limits(np.concatenate(pool), unit)
         for r, label in enumerate(labels):
             ax = axes[r][c]
             ax.axis("off")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from crbnet.imaging import goodness_of_fit
 from crbnet.imaging.estimation_pass import Estimates
 from crbnet.imaging.estimator_ranges import edge_flags
 from crbnet.imaging.noise_level import NoiseLevel
@@ -36,4 +37,5 @@ def parameter_maps(est: Estimates, noise: NoiseLevel, model: SignalModel, names:
     maps["M0map"] = np.abs(est.m0)
     maps["M0phase"] = np.where(used, np.angle(est.m0), 0.0)
     maps["sigma_residual"] = np.where(used, np.nan_to_num(noise.residual_map, nan=0.0), 0.0)
+    maps[goodness_of_fit.MAP_NAME] = goodness_of_fit.for_noise(noise, used)[0]
     return maps, n_singular, at_edge

@@ -12,6 +12,7 @@ import numpy as np
 from crbnet import __version__
 from crbnet.estimators.protocol import Estimator
 from crbnet.files import write_json
+from crbnet.imaging import goodness_of_fit
 from crbnet.imaging.nifti_writing import write_image, write_sidecar
 from crbnet.imaging.output_folders import atomic_directory
 from crbnet.imaging.signal_sources import SignalSource
@@ -72,6 +73,7 @@ def file_descriptions(model: SignalModel, names: list[str], summary: dict,
         ("sigma_residual", {"Units": "arbitrary (input units)",
                             "Description": "per-voxel residual noise level "
                                            "sqrt(|y - M0 f|^2 / (2T - P - 2))"}, np.float32),
+        (goodness_of_fit.MAP_NAME, goodness_of_fit.sidecar(summary), np.float32),
         ("flags", {"Description": "bit j (value 2^j) set where parameter j's estimate sits at "
                                   "the edge of the range the estimator knows: " + ", ".join(
                                       f"{1 << j} {p} [{ranges[p][0]:g}, {ranges[p][1]:g}]"

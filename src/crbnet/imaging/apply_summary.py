@@ -10,6 +10,7 @@ import numpy as np
 from crbnet import __version__
 from crbnet.estimators.protocol import Estimator
 from crbnet.files import json_ready
+from crbnet.imaging import goodness_of_fit
 from crbnet.imaging.estimation_pass import Estimates
 from crbnet.imaging.estimator_ranges import EDGE_FRACTION
 from crbnet.imaging.signal_sources import SignalSource
@@ -51,6 +52,7 @@ def summary(estimator: Estimator, model: SignalModel, source: SignalSource, est:
             "mean_abs_m0_over_sigma": _mean_snr(est, noise),
             "definition": SNR_DEFINITION + " (mean |M0| over the estimated voxels)",
         },
+        "goodness_of_fit": goodness_of_fit.for_noise(noise, est.used)[1],
         "uncertainty": ("sqrt(CRB) at the estimated parameters and |M0|, scaled by the noise "
                         "level (docs/statistics.md §2)"
                         + (" — the CRB of the subspace coefficients" if basis else "")

@@ -70,11 +70,13 @@ class DemoConfig:
         points: tissues of the phantom table for the tissue-point table.
         point_realizations: noise realizations per tissue point.
         seed: seed of everything.
+        invivo: add the shipped in-vivo slice with the shipped network (issue 22).
         losses: training losses, one network each (registered names, :mod:`crbnet.learning.losses`);
             the first one gets the time guard, the others its number of epochs.
     """
 
     snr: float = 100.0
+    invivo: bool = True   # issue 22: the shipped in-vivo slice with the shipped network
     fixed: dict = field(default_factory=lambda: {"B1": 1.0, "T1s": 1.0})
     minutes_per_net: float = 3.5
     epochs: int = 40
@@ -182,7 +184,10 @@ def run(out_dir: str | Path, cfg: DemoConfig | None = None,
         wall = time.perf_counter() - t0
         summary = _summary(model, cfg, wall, summaries, comparison, evaluations, points)
         files.write_json(out / "summary.json", summary)
-        files.write_text(out / "report.md", _report(model, cfg, comparison, summaries, wall, points))
+        from crbnet.reporting.invivo import demo_section  # issue 22: the in-vivo slice
+        invivo = demo_section(out, stage) if cfg.invivo else []  # issue 22
+        files.write_text(out / "report.md", "\n".join([_report(model, cfg, comparison, summaries,
+                                                               wall, points), "", *invivo]))
     log(f"[{wall:5.0f} s] wrote {final / 'report.md'}")
     return summary
 

@@ -1,7 +1,7 @@
 """mt_generalized_bloch's compiled CPU kernel (issue 20): throughput and agreement.
 
 Sequence: the in-vivo generalized-Bloch sequence (6 segments × 1142 pulses, TR 3.5 ms) read
-from ``--mat`` (default ``<repo>/../shared/data/invivo_mt/control.mat``: datasets ``alpha``
+from ``--mat`` (default: the copy shipped in ``examples/invivo/control.mat``; datasets ``alpha``
 and ``TRF``, segments × pulses) when that file exists; otherwise the model's default sequence
 (said so in the output and the JSON).
 
@@ -241,7 +241,7 @@ def plot(result: dict, path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mat", default=str(ROOT.parent / "shared/data/invivo_mt/control.mat"))
+    parser.add_argument("--mat", default=str(ROOT / "examples/invivo/control.mat"))
     parser.add_argument("--lineshape", default="super_lorentzian")
     parser.add_argument("--voxels", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)

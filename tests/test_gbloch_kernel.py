@@ -69,8 +69,10 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-def test_signal_matches_tensor_route():
-    model = _model()
+@pytest.mark.parametrize("table", [False, True], ids=["lorentzian", "Gaussian table R2sl"])
+def test_signal_matches_tensor_route(table):
+    # With a tabulated R2sl, a signal alone interpolates R2sl without its derivatives.
+    model = _model(table_r2sl=table)
     theta = _theta(model, 4)
     fast = model.simulate(theta)
     model.use_compiled_kernel = False
@@ -237,3 +239,17 @@ def test_taylor_degree_table_is_the_stated_bound():
         nu = kernel._DEGREE_NU[m]
         assert bound(nu, m) <= 2.0 ** -53 < bound(nu * 1.001, m)
     assert kernel._DEGREE_NU[40] >= kernel._SUBSTEP      # a substep never needs more
+
+
+def test_r2sl_values_without_derivatives_are_the_same_values():
+    from crbnet.physics import r2sl
+
+    seq = _sequence()
+    B1 = np.array([0.7, 1.0, 1.3])
+    T2s = np.array([6e-6, 12e-6, 24e-6])
+    table = r2sl.get_table("super_lorentzian")
+    full = r2sl.r2sl_for_pulses(table, seq.alpha.ravel(), seq.TRF.ravel(), B1, T2s)
+    values = r2sl.r2sl_for_pulses(table, seq.alpha.ravel(), seq.TRF.ravel(), B1, T2s,
+                                  derivatives=False)
+    np.testing.assert_array_equal(values[0], full[0])
+    assert (full[1] != 0).any() and not values[1].any() and not values[2].any()

@@ -232,7 +232,7 @@ class MTGeneralizedBloch(SignalModel):
         inversion = np.ascontiguousarray(seq.inversion, dtype=np.uint8)
         for i in range(0, n, self._KERNEL_CHUNK):
             part = slice(i, i + self._KERNEL_CHUNK)
-            r2sl = self.r2sl_arrays(p["B1"][part], p["T2s"][part])
+            r2sl = self.r2sl_arrays(p["B1"][part], p["T2s"][part], jacobian or fisher)
             _gbloch_kernel.run(
                 rates[part].contiguous().numpy(), scale[part].contiguous().numpy(),
                 *(a.contiguous().numpy() for a in r2sl), alpha, trf, inversion, seq.TR,
@@ -242,10 +242,11 @@ class MTGeneralizedBloch(SignalModel):
                 None if F is None else F[part].numpy())
         return signal, jac, F
 
-    def r2sl_arrays(self, B1: torch.Tensor, T2s: torch.Tensor
+    def r2sl_arrays(self, B1: torch.Tensor, T2s: torch.Tensor, derivatives: bool = True
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """R2sl (1/s) of every pulse for voxels (B1 [N], T2s [N] s) and its derivatives in T2s
-        and B1, each [N, S, n] float64 — the kernel's only contact with the lineshape."""
+        and B1 (zeros with ``derivatives=False``), each [N, S, n] float64 — the kernel's only
+        contact with the lineshape."""
         seq = self.sequence
         shape = (B1.shape[0],) + seq.alpha.shape
         if self.lineshape == "lorentzian":
@@ -255,6 +256,6 @@ class MTGeneralizedBloch(SignalModel):
 
         rate, d_t2s, d_b1 = r2sl.r2sl_for_pulses(
             r2sl.get_table(self.lineshape), seq.alpha.reshape(-1), seq.TRF.reshape(-1),
-            B1.numpy(), T2s.numpy())
+            B1.numpy(), T2s.numpy(), derivatives)
         return tuple(torch.from_numpy(a).reshape(shape) for a in (rate, d_t2s, d_b1))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crbnet import files
+from crbnet.reporting.result_files import write_result_files
 from crbnet.assessment.evaluate import EvaluationResult
 from crbnet.plots.evaluation import plot_evaluation
 
@@ -12,13 +12,8 @@ from crbnet.plots.evaluation import plot_evaluation
 def write_evaluation(result: EvaluationResult, out_dir: str | Path) -> dict[str, Path]:
     """Write ``evaluation.json`` and ``evaluation.png`` into ``out_dir`` (both or neither);
     returns their paths by kind (``json``, ``png``)."""
-    out_dir = Path(out_dir)
-    paths = {"json": out_dir / "evaluation.json", "png": out_dir / "evaluation.png"}
-    with files.atomic_paths(list(paths.values())) as tmps:
-        tmp = dict(zip(paths, tmps))
-        files.write_json(tmp["json"], result.to_json())
-        plot_evaluation(result, tmp["png"])
-    return paths
+    return write_result_files(out_dir, "evaluation", result.to_json(),
+                              lambda png: plot_evaluation(result, png))
 
 
 __all__ = ["write_evaluation"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crbnet import files
+from crbnet.reporting.result_files import write_result_files
 from crbnet.assessment.point_study import PointStudy
 from crbnet.plots.points import plot_point_study
 
@@ -12,13 +12,8 @@ from crbnet.plots.points import plot_point_study
 def write_point_study(study: PointStudy, out_dir: str | Path) -> dict[str, Path]:
     """Write ``points.json`` and ``points.png`` into ``out_dir`` (both or neither); returns
     their paths by kind (``json``, ``png``)."""
-    out_dir = Path(out_dir)
-    paths = {"json": out_dir / "points.json", "png": out_dir / "points.png"}
-    with files.atomic_paths(list(paths.values())) as tmps:
-        tmp = dict(zip(paths, tmps))
-        files.write_json(tmp["json"], study.to_json())
-        plot_point_study(study, tmp["png"])
-    return paths
+    return write_result_files(out_dir, "points", study.to_json(),
+                              lambda png: plot_point_study(study, png))
 
 
 __all__ = ["write_point_study"]

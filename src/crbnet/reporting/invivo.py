@@ -19,6 +19,9 @@ BASIS_RANK = 15
 MAP_NAMES = ("m0s", "T1f", "T2f", "Rx", "T1s", "T2s", "TB1map", "omega0")
 UNITS = {"m0s": "", "T1f": "s", "T2f": "s", "Rx": "1/s", "T1s": "s", "T2s": "s", "TB1map": "",
          "omega0": "rad/s"}
+#: The parameter a map file holds, where the file's name is not the parameter's (B1 is written
+#: as TB1map, the BIDS name).
+PARAMETER_OF_MAP = {"TB1map": "B1"}
 #: Shown as (scale, unit) in tables.
 DISPLAY = {"m0s": (1.0, ""), "T1f": (1.0, "s"), "T2f": (1e3, "ms"), "Rx": (1.0, "1/s"),
            "T1s": (1.0, "s"), "T2s": (1e6, "µs"), "TB1map": (1.0, ""),
@@ -59,7 +62,8 @@ def region_table(columns: Mapping[str, Mapping[str, Mapping[str, Any]]],
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in MAP_NAMES:
         unit = DISPLAY.get(name, (1.0, ""))[1]
-        cells = [f"{name} ({unit})" if unit else name]
+        label = PARAMETER_OF_MAP.get(name, name)
+        cells = [f"{label} ({unit})" if unit else label]
         cells += [format_cell(col.get(name), name) for col in columns.values()]
         if published:
             value = PUBLISHED_WM.get(name)

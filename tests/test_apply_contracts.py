@@ -110,7 +110,7 @@ def test_estimators_report_through_the_factory():
     nlls.fit(signals)
     fitted, = bars.by_desc("nlls")
     assert fitted["total"] == math.ceil(7 / 3) == fitted["done"]
-    # the old switch (a bool) reports nothing and does not fail
+    # the old switch (a bool) still works: True draws tqdm bars, False nothing
     NLLSEstimator(model, chunk_size=3, start_points=16, progress=True).fit(signals)
     assert len(bars.by_desc("nlls")) == 1
 

@@ -118,3 +118,16 @@ def test_demo_section_maps_the_slice(tmp_path):
     wm = region_statistics(maps, masks)["WM"]
     assert wm["m0s"]["n"] > 1000
     assert 0.15 < wm["m0s"]["median"] < 0.3 and 1.4 < wm["T1f"]["median"] < 2.4
+
+
+@pytest.mark.parametrize("options, message", [
+    ({}, "checkpoint=PATH"),
+    ({"checkpoint": "x.pt", "chunk_size": "abc"}, "chunk_size must be a whole number"),
+    ({"checkpoint": "x.pt", "ftol": -1.0}, "ftol must be a number >= 0"),
+])
+def test_network_started_nlls_options_are_checked_before_loading(options, message):
+    from crbnet.errors import InputError
+    from crbnet.estimators.nlls_network_start import NetworkStartedNLLS
+
+    with pytest.raises(InputError, match=message):
+        NetworkStartedNLLS(None, **options)

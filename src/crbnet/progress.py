@@ -48,6 +48,13 @@ def silent(*, total: float | None = None, desc: str = "", unit: str = "it") -> _
     return _SilentBar()
 
 
-def resolve(progress: ProgressFactory | None) -> ProgressFactory:
-    """``progress`` itself, or :func:`silent` for ``None``."""
-    return silent if progress is None else progress
+def resolve(progress: ProgressFactory | bool | None) -> ProgressFactory:
+    """``progress`` itself; :func:`silent` for ``None`` or ``False``; for ``True`` (the older
+    boolean form of the argument) tqdm bars on stderr, which the caller asked for."""
+    if progress is None or progress is False:
+        return silent
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        return tqdm
+    return progress

@@ -385,22 +385,21 @@ def evaluate(estimator: Estimator, grid: Grid | torch.Tensor, snr: float = 100.0
     seconds = 0.0
     bars = resolve_progress(progress)(total=G * R, unit="voxel",
                                       desc=f"evaluate {getattr(estimator, 'name', '')}")
-    bar = bars.__enter__()    # closed after the loop (kept flat: the loop is long)
-    for g0 in range(0, G, points_per_block):
-        pts = slice(g0, min(G, g0 + points_per_block))
-        f_block = model.simulate(theta[pts])
-        for r0 in range(0, R, real_per_block):
-            r = min(real_per_block, R - r0)
-            y = noisy(f_block, r)
-            called = checked_predict(estimator, y)
-            seconds += called.seconds
-            est = _accumulate(called.theta.numpy().reshape(-1, r, P), pts, truth, stats, n_failed)
-            if gross_counts is not None:
-                _count_gross(model, pts, y, est, theta, bound, gross_counts)
-            if on_block is not None:
-                on_block(pts, y, est)
-            bar.update(y.shape[0])
-    bars.__exit__(None, None, None)
+    with bars as bar:
+        for g0 in range(0, G, points_per_block):
+            pts = slice(g0, min(G, g0 + points_per_block))
+            f_block = model.simulate(theta[pts])
+            for r0 in range(0, R, real_per_block):
+                r = min(real_per_block, R - r0)
+                y = noisy(f_block, r)
+                called = checked_predict(estimator, y)
+                seconds += called.seconds
+                est = _accumulate(called.theta.numpy().reshape(-1, r, P), pts, truth, stats, n_failed)
+                if gross_counts is not None:
+                    _count_gross(model, pts, y, est, theta, bound, gross_counts)
+                if on_block is not None:
+                    on_block(pts, y, est)
+                bar.update(y.shape[0])
 
     bias, std, mse = stats.moments()
     return EvaluationResult(

@@ -66,6 +66,11 @@ def method_help() -> str:
     # Installed plugins are named, not loaded: a broken one must not break every command.
     listed = "; ".join(f"{n} ({registry[n].description})" if n in registry else n
                        for n in estimator.names(needs_checkpoint=False))
+    # Kinds that also read a network (other than the network itself) take it as an option.
+    with_network = "; ".join(f"{n} ({registry[n].description}: --option checkpoint=PATH)"
+                             for n in estimator.names(needs_checkpoint=True)
+                             if n != "network" and n in registry)
+    listed = f"{listed}; {with_network}" if with_network else listed
     return f"{listed}; or an estimator of your own as FILE.py:NAME or package.module:NAME"
 
 

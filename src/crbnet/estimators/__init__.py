@@ -6,7 +6,9 @@ Each follows the :class:`~crbnet.estimators.protocol.Estimator` protocol (``pred
 
 - ``'network'`` (:mod:`~crbnet.estimators.network`): a trained network from a checkpoint;
 - ``'nlls'`` (:class:`NLLSEstimator`): voxel-wise maximum-likelihood fit, Levenberg–Marquardt;
-- ``'dictionary'`` (:class:`DictionaryEstimator`): MRF dictionary matching in SVD space.
+- ``'dictionary'`` (:class:`DictionaryEstimator`): MRF dictionary matching in SVD space;
+- ``'nlls_network'`` (:mod:`~crbnet.estimators.nlls_network_start`): NLLS started from a trained
+  network's estimate (``checkpoint=PATH``).
 
 The classical two also offer ``predict_with_m0(signals) -> (theta, m0)``.
 """
@@ -25,8 +27,8 @@ METHODS = MethodTable()
 
 
 def get(method: str, model: SignalModel, **options) -> Estimator:
-    """A registered estimator by name (``'nlls'``, ``'dictionary'``, ``'network'`` with
-    ``checkpoint=PATH``, ...), configured by ``options`` (its keyword arguments)."""
+    """A registered estimator by name (``'nlls'``, ``'dictionary'``, ``'network'`` and
+    ``'nlls_network'`` with ``checkpoint=PATH``, ...), configured by ``options`` (its keyword arguments)."""
     return _get(method, model, **options)
 
 

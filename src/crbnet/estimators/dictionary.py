@@ -211,8 +211,7 @@ class DictionaryEstimator:
             return self
         chunks = self._atom_chunks()
         one_pass = len(chunks) == 1
-        bars = progress_contract.resolve(None if isinstance(self.progress, bool)
-                                         else self.progress)
+        bars = progress_contract.resolve(self.progress)
         with bars(total=self.n_atoms * (1 if one_pass else 2), desc="dictionary",
                   unit="atom") as bar:
             gram, kept = self._gram(chunks, one_pass, bar)

@@ -31,6 +31,7 @@ fitted and the lowest final cost wins.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -361,8 +362,7 @@ class NLLSEstimator:
                            converged=empty.bool(), n_iter=empty.long(), gradient_cosine=empty)
         parts: list[NLLSFit] = []
         starts_of = range(0, N, self.chunk_size)
-        bars = progress_contract.resolve(None if isinstance(self.progress, bool)
-                                         else self.progress)
+        bars = progress_contract.resolve(self.progress)
         with bars(total=len(starts_of), desc="nlls", unit="chunk") as bar:
             for v0 in starts_of:
                 parts.append(self._fit_chunk(y_all[v0:v0 + self.chunk_size], lower, upper))
@@ -378,7 +378,7 @@ class NLLSEstimator:
         theta0 = self.start_dictionary.atoms_theta.to(dev)[index.reshape(-1)]
         res = levenberg_marquardt(self.model, y.repeat_interleave(K, 0), theta0, lower,
                                   upper, self.max_iter, self.gtol, self.xtol, self.ftol)
-        best = res.cost.view(n, K).argmin(1)
+        best = torch.nan_to_num(res.cost, nan=math.inf).view(n, K).argmin(1)   # NaN never wins
         pick = torch.arange(n, device=dev) * K + best
         return NLLSFit(*(getattr(res, name)[pick] for name in
                          ("theta", "m0", "cost", "converged", "n_iter", "gradient_cosine")))

@@ -26,6 +26,7 @@ them apart); the start with the lower final cost wins.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Mapping
 
@@ -40,6 +41,20 @@ from crbnet.physics.models.base import SignalModel, resolve_ranges
 #: Fraction of the box width a start is kept away from a bound (a start on a bound freezes
 #: that parameter's first steps).
 _INSIDE = 1e-6
+
+
+def _check_settings(checkpoint: object, max_iter: object, chunk_size: object,
+                    **tolerances: object) -> None:
+    """One-line errors for the options, before the network is loaded."""
+    if checkpoint is None:
+        raise InputError("nlls_network needs the network it starts from: --option "
+                         "checkpoint=PATH")
+    for name, value in (("max_iter", max_iter), ("chunk_size", chunk_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"nlls_network: {name} must be a whole number >= 1, got {value!r}")
+    for name, value in tolerances.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise InputError(f"nlls_network: {name} must be a number >= 0, got {value!r}")
 
 
 @register_estimator("nlls_network", "NLLS (Levenberg-Marquardt) started from a trained "
@@ -64,20 +79,19 @@ class NetworkStartedNLLS:
     name = "nlls_network"
     needs_checkpoint = True
 
-    def __init__(self, model: SignalModel | None, checkpoint: str | Path, flip: str = "",
-                 bounds: Mapping[str, tuple[float, float]] | None = None, max_iter: int = 50,
-                 gtol: float = 1e-3, xtol: float = 1e-5, ftol: float = 1e-6,
+    def __init__(self, model: SignalModel | None, checkpoint: str | Path | None = None,
+                 flip: str = "", bounds: Mapping[str, tuple[float, float]] | None = None,
+                 max_iter: int = 50, gtol: float = 1e-3, xtol: float = 1e-5, ftol: float = 1e-6,
                  chunk_size: int = 1024, device: torch.device | str | None = None) -> None:
         from crbnet.estimators.network import load
 
+        _check_settings(checkpoint, max_iter, chunk_size, gtol=gtol, xtol=xtol, ftol=ftol)
         network = load(checkpoint, device=device)
         self.model = model if model is not None else network.model
         self.columns = _start_columns(network, getattr(self.model, "base", self.model),
                                       str(checkpoint))
         basis = getattr(self.model, "basis", None)
         self.network = network.in_basis(basis) if basis is not None else network
-        if max_iter < 1 or chunk_size < 1:
-            raise InputError("max_iter and chunk_size must be >= 1")
         if flip and flip not in self.model.parameters:
             raise InputError(f"flip: {flip!r} is not an estimated parameter "
                              f"({', '.join(self.model.parameters)})")
@@ -123,7 +137,8 @@ class NetworkStartedNLLS:
             res = levenberg_marquardt(self.model, y.repeat_interleave(S, 0), self.starts(y),
                                       lower, upper, self.max_iter, self.gtol, self.xtol,
                                       self.ftol)
-            pick = torch.arange(y.shape[0], device=self.device) * S + res.cost.view(-1, S).argmin(1)
+            finite_cost = torch.nan_to_num(res.cost, nan=math.inf)    # a NaN start never wins
+            pick = torch.arange(y.shape[0], device=self.device) * S + finite_cost.view(-1, S).argmin(1)
             parts.append(NLLSFit(*(getattr(res, f)[pick] for f in _FIELDS)))
         if not parts:
             P = len(self.parameters)

@@ -190,7 +190,7 @@ def apply_to_volume(estimator: Estimator, source: SignalSource, out_dir: str | P
     out_dir = Path(check_output_directory(out_dir, overwrite))
     settings = PassSettings(chunk_size=chunk_size, device=torch.device(device or "cpu"),
                             uncertainty=uncertainty, max_bytes=max_bytes,
-                            progress=None if isinstance(progress, bool) else progress)
+                            progress=progress)
     found = None
     if mask is None:             # the mask must come from the data first: a survey pass
         with times.stage("survey"):

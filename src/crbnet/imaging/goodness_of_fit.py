@@ -12,7 +12,8 @@ least-squares one, ``χ²_v`` follows a χ² law with d degrees of freedom and g
 (wrong physics, artefacts, an estimator away from the least-squares point) raises it. Because σ
 itself is, with ``--noise residual`` or ``auto`` on coefficient images, the median of the σ̂_v
 rescaled to that χ² median, the map then reads "residual relative to the typical voxel": its
-median over the mask is 1 by construction, and the spread and the outliers carry the message.
+median over the mask is ``sqrt(median(χ²_d) / d)`` by construction (0.983 for d = 20), and the
+spread and the outliers carry the message.
 With ``--noise voxel`` (σ = σ̂_v in every voxel) g would be 1 everywhere, so the map uses the
 median residual level instead, and says so.
 """
@@ -50,7 +51,7 @@ def goodness_of_fit_summary(gof: np.ndarray, used: np.ndarray, sigma: float, sou
     """Median, quartiles and the 95th percentile of the map over the estimated voxels, with the
     σ it is relative to (for ``apply.json``)."""
     values = gof[used]
-    values = values[np.isfinite(values) & (values > 0)]
+    values = values[np.isfinite(values) & (values >= 0)]
     if values.size == 0 or not math.isfinite(sigma):
         return {"map": f"{MAP_NAME}.nii.gz", "sigma": None, "sigma_source": source,
                 "median": None, "q1": None, "q3": None, "p95": None}

@@ -36,6 +36,7 @@ from crbnet.physics import models
 from crbnet.progress import ProgressFactory
 from crbnet.reporting.comparison import write_comparison
 from crbnet.reporting.evaluation import write_evaluation
+from crbnet.reporting.invivo import demo_section
 from crbnet.reporting.points import write_point_study
 from crbnet.stats.noise import SNR_DEFINITION
 
@@ -70,13 +71,13 @@ class DemoConfig:
         points: tissues of the phantom table for the tissue-point table.
         point_realizations: noise realizations per tissue point.
         seed: seed of everything.
-        invivo: add the shipped in-vivo slice with the shipped network (issue 22).
+        invivo: add the shipped in-vivo slice with the shipped network.
         losses: training losses, one network each (registered names, :mod:`crbnet.learning.losses`);
             the first one gets the time guard, the others its number of epochs.
     """
 
     snr: float = 100.0
-    invivo: bool = True   # issue 22: the shipped in-vivo slice with the shipped network
+    invivo: bool = True
     fixed: dict = field(default_factory=lambda: {"B1": 1.0, "T1s": 1.0})
     minutes_per_net: float = 3.5
     epochs: int = 40
@@ -181,11 +182,10 @@ def run(out_dir: str | Path, cfg: DemoConfig | None = None,
         stage(f"evaluating the networks on a {cfg.grid}×{cfg.grid} grid, {cfg.realizations} "
               "realizations per point")
         evaluations = _grid_evaluations(model, cfg, nets, out, progress)
+        invivo = demo_section(out, stage) if cfg.invivo else []
         wall = time.perf_counter() - t0
         summary = _summary(model, cfg, wall, summaries, comparison, evaluations, points)
         files.write_json(out / "summary.json", summary)
-        from crbnet.reporting.invivo import demo_section  # issue 22: the in-vivo slice
-        invivo = demo_section(out, stage) if cfg.invivo else []  # issue 22
         files.write_text(out / "report.md", "\n".join([_report(model, cfg, comparison, summaries,
                                                                wall, points), "", *invivo]))
     log(f"[{wall:5.0f} s] wrote {final / 'report.md'}")

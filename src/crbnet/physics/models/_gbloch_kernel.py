@@ -548,13 +548,21 @@ def run(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion, TR, increm
     arrays; each output is filled when given) on as many threads as PyTorch uses."""
     if rates.shape[0] == 0:
         return
+    global _first_call_done
     kernel = _load()
     e3, e4 = np.empty((1, 1, 1)), np.empty((1, 1, 1, 1))
-    with _numba.threads(), _slp_vectorization():
+    # numba compiles (or loads from its cache) on the first call: only that one needs SLP on.
+    slp = contextlib.nullcontext() if _first_call_done else _slp_vectorization()
+    with _numba.threads(), slp:
         kernel(rates, scale, R2sl, dR2_dT2s, dR2_dB1, alpha, TRF, inversion, float(TR),
                float(increment), dirs, e3 if signal is None else signal, signal is not None,
                e4 if jac is None else jac, jac is not None,
                e3 if fisher is None else fisher, fisher is not None)
+    _first_call_done = True
+
+
+#: Set after the kernel's first call (which compiled it or loaded it from the cache).
+_first_call_done = False
 
 
 @contextlib.contextmanager

@@ -83,6 +83,12 @@ def main() -> None:
     ratio = net["sigma_residual"][estimated] / nlls["sigma_residual"][estimated]
     result["residual_network_over_nlls_quartiles"] = [float(np.percentile(ratio, q))
                                                       for q in (25, 50, 75)]
+    noise = json.loads((work / "nlls" / "apply.json").read_text())
+    result["sigma_nlls"] = noise["noise"]["sigma"]
+    result["snr_nlls"] = noise["snr"]["mean_abs_m0_over_sigma"]
+    at_limit = estimated & (nlls["T2s"] > 24.5e-6)          # the R2sl table ends at 25 µs
+    result["t2s_at_limit"] = {"all": int(at_limit.sum()),
+                              **{k: int((at_limit & v).sum()) for k, v in regions.items()}}
     result["table"] = region_table({f"{region} {label}": result["statistics"][key][region]
                                     for region in ("WM", "GM")
                                     for label, key in (("network", "network"),

@@ -32,7 +32,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 #: Fingerprints simulated (the last ``data.val_size`` = 1024 are the validation set).
-N_SAMPLES = 14000
+N_SAMPLES = 42000
 MODEL = ["--model", "mt_generalized_bloch", "--basis", str(HERE / "basis.mat"), "--basis-rank", "15"]
 DATA = [*MODEL, "--config", str(HERE / "fingerprints.toml")]
 TRAIN = [*MODEL, "--config", str(HERE / "network.toml")]

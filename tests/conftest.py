@@ -49,3 +49,39 @@ def architecture():
         yield module
     finally:
         sys.modules.pop("architecture", None)
+
+
+class RecordingProgress:
+    """A progress factory (:mod:`crbnet.progress`) that remembers every bar it opened: its
+    total, desc and unit, the units done, and whether it was closed."""
+
+    def __init__(self) -> None:
+        self.bars: list[dict] = []
+
+    def __call__(self, *, total, desc, unit):
+        bar = {"total": total, "desc": desc, "unit": unit, "done": 0, "closed": False}
+        self.bars.append(bar)
+
+        class Bar:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                bar["closed"] = True
+
+            def update(self, n=1):
+                bar["done"] += n
+
+            def set_postfix(self, *args, **kwargs):
+                return None
+
+        return Bar()
+
+    def by_desc(self, desc):
+        return [b for b in self.bars if b["desc"] == desc]
+
+
+@pytest.fixture
+def progress_recorder() -> RecordingProgress:
+    """A fresh :class:`RecordingProgress`."""
+    return RecordingProgress()

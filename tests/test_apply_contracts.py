@@ -22,35 +22,6 @@ from crbnet.imaging.phantom import make_phantom
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class Recorder:
-    """A progress factory that remembers every bar it opened and every update."""
-
-    def __init__(self):
-        self.bars: list[dict] = []
-
-    def __call__(self, *, total, desc, unit):
-        bar = {"total": total, "desc": desc, "unit": unit, "done": 0, "closed": False}
-        self.bars.append(bar)
-
-        class Bar:
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                bar["closed"] = True
-
-            def update(self, n=1):
-                bar["done"] += n
-
-            def set_postfix(self, *args, **kwargs):
-                return None
-
-        return Bar()
-
-    def by_desc(self, desc):
-        return [b for b in self.bars if b["desc"] == desc]
-
-
 @pytest.fixture(scope="module")
 def phantom():
     return make_phantom("t2_decay", (12, 12), snr=100, seed=5)
@@ -61,8 +32,8 @@ def dictionary(phantom):
     return DictionaryEstimator(phantom.model, n_points=60).build()
 
 
-def test_progress_goes_to_the_callers_factory(phantom, dictionary, tmp_path):
-    bars = Recorder()
+def test_progress_goes_to_the_callers_factory(phantom, dictionary, tmp_path, progress_recorder):
+    bars = progress_recorder
     run = apply_to_volume(dictionary, ArraySignals(phantom.signal), tmp_path / "auto",
                           progress=bars, uncertainty=False)
     survey, = bars.by_desc("survey")
@@ -98,9 +69,9 @@ def test_figure_comes_from_the_callers_writer(phantom, dictionary, tmp_path):
     assert not (tmp_path / "true").exists()
 
 
-def test_estimators_report_through_the_factory():
+def test_estimators_report_through_the_factory(progress_recorder):
     model = models.get("t2_decay")
-    bars = Recorder()
+    bars = progress_recorder
     dictionary = DictionaryEstimator(model, n_points=40, simulate_chunk=16, progress=bars)
     dictionary.build()
     built, = bars.by_desc("dictionary")

@@ -24,37 +24,10 @@ TINY = {"data": {"batches_per_epoch": 3, "batch_size": 32, "val_size": 32},
         "optim": {"epochs": 2}}
 
 
-class Bars:
-    """A progress factory that records every bar and its updates."""
-
-    def __init__(self) -> None:
-        self.opened: list[dict] = []
-
-    def __call__(self, *, total, desc, unit):
-        record = {"total": total, "desc": desc, "unit": unit, "done": 0}
-        self.opened.append(record)
-        factory = self
-
-        class Bar:
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                record["closed"] = True
-
-            def update(self, n=1):
-                record["done"] += n
-
-            def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
-                factory.last_postfix = kwargs
-
-        return Bar()
-
-
-def test_bars_lines_and_figure_come_through_callbacks(tmp_path, capfd):
+def test_bars_lines_and_figure_come_through_callbacks(tmp_path, capfd, progress_recorder):
     lines: list[str] = []
     drawn: list[tuple[int, str]] = []
-    bars = Bars()
+    bars = progress_recorder
 
     def figure(record: RunRecord, path) -> None:
         assert isinstance(record, RunRecord)
@@ -66,8 +39,8 @@ def test_bars_lines_and_figure_come_through_callbacks(tmp_path, capfd):
                       progress=bars, log=lines.append, loss_figure=figure).fit()
     out, err = capfd.readouterr()
     assert out == "" and err == ""                       # nothing printed by the library
-    assert [b["desc"] for b in bars.opened] == ["epoch 1/2", "epoch 2/2"]
-    assert all(b["done"] == b["total"] == 3 and b["closed"] for b in bars.opened)
+    assert [b["desc"] for b in bars.bars] == ["epoch 1/2", "epoch 2/2"]
+    assert all(b["done"] == b["total"] == 3 and b["closed"] for b in bars.bars)
     assert lines[0].startswith("crbnet train: t2_decay") and len(lines) == 3
     assert lines[1].startswith("epoch   1/2") and lines[2].startswith("epoch   2/2")
     assert drawn[-1] == (2, "loss.png")                  # the final epoch always draws
